@@ -1,0 +1,3 @@
+from flowdiff.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""The ``flowdiff`` command: a thin click layer over the library (see README for the exit codes)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from flowdiff import __version__
+from flowdiff.cli.common import (
+    EXIT_ERROR,
+    config_option,
+    format_frame,
+    handle_errors,
+    load,
+    parse_when,
+    setup_logging,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="flowdiff")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """flowdiff: count tables from packet captures, a frozen baseline of normal traffic,
+    and a report of every row that is new.
+
+    \b
+    Typical cycle:
+      flowdiff collect /var/spool/flowdiff      # captures -> per-interval count tables
+      flowdiff learn                            # freeze what was seen as normal
+      flowdiff diff                             # what is new since then
+      flowdiff run --spool /var/spool/flowdiff  # all of it from cron, with mail
+
+    Try `flowdiff demo` for the whole pipeline on bundled sample data.
+    """
+    setup_logging(verbose)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@config_option
+@click.option("--store", type=click.Path(file_okay=False), help="Store directory (config key `store`).")
+@click.option("--interval", type=click.IntRange(min=1), help="Interval length in seconds (config key `interval`).")
+@click.option("--table", "tables", multiple=True, help="Collect only this table (repeatable).")
+@click.option("--all", "all_files", is_flag=True,
+              help="Also read the newest capture of each directory (normally left for the next run, "
+                   "because tcpdump may still be writing it).")  # fmt: skip
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
+@handle_errors
+def collect(paths, config_path, store, interval, tables, all_files, progress) -> None:
+    """Read captures (files, directories, globs; pcap, pcapng, .gz) into the count tables.
+
+    Captures already collected are skipped; damaged captures keep every record before the damage.
+    Prints one summary line. Exit status 2 when a capture could not be read at all.
+    """
+    from flowdiff.collect import collect as run_collect
+
+    config = load(config_path, store=store, interval=interval)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    result = run_collect(paths, config, all_files=all_files, tables=tables or None,
+                         progress=_progress_bar() if show_bar else None)  # fmt: skip
+    for f in result.files:
+        if f.message:
+            click.echo(("Error: " if f.status == "failed" else "Warning: ") + f.message, err=True)
+    click.echo(result.summary())
+    sys.exit(result.exit_code)
+
+
+def _progress_bar():
+    state: dict = {}
+
+    def update(path: str, done: int, total: int) -> None:
+        if state.get("path") != path:
+            if "bar" in state:
+                state["bar"].render_finish()
+            state.update(path=path, last=0, bar=click.progressbar(length=max(total, 1), label=path,
+                                                                  file=sys.stderr))  # fmt: skip
+        state["bar"].update(done - state["last"])
+        state["last"] = done
+
+    return update
+
+
+@main.command()
+@config_option
+@click.option("--store", type=click.Path(file_okay=False), help="Store directory.")
+@handle_errors
+def tables(config_path, store) -> None:
+    """List the count tables: key columns, intervals and rows in the store."""
+    from flowdiff.store import Store
+
+    config = load(config_path, store=store)
+    st = Store(config.store)
+    names = list(dict.fromkeys([*config.tables, *st.tables()]))
+    for name in names:
+        keys = st.table_keys(name) or config.tables[name].keys
+        n_int = len(st.intervals(name))
+        rows = st.row_count(name)
+        where = "" if name in config.tables else "  (in the store only)"
+        click.echo(f"{name:<12} keys: {', '.join(keys):<40} intervals: {n_int:<6} rows: {rows:,}{where}")
+
+
+@main.command()
+@click.argument("table")
+@config_option
+@click.option("--store", type=click.Path(file_okay=False), help="Store directory.")
+@click.option("--since", help="From this time (ISO, UTC) or age (2h, 7d).")
+@click.option("--until", help="Before this time (ISO, UTC) or age.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
+@click.option("--by-interval", is_flag=True, help="One row per interval instead of totals over the window.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@handle_errors
+def show(table, config_path, store, since, until, top, by_interval, fmt) -> None:
+    """Show a count table: the top rows by bytes over the window (totals per key, or per interval)."""
+    from flowdiff.store import Store
+
+    config = load(config_path, store=store)
+    st = Store(config.store)
+    df = st.read(table, since=parse_when(since), until=parse_when(until))
+    keys = list(st.table_keys(table) or ())
+    if not by_interval and not df.empty:
+        df = df.groupby(keys, observed=True, sort=False).agg(
+            packets=("packets", "sum"), bytes=("bytes", "sum"), intervals=("interval_start", "nunique"),
+            first_seen=("first_seen", "min"), last_seen=("last_seen", "max"),
+        ).reset_index()  # fmt: skip
+    elif not by_interval:
+        df = df[keys + ["packets", "bytes", "first_seen", "last_seen"]]
+    if "sensor" in df.columns and df["sensor"].nunique() <= 1:
+        df = df.drop(columns="sensor")
+    df = df.sort_values(["bytes", *keys], ascending=[False] + [True] * len(keys), kind="stable").head(top)
+    click.echo(format_frame(df, fmt))
+
+
+# Commands of the other stages live in their own modules and register themselves here.
+for _module in ("baseline_cmds", "mail_cmds", "demo_cmds"):
+    try:
+        importlib.import_module(f"flowdiff.cli.{_module}").register(main)
+    except ModuleNotFoundError as _e:  # pragma: no cover - while a stage is being written
+        if _e.name != f"flowdiff.cli.{_module}":
+            raise
+
+__all__ = ["main", "EXIT_ERROR"]

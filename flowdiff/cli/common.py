@@ -1,0 +1,86 @@
+"""What every command shares: the --config option, loading it, and turning errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from flowdiff.config import Config, load_config
+from flowdiff.errors import FlowdiffError
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $FLOWDIFF_CONFIG, else ./flowdiff.toml, else built-in defaults).",
+)
+
+
+def load(config_path: str | None, **overrides: Any) -> Config:
+    """The config with command-line overrides applied (options left unset do not override)."""
+    return load_config(config_path).with_overrides(**overrides)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """FlowdiffError -> ``Error: ...`` on stderr and exit status 2; anything else is a bug and keeps
+    its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FlowdiffError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def parse_when(value: str | None, *, now: Any = None) -> Any:
+    """``--since``/``--until``: an ISO time (UTC unless it says otherwise) or an age like ``2h``/``7d``."""
+    import pandas as pd
+
+    from flowdiff.config import parse_duration
+
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value, "time")
+    except FlowdiffError:
+        try:
+            t = pd.Timestamp(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is neither a time (2026-11-30T12:00) nor an age (2h, 7d)") from None
+        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    now = pd.Timestamp.now(tz="UTC") if now is None else now
+    return now - pd.Timedelta(seconds=seconds)
+
+
+def format_frame(df: Any, fmt: str) -> str:
+    """A DataFrame as an aligned text table, CSV or JSON Lines (times in ISO 8601 UTC)."""
+    import pandas as pd
+
+    out = df.copy()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.DatetimeTZDtype):
+            out[col] = out[col].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "csv":
+        return out.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        return out.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
+    if out.empty:
+        return "(no rows)"
+    return out.to_string(index=False)

@@ -1,0 +1,285 @@
+"""collect: captures -> decode -> aggregate -> store, one capture at a time.
+
+A capture is aggregated whole and then merged into the store interval by interval; only then is it
+entered in the ledger. Each interval file remembers which captures it holds, so a crash at any moment
+followed by a re-run gives exactly the store of an uninterrupted run.
+
+Which files are collected:
+
+* files named on the command line are always read (unless the ledger already has them);
+* in a directory (a ``tcpdump -G`` spool), the newest capture is the one tcpdump may still be writing:
+  it is left for the next run unless ``all_files`` is set or it has not changed for ``config.settle``
+  seconds; files that are not captures (by their first bytes) are ignored and counted;
+* a capture already in the ledger (same path, size and modification time, or the same content hash)
+  is skipped, so collecting the same file again changes nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowdiff.aggregate import Aggregator
+from flowdiff.capture import CaptureReader, open_capture, sniff_capture
+from flowdiff.config import Config, TableConfig
+from flowdiff.decode import decode, linktype_name
+from flowdiff.errors import CaptureError
+from flowdiff.schema import DecodeStatus
+from flowdiff.store import LedgerEntry, Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str  # ok | damaged | failed | known (already in the ledger)
+    records: int = 0
+    bytes: int = 0  # wire bytes counted
+    rows_written: int = 0
+    message: str = ""
+
+
+@dataclass
+class CollectResult:
+    files: list[FileResult] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)  # newest spool files left for the next run
+    ignored: list[str] = field(default_factory=list)  # non-capture files found in directories
+    packets: int = 0
+    bytes: int = 0
+    rows_written: int = 0
+    intervals: set = field(default_factory=set)
+    skipped: Counter = field(default_factory=Counter)  # frames counted by no table, by reason
+    seconds: float = 0.0
+
+    @property
+    def files_ok(self) -> int:
+        return sum(f.status in ("ok", "damaged") for f in self.files)
+
+    @property
+    def files_known(self) -> int:
+        return sum(f.status == "known" for f in self.files)
+
+    @property
+    def files_failed(self) -> int:
+        return sum(f.status == "failed" for f in self.files)
+
+    @property
+    def files_skipped(self) -> int:
+        return self.files_known + len(self.deferred) + len(self.ignored)
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per capture that could not be read at all or was damaged."""
+        return [f.message for f in self.files if f.status in ("failed", "damaged")]
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 2 when any capture could not be read at all (damaged files still count as read)."""
+        return 2 if self.files_failed else 0
+
+    @property
+    def mpps(self) -> float:
+        return self.packets / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.files_ok} file{'s' if self.files_ok != 1 else ''} collected",
+            f"{self.packets:,} packets",
+            f"{self.bytes:,} bytes",
+            f"{len(self.intervals)} interval{'s' if len(self.intervals) != 1 else ''}",
+            f"{self.rows_written:,} rows written",
+            f"{self.seconds:.2f} s",
+            f"{self.mpps:.2f} Mpps",
+        ]
+        extra = []
+        if self.files_known:
+            extra.append(f"{self.files_known} already collected")
+        if self.deferred:
+            extra.append(f"{len(self.deferred)} still being written")
+        if self.files_failed:
+            extra.append(f"{self.files_failed} unreadable")
+        if self.ignored:
+            extra.append(f"{len(self.ignored)} not captures")
+        if self.skipped:
+            extra.append("skipped frames: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items())))
+        return ", ".join(parts) + (f" ({'; '.join(extra)})" if extra else "")
+
+
+# ---------------------------------------------------------------- finding captures
+
+
+def find_captures(
+    paths: Iterable[str | os.PathLike], *, all_files: bool = False, settle: int = 600, now: float | None = None
+) -> tuple[list[Path], list[Path], list[Path]]:
+    """Expand files, directories and globs into (captures to read, deferred, ignored non-captures)."""
+    now = time.time() if now is None else now
+    files: list[Path] = []
+    deferred: list[Path] = []
+    ignored: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found, late, other = _scan_dir(p, all_files=all_files, settle=settle, now=now)
+            files += found
+            deferred += late
+            ignored += other
+        elif p.exists():
+            files.append(p)
+        elif glob.has_magic(str(raw)):
+            matches = sorted(Path(m) for m in glob.glob(str(raw)))
+            files += [m for m in matches if m.is_file()]
+        else:
+            files.append(p)  # reported as unreadable by the reader, with its name
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, deferred, ignored
+
+
+def _scan_dir(d: Path, *, all_files: bool, settle: int, now: float) -> tuple[list[Path], list[Path], list[Path]]:
+    captures, ignored = [], []
+    for p in sorted(d.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        (captures if sniff_capture(p) else ignored).append(p)
+    deferred = []
+    if captures and not all_files:
+        newest = max(captures, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        if now - newest.stat().st_mtime < settle:
+            captures.remove(newest)
+            deferred.append(newest)
+    return captures, deferred, ignored
+
+
+def spool_captures(directory: str | os.PathLike, config: Config, all_files: bool = False) -> list[Path]:
+    """Closed captures of a tcpdump spool directory (the newest one waits; see the module doc)."""
+    found, _, _ = find_captures([directory], all_files=all_files, settle=config.settle)
+    return found
+
+
+# ---------------------------------------------------------------- collecting
+
+
+def collect(
+    paths: Sequence[str | os.PathLike],
+    config: Config,
+    *,
+    all_files: bool = False,
+    tables: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> CollectResult:
+    """Collect captures into ``config.store``. Never raises for a bad capture: each one becomes a
+    FileResult with a one-line message; a store or config problem raises FlowdiffError."""
+    t0 = time.perf_counter()
+    selected = config.select_tables(tables)
+    store = Store(config.store, config.sensor)
+    result = CollectResult()
+    files, deferred, ignored = find_captures(paths, all_files=all_files, settle=config.settle)
+    result.deferred = [str(p) for p in deferred]
+    result.ignored = [str(p) for p in ignored]
+    with store.lock():
+        for name, tc in selected.items():
+            store.ensure_table(name, tc.keys, config.interval)
+        known = _ledger_index(store)
+        for path in files:
+            result.files.append(_collect_one(path, config, selected, store, known, result, progress))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _ledger_index(store: Store) -> tuple[set[tuple[str, int, int]], set[str]]:
+    by_stat, by_hash = set(), set()
+    for e in store.ledger():
+        if e.status in ("ok", "damaged", "failed"):
+            by_stat.add((e.path, e.size, e.mtime_ns))
+        if e.sha256 and e.status in ("ok", "damaged"):
+            by_hash.add(e.sha256)
+    return by_stat, by_hash
+
+
+def _collect_one(
+    path: Path,
+    config: Config,
+    tables: dict[str, TableConfig],
+    store: Store,
+    known: tuple[set[tuple[str, int, int]], set[str]],
+    result: CollectResult,
+    progress: Progress | None,
+) -> FileResult:
+    by_stat, by_hash = known
+    try:
+        st = path.stat()
+    except OSError as e:
+        return FileResult(str(path), "failed", message=f"{path}: cannot read: {e.strerror}")
+    stat_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if stat_key in by_stat:
+        return FileResult(str(path), "known")
+    try:
+        reader = open_capture(path)
+        agg = Aggregator(tables, interval=config.interval, networks=config.networks,
+                         service_ports=config.service_ports)  # fmt: skip
+        wire = _read_all(reader, agg, st.st_size, progress)
+    except CaptureError as e:
+        store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, None, 0, "failed", str(e),
+                                        sensor=config.sensor))  # fmt: skip
+        return FileResult(str(path), "failed", message=str(e))
+    stats = reader.stats
+    fr = FileResult(str(path), "damaged" if stats.damage else "ok", records=stats.records, bytes=wire)
+    if stats.damage:
+        fr.message = str(stats.damage[0]) + f" (kept the {stats.records:,} records before it)"
+    if stats.sha256 in by_hash:  # the same capture under another name or with a new mtime
+        store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
+                                        fr.status, "same content as a capture already collected",
+                                        sensor=config.sensor))  # fmt: skip
+        by_stat.add(stat_key)
+        fr.status = "known"
+        return fr
+    source = stats.sha256 or f"{stat_key[0]}:{st.st_size}:{st.st_mtime_ns}"
+    for name, rows in agg.finish().items():
+        fr.rows_written += store.write_interval_rows(name, tables[name].keys, rows, source)
+        result.intervals.update(rows.column("interval_start").to_pylist())
+    store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
+                                    fr.status, fr.message, sensor=config.sensor))  # fmt: skip
+    if stats.sha256:
+        by_hash.add(stats.sha256)
+    by_stat.add(stat_key)
+    result.packets += stats.records
+    result.bytes += wire
+    result.rows_written += fr.rows_written
+    result.skipped.update(agg.skipped)
+    result.skipped.update(stats.skipped)
+    _note_unknown_linktypes(reader, agg, fr)
+    return fr
+
+
+def _read_all(reader: CaptureReader, agg: Aggregator, total: int, progress: Progress | None) -> int:
+    wire = 0
+    for batch in reader.batches():
+        packets = decode(batch)
+        agg.add(packets)
+        wire += int(packets["wirelen"].sum(dtype="uint64"))
+        if progress is not None:
+            progress(str(reader.path), min(reader.stats.bytes_read, total), total)
+    return wire
+
+
+def _note_unknown_linktypes(reader: CaptureReader, agg: Aggregator, fr: FileResult) -> None:
+    name = DecodeStatus.NAMES[DecodeStatus.UNKNOWN_LINKTYPE]
+    if agg.skipped.get(name):
+        kinds = ", ".join(f"{n} ({linktype_name(n)})" for n in sorted(reader.stats.linktypes))
+        msg = f"{reader.path}: {agg.skipped[name]:,} frames of unknown link type {kinds} were not counted"
+        log.warning(msg)
+        fr.message = fr.message or msg

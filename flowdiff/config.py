@@ -1,0 +1,392 @@
+"""Configuration: one TOML file, every key optional.
+
+Lookup order: ``--config FILE``, else ``$FLOWDIFF_CONFIG``, else ``./flowdiff.toml``, else built-in
+defaults. Unknown keys are errors (a typo must not silently disable a table or the mail).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flowdiff.errors import ConfigError
+from flowdiff.schema import ADDRESS_KEYS, DEFAULT_TABLES, is_key_field
+
+CONFIG_ENV = "FLOWDIFF_CONFIG"
+DEFAULT_CONFIG_NAME = "flowdiff.toml"
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any, key: str = "duration") -> int:
+    """Seconds from an int or a string like ``300``, ``5m``, ``7d``, ``2w``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected seconds or a duration like '7d', got {value!r}", key=key)
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {value}", key=key)
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return int(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    raise ConfigError(f"expected seconds or a duration like '7d', got {value!r}", key=key)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One count table (an NNstat statistics object) and how learn/diff treat it."""
+
+    name: str
+    keys: tuple[str, ...]
+    # canonicalisation before learn and diff
+    collapse: tuple[str, ...] = ()  # network labels whose addresses become the label itself
+    ipv6_prefix: int | None = None  # reduce IPv6 addresses to this prefix ("2001:db8::/64")
+    collapse_random_macs: bool = True  # locally administered MACs -> "random"
+    # evidence needed for a key to enter the baseline
+    min_intervals: int = 2
+    min_packets: int = 2
+    both_directions: bool = False
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    host: str | None = None
+    port: int | None = None  # default: 587 for starttls, 465 for implicit, 25 for none
+    tls: str = "starttls"  # "starttls" | "implicit" | "none"
+    verify: bool = True
+    cafile: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    from_addr: str | None = None
+    to: tuple[str, ...] = ()
+    timeout: float = 30.0
+    sensor: str | None = None  # name in the subject; defaults to the top-level sensor
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.to)
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return {"starttls": 587, "implicit": 465, "none": 25}[self.tls]
+
+
+@dataclass(frozen=True)
+class Config:
+    store: Path = Path("store")
+    baselines: Path = Path("baselines")
+    reports: Path = Path("reports")
+    interval: int = 300
+    sensor: str = field(default_factory=lambda: default_sensor())
+    networks: dict[str, str] = field(default_factory=dict)  # canonical CIDR -> label
+    service_ports: tuple[int, ...] = ()  # ports >= 1024 that are services (client/server rule)
+    tables: dict[str, TableConfig] = field(default_factory=dict)
+    rules: Path | None = None  # default <baselines>/rules.toml
+    rearm: int = 0  # seconds after which a reported, never-accepted key is reported again; 0 = never
+    settle: int = 600  # the newest capture in a directory counts as closed after this many idle seconds
+    max_rows: int = 25  # rows per table in the body of a report (the rest go to the CSV attachment)
+    templates: Path | None = None  # user folder overriding the packaged report templates
+    outbox: Path | None = None  # default <reports>/outbox
+    mail: MailConfig = field(default_factory=MailConfig)
+    source: Path | None = None  # the file this was read from, None for built-in defaults
+
+    @property
+    def rules_path(self) -> Path:
+        return self.rules if self.rules is not None else self.baselines / "rules.toml"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox if self.outbox is not None else self.reports / "outbox"
+
+    @property
+    def sensor_name(self) -> str:
+        return self.mail.sensor or self.sensor
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """A copy with CLI overrides applied (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        for k in ("store", "baselines", "reports"):
+            if k in changes:
+                changes[k] = Path(changes[k])
+        if "interval" in changes and int(changes["interval"]) <= 0:
+            raise ConfigError("must be a positive number of seconds", key="interval")
+        return replace(self, **changes)
+
+    def select_tables(self, names: list[str] | tuple[str, ...] | None) -> dict[str, TableConfig]:
+        """The tables named (all when ``names`` is empty); unknown names are an error."""
+        if not names:
+            return dict(self.tables)
+        missing = [n for n in names if n not in self.tables]
+        if missing:
+            known = ", ".join(self.tables)
+            raise ConfigError(f"no table named {missing[0]!r} (tables: {known})", key="table")
+        return {n: self.tables[n] for n in names}
+
+
+def default_sensor() -> str:
+    """The host name, cut to what a partition directory and a mail subject can safely hold."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]).strip("-._")
+    return name[:63] or "sensor"
+
+
+def default_tables() -> dict[str, TableConfig]:
+    return {name: TableConfig(name=name, keys=keys) for name, keys in DEFAULT_TABLES.items()}
+
+
+_TOP_KEYS = {
+    "store", "baselines", "reports", "interval", "sensor", "networks", "service_ports", "tables",
+    "rules", "rearm", "settle", "max_rows", "templates", "outbox", "mail",
+}  # fmt: skip
+_TABLE_KEYS = {"keys", "collapse", "ipv6_prefix", "collapse_random_macs", "min_intervals", "min_packets",
+               "both_directions"}  # fmt: skip
+_MAIL_KEYS = {"host", "port", "tls", "verify", "cafile", "username", "password_env", "password_file", "from",
+              "to", "timeout", "sensor"}  # fmt: skip
+_SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.is_file() else None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read the config (see module doc for the lookup order); built-in defaults when there is none."""
+    found = find_config_file(path)
+    if found is None:
+        return Config(tables=default_tables())
+    try:
+        raw = tomllib.loads(found.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=str(found)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", path=str(found)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path=str(found)) from None
+    try:
+        return parse_config(raw, base=found.parent, source=found)
+    except ConfigError as e:
+        if e.path is None:
+            raise ConfigError(str(e).removeprefix("config "), path=str(found)) from None
+        raise
+
+
+def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
+    """Validate a parsed TOML document. Relative paths are taken relative to the current directory,
+    except ``networks``/``rules``/``templates`` files, which are relative to the config file."""
+    _reject_unknown(raw, _TOP_KEYS, "")
+    kw: dict[str, Any] = {"source": source}
+    for key in ("store", "baselines", "reports"):
+        if key in raw:
+            kw[key] = Path(_str(raw[key], key))
+    for key in ("rules", "templates", "outbox"):
+        if key in raw:
+            kw[key] = _rel(base, _str(raw[key], key))
+    if "interval" in raw:
+        kw["interval"] = parse_duration(raw["interval"], "interval")
+        if kw["interval"] <= 0:
+            raise ConfigError("must be a positive number of seconds", key="interval")
+    for key in ("rearm", "settle"):
+        if key in raw:
+            kw[key] = parse_duration(raw[key], key)
+    if "max_rows" in raw:
+        kw["max_rows"] = _int(raw["max_rows"], "max_rows", minimum=1)
+    if "sensor" in raw:
+        kw["sensor"] = _sensor(raw["sensor"], "sensor")
+    if "service_ports" in raw:
+        ports = raw["service_ports"]
+        if not isinstance(ports, list):
+            raise ConfigError("expected a list of port numbers", key="service_ports")
+        kw["service_ports"] = tuple(_int(p, "service_ports", minimum=1, maximum=65535) for p in ports)
+    if "networks" in raw:
+        kw["networks"] = parse_networks(raw["networks"], base)
+    kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))
+    if "mail" in raw:
+        kw["mail"] = _mail(raw["mail"], base)
+    return Config(**kw)
+
+
+def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:
+    """``{"CIDR": "label"}`` inline, or the path of a TOML file with such a table (a ``[networks]``
+    table or top-level entries) or of a text file with ``CIDR label`` lines."""
+    if isinstance(value, str):
+        path = _rel(base, value)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read networks file {path}: {e.strerror}", key="networks") from None
+        if path.suffix == ".toml":
+            try:
+                doc = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{path}: not valid TOML: {e}", key="networks") from None
+            value = doc.get("networks", doc)
+        else:
+            value = {}
+            for n, line in enumerate(text.splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.replace(",", " ").split()
+                if len(parts) != 2:
+                    raise ConfigError(f"{path}:{n}: expected 'CIDR label'", key="networks")
+                value[parts[0]] = parts[1]
+    if not isinstance(value, dict):
+        raise ConfigError("expected a table of \"CIDR\" = \"label\" or a file name", key="networks")
+    out: dict[str, str] = {}
+    for cidr, label in value.items():
+        key = f"networks.{cidr!r}"
+        try:
+            net = ipaddress.ip_network(str(cidr), strict=False)
+        except ValueError:
+            raise ConfigError("not a valid CIDR network", key=key) from None
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError("label must be a non-empty string", key=key)
+        out[str(net)] = label.strip()
+    return out
+
+
+def _tables(raw: Any, networks: dict[str, str]) -> dict[str, TableConfig]:
+    if raw is None:
+        return default_tables()
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("expected [tables.NAME] sections with keys = [...]", key="tables")
+    labels = set(networks.values())
+    out: dict[str, TableConfig] = {}
+    for name, spec in raw.items():
+        prefix = f"tables.{name}"
+        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$", name):
+            raise ConfigError("table names use letters, digits, '_' and '-'", key=prefix)
+        if not isinstance(spec, dict):
+            raise ConfigError("expected a table with keys = [...]", key=prefix)
+        _reject_unknown(spec, _TABLE_KEYS, prefix + ".")
+        keys = spec.get("keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise ConfigError("expected a non-empty list of key field names", key=prefix + ".keys")
+        for k in keys:
+            if not is_key_field(k):
+                raise ConfigError(f"unknown key field {k!r}", key=prefix + ".keys")
+        if len(set(keys)) != len(keys):
+            raise ConfigError("a key field is listed twice", key=prefix + ".keys")
+        kw: dict[str, Any] = {"name": name, "keys": tuple(keys)}
+        if "collapse" in spec:
+            col = spec["collapse"]
+            if not isinstance(col, list) or not all(isinstance(c, str) for c in col):
+                raise ConfigError("expected a list of network labels", key=prefix + ".collapse")
+            unknown = [c for c in col if c not in labels]
+            if unknown:
+                raise ConfigError(f"label {unknown[0]!r} is not in [networks]", key=prefix + ".collapse")
+            if not any(k in ADDRESS_KEYS for k in keys):
+                raise ConfigError("table has no address key to collapse", key=prefix + ".collapse")
+            kw["collapse"] = tuple(col)
+        if "ipv6_prefix" in spec:
+            kw["ipv6_prefix"] = _int(spec["ipv6_prefix"], prefix + ".ipv6_prefix", minimum=1, maximum=128)
+        for b in ("collapse_random_macs", "both_directions"):
+            if b in spec:
+                kw[b] = _bool(spec[b], f"{prefix}.{b}")
+        for n in ("min_intervals", "min_packets"):
+            if n in spec:
+                kw[n] = _int(spec[n], f"{prefix}.{n}", minimum=1)
+        out[name] = TableConfig(**kw)
+    return out
+
+
+def _mail(raw: Any, base: Path) -> MailConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a [mail] table", key="mail")
+    _reject_unknown(raw, _MAIL_KEYS, "mail.")
+    kw: dict[str, Any] = {}
+    for k in ("host", "username", "password_env", "sensor"):
+        if k in raw:
+            kw[k] = _str(raw[k], f"mail.{k}")
+    if "sensor" in kw:
+        kw["sensor"] = _sensor(kw["sensor"], "mail.sensor")
+    if "from" in raw:
+        kw["from_addr"] = _address(raw["from"], "mail.from")
+    if "to" in raw:
+        to = raw["to"]
+        if isinstance(to, str):
+            to = [to]
+        if not isinstance(to, list) or not to:
+            raise ConfigError("expected an address or a list of addresses", key="mail.to")
+        kw["to"] = tuple(_address(a, "mail.to") for a in to)
+    if "port" in raw:
+        kw["port"] = _int(raw["port"], "mail.port", minimum=1, maximum=65535)
+    if "tls" in raw:
+        tls = raw["tls"]
+        if tls not in ("starttls", "implicit", "none"):
+            raise ConfigError(f"expected \"starttls\", \"implicit\" or \"none\", got {tls!r}", key="mail.tls")
+        kw["tls"] = tls
+    if "verify" in raw:
+        kw["verify"] = _bool(raw["verify"], "mail.verify")
+    for k in ("cafile", "password_file"):
+        if k in raw:
+            kw[k] = str(_rel(base, _str(raw[k], f"mail.{k}")))
+    if "timeout" in raw:
+        t = raw["timeout"]
+        if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
+            raise ConfigError(f"expected a positive number of seconds, got {t!r}", key="mail.timeout")
+        kw["timeout"] = float(t)
+    if "password_env" in kw and "password_file" in kw:
+        raise ConfigError("give password_env or password_file, not both", key="mail.password_env")
+    return MailConfig(**kw)
+
+
+def _reject_unknown(raw: dict[str, Any], allowed: set[str], prefix: str) -> None:
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError("unknown key", key=f"{prefix}{k}")
+
+
+def _rel(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _str(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"expected a non-empty string, got {v!r}", key=key)
+    return v
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"expected true or false, got {v!r}", key=key)
+    return v
+
+
+def _int(v: Any, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"expected an integer, got {v!r}", key=key)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise ConfigError(f"{v} is out of range", key=key)
+    return v
+
+
+def _sensor(v: Any, key: str) -> str:
+    s = _str(v, key)
+    if not _SENSOR_RE.match(s):
+        raise ConfigError("use letters, digits, '.', '_' and '-' (at most 63)", key=key)
+    return s
+
+
+def _address(v: Any, key: str) -> str:
+    s = _str(v, key)
+    if any(c in s for c in "\r\n\0") or "@" not in s:
+        raise ConfigError(f"not a mail address: {s!r}", key=key)
+    return s

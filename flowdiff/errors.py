@@ -1,0 +1,62 @@
+"""The exceptions flowdiff raises.
+
+    FlowdiffError                 every error the CLI turns into one line and exit status 2
+     +-- ConfigError              bad or unknown key in the config (names the key)
+     +-- CaptureError             a capture file that cannot be read at all (names file and offset)
+     +-- StoreError               the Parquet store is missing, unreadable or locked
+     +-- BaselineError            no baseline, or a baseline for another table definition
+     +-- RulesError               a rules file entry that cannot be parsed
+     +-- ReportError              a report id that does not exist, a template that fails
+     +-- MailError                SMTP settings or delivery problems
+     +-- LockError                another flowdiff run holds the lock
+
+A malformed *packet* is never an exception: it is counted under a skip reason. A damaged *file* after
+some good records is reported as a warning (`CaptureDamage`) and the good records are kept.
+"""
+
+from __future__ import annotations
+
+
+class FlowdiffError(Exception):
+    """Base class; ``str(err)`` is the one line the CLI prints after ``Error:``."""
+
+
+class ConfigError(FlowdiffError):
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None):
+        self.key = key
+        self.path = path
+        where = f"{path}: " if path else ""
+        what = f"{key}: " if key else ""
+        super().__init__(f"config {where}{what}{message}")
+
+
+class CaptureError(FlowdiffError):
+    def __init__(self, path: str, message: str, *, offset: int | None = None):
+        self.path = path
+        self.offset = offset
+        at = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{path}{at}: {message}")
+
+
+class StoreError(FlowdiffError):
+    pass
+
+
+class BaselineError(FlowdiffError):
+    pass
+
+
+class RulesError(FlowdiffError):
+    pass
+
+
+class ReportError(FlowdiffError):
+    pass
+
+
+class MailError(FlowdiffError):
+    pass
+
+
+class LockError(FlowdiffError):
+    pass

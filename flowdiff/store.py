@@ -1,0 +1,409 @@
+"""The Parquet store: every file access of the count tables goes through this module.
+
+Layout (hive-partitioned, opens directly in pandas, DuckDB, polars and pyarrow.dataset)::
+
+    <store>/<table>/_table.json                          key columns and interval of the table
+    <store>/<table>/sensor=<name>/<YYYYMMDDTHHMMSSZ>.parquet   one file per interval
+    <store>/_ledger.jsonl                                the captures already collected
+
+One file per (table, sensor, interval) keeps merges cheap: a capture that adds to an interval rewrites only
+that interval's file. Each file records in its Parquet metadata which captures (content hashes) it holds,
+so re-collecting a capture after a crash never counts it twice, whatever moment the crash hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from flowdiff.errors import LockError, StoreError
+from flowdiff.schema import INTERVAL, PARTITION, table_schema
+
+TABLE_META = "_table.json"
+LEDGER = "_ledger.jsonl"
+LOCK = ".lock"
+_SOURCES_KEY = b"flowdiff.sources"
+_FILE_FMT = "%Y%m%dT%H%M%SZ"
+
+
+# ---------------------------------------------------------------- atomic file helpers
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: float = 60.0, what: str = "store") -> Iterator[None]:
+    """An exclusive flock; waits up to ``wait`` seconds, then raises LockError naming the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+                    raise LockError(
+                        f"{what} {path.parent} is busy (locked by pid {holder}); try again when it finishes"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- ledger
+
+
+@dataclass
+class LedgerEntry:
+    """One collected capture. ``status``: ok, damaged (good records kept, rest unreadable), failed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    records: int
+    status: str
+    message: str = ""
+    collected_at: str = ""
+    sensor: str = ""
+
+
+# ---------------------------------------------------------------- the store
+
+
+def interval_file_name(start: pd.Timestamp | datetime) -> str:
+    return pd.Timestamp(start).tz_convert("UTC").strftime(_FILE_FMT) + ".parquet"
+
+
+def _interval_of_file(name: str) -> pd.Timestamp | None:
+    try:
+        return pd.Timestamp(datetime.strptime(name.removesuffix(".parquet"), _FILE_FMT).replace(tzinfo=UTC))
+    except ValueError:
+        return None
+
+
+def _ts(value: Any) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+class Store:
+    """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor."""
+
+    def __init__(self, root: str | os.PathLike, sensor: str | None = None):
+        self.root = Path(root)
+        self.sensor = sensor
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, sensor={self.sensor!r})"
+
+    # -- table definitions
+    def tables(self) -> list[str]:
+        """Names of the tables that have a definition in the store."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{TABLE_META}"))
+
+    def table_meta(self, table: str) -> dict[str, Any] | None:
+        p = self.root / table / TABLE_META
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{p}: unreadable table definition: {e}") from None
+
+    def table_keys(self, table: str) -> tuple[str, ...] | None:
+        meta = self.table_meta(table)
+        return tuple(meta["keys"]) if meta else None
+
+    def ensure_table(self, table: str, keys: Sequence[str], interval: int) -> None:
+        """Record a table's definition, or refuse a definition that differs from the stored one:
+        mixing key sets or interval lengths in one table would make every count meaningless."""
+        meta = self.table_meta(table)
+        want = {"keys": list(keys), "interval": int(interval)}
+        if meta is None:
+            atomic_write_text(self.root / table / TABLE_META, json.dumps(want, indent=1) + "\n")
+            return
+        if list(meta.get("keys", [])) != list(keys):
+            raise StoreError(
+                f"table {table!r} in {self.root} has keys {meta.get('keys')}, the config says {list(keys)}: "
+                "give the new definition another table name, or use another store"
+            )
+        if int(meta.get("interval", interval)) != int(interval):
+            raise StoreError(
+                f"table {table!r} in {self.root} was collected with interval {meta.get('interval')} s, "
+                f"not {interval} s: use another store or keep the interval"
+            )
+
+    # -- files
+    def _table_dir(self, table: str) -> Path:
+        return self.root / table
+
+    def _sensor_dirs(self, table: str) -> list[Path]:
+        base = self._table_dir(table)
+        if self.sensor is not None:
+            d = base / f"{PARTITION}={self.sensor}"
+            return [d] if d.is_dir() else []
+        return sorted(p for p in base.glob(f"{PARTITION}=*") if p.is_dir())
+
+    def files(self, table: str, since: Any = None, until: Any = None) -> list[Path]:
+        """Interval files of a table, pruned by file name (no file is opened)."""
+        lo, hi = _ts(since), _ts(until)
+        out = []
+        for d in self._sensor_dirs(table):
+            for p in sorted(d.glob("*.parquet")):
+                start = _interval_of_file(p.name)
+                if start is None:
+                    continue
+                if (lo is not None and start < lo) or (hi is not None and start >= hi):
+                    continue
+                out.append(p)
+        return out
+
+    def intervals(self, table: str) -> list[pd.Timestamp]:
+        """Interval starts present for a table (UTC, sorted, over the selected sensor(s))."""
+        seen = {_interval_of_file(p.name) for p in self.files(table)}
+        return sorted(t for t in seen if t is not None)
+
+    # -- reading
+    def read(
+        self,
+        table: str,
+        since: Any = None,
+        until: Any = None,
+        columns: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Rows of ``table`` with ``since <= interval_start < until``; ``where`` maps a column to a value
+        or a list of values. Filters are pushed down to Parquet; the result always has the full dtypes."""
+        keys = self.table_keys(table)
+        if keys is None:
+            raise StoreError(f"no table {table!r} in store {self.root} (tables: {', '.join(self.tables()) or 'none'})")
+        schema = table_schema(keys).append(pa.field(PARTITION, pa.string()))
+        if columns is not None:
+            unknown = [c for c in columns if c not in schema.names]
+            if unknown:
+                raise StoreError(f"table {table!r} has no column {unknown[0]!r}")
+        files = self.files(table, since, until)
+        if not files:
+            return _empty(schema, columns)
+        dataset = ds.dataset(
+            [str(f) for f in files],
+            format="parquet",
+            partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
+            partition_base_dir=str(self._table_dir(table)),
+            schema=schema,
+        )
+        expr = _filter_expr(since, until, where, schema)
+        try:
+            result = dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"cannot read table {table!r} in {self.root}: {e}") from None
+        return _to_pandas(result)
+
+    # -- writing
+    def write_interval_rows(self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str) -> int:
+        """Merge aggregated rows (schema.table_schema(keys), any number of intervals) into the store.
+
+        Counts add, first/last seen take min/max. An interval file that already holds ``source_id`` is
+        left alone, which makes re-collecting a capture after a crash exact. Returns rows written."""
+        if self.sensor is None:
+            raise StoreError("a sensor name is needed to write to the store")
+        if rows.num_rows == 0:
+            return 0
+        schema = table_schema(keys)
+        rows = rows.select(schema.names).cast(schema)
+        starts = pc.unique(rows[INTERVAL]).to_pylist()
+        written = 0
+        for start in sorted(starts):
+            part = rows.filter(pc.equal(rows[INTERVAL], pa.scalar(start, type=schema.field(INTERVAL).type)))
+            written += self._merge_interval(table, keys, schema, pd.Timestamp(start), part, source_id)
+        return written
+
+    def _merge_interval(
+        self, table: str, keys: Sequence[str], schema: pa.Schema, start: pd.Timestamp, part: pa.Table, source: str
+    ) -> int:
+        path = self._table_dir(table) / f"{PARTITION}={self.sensor}" / interval_file_name(start)
+        sources: list[str] = []
+        if path.exists():
+            try:
+                old = pq.read_table(path, schema=schema)
+                meta = pq.read_schema(path).metadata or {}
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StoreError(f"{path}: unreadable interval file: {e}") from None
+            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
+            if source in sources:
+                return 0
+            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
+        else:
+            part = _sort(part, keys)
+        sources = sorted({*sources, source})
+        part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+        atomic_write_parquet(path, part)
+        return part.num_rows
+
+    def lock(self, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
+        """Serialise writers: two collects merging into one interval file would lose counts."""
+        return file_lock(self.root / LOCK, wait=wait, what="store")
+
+    # -- ledger
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / LEDGER
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Entries in order; a torn last line (crash mid-append) is ignored, its capture is simply redone."""
+        try:
+            text = self.ledger_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(LedgerEntry(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return out
+
+    def ledger_append(self, entry: LedgerEntry) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not entry.collected_at:
+            entry.collected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        line = json.dumps(asdict(entry), sort_keys=True) + "\n"
+        with open(self.ledger_path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def row_count(self, table: str) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files(table))
+
+
+def open_store(path: str | os.PathLike = "store", sensor: str | None = None) -> Store:
+    """Open a store for reading from a notebook: ``open_store("store").read("services")``."""
+    return Store(path, sensor)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _filter_expr(since: Any, until: Any, where: Mapping[str, Any] | None, schema: pa.Schema) -> ds.Expression | None:
+    expr = None
+
+    def _and(e: ds.Expression) -> None:
+        nonlocal expr
+        expr = e if expr is None else expr & e
+
+    ts_type = schema.field(INTERVAL).type
+    if (lo := _ts(since)) is not None:
+        _and(ds.field(INTERVAL) >= pa.scalar(lo.to_pydatetime(), type=ts_type))
+    if (hi := _ts(until)) is not None:
+        _and(ds.field(INTERVAL) < pa.scalar(hi.to_pydatetime(), type=ts_type))
+    for col, value in (where or {}).items():
+        if col not in schema.names:
+            raise StoreError(f"cannot filter on {col!r}: no such column")
+        typ = schema.field(col).type
+        if isinstance(value, list | tuple | set):
+            _and(ds.field(col).isin(pa.array(list(value), type=typ)))
+        else:
+            _and(ds.field(col) == pa.scalar(value, type=typ))
+    return expr
+
+
+def _reaggregate(table: pa.Table, keys: Sequence[str], schema: pa.Schema) -> pa.Table:
+    group = [INTERVAL, *keys]
+    agg = table.group_by(group, use_threads=False).aggregate(
+        [("packets", "sum"), ("bytes", "sum"), ("first_seen", "min"), ("last_seen", "max")]
+    )
+    agg = agg.rename_columns(
+        [{"packets_sum": "packets", "bytes_sum": "bytes", "first_seen_min": "first_seen",
+          "last_seen_max": "last_seen"}.get(n, n) for n in agg.column_names]  # fmt: skip
+    )
+    return _sort(agg.select(schema.names).cast(schema), keys)
+
+
+def _sort(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    order = [(INTERVAL, "ascending")] + [(k, "ascending") for k in keys]
+    return table.take(pc.sort_indices(table, sort_keys=order))
+
+
+def _empty(schema: pa.Schema, columns: Sequence[str] | None) -> pd.DataFrame:
+    t = schema.empty_table()
+    if columns:
+        t = t.select(list(columns))
+    return _to_pandas(t)
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    # Keep the stored units (timestamp[us, UTC]); pandas would otherwise pick its own defaults.
+    return table.to_pandas(coerce_temporal_nanoseconds=False)

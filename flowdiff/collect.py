@@ -28,7 +28,7 @@ from pathlib import Path
 from flowdiff.aggregate import Aggregator
 from flowdiff.capture import CaptureReader, open_capture, sniff_capture
 from flowdiff.config import Config, TableConfig
-from flowdiff.decode import decode, linktype_name
+from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.schema import DecodeStatus
 from flowdiff.store import LedgerEntry, Store
@@ -191,6 +191,7 @@ def collect(
     result.deferred = [str(p) for p in deferred]
     result.ignored = [str(p) for p in ignored]
     with store.lock():
+        store.remove_stale_temp_files()
         for name, tc in selected.items():
             store.ensure_table(name, tc.keys, config.interval)
         known = _ledger_index(store)
@@ -248,9 +249,10 @@ def _collect_one(
         fr.status = "known"
         return fr
     source = stats.sha256 or f"{stat_key[0]}:{st.st_size}:{st.st_mtime_ns}"
-    for name, rows in agg.finish().items():
-        fr.rows_written += store.write_interval_rows(name, tables[name].keys, rows, source)
-        result.intervals.update(rows.column("interval_start").to_pylist())
+    with store.batch() as batch:
+        for name, rows in agg.finish().items():
+            fr.rows_written += batch.write_interval_rows(name, tables[name].keys, rows, source)
+            result.intervals.update(rows.column("interval_start").to_pylist())
     store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
                                     fr.status, fr.message, sensor=config.sensor))  # fmt: skip
     if stats.sha256:
@@ -279,7 +281,8 @@ def _read_all(reader: CaptureReader, agg: Aggregator, total: int, progress: Prog
 def _note_unknown_linktypes(reader: CaptureReader, agg: Aggregator, fr: FileResult) -> None:
     name = DecodeStatus.NAMES[DecodeStatus.UNKNOWN_LINKTYPE]
     if agg.skipped.get(name):
-        kinds = ", ".join(f"{n} ({linktype_name(n)})" for n in sorted(reader.stats.linktypes))
+        unknown = sorted(set(reader.stats.linktypes) - set(decoded_linktypes()))
+        kinds = ", ".join(f"{n} ({linktype_name(n)})" for n in unknown)
         msg = f"{reader.path}: {agg.skipped[name]:,} frames of unknown link type {kinds} were not counted"
         log.warning(msg)
         fr.message = fr.message or msg

@@ -1,13 +1,66 @@
 """diff: new rows of the stored intervals against the current baseline and the rules.
 
-INTERFACE (fixed; the report/mail stage relies on it; the owner fills in the rest):
+For every table: the intervals not diffed yet (or changed since: a late capture can add to an interval)
+are canonicalised exactly like ``learn`` did, anti-joined with the baseline (Arrow hash joins over the
+baseline streamed in batches, so memory stays bounded by one interval batch plus one baseline batch),
+then the rules decide: ``deny`` always reports (reason ``deny-rule NAME``), ``allow`` makes a key normal,
+everything else not in the baseline is grey (reason ``new``).
+
+A key is reported once. The reported-keys state remembers it; it comes back only after it was accepted
+and later removed from the baseline, or after ``rearm`` seconds (counted in capture time: between the
+interval it was last reported in and the interval it is seen in now). Re-running diff finds nothing,
+because the diffed intervals are remembered too. Both live in the baselines state (``flowdiff.baseline``).
+
+INTERFACE (fixed; the report/mail stage relies on it): ``ROW_COLUMNS`` and ``DiffResult``. Each per-table
+frame has the table's key columns, then ``ROW_COLUMNS``, then ``row`` (the row number inside the report,
+used by ``flowdiff accept REPORT_ID ROW``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import numba
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowdiff.baseline import (
+    State,
+    TableEntry,
+    baseline_entry,
+    commit_state,
+    get_version,
+    interval_tokens,
+    iter_baseline,
+    iter_fingerprints,
+    load_state,
+    lock,
+    open_store,
+    read_intervals,
+)
+from flowdiff.canon import canonicalise, column_hashes, combine_hashes, key_hashes, string_buffers
+from flowdiff.config import Config, TableConfig
+from flowdiff.errors import ReportError
+from flowdiff.netmap import NetworkMap, reduce_ipv6_text
+from flowdiff.rules import RuleSet, apply_rules, load_rules
+from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
+from flowdiff.store import atomic_write_parquet, atomic_write_text, fsync_dir
+
+log = logging.getLogger(__name__)
 
 # Columns every per-table frame of DiffResult.rows has, after the table's own key columns.
 ROW_COLUMNS = (
@@ -21,6 +74,9 @@ ROW_COLUMNS = (
     "accept_cmd",  # str: exact `flowdiff accept ...` command for this row
     "deny_cmd",  # str: exact `flowdiff deny ...` command for this row
 )
+ROW_NUMBER = "row"
+_CHUNK_INTERVALS = 12  # intervals per anti-join pass: bounds memory when many intervals wait
+_BATCH_ROWS = 1 << 21  # baseline rows per streamed batch
 
 
 @dataclass
@@ -43,3 +99,587 @@ class DiffResult:
 
     def counts(self) -> dict[str, int]:
         return {t: len(df) for t, df in self.rows.items() if len(df)}
+
+
+__all__ = ["ROW_COLUMNS", "DiffResult", "diff", "find_new", "neighbours", "key_hashes", "load_report", "list_reports",
+           "empty_rows", "report_dir", "row_records"]  # fmt: skip
+
+
+# ------------------------------------------------------------------ frames
+
+
+def empty_rows(keys: Sequence[str]) -> pd.DataFrame:
+    """A zero-row frame with the full DiffResult row schema of a table."""
+    return _row_schema(keys).empty_table().to_pandas(coerce_temporal_nanoseconds=False)
+
+
+def _row_schema(keys: Sequence[str]) -> pa.Schema:
+    fields = [pa.field(k, key_type(k)) for k in keys]
+    fields += [pa.field(c, TIMESTAMP) for c in ("interval_start", "first_seen", "last_seen")]
+    fields += [pa.field(c, pa.uint64()) for c in ("packets", "bytes")]
+    fields += [pa.field(c, pa.string()) for c in ("reason", "neighbour", "accept_cmd", "deny_cmd")]
+    fields.append(pa.field(ROW_NUMBER, pa.int64()))
+    return pa.schema(fields)
+
+
+def _typed(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    schema = _row_schema(keys)
+    t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
+    return t.to_pandas(coerce_temporal_nanoseconds=False)
+
+
+# ------------------------------------------------------------------ the anti-join
+
+
+def _key_table(df: pd.DataFrame, keys: Sequence[str]) -> pa.Table:
+    schema = pa.schema([pa.field(k, key_type(k)) for k in keys])
+    return pa.Table.from_pandas(df[list(keys)], preserve_index=False).cast(schema)
+
+
+def _in_baseline(uk: pd.DataFrame, keys: Sequence[str], fingerprints: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """True for each distinct key of ``uk`` present in the baseline.
+
+    Keys are compared by their 128-bit fingerprint (``canon.key_hashes``; the baseline stores it, so
+    no baseline string is decoded): a hash index of the interval's fingerprints is probed with each
+    streamed baseline batch. Memory is one interval plus one batch, whatever the size of the baseline.
+    Two different keys with equal 128-bit fingerprints (odds around 1e-25 for 1M rows against 10M keys)
+    would hide a new row; a collision of one half only can at worst report a known key."""
+    found = np.zeros(len(uk), dtype=bool)
+    if not len(uk):
+        return found
+    p1, p2 = key_hashes(_key_table(uk, keys), keys)
+    index = pd.Index(p1)
+    unique = index.is_unique
+    order = s1 = None
+    if not unique:  # astronomically rare: fall back to a sorted search
+        order = np.argsort(p1, kind="stable")
+        s1 = p1[order]
+    for b1, b2 in fingerprints:
+        if not len(b1):
+            continue
+        if unique:
+            pos = index.get_indexer(b1)
+            m = pos >= 0
+            pm = pos[m]
+            found[pm[p2[pm] == b2[m]]] = True
+        else:
+            assert order is not None and s1 is not None
+            pos = np.minimum(np.searchsorted(s1, b1), len(s1) - 1)
+            hit = (s1[pos] == b1) & (p2[order[pos]] == b2)
+            found[order[pos[hit]]] = True
+    return found
+
+
+def find_new(
+    df: pd.DataFrame,
+    tc: TableConfig,
+    baseline_fingerprints: Iterable[tuple[np.ndarray, np.ndarray]],
+    rules: RuleSet,
+    nmap: NetworkMap | None,
+) -> pd.DataFrame:
+    """Candidate rows of canonical count rows ``df`` (interval_start, keys, metrics): keys neither in the
+    baseline nor allowed (reason ``new``) plus deny-rule hits (reason ``deny-rule NAME``). One row per
+    key and reason, aggregated over the intervals of ``df``; ``last_interval`` is the latest interval seen.
+    ``baseline_fingerprints`` yields ``(h1, h2)`` arrays (``baseline.iter_fingerprints``). Pure function (no
+    I/O besides iterating), so tests call it directly."""
+    keys = list(tc.keys)
+    cols = [*keys, "interval_start", "first_seen", "last_seen", "packets", "bytes", "reason", "last_interval"]
+    if not len(df):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).iloc[0:0]
+    group = df.groupby(keys, sort=False, observed=True, dropna=False)
+    gid = group.ngroup().to_numpy()
+    uk = df[keys].iloc[_first_index(gid, group.ngroups)].reset_index(drop=True)
+    present = _in_baseline(uk, keys, baseline_fingerprints)
+    allowed, deny = apply_rules(uk, tc.name, keys, rules, nmap)
+    reason = np.where(deny != "", "deny-rule " + deny.astype(str), np.where(~present & ~allowed, "new", ""))
+    row_reason = reason[gid]
+    hit = row_reason != ""
+    if not hit.any():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).iloc[0:0]
+    sub = df.loc[hit, [INTERVAL, *keys, "first_seen", "last_seen", "packets", "bytes"]].copy()
+    sub["reason"] = row_reason[hit]
+    out = (
+        sub.groupby([*keys, "reason"], sort=False, observed=True, dropna=False)
+        .agg(
+            interval_start=(INTERVAL, "min"), first_seen=("first_seen", "min"), last_seen=("last_seen", "max"),
+            packets=("packets", "sum"), bytes=("bytes", "sum"), last_interval=(INTERVAL, "max"),
+        )
+        .reset_index()
+    )  # fmt: skip
+    return out[cols]
+
+
+def _first_index(gid: np.ndarray, n: int) -> np.ndarray:
+    first = np.full(n, len(gid), dtype=np.int64)
+    np.minimum.at(first, gid, np.arange(len(gid), dtype=np.int64))
+    return first
+
+
+# ------------------------------------------------------------------ neighbours
+
+
+_CLIENT_SIDE = ("client", "src", "src_mac")
+_SERVER_SIDE = ("server", "dst", "dst_mac")
+_SERVICE = ("proto", "service_port", "dport", "ethertype", "icmp_type")
+_ADDR = ("client", "src", "server", "dst")
+
+
+@dataclass(frozen=True)
+class _Strategy:
+    label: str
+    join: tuple[str, ...]  # columns to join on ("_net" = prefix of ``net_of``)
+    net_of: str | None = None
+
+
+def _strategies(keys: Sequence[str]) -> list[_Strategy]:
+    """Nearest accepted neighbours to look for, most specific first."""
+    out: list[_Strategy] = []
+    client = next((k for k in _CLIENT_SIDE if k in keys), None)
+    server = next((k for k in _SERVER_SIDE if k in keys), None)
+    if client and len(keys) > 1:
+        rest = tuple(k for k in keys if k != client)
+        what = "server and port" if client == "client" else " ".join(rest)
+        out.append(_Strategy(f"same {what}, other {client}", rest))
+    addr = next((k for k in _ADDR if k in keys), None)
+    if addr:
+        out.append(_Strategy(f"same network ({addr} /24 or /64)", ("_net",), addr))
+    service = tuple(k for k in _SERVICE if k in keys)
+    if server and service:
+        out.append(_Strategy("same service on another host", service))
+        out.append(_Strategy("same host, another service", (server,)))
+    return out
+
+
+@numba.njit(cache=True)
+def _net4_hash(offsets: np.ndarray, data: np.ndarray, h: np.ndarray, valid: np.ndarray) -> None:
+    # IPv4 text "a.b.c.d": hash of "a.b.c" (its /24); anything else is left invalid
+    for i in range(len(h)):
+        lo, hi = offsets[i], offsets[i + 1]
+        dots = 0
+        last = -1
+        ok = hi > lo
+        for j in range(lo, hi):
+            c = data[j]
+            if c == 46:
+                dots += 1
+                last = j
+            elif c < 48 or c > 57:
+                ok = False
+                break
+        if not ok or dots != 3:
+            continue
+        a = np.uint64(0xCBF29CE484222325)
+        for j in range(lo, last):
+            a = (a ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
+        h[i] = a ^ np.uint64(4)
+        valid[i] = True
+
+
+def _net_hash(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Hash of the /24 (IPv4) or /64 (IPv6) of address text, and whether the value is an address at all
+    (labels after ``collapse`` have no network: they never count as "same network")."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    n = len(arr)
+    h = np.zeros(n, dtype=np.uint64)
+    valid = np.zeros(n, dtype=bool)
+    offsets, data = string_buffers(arr)
+    _net4_hash(offsets, data, h, valid)
+    is6 = np.asarray(pc.fill_null(pc.match_substring(arr, ":"), False).to_numpy(zero_copy_only=False), dtype=bool)
+    if is6.any():
+        enc = pc.filter(arr, pa.array(is6)).dictionary_encode()
+        uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        red = pa.array(reduce_ipv6_text(uniq, 64).tolist(), pa.string())
+        uh, _ = key_hashes(pa.table({"n": red}), ["n"])
+        h[is6] = uh[enc.indices.to_numpy(zero_copy_only=False)]
+        valid[is6] = True
+    return h, valid
+
+
+def _strategy_hash(t: pa.Table, colh: dict, s: _Strategy) -> tuple[np.ndarray, np.ndarray]:
+    if s.net_of is not None:
+        return _net_hash(t[s.net_of])
+    h, _ = combine_hashes(colh, s.join, t.num_rows)
+    return h, np.ones(t.num_rows, dtype=bool)
+
+
+def _best_rows(h: np.ndarray, packets: np.ndarray) -> np.ndarray:
+    """Positions of the row with the most packets per distinct ``h`` (first one on ties)."""
+    s = pd.Series(packets.astype(np.int64, copy=False))
+    return s.groupby(h, sort=False).idxmax().to_numpy()
+
+
+def neighbours(rows: pd.DataFrame, keys: Sequence[str], batches: Iterable[pa.Table]) -> np.ndarray:
+    """Text of the nearest accepted neighbour of each row ("" when none), from one baseline pass.
+
+    Join values are compared by hash, computed once per column and batch; each batch is reduced to its
+    best candidate per join value right away, so the pass holds at most (strategies x distinct join
+    values) rows whatever the size of the baseline."""
+    out = np.full(len(rows), "", dtype=object)
+    strategies = _strategies(keys)
+    if not len(rows) or not strategies:
+        return out
+    keys = list(keys)
+    rt = _key_table(rows, keys)
+    rcol = column_hashes(rt, keys)
+    self1, _ = combine_hashes(rcol, keys, len(rows))
+    self_index = pd.Index(self1)
+    row_h = [_strategy_hash(rt, rcol, s) for s in strategies]
+    probes = [pd.Index(np.unique(h[v])) for h, v in row_h]
+    found: list[list[pa.Table]] = [[] for _ in strategies]
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        packets = batch["packets"].to_numpy()
+        colh = column_hashes(batch, keys)
+        # a deny row can be in the baseline itself: it is nobody's neighbour
+        not_self = self_index.get_indexer(combine_hashes(colh, keys, batch.num_rows)[0]) < 0
+        for i, s in enumerate(strategies):
+            jh, valid = _strategy_hash(batch, colh, s)
+            idx = np.flatnonzero(valid & not_self & (probes[i].get_indexer(jh) >= 0))
+            if not len(idx):
+                continue
+            best = idx[_best_rows(jh[idx], packets[idx])]
+            part = batch.select([*keys, "packets"]).take(pa.array(best))
+            found[i].append(part.append_column("_h", pa.array(jh[best])))
+    for i, s in enumerate(strategies):
+        if not found[i]:
+            continue
+        cand = pa.concat_tables(found[i])
+        h = cand["_h"].to_numpy()
+        best = cand.take(pa.array(_best_rows(h, cand["packets"].to_numpy()))).to_pandas()
+        by_hash = pd.Index(best["_h"].to_numpy())
+        rh, rv = row_h[i]
+        pos = by_hash.get_indexer(rh)
+        todo = np.flatnonzero(rv & (pos >= 0) & (out == ""))
+        if not len(todo):
+            continue
+        vals = best[keys].to_numpy(dtype=object)[pos[todo]]
+        out[todo] = [f"{s.label}: " + " ".join(f"{k}={v}" for k, v in zip(keys, r, strict=True)) for r in vals]
+    return out
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _config_arg(config: Config) -> str:
+    src = config.source
+    if src is None:
+        return ""
+    with contextlib.suppress(OSError):
+        if Path(src).resolve() == Path("flowdiff.toml").resolve() and not os.environ.get("FLOWDIFF_CONFIG"):
+            return ""
+    return f" --config {shlex.quote(str(Path(src).resolve()))}"
+
+
+def commands(
+    rows: pd.DataFrame, table: str, keys: Sequence[str], config: Config
+) -> tuple[list[str], list[str]]:
+    """The exact accept and deny command for each row (every key field given, shell-quoted)."""
+    cfg = _config_arg(config)
+    acc, den = [], []
+    for vals in rows[list(keys)].itertuples(index=False, name=None):
+        where = " ".join(f"--where {shlex.quote(f'{k}={v}')}" for k, v in zip(keys, vals, strict=True))
+        acc.append(f"flowdiff accept {shlex.quote(table)} {where}{cfg}")
+        den.append(f"flowdiff deny {shlex.quote(table)} {where}{cfg}")
+    return acc, den
+
+
+# ------------------------------------------------------------------ diff
+
+
+def _pending(tokens: dict[pd.Timestamp, str], done: dict[pd.Timestamp, str], since: Any, until: Any) -> list:
+    lo, hi = _ts(since), _ts(until)
+    return [
+        s for s, tok in tokens.items()
+        if done.get(s) != tok and (lo is None or s >= lo) and (hi is None or s < hi)
+    ]  # fmt: skip
+
+
+def _suppress_reported(
+    cand: pd.DataFrame, reported: pd.DataFrame, keys: Sequence[str], rearm: int
+) -> pd.DataFrame:
+    """Drop candidates already reported (same key and reason), unless ``rearm`` seconds of capture time
+    passed since they were last reported."""
+    if not len(cand) or not len(reported):
+        return cand
+    on = [*keys, "reason"]
+    r = reported[[*on, "last_reported"]]
+    left = cand.copy()
+    for k in keys:
+        left[k] = left[k].astype(reported[k].dtype)
+    m = left.merge(r, on=on, how="left")
+    seen = m["last_reported"].notna().to_numpy(dtype=bool, copy=True)
+    if rearm > 0:
+        due = (m["last_interval"] - m["last_reported"]) >= pd.Timedelta(seconds=rearm)
+        seen &= ~due.fillna(False).to_numpy(dtype=bool)
+    return cand[~seen].reset_index(drop=True)
+
+
+def _update_reported(
+    reported: pd.DataFrame, new: pd.DataFrame, keys: Sequence[str], report_id: str
+) -> pd.DataFrame:
+    on = [*keys, "reason"]
+    add = new[[*on, "first_seen", "last_seen", "packets", "bytes"]].copy()
+    add["first_reported"] = new["interval_start"].to_numpy()
+    add["last_reported"] = new["last_interval"].to_numpy()
+    add["report_id"] = report_id
+    if len(reported):
+        old = reported.copy()
+        for k in keys:
+            add[k] = add[k].astype(old[k].dtype)
+        firsts = old[[*on, "first_reported"]]
+        add = add.drop(columns="first_reported").merge(firsts, on=on, how="left")
+        add["first_reported"] = add["first_reported"].fillna(add["last_reported"])
+        keep = old.merge(add[on].assign(_x=1), on=on, how="left")
+        old = old[keep["_x"].isna().to_numpy()]
+        add = pd.concat([old, add[old.columns]], ignore_index=True)
+    return add
+
+
+def diff(
+    config: Config,
+    *,
+    tables: Sequence[str] | None = None,
+    since: Any = None,
+    until: Any = None,
+    record: bool = True,
+    now: datetime | None = None,
+) -> DiffResult:
+    """Compare the stored intervals not yet diffed with the current baseline and the rules.
+
+    With ``record`` the new rows are archived as a report (``reports/<id>/rows.parquet``, ``rows.json``,
+    ``report.json``) and the diff state is updated, all or nothing; without it nothing is written and the
+    same rows come back next time (a dry run)."""
+    selected = config.select_tables(tables)
+    ctx = lock(config) if record else contextlib.nullcontext()
+    with ctx:
+        state = load_state(config)
+        _finish_pending_report(config, state)
+        version = get_version(config)
+        entries = {name: baseline_entry(config, tc, version)[1] for name, tc in selected.items()}
+        rules = load_rules(config)
+        nmap = NetworkMap(config.networks)
+        store = open_store(config)
+        found: dict[str, pd.DataFrame] = {}
+        diffed: dict[str, dict[pd.Timestamp, str]] = {}
+        reported_new: dict[str, tuple[Sequence[str], pd.DataFrame]] = {}
+        spans: list[pd.Timestamp] = []
+        n_intervals = 0
+        for name, tc in selected.items():
+            tokens = interval_tokens(store, name) if store.table_keys(name) else {}
+            done = state.diffed(name)
+            pending = _pending(tokens, done, since, until)
+            n_intervals += len(pending)
+            spans += pending
+            cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store)
+            reported = state.reported(name, tc.keys)
+            cand = _suppress_reported(cand, reported, tc.keys, config.rearm)
+            found[name] = cand
+            done.update({s: tokens[s] for s in pending})
+            diffed[name] = done
+        rows = _finish_rows(config, selected, entries, found)
+        total = sum(len(df) for df in rows.values())
+        report_id = None
+        if record:
+            if total:
+                report_id = _new_report_id(now)
+                for name, tc in selected.items():
+                    if len(found[name]):
+                        reported_new[name] = (
+                            tc.keys, _update_reported(state.reported(name, tc.keys), found[name], tc.keys, report_id)
+                        )  # fmt: skip
+            result = _result(config, report_id, rows, selected, version.id, spans, n_intervals)
+            if report_id:
+                _write_report_tmp(config, result)
+            commit_state(config, state, diffed=diffed, reported=reported_new, last_report=report_id)
+            if report_id:
+                _publish_report(config, report_id)
+            return result
+    return _result(config, None, rows, selected, version.id, spans, n_intervals)
+
+
+def _result(config: Config, report_id: str | None, rows: dict[str, pd.DataFrame], selected: dict[str, TableConfig],
+            version: str, spans: list[pd.Timestamp], n: int) -> DiffResult:  # fmt: skip
+    return DiffResult(
+        report_id=report_id, rows=rows, keys={t: tc.keys for t, tc in selected.items()},
+        baseline_versions={t: version for t in selected}, since=min(spans) if spans else None,
+        until=max(spans) + pd.Timedelta(seconds=config.interval) if spans else None, intervals=n,
+        sensor=config.sensor_name,
+    )  # fmt: skip
+
+
+def _diff_table(config: Config, tc: TableConfig, entry: TableEntry, pending: list[pd.Timestamp], rules: RuleSet,
+                nmap: NetworkMap, store: Any) -> pd.DataFrame:  # fmt: skip
+    parts = []
+    for i in range(0, len(pending), _CHUNK_INTERVALS):
+        raw = read_intervals(store, tc, pending[i : i + _CHUNK_INTERVALS])
+        canon = canonicalise(raw, tc, nmap, force_aggregate=raw.attrs.get("sensors", 1) > 1)
+        parts.append(find_new(canon, tc, iter_fingerprints(config, entry, _BATCH_ROWS), rules, nmap))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return find_new(pd.DataFrame(), tc, [], rules, nmap)
+    if len(parts) == 1:
+        return parts[0]
+    allp = pd.concat(parts, ignore_index=True)
+    return (
+        allp.groupby([*tc.keys, "reason"], sort=False, observed=True, dropna=False)
+        .agg(
+            interval_start=("interval_start", "min"), first_seen=("first_seen", "min"),
+            last_seen=("last_seen", "max"), packets=("packets", "sum"), bytes=("bytes", "sum"),
+            last_interval=("last_interval", "max"),
+        )
+        .reset_index()
+    )  # fmt: skip
+
+
+def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict[str, TableEntry],
+                 found: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Sort, number, add neighbour and commands; every table gets a full-schema frame."""
+    out: dict[str, pd.DataFrame] = {}
+    row_no = 1
+    for name, tc in selected.items():
+        keys = list(tc.keys)
+        cand = found[name]
+        if not len(cand):
+            out[name] = empty_rows(keys)
+            continue
+        cand = cand.sort_values(["bytes", *keys], ascending=[False, *[True] * len(keys)], kind="stable")
+        cand = cand.reset_index(drop=True)
+        cand["neighbour"] = neighbours(
+            cand, keys, iter_baseline(config, entries[name], [*keys, "packets"], _BATCH_ROWS)
+        )
+        cand["accept_cmd"], cand["deny_cmd"] = commands(cand, name, keys, config)
+        cand[ROW_NUMBER] = np.arange(row_no, row_no + len(cand), dtype=np.int64)
+        row_no += len(cand)
+        out[name] = _typed(cand, keys)
+    return out
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _new_report_id(now: datetime | None = None) -> str:
+    t = now or datetime.now(UTC)
+    return f"{t.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def report_dir(config: Config, report_id: str) -> Path:
+    return config.reports / report_id
+
+
+def _tmp_dir(config: Config, report_id: str) -> Path:
+    return config.reports / f".{report_id}.tmp"
+
+
+def row_records(result: DiffResult) -> list[dict[str, Any]]:
+    """One JSON-ready dict per row: the ``flowdiff diff --format json`` objects (plus the extra columns)."""
+    out = []
+    for table, df in result.rows.items():
+        keys = result.keys[table]
+        for rec in df.to_dict(orient="records"):
+            obj: dict[str, Any] = {"table": table}
+            for k in keys:
+                obj[k] = _json_value(rec[k])
+            for c in (*ROW_COLUMNS, ROW_NUMBER):
+                obj[c] = _json_value(rec[c])
+            out.append(obj)
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, pd.Timestamp):
+        return (
+            v.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            if v.microsecond
+            else v.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _write_report_tmp(config: Config, result: DiffResult) -> None:
+    assert result.report_id
+    d = _tmp_dir(config, result.report_id)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    tables = []
+    for t, df in result.rows.items():
+        if not len(df):
+            continue
+        pt = pa.Table.from_pandas(df, preserve_index=False)
+        pt = pt.add_column(0, "table", pa.array([t] * len(df), pa.string()))
+        tables.append(pt)
+    combined = pa.concat_tables(tables, promote_options="default")
+    order = ["row", "table"] + [c for c in combined.column_names if c not in ("row", "table")]
+    atomic_write_parquet(d / "rows.parquet", combined.select(order))
+    atomic_write_text(d / "rows.json", json.dumps(row_records(result), indent=1, ensure_ascii=False) + "\n")
+    meta = {
+        "report_id": result.report_id,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sensor": result.sensor,
+        "since": _json_value(result.since) if result.since is not None else None,
+        "until": _json_value(result.until) if result.until is not None else None,
+        "intervals": result.intervals,
+        "baseline_versions": result.baseline_versions,
+        "keys": {t: list(k) for t, k in result.keys.items()},
+        "counts": result.counts(),
+    }
+    atomic_write_text(d / "report.json", json.dumps(meta, indent=1) + "\n")
+
+
+def _publish_report(config: Config, report_id: str) -> None:
+    src, dst = _tmp_dir(config, report_id), report_dir(config, report_id)
+    if src.is_dir() and not dst.exists():
+        os.replace(src, dst)
+        fsync_dir(config.reports)
+
+
+def _finish_pending_report(config: Config, state: State) -> None:
+    """A crash between the state commit and the report rename leaves a committed report in its temp
+    directory: publish it. Temp directories of reports that were never committed are dropped."""
+    if not config.reports.is_dir():
+        return
+    for d in config.reports.glob(".*.tmp"):
+        rid = d.name[1:-4]
+        if rid == state.last_report:
+            _publish_report(config, rid)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def list_reports(config: Config) -> list[str]:
+    """Report ids, oldest first."""
+    if not config.reports.is_dir():
+        return []
+    return sorted(p.name for p in config.reports.iterdir() if (p / "report.json").is_file())
+
+
+def load_report(config: Config, report_id: str) -> DiffResult:
+    """A DiffResult back from an archived report."""
+    d = report_dir(config, report_id)
+    try:
+        meta = json.loads((d / "report.json").read_text(encoding="utf-8"))
+        table = pq.read_table(d / "rows.parquet")
+    except FileNotFoundError:
+        raise ReportError(f"no report {report_id!r} in {config.reports}") from None
+    except (OSError, ValueError, pa.ArrowInvalid) as e:
+        raise ReportError(f"report {report_id}: unreadable: {e}") from None
+    keys = {t: tuple(k) for t, k in meta["keys"].items()}
+    df = table.to_pandas(coerce_temporal_nanoseconds=False)
+    rows = {}
+    for t, k in keys.items():
+        sub = df[df["table"] == t]
+        rows[t] = _typed(sub, k) if len(sub) else empty_rows(k)
+    return DiffResult(
+        report_id=report_id, rows=rows, keys=keys, baseline_versions=meta.get("baseline_versions", {}),
+        since=_ts(meta.get("since")), until=_ts(meta.get("until")), intervals=meta.get("intervals", 0),
+        sensor=meta.get("sensor", ""),
+    )  # fmt: skip
+
+
+def _ts(value: Any) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

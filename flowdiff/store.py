@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +42,23 @@ _SOURCES_KEY = b"flowdiff.sources"
 _FILE_FMT = "%Y%m%dT%H%M%SZ"
 
 
+# ---------------------------------------------------------------- fault injection
+
+_CRASH_ENV = "FLOWDIFF_CRASH_AT"  # tests: "N" kills the process with SIGKILL at the N-th durable step
+_steps = 0
+
+
+def _crash_point() -> None:
+    """Lets the crash-safety tests stop the process at every step that changes the store."""
+    global _steps
+    target = os.environ.get(_CRASH_ENV)
+    if not target:
+        return
+    _steps += 1
+    if _steps == int(target):
+        os.kill(os.getpid(), 9)
+
+
 # ---------------------------------------------------------------- atomic file helpers
 
 
@@ -53,12 +71,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _crash_point()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+    _crash_point()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -73,12 +93,14 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _crash_point()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+    _crash_point()
 
 
 def fsync_dir(path: Path) -> None:
@@ -277,40 +299,26 @@ class Store:
 
         Counts add, first/last seen take min/max. An interval file that already holds ``source_id`` is
         left alone, which makes re-collecting a capture after a crash exact. Returns rows written."""
+        with self.batch() as batch:
+            return batch.write_interval_rows(table, keys, rows, source_id)
+
+    def batch(self) -> WriteBatch:
+        """Stage many interval files and make them durable with one filesystem sync (``with`` block)."""
         if self.sensor is None:
             raise StoreError("a sensor name is needed to write to the store")
-        if rows.num_rows == 0:
-            return 0
-        schema = table_schema(keys)
-        rows = rows.select(schema.names).cast(schema)
-        starts = pc.unique(rows[INTERVAL]).to_pylist()
-        written = 0
-        for start in sorted(starts):
-            part = rows.filter(pc.equal(rows[INTERVAL], pa.scalar(start, type=schema.field(INTERVAL).type)))
-            written += self._merge_interval(table, keys, schema, pd.Timestamp(start), part, source_id)
-        return written
+        return WriteBatch(self)
 
-    def _merge_interval(
-        self, table: str, keys: Sequence[str], schema: pa.Schema, start: pd.Timestamp, part: pa.Table, source: str
-    ) -> int:
-        path = self._table_dir(table) / f"{PARTITION}={self.sensor}" / interval_file_name(start)
-        sources: list[str] = []
-        if path.exists():
-            try:
-                old = pq.read_table(path, schema=schema)
-                meta = pq.read_schema(path).metadata or {}
-            except (OSError, pa.ArrowInvalid) as e:
-                raise StoreError(f"{path}: unreadable interval file: {e}") from None
-            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
-            if source in sources:
-                return 0
-            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
-        else:
-            part = _sort(part, keys)
-        sources = sorted({*sources, source})
-        part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
-        atomic_write_parquet(path, part)
-        return part.num_rows
+    def interval_path(self, table: str, start: pd.Timestamp) -> Path:
+        return self._table_dir(table) / f"{PARTITION}={self.sensor}" / interval_file_name(start)
+
+    def remove_stale_temp_files(self) -> int:
+        """Temp files left by a killed writer (readers never see them: their names start with '.')."""
+        n = 0
+        for p in self.root.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+        return n
 
     def lock(self, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
         """Serialise writers: two collects merging into one interval file would lose counts."""
@@ -340,6 +348,7 @@ class Store:
         if not entry.collected_at:
             entry.collected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = json.dumps(asdict(entry), sort_keys=True) + "\n"
+        _crash_point()
         with open(self.ledger_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -347,6 +356,96 @@ class Store:
 
     def row_count(self, table: str) -> int:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files(table))
+
+
+class WriteBatch:
+    """Interval files written as temp files first; on exit one ``syncfs`` makes them all durable, then
+    each is renamed into place. A crash before a rename leaves the old file (and a temp file that the next
+    collect removes); the per-file sources list keeps every merge exact either way."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: list[tuple[str, Path]] = []
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            for tmp, _ in self.pending:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return
+        self.commit()
+
+    def write_interval_rows(self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str) -> int:
+        if rows.num_rows == 0:
+            return 0
+        schema = table_schema(keys)
+        rows = rows.select(schema.names).cast(schema)
+        rows = rows.take(pc.sort_indices(rows, sort_keys=[(INTERVAL, "ascending")]))
+        starts = rows[INTERVAL].cast(pa.int64()).to_numpy()
+        bounds = np.flatnonzero(np.diff(starts)) + 1
+        written = 0
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(starts)], strict=True):
+            start = pd.Timestamp(int(starts[lo]), unit="us", tz="UTC")
+            part = rows.slice(int(lo), int(hi - lo))
+            written += self._merge(self.store.interval_path(table, start), keys, schema, part, source_id)
+        return written
+
+    def _merge(self, path: Path, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str) -> int:
+        sources: list[str] = []
+        if path.exists():
+            try:
+                old = pq.read_table(path, schema=schema)
+                meta = pq.read_schema(path).metadata or {}
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StoreError(f"{path}: unreadable interval file: {e}") from None
+            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
+            if source in sources:
+                return 0
+            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
+        else:
+            part = _sort(part, keys)
+        sources = sorted({*sources, source})
+        part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        pq.write_table(part, tmp, compression="zstd")
+        self.pending.append((tmp, path))
+        _crash_point()
+        return part.num_rows
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        syncfs(self.store.root)
+        dirs = set()
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+            dirs.add(final.parent)
+            _crash_point()
+        for d in sorted(dirs):
+            fsync_dir(d)
+        self.pending.clear()
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding ``path``: one call instead of an fsync per file (Linux syncfs(2))."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def open_store(path: str | os.PathLike = "store", sensor: str | None = None) -> Store:

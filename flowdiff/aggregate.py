@@ -1,0 +1,1010 @@
+"""Per-frame field arrays -> per-interval count tables (NNstat's statistical objects).
+
+Two stages, because the two halves of the work have very different sizes:
+
+1. ``Aggregator.add`` (hot, once per chunk of decoded frames): one compiled pass hashes every frame
+   into a *fine row* keyed by the union of the base fields the configured tables need, plus the
+   interval. The fine rows live in one open-addressing table that persists across chunks, so memory
+   grows with distinct fine rows, never with packets, and no numpy temporaries are made per frame.
+2. ``Aggregator.finish`` (once, on the small fine table): client/server roles, network labels and
+   prefixes are derived per fine row, each count table is grouped from the fine rows, and text is
+   made for distinct values only.
+
+Client/server rule (``client``, ``server``, ``service_port`` and their ``_label``/``_net`` forms):
+
+* TCP: the side that sent the first SYN without ACK is the client, the SYN's destination port is the
+  service port. SYNs are remembered for the whole Aggregator (all chunks and intervals).
+* UDP, and TCP connections whose SYN was not seen: a port below 1024 or listed in ``service_ports``
+  is the service; when both or neither qualify, the lower port is; equal ports make the sender the
+  client. So a client's ephemeral port never becomes a service port.
+* Anything else: the sender is the client and ``service_port`` is 0, except ICMP/ICMPv6 echo replies
+  (type 0 / 129), whose sender is the server.
+
+Which frames a table counts: a table with any IP-only key (``schema.is_ip_table``) counts decoded IP
+frames (status OK); any other table (e.g. ``link``) also counts NOT_IP and BAD_IP frames, whose IP
+fields read as 0. UNKNOWN_LINKTYPE and TRUNCATED_LINK frames are counted nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit
+
+from flowdiff.config import TableConfig
+from flowdiff.errors import ConfigError
+from flowdiff.netmap import (
+    NetworkMap,
+    _address_text_arrow,
+    _mac_text_arrow,
+    _network_text_arrow,
+    mask_address,
+)
+from flowdiff.schema import (
+    INTERVAL,
+    KEY_FIELDS,
+    METRICS,
+    PACKET_FIELDS,
+    DecodeStatus,
+    is_ip_table,
+    parse_net_key,
+    table_schema,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Aggregator", "aggregate"]
+
+# ---------------------------------------------------------------------------------------------
+# fine rows: dense uint64 rows in insertion order, found through an open-addressing index of row
+# numbers. The index only holds the rows made since the newest interval began: captures are
+# time-ordered, so it stays small enough for the CPU cache however long the capture is. A frame
+# arriving late for an older interval just starts a second fine row for its key; stage 2 merges such
+# duplicates like any other rows of a group, so counts are exact in any order.
+#   0 hash | 1..9 key words | 10 packets | 11 bytes | 12 first | 13 last | 14 first SYN | 15 unused
+# key words:
+#   k0 src_hi  k1 src_lo  k2 dst_hi  k3 dst_lo  k4 src_mac  k5 dst_mac
+#   k6 proto | sport<<8 | dport<<24 | icmp_type<<40 | icmp_code<<48 | ip_version<<56 | status<<60
+#   k7 vlan | ethertype<<16 | tcp_flags<<32
+#   k8 interval number (floor(ts_ns / interval_ns))
+# Timestamps are stored with the sign bit flipped so that unsigned min/max order equals signed order.
+_NKEY = 9
+_ROW = 16
+_C_PKT, _C_BYTES, _C_FIRST, _C_LAST, _C_SYN = 10, 11, 12, 13, 14
+
+_U = np.uint64
+_SIGN = _U(1 << 63)
+_NOSYN = _U((1 << 64) - 1)  # flipped INT64_MAX
+_SEED = _U(0x9E3779B97F4A7C15)
+_MULT = _U(0xFF51AFD7ED558CCD)
+# odd multipliers for the key words: the products are independent, so they run in parallel
+_C0, _C1, _C2, _C3 = (
+    _U(0xA0761D6478BD642F),
+    _U(0xE7037ED1A0B428DB),
+    _U(0x8EBC6AF09C88C6E3),
+    _U(0x589965CC75374CC3),
+)
+_C4, _C5, _C6, _C7 = (
+    _U(0x1D8E4E27C47D124F),
+    _U(0xD6E8FEB86659FD93),
+    _U(0x9FB21C651E98DF25),
+    _U(0xC2B2AE3D27D4EB4F),
+)
+_C8 = _U(0x165667B19E3779F9)
+_S29 = _U(29)
+_S32 = _U(32)
+_ONE = _U(1)
+_ZERO = _U(0)
+
+# (word, shift, width) of each small field inside k6/k7
+_FIELD_BITS: dict[str, tuple[int, int, int]] = {
+    "proto": (6, 0, 8),
+    "sport": (6, 8, 16),
+    "dport": (6, 24, 16),
+    "icmp_type": (6, 40, 8),
+    "icmp_code": (6, 48, 8),
+    "ip_version": (6, 56, 4),
+    "status": (6, 60, 3),
+    "vlan": (7, 0, 16),
+    "ethertype": (7, 16, 16),
+    "tcp_flags": (7, 32, 8),
+}
+_ROLE_KEYS = {"client", "server", "service_port", "client_label", "server_label"}
+_ROLE_NEEDS = ("src", "dst", "proto", "sport", "dport", "icmp_type")
+_COUNTED_STATUSES_IP = (DecodeStatus.OK,)
+_COUNTED_STATUSES_LINK = (DecodeStatus.OK, DecodeStatus.NOT_IP, DecodeStatus.BAD_IP)
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+@njit(inline="always")
+def _mix(h, w):
+    h = (h ^ w) * _MULT
+    return h ^ (h >> _S32)
+
+
+@njit(inline="always")
+def _finalize(h):
+    h ^= h >> _S29
+    h *= _MULT
+    h ^= h >> _S32
+    return h | _ONE
+
+
+@njit(cache=True)
+def _ingest(
+    index, rows, used, base, newest, start, ts_ns, wirelen, status, ethertype, src_mac, dst_mac, vlan, ip_version,
+    src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_type, icmp_code, tcp_flags,
+    wm, interval_ns, count_mask, status_counts,
+):  # fmt: skip
+    """Hash frames ``start..`` into the fine rows; rows ``base..used`` are in the index, ``newest``
+    is the newest interval number seen. Stops early (returning the state reached) when the rows are
+    full or the index half full, so that the caller can grow them and resume."""
+    n = ts_ns.shape[0]
+    cmask = _U(index.shape[0] - 1)
+    half = index.shape[0] // 2
+    nrows = rows.shape[0]
+    use_src = wm[0] != _ZERO
+    use_dst = wm[2] != _ZERO
+    use_smac = wm[4] != _ZERO
+    use_dmac = wm[5] != _ZERO
+    m6 = wm[6]
+    m7 = wm[7]
+    i = start
+    while i < n:
+        if used >= nrows or used - base >= half:
+            return i, used, base, newest
+        st = status[i]
+        status_counts[st] += 1
+        if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
+            i += 1
+            continue
+        ok = st == 0
+        k0 = _ZERO
+        k1 = _ZERO
+        k2 = _ZERO
+        k3 = _ZERO
+        k4 = _ZERO
+        k5 = _ZERO
+        if ok and use_src:
+            k0 = src_hi[i]
+            k1 = src_lo[i]
+        if ok and use_dst:
+            k2 = dst_hi[i]
+            k3 = dst_lo[i]
+        if use_smac:
+            k4 = src_mac[i]
+        if use_dmac:
+            k5 = dst_mac[i]
+        k6 = _U(st & 7) << _U(60)
+        k7 = _U(vlan[i]) | (_U(ethertype[i]) << _U(16))
+        if ok:
+            k6 |= (
+                _U(proto[i])
+                | (_U(sport[i]) << _U(8))
+                | (_U(dport[i]) << _U(24))
+                | (_U(icmp_type[i]) << _U(40))
+                | (_U(icmp_code[i]) << _U(48))
+                | (_U(ip_version[i] & 15) << _U(56))
+            )
+            k7 |= _U(tcp_flags[i]) << _U(32)
+        k6 &= m6
+        k7 &= m7
+        ts = ts_ns[i]
+        inum = ts // interval_ns
+        if inum > newest:
+            newest = inum
+            index[:] = -1
+            base = used
+        k8 = _U(inum)
+        h = _finalize(
+            k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
+        )
+        tsf = _U(ts) ^ _SIGN
+        syn = _NOSYN
+        if ok and proto[i] == 6 and (tcp_flags[i] & 0x12) == 0x02:
+            syn = tsf
+        j = h & cmask
+        while True:
+            r = index[j]
+            if r < 0:
+                index[j] = used
+                row = rows[used]
+                row[0] = h
+                row[1] = k0
+                row[2] = k1
+                row[3] = k2
+                row[4] = k3
+                row[5] = k4
+                row[6] = k5
+                row[7] = k6
+                row[8] = k7
+                row[9] = k8
+                row[10] = _ONE
+                row[11] = _U(wirelen[i])
+                row[12] = tsf
+                row[13] = tsf
+                row[14] = syn
+                used += 1
+                break
+            row = rows[r]
+            if (
+                row[0] == h and row[1] == k0 and row[2] == k1 and row[3] == k2 and row[4] == k3
+                and row[5] == k4 and row[6] == k5 and row[7] == k6 and row[8] == k7 and row[9] == k8
+            ):  # fmt: skip
+                row[10] += _ONE
+                row[11] += _U(wirelen[i])
+                if tsf < row[12]:
+                    row[12] = tsf
+                if tsf > row[13]:
+                    row[13] = tsf
+                if syn < row[14]:
+                    row[14] = syn
+                break
+            j = (j + _ONE) & cmask
+        i += 1
+    return i, used, base, newest
+
+
+@njit(cache=True)
+def _reindex(rows, base, used, index):
+    """Fill an empty (larger) index with rows ``base..used``."""
+    cmask = _U(index.shape[0] - 1)
+    for r in range(base, used):
+        j = rows[r, 0] & cmask
+        while index[j] >= 0:
+            j = (j + _ONE) & cmask
+        index[j] = r
+
+
+@njit(cache=True)
+def _group_triples(a0, a1, a2, b0, b1, b2):
+    """Distinct values among the triples (a0, a1, a2)[i] followed by (b0, b1, b2)[i]: returns the
+    group of each of the 2n triples and the distinct triples (g, 3), in order of first appearance.
+
+    Both halves are read in place (no concatenation), and group keys are kept in a compact table
+    that grows with the number of groups, so it stays in cache when values repeat (addresses, MACs).
+    Pass ``b*`` of length 0 for a single list; pass one array three times for single words."""
+    na = a0.shape[0]
+    n = na + b0.shape[0]
+    cap = 1024
+    slots = np.full(2 * cap, -1, dtype=np.int64)
+    gkeys = np.empty((cap, 3), dtype=np.uint64)
+    ghash = np.empty(cap, dtype=np.uint64)
+    inverse = np.empty(n, dtype=np.int64)
+    g = 0
+    for i in range(n):
+        if i < na:
+            k0, k1, k2 = a0[i], a1[i], a2[i]
+        else:
+            k0, k1, k2 = b0[i - na], b1[i - na], b2[i - na]
+        h = _mix(_mix(_mix(_SEED, k0), k1), k2)
+        smask = np.int64(slots.shape[0] - 1)
+        j = np.int64(h) & smask
+        while True:
+            s = slots[j]
+            if s < 0:
+                if g == cap:
+                    cap *= 2
+                    nk = np.empty((cap, 3), dtype=np.uint64)
+                    nk[:g] = gkeys[:g]
+                    gkeys = nk
+                    nh = np.empty(cap, dtype=np.uint64)
+                    nh[:g] = ghash[:g]
+                    ghash = nh
+                    slots = np.full(2 * cap, -1, dtype=np.int64)
+                    smask = np.int64(slots.shape[0] - 1)
+                    for q in range(g):
+                        jj = np.int64(ghash[q]) & smask
+                        while slots[jj] >= 0:
+                            jj = (jj + 1) & smask
+                        slots[jj] = q
+                    j = np.int64(h) & smask
+                    while slots[j] >= 0:
+                        j = (j + 1) & smask
+                slots[j] = g
+                gkeys[g, 0] = k0
+                gkeys[g, 1] = k1
+                gkeys[g, 2] = k2
+                ghash[g] = h
+                inverse[i] = g
+                g += 1
+                break
+            if ghash[s] == h and gkeys[s, 0] == k0 and gkeys[s, 1] == k1 and gkeys[s, 2] == k2:
+                inverse[i] = s
+                break
+            j = (j + 1) & smask
+    return inverse, gkeys[:g]
+
+
+@njit(cache=True)
+def _take_strings(offsets, data, idx):
+    """Arrow string gather: the values ``idx`` of a string array given by its buffers."""
+    m = idx.shape[0]
+    out_off = np.empty(m + 1, dtype=np.int64)
+    out_off[0] = 0
+    for t in range(m):
+        k = idx[t]
+        out_off[t + 1] = out_off[t] + offsets[k + 1] - offsets[k]
+    out = np.empty(out_off[m], dtype=np.uint8)
+    for t in range(m):
+        k = idx[t]
+        a = offsets[k]
+        o = out_off[t]
+        for c in range(offsets[k + 1] - a):
+            out[o + c] = data[a + c]
+    return out_off, out
+
+
+@njit(inline="always")
+def _endpoint_order(shi, slo, sp, dhi, dlo, dp):
+    """True when the source endpoint sorts first: both directions of a connection share one key."""
+    if shi != dhi:
+        return shi < dhi
+    if slo != dlo:
+        return slo < dlo
+    return sp <= dp
+
+
+@njit(cache=True)
+def _syn_roles(ver, shi, slo, sport, dhi, dlo, dport, proto, syn, out):
+    """For TCP rows of connections whose SYN (without ACK) was seen, set ``out`` (client_is_src) from
+    the side that sent the first one. Two passes: connections with a SYN into a small hash table,
+    then every TCP row looks its connection up."""
+    n = ver.shape[0]
+    nsyn = 0
+    for i in range(n):
+        if proto[i] == 6 and syn[i] != _INT64_MAX:
+            nsyn += 1
+    if nsyn == 0:
+        return
+    cap = 1024
+    while cap < 2 * nsyn:
+        cap *= 2
+    mask = cap - 1
+    slots = np.full(cap, -1, dtype=np.int64)
+    keys = np.empty((nsyn, 7), dtype=np.uint64)
+    syn_a = np.full(nsyn, _INT64_MAX, dtype=np.int64)
+    syn_b = np.full(nsyn, _INT64_MAX, dtype=np.int64)
+    g = 0
+    k = np.empty(7, dtype=np.uint64)
+    for phase in range(2):
+        for i in range(n):
+            if proto[i] != 6:
+                continue
+            if phase == 0 and syn[i] == _INT64_MAX:
+                continue
+            a_first = _endpoint_order(shi[i], slo[i], sport[i], dhi[i], dlo[i], dport[i])
+            k[0] = ver[i]
+            if a_first:
+                k[1], k[2], k[3], k[4], k[5], k[6] = shi[i], slo[i], sport[i], dhi[i], dlo[i], dport[i]
+            else:
+                k[1], k[2], k[3], k[4], k[5], k[6] = dhi[i], dlo[i], dport[i], shi[i], slo[i], sport[i]
+            h = _SEED
+            for c in range(7):
+                h = _mix(h, k[c])
+            j = np.int64(h & _U(mask))
+            while True:
+                s = slots[j]
+                if s < 0:
+                    if phase == 0:
+                        slots[j] = g
+                        keys[g, :] = k
+                        s = g
+                        g += 1
+                    break
+                same = True
+                for c in range(7):
+                    if keys[s, c] != k[c]:
+                        same = False
+                        break
+                if same:
+                    break
+                j = (j + 1) & mask
+            if s < 0:
+                continue
+            if phase == 0:
+                if a_first:
+                    syn_a[s] = min(syn_a[s], syn[i])
+                else:
+                    syn_b[s] = min(syn_b[s], syn[i])
+            elif syn_a[s] != syn_b[s]:  # not a simultaneous open at the same instant
+                out[i] = a_first == (syn_a[s] < syn_b[s])
+
+
+@njit(cache=True)
+def _runs(order, code, inum):
+    """Start positions (in ``order``) of the runs of equal (interval, code)."""
+    n = order.shape[0]
+    starts = np.empty(n, dtype=np.int64)
+    g = 0
+    for t in range(n):
+        r = order[t]
+        if t == 0 or code[r] != code[order[t - 1]] or inum[r] != inum[order[t - 1]]:
+            starts[g] = t
+            g += 1
+    return starts[:g]
+
+
+@njit(cache=True)
+def _reduce_runs(rows, starts, metrics):
+    """Over each run of ``rows``: packets and bytes summed, first/last seen min/max. ``metrics`` is
+    (n, 4) row-major (one cache line per fine row) with the timestamps sign-flipped."""
+    g = starts.shape[0]
+    p = np.zeros(g, dtype=np.uint64)
+    b = np.zeros(g, dtype=np.uint64)
+    f = np.empty(g, dtype=np.int64)
+    la = np.empty(g, dtype=np.int64)
+    for q in range(g):
+        a = starts[q]
+        e = starts[q + 1] if q + 1 < g else rows.shape[0]
+        lo = metrics[rows[a], 2]
+        hi = metrics[rows[a], 3]
+        for t in range(a, e):
+            m = metrics[rows[t]]
+            p[q] += m[0]
+            b[q] += m[1]
+            lo = min(lo, m[2])
+            hi = max(hi, m[3])
+        f[q] = np.int64(lo ^ _SIGN)
+        la[q] = np.int64(hi ^ _SIGN)
+    return p, b, f, la
+
+
+@njit(cache=True)
+def _gather_metrics(rows, perm):
+    m = perm.shape[0]
+    out = np.empty((m, 4), dtype=np.uint64)
+    for t in range(m):
+        r = perm[t]
+        out[t, 0] = rows[r, _C_PKT]
+        out[t, 1] = rows[r, _C_BYTES]
+        out[t, 2] = rows[r, _C_FIRST]
+        out[t, 3] = rows[r, _C_LAST]
+    return out
+
+
+@njit(cache=True)
+def _gather_rows(rows, perm, which):
+    """Columns ``which`` of the fine rows ``perm``, transposed in one pass: (len(which), len(perm))."""
+    m = perm.shape[0]
+    out = np.empty((which.shape[0], m), dtype=np.uint64)
+    for t in range(m):
+        r = perm[t]
+        for c in range(which.shape[0]):
+            out[c, t] = rows[r, which[c]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: which base fields the configured tables need
+
+
+def _table_keys(spec: TableConfig | Sequence[str]) -> tuple[str, ...]:
+    keys = getattr(spec, "keys", spec)
+    return tuple(keys)  # type: ignore[arg-type]
+
+
+def _base_needs(key: str) -> tuple[str, ...]:
+    """Packet-level base fields behind one table key."""
+    net = parse_net_key(key)
+    if net is not None:
+        side = net.base.removesuffix("_net")
+        return _ROLE_NEEDS if side in ("client", "server") else (side,)
+    if key in _ROLE_KEYS:
+        return _ROLE_NEEDS
+    if key in ("src_label", "dst_label"):
+        return (key.removesuffix("_label"),)
+    return (key,)
+
+
+def _word_masks(needs: set[str]) -> np.ndarray:
+    wm = np.zeros(_NKEY, dtype=np.uint64)
+    full = _U((1 << 64) - 1)
+    if "src" in needs:
+        wm[0] = wm[1] = full
+    if "dst" in needs:
+        wm[2] = wm[3] = full
+    if "src_mac" in needs:
+        wm[4] = full
+    if "dst_mac" in needs:
+        wm[5] = full
+    wm[8] = full
+    for name, (word, shift, width) in _FIELD_BITS.items():
+        if name in needs:
+            wm[word] |= _U(((1 << width) - 1) << shift)
+    return wm
+
+
+class _Fine:
+    """Fine rows (a slice of them, in interval order) as named numpy columns."""
+
+    # row slots decoded for a segment: key words, interval, metrics
+    _SLOTS = np.arange(1, 10, dtype=np.int64)
+
+    def __init__(
+        self,
+        cols: np.ndarray,
+        metrics: np.ndarray,
+        client_is_src: np.ndarray | None,
+        service_ports: np.ndarray,
+    ):
+        self.n = cols.shape[1]
+        self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.src_mac, self.dst_mac = cols[0:6]
+        self.small = _Fields(cols[6], cols[7])
+        self.interval_no = cols[8].view(np.int64)
+        self.metrics = metrics
+        self.all_ok = bool((self.small["status"] == DecodeStatus.OK).all())
+        self.ranks: dict[str, _Ranked] = {}
+        self.joint: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        self._cis = client_is_src
+        self._roles: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def ip_version(self) -> np.ndarray:
+        return self.small["ip_version"]
+
+    @property
+    def client_is_src(self) -> np.ndarray:
+        assert self._cis is not None
+        return self._cis
+
+    def roles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(client_hi, client_lo, server_hi, server_lo, service_port) per fine row."""
+        if self._roles is None:
+            cis = self._cis
+            assert cis is not None
+            proto = self.small["proto"]
+            sport, dport = self.small["sport"], self.small["dport"]
+            tcpudp = (proto == 6) | (proto == 17)
+            service = np.where(tcpudp, np.where(cis, dport, sport), _ZERO)
+            self._roles = (
+                np.where(cis, self.src_hi, self.dst_hi),
+                np.where(cis, self.src_lo, self.dst_lo),
+                np.where(cis, self.dst_hi, self.src_hi),
+                np.where(cis, self.dst_lo, self.src_lo),
+                service,
+            )
+        return self._roles
+
+    def address(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        if side == "src":
+            return self.src_hi, self.src_lo
+        if side == "dst":
+            return self.dst_hi, self.dst_lo
+        r = self.roles()
+        return (r[0], r[1]) if side == "client" else (r[2], r[3])
+
+
+class _Fields:
+    """The small fields packed in key words k6/k7, unpacked on first use only (memory)."""
+
+    def __init__(self, k6: np.ndarray, k7: np.ndarray):
+        self._words = (k6, k7)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        got = self._cache.get(name)
+        if got is None:
+            word, shift, width = _FIELD_BITS[name]
+            got = self._cache[name] = (self._words[word - 6] >> _U(shift)) & _U((1 << width) - 1)
+        return got
+
+
+def _roles_for_rows(rows: np.ndarray, perm: np.ndarray, service_ports: np.ndarray) -> np.ndarray:
+    """client_is_src for every fine row (in ``perm`` order): over all rows at once, because a SYN seen
+    in one interval decides the roles of its connection in every other."""
+    cols = _gather_rows(rows, perm, np.array([1, 2, 3, 4, 7, _C_SYN], dtype=np.int64))
+    k6 = cols[4]
+
+    def field(name: str) -> np.ndarray:
+        _, shift, width = _FIELD_BITS[name]
+        return (k6 >> _U(shift)) & _U((1 << width) - 1)
+
+    syn = (cols[5] ^ _SIGN).view(np.int64)
+    return client_is_src(
+        field("ip_version"), cols[0], cols[1], cols[2], cols[3], field("proto"), field("sport"),
+        field("dport"), field("icmp_type"), syn, service_ports,
+    )  # fmt: skip
+
+
+def client_is_src(
+    ip_version: np.ndarray,
+    src_hi: np.ndarray,
+    src_lo: np.ndarray,
+    dst_hi: np.ndarray,
+    dst_lo: np.ndarray,
+    proto: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    icmp_type: np.ndarray,
+    syn_ts: np.ndarray,
+    service_ports: np.ndarray,
+) -> np.ndarray:
+    """True where the sender of a (directional) row is the client; see the module docstring.
+
+    ``syn_ts`` is the time of the row's first SYN without ACK (INT64_MAX when none): the first SYN
+    of a connection, over both directions, decides its roles.
+    """
+    sp = np.asarray(service_ports, dtype=np.uint64)
+    qual_s = (sport < 1024) | np.isin(sport, sp)
+    qual_d = (dport < 1024) | np.isin(dport, sp)
+    by_port = np.where(qual_s != qual_d, qual_d, dport <= sport)
+    tcpudp = (proto == 6) | (proto == 17)
+    echo_reply = ((proto == 1) & (icmp_type == 0)) | ((proto == 58) & (icmp_type == 129))
+    out = np.where(tcpudp, by_port, ~echo_reply)
+
+    def u(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.uint64)
+
+    _syn_roles(
+        u(ip_version), u(src_hi), u(src_lo), u(sport), u(dst_hi), u(dst_lo), u(dport), u(proto),
+        np.ascontiguousarray(syn_ts, dtype=np.int64), out,
+    )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the aggregator
+
+
+class Aggregator:
+    """Streams chunks of decoded frames into the configured count tables.
+
+    ``add`` once per chunk, ``finish`` at the end (it may be called more than once; it does not
+    consume the state). ``packets_seen`` counts every frame passed in, ``skipped`` the frames no
+    table counts, by ``DecodeStatus`` name.
+    """
+
+    _INITIAL_CAPACITY = 1 << 14
+
+    def __init__(
+        self,
+        tables: Mapping[str, TableConfig | Sequence[str]],
+        *,
+        interval: int,
+        networks: Mapping[str, str] | None = None,
+        service_ports: Iterable[int] = (),
+    ):
+        if int(interval) <= 0:
+            raise ConfigError("must be a positive number of seconds", key="interval")
+        self.interval = int(interval)
+        self.tables = {name: _table_keys(spec) for name, spec in tables.items()}
+        for name, keys in self.tables.items():
+            for k in keys:
+                if k not in KEY_FIELDS and parse_net_key(k) is None:
+                    raise ConfigError(f"unknown key field {k!r}", key=f"tables.{name}.keys")
+        self.netmap = NetworkMap(networks or {})
+        self.service_ports = np.array(sorted(set(int(p) for p in service_ports)), dtype=np.uint64)
+        needs: set[str] = {"status"}
+        for keys in self.tables.values():
+            for k in keys:
+                needs.update(_base_needs(k))
+        if needs & {"src", "dst"}:
+            needs.add("ip_version")
+        self._needs = needs
+        self._wm = _word_masks(needs)
+        counted: set[int] = set()
+        for keys in self.tables.values():
+            counted.update(_COUNTED_STATUSES_IP if is_ip_table(keys) else _COUNTED_STATUSES_LINK)
+        self._counted = counted
+        self._count_mask = _U(sum(1 << s for s in counted))
+        self._index = np.full(2 * self._INITIAL_CAPACITY, -1, dtype=np.int32)
+        self._rows = np.zeros((self._INITIAL_CAPACITY, _ROW), dtype=np.uint64)
+        self._used = 0
+        self._base = 0  # rows base.. are in the index
+        self._newest = _INT64_MIN  # newest interval number seen
+        self._status_counts = np.zeros(256, dtype=np.int64)
+        self.packets_seen = 0
+
+    # -- stage 1 -------------------------------------------------------------------------------
+
+    @property
+    def fine_rows(self) -> int:
+        """Distinct fine rows held (memory: about 128 bytes per row plus an 8-16 byte index slot)."""
+        return self._used
+
+    @property
+    def skipped(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for st in np.flatnonzero(self._status_counts):
+            if int(st) not in self._counted:
+                out[DecodeStatus.NAMES.get(int(st), f"status-{int(st)}")] += int(self._status_counts[st])
+        return out
+
+    def add(self, packets: Mapping[str, np.ndarray]) -> None:
+        """Count one chunk of frames (arrays keyed and typed as ``schema.PACKET_FIELDS``)."""
+        cols = self._columns(packets)
+        n = len(cols["ts_ns"])
+        if n == 0:
+            return
+        start = 0
+        interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
+        while True:
+            start, self._used, self._base, self._newest = _ingest(
+                self._index, self._rows, self._used, self._base, self._newest, start, cols["ts_ns"], cols["wirelen"], cols["status"],
+                cols["ethertype"], cols["src_mac"], cols["dst_mac"], cols["vlan"], cols["ip_version"],
+                cols["src_hi"], cols["src_lo"], cols["dst_hi"], cols["dst_lo"], cols["proto"], cols["sport"],
+                cols["dport"], cols["icmp_type"], cols["icmp_code"], cols["tcp_flags"],
+                self._wm, interval_ns, self._count_mask, self._status_counts,
+            )  # fmt: skip
+            if start >= n:
+                break
+            self._grow()
+        self.packets_seen += n
+
+    def _columns(self, packets: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(packets["ts_ns"])
+        cols = {}
+        for name, dtype in PACKET_FIELDS.items():
+            arr = packets.get(name)
+            if arr is None:
+                # a field no table needs may be absent; the kernel never reads it
+                arr = np.zeros(n, dtype=dtype)
+            cols[name] = np.ascontiguousarray(arr, dtype=dtype)
+            if len(cols[name]) != n:
+                raise ValueError(f"packet field {name!r} has {len(cols[name])} values, ts_ns has {n}")
+        return cols
+
+    def _grow(self) -> None:
+        if self._used >= self._rows.shape[0]:
+            rows = np.zeros((self._rows.shape[0] * 2, _ROW), dtype=np.uint64)
+            rows[: self._used] = self._rows[: self._used]
+            self._rows = rows
+        if self._used - self._base >= self._index.shape[0] // 2:
+            index = np.full(self._index.shape[0] * 2, -1, dtype=np.int32)
+            _reindex(self._rows, self._base, self._used, index)
+            self._index = index
+
+    # -- stage 2 -------------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, pa.Table]:
+        """One pyarrow Table per configured table, schema ``schema.table_schema(keys)``, rows sorted
+        by (interval_start, keys) in the order of ``pyarrow.compute.sort_indices`` on those columns.
+
+        The fine rows are processed a group of whole intervals at a time (``_SEGMENT_ROWS``), which
+        bounds the temporary memory; the result tables are chunked accordingly."""
+        rows = self._rows[: self._used]
+        inum = rows[:, 9].view(np.int64)
+        perm = np.argsort(inum, kind="stable") if np.any(inum[1:] < inum[:-1]) else np.arange(len(inum))
+        sorted_inum = inum[perm]
+        needs_roles = any(
+            k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
+        )
+        cis = _roles_for_rows(rows, perm, self.service_ports) if needs_roles and len(perm) else None
+        parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
+        for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
+            cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS)
+            metrics = _gather_metrics(rows, perm[lo:hi])
+            fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
+            for name, keys in self.tables.items():
+                parts[name].append(self._build(fine, keys))
+            del cols, metrics, fine
+        out = {}
+        for name, keys in self.tables.items():
+            tables = [t for t in parts[name] if t.num_rows]
+            out[name] = pa.concat_tables(tables) if tables else table_schema(keys).empty_table()
+        return out
+
+    _SEGMENT_ROWS = 1 << 19
+
+    def _all_keys(self) -> set[str]:
+        return {k for keys in self.tables.values() for k in keys}
+
+    def _build(self, fine: _Fine, keys: tuple[str, ...]) -> pa.Table:
+        """Group and sort at once: every key becomes a dense rank in its stored order, the ranks are
+        combined into one integer per fine row, and equal integers within an interval are a group."""
+        schema = table_schema(keys)
+        sel = None
+        if is_ip_table(keys) and not fine.all_ok:
+            sel = np.flatnonzero(fine.small["status"] == DecodeStatus.OK)
+            if len(sel) == 0:
+                return schema.empty_table()
+        ranks = [self._rank(fine, k) for k in keys]
+        code = np.zeros(fine.n, dtype=np.uint64)
+        card = 1
+        for rank, kcard, _ in ranks:
+            code, card = _combine(code, card, rank, kcard)
+        inum = fine.interval_no
+        if sel is not None:
+            code, inum = code[sel], inum[sel]
+        order = _sort_within_intervals(inum, code, card)
+        starts = _runs(order, code, inum)
+        rows = order if sel is None else sel[order]  # fine-row number of each sorted row
+        firsts = rows[starts]
+        p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
+        start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
+        columns = [pa.array(start_us, type=schema.field(INTERVAL).type)]
+        columns += [build(firsts) for _, _, build in ranks]
+        columns += [
+            pa.array(p, type=METRICS["packets"]),
+            pa.array(b, type=METRICS["bytes"]),
+            pa.array(np.floor_divide(f, 1000), type=METRICS["first_seen"]),
+            pa.array(np.floor_divide(la, 1000), type=METRICS["last_seen"]),
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def _rank(self, fine: _Fine, key: str) -> _Ranked:
+        """Dense rank of a key's value per fine row (cached per segment: tables share keys)."""
+        got = fine.ranks.get(key)
+        if got is None:
+            got = fine.ranks[key] = self._make_rank(fine, key)
+        return got
+
+    def _make_rank(self, fine: _Fine, key: str) -> _Ranked:
+        ver = fine.ip_version
+        net = parse_net_key(key)
+        if net is not None:
+            hi, lo = fine.address(net.base.removesuffix("_net"))
+            mhi, mlo, _, _ = mask_address(ver, hi, lo, net.prefix)
+            prefix = net.prefix
+            return _text_rank(
+                [ver, mhi, mlo], lambda w: _network_text_arrow(w[:, 0], w[:, 1], w[:, 2], prefix)
+            )
+        if key in ("src", "dst", "client", "server"):
+            return self._side_rank(fine, key, "addresses")
+        if key.endswith("_label"):
+            hi, lo = fine.address(key.removesuffix("_label"))
+            codes = _label_codes(self.netmap, ver, hi, lo)
+            labels = pa.array(self.netmap.labels, type=pa.string())  # sorted: code order is text order
+            return codes.astype(np.uint64), len(labels), lambda idx: labels.take(pa.array(codes[idx]))
+        if key in ("src_mac", "dst_mac"):
+            return self._side_rank(fine, key.removesuffix("_mac"), "macs")
+        value = fine.roles()[4] if key == "service_port" else fine.small[key]
+        return _int_rank(value, KEY_FIELDS[key])
+
+    def _side_rank(self, fine: _Fine, side: str, what: str) -> _Ranked:
+        """Sources and destinations share one ranking of their values (addresses or MACs), so text is
+        made once for both, and client/server ranks are picked from them by role."""
+        joint = fine.joint.get(what)
+        if joint is None:
+            if what == "addresses":
+                ver = fine.ip_version
+                words = [np.concatenate([ver, ver]), np.concatenate([fine.src_hi, fine.dst_hi]),
+                         np.concatenate([fine.src_lo, fine.dst_lo])]  # fmt: skip
+                joint = _text_ranking(words, lambda w: _address_text_arrow(w[:, 0], w[:, 1], w[:, 2]))
+            else:
+                joint = _text_ranking(
+                    [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: _mac_text_arrow(w[:, 0])
+                )
+            fine.joint[what] = joint
+        rank2, ordered = joint
+        card = len(ordered)
+        n = fine.n
+        if side == "src":
+            rank = rank2[:n]
+        elif side == "dst":
+            rank = rank2[n:]
+        else:
+            cis = fine.client_is_src
+            rank = (
+                np.where(cis, rank2[:n], rank2[n:])
+                if side == "client"
+                else np.where(cis, rank2[n:], rank2[:n])
+            )
+        return rank, card, lambda idx: _take(ordered, rank[idx])
+
+
+# per fine row: dense rank (uint64) in stored-value order, number of ranks, and a builder of the
+# stored Arrow column for some fine rows
+_Ranked = tuple[np.ndarray, int, Callable[[np.ndarray], pa.Array]]
+
+
+def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array]) -> _Ranked:
+    """A key stored as text: formats distinct values only and ranks them in text (byte) order."""
+    rank, ordered = _text_ranking(words, fn)
+    return rank, len(ordered), lambda idx: _take(ordered, rank[idx])
+
+
+def _text_ranking(
+    words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array], second: tuple[np.ndarray, ...] = ()
+) -> tuple[np.ndarray, pa.Array]:
+    """(rank of each row's value, the distinct values' text in rank order). ``words`` are 1 or 3
+    columns; ``second`` optionally a second list of rows ranked together with the first."""
+    if len(words) == 1:
+        words = (words[0],) * 3
+        second = (second[0],) * 3 if second else ()
+    empty = np.zeros(0, dtype=np.uint64)
+    b = second if second else (empty, empty, empty)
+    inv, uniq = _group_triples(*(np.ascontiguousarray(w, dtype=np.uint64) for w in (*words, *b)))
+    text = fn(uniq)
+    srt = pc.sort_indices(text).to_numpy()
+    rank_of = np.empty(len(srt), dtype=np.uint64)
+    rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
+    return rank_of[inv], _take(text, srt)
+
+
+def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:
+    """``strings.take(idx)`` for a plain string array, compiled (Arrow's take is slower on strings)."""
+    strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    if strings.offset or strings.null_count:
+        return strings.take(pa.array(idx))
+    bufs = strings.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(strings) + 1).astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    out_off, out = _take_strings(offsets, data, np.ascontiguousarray(idx, dtype=np.int64))
+    if out_off[-1] >= 1 << 31:
+        return pa.LargeStringArray.from_buffers(len(idx), pa.py_buffer(out_off), pa.py_buffer(out)).cast(
+            pa.string()
+        )
+    return pa.StringArray.from_buffers(len(idx), pa.py_buffer(out_off.astype(np.int32)), pa.py_buffer(out))
+
+
+def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:
+    """A small unsigned key (at most 16 bits): dense rank through a lookup table, no sort."""
+    v = values.astype(np.int64)
+    present = np.zeros(1 << typ.bit_width, dtype=np.int64)
+    present[v] = 1
+    rank_of = np.cumsum(present) - 1
+    return rank_of[v].astype(np.uint64), int(present.sum()), lambda idx: pa.array(values[idx], type=typ)
+
+
+def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tuple[np.ndarray, int]:
+    """Append ``rank`` as the next (less significant) sort digit of ``key``: mixed radix while it fits
+    in 63 bits, else ``key`` is first replaced by its dense rank (which keeps it injective)."""
+    rank_card = max(rank_card, 1)
+    if card * rank_card >= 1 << 63:
+        uniq, inv = np.unique(key, return_inverse=True)
+        key, card = inv.astype(np.uint64).reshape(-1), len(uniq)
+    return key * np.uint64(rank_card) + rank, card * rank_card
+
+
+def _sort_within_intervals(inum: np.ndarray, code: np.ndarray, card: int) -> np.ndarray:
+    """Order of rows by (interval, code); ``inum`` is already sorted ascending."""
+    span = int(inum[-1]) - int(inum[0]) + 1
+    n = len(inum)
+    if card * span < 1 << 63:
+        key = (inum - inum[0]).astype(np.uint64) * np.uint64(card) + code
+        bits = max(n - 1, 1).bit_length()
+        if card * span < 1 << (64 - bits):
+            # sorting values is much faster than argsort: carry the row number in the low bits
+            packed = np.sort((key << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
+            return (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+        return np.argsort(key)
+    starts = np.flatnonzero(np.diff(inum)) + 1
+    bounds = [0, *starts.tolist(), len(inum)]
+    return np.concatenate([a + np.argsort(code[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def _segments(sorted_inum: np.ndarray, target: int) -> list[tuple[int, int]]:
+    """Row ranges of whole intervals, each about ``target`` rows (or one interval, if larger)."""
+    n = len(sorted_inum)
+    if n == 0:
+        return []
+    starts = np.flatnonzero(np.diff(sorted_inum) != 0) + 1
+    bounds = [0]
+    for s in starts.tolist():
+        if s - bounds[-1] >= target:
+            bounds.append(s)
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _label_codes(netmap: NetworkMap, ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Label code per address, looked up once per distinct address."""
+    if len(ver) == 0:
+        return np.zeros(0, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.uint64)
+    inv, u = _group_triples(
+        *(np.ascontiguousarray(w, dtype=np.uint64) for w in (ver, hi, lo)), empty, empty, empty
+    )
+    return netmap.codes_for_ints(u[:, 0], u[:, 1], u[:, 2])[inv]
+
+
+def aggregate(
+    packets: Mapping[str, np.ndarray],
+    tables: Mapping[str, TableConfig | Sequence[str]],
+    *,
+    interval: int,
+    networks: Mapping[str, str] | None = None,
+    service_ports: Iterable[int] = (),
+) -> dict[str, pa.Table]:
+    """One-shot convenience: ``Aggregator(...).add(packets)`` then ``finish()``."""
+    agg = Aggregator(tables, interval=interval, networks=networks, service_ports=service_ports)
+    agg.add(packets)
+    return agg.finish()

@@ -1,0 +1,73 @@
+"""DiffResult objects built directly (the report/mail tests need no store, no baseline)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pandas as pd
+
+from flowdiff.diff import ROW_COLUMNS, DiffResult
+
+T0 = pd.Timestamp("2026-11-30 01:00:00", tz="UTC")
+SERVICES = ("client", "server", "proto", "service_port")
+HOSTS = ("src",)
+
+
+def table_frame(
+    report_id: str,
+    table: str,
+    keys: tuple[str, ...],
+    key_rows: list[tuple],
+    *,
+    seed: int = 1,
+    first_row: int = 1,
+) -> pd.DataFrame:
+    """New rows with distinct byte counts (row i: (i + seed) * 1111 bytes) and the exact commands."""
+    rows = []
+    for i, values in enumerate(key_rows):
+        row = dict(zip(keys, values, strict=True))
+        where = " ".join(shlex.quote(f"{k}={v}") for k, v in row.items())
+        row.update(
+            interval_start=T0 + pd.Timedelta(minutes=5 * (i % 3)),
+            first_seen=T0 + pd.Timedelta(seconds=7 * i + 1),
+            last_seen=T0 + pd.Timedelta(seconds=7 * i + 100),
+            packets=3 * (i + seed),
+            bytes=1111 * (i + seed),
+            reason="new" if i % 4 else "deny-rule telnet",
+            neighbour="" if i % 2 else f"{table} neighbour {i}",
+            accept_cmd=f"flowdiff accept {table} --where {where}",
+            deny_cmd=f"flowdiff deny {table} --where {where}",
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[*keys, *ROW_COLUMNS])
+    df["packets"] = df["packets"].astype("uint64")
+    df["bytes"] = df["bytes"].astype("uint64")
+    df = df.sort_values("bytes", ascending=False, kind="stable").reset_index(drop=True)
+    df["row"] = range(first_row, first_row + len(df))  # the number `flowdiff accept REPORT ROW` takes
+    return df
+
+
+def make_result(
+    report_id: str = "20261130T010000Z-abc123",
+    *,
+    services: int = 2,
+    hosts: int = 1,
+    sensor: str = "sensor1",
+    client: str = "10.0.0.",
+) -> DiffResult:
+    svc = [(f"{client}{i + 10}", "192.0.2.1", 6 if i % 2 == 0 else 17, 22 + i) for i in range(services)]
+    hst = [(f"198.51.100.{i + 1}",) for i in range(hosts)]
+    rows = {
+        "services": table_frame(report_id, "services", SERVICES, svc),
+        "hosts": table_frame(report_id, "hosts", HOSTS, hst, seed=5, first_row=services + 1),
+    }
+    return DiffResult(
+        report_id=report_id,
+        rows=rows,
+        keys={"services": SERVICES, "hosts": HOSTS},
+        baseline_versions={"services": "v3-9f2c", "hosts": "v1-77aa"},
+        since=T0,
+        until=T0 + pd.Timedelta(minutes=15),
+        intervals=6,
+        sensor=sensor,
+    )

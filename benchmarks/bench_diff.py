@@ -103,6 +103,18 @@ def setup(root: Path, rows: int, baseline: int, new_frac: float) -> dict:
     return {"setup_baseline_s": round(t_base, 2), "setup_interval_s": round(t_int, 2), "expected_new": n_new}
 
 
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process. VmHWM belongs to the address space made by exec; ru_maxrss would
+    inherit the setup process's peak across fork + exec on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run(root: Path) -> dict:
     from flowdiff.config import parse_config
     from flowdiff.diff import diff
@@ -114,7 +126,7 @@ def run(root: Path) -> dict:
     t = time.perf_counter()
     res = diff(config)
     secs = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = _peak_rss_mb()
     return {
         "diff_s": round(secs, 2),
         "new_rows": res.total,

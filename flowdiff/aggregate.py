@@ -4,11 +4,13 @@ Two stages, because the two halves of the work have very different sizes:
 
 1. ``Aggregator.add`` (hot, once per chunk of decoded frames): one compiled pass hashes every frame
    into a *fine row* keyed by the union of the base fields the configured tables need, plus the
-   interval. The fine rows live in one open-addressing table that persists across chunks, so memory
-   grows with distinct fine rows, never with packets, and no numpy temporaries are made per frame.
-2. ``Aggregator.finish`` (once, on the small fine table): client/server roles, network labels and
-   prefixes are derived per fine row, each count table is grouped from the fine rows, and text is
-   made for distinct values only.
+   interval, accumulating packets, bytes, first/last seen and the time of the first SYN without ACK.
+   Fine rows persist across chunks: memory grows with distinct fine rows, never with packets, and no
+   numpy temporaries are made per frame.
+2. ``Aggregator.finish`` (once, on the much smaller fine table): client/server roles are decided over
+   all fine rows, then, a few intervals at a time, every key value is given a dense rank in its
+   stored (text) order, the ranks are combined into one integer per fine row, and sorting those
+   integers groups and orders each table at once. Text is made for distinct values only.
 
 Client/server rule (``client``, ``server``, ``service_port`` and their ``_label``/``_net`` forms):
 
@@ -16,7 +18,8 @@ Client/server rule (``client``, ``server``, ``service_port`` and their ``_label`
   service port. SYNs are remembered for the whole Aggregator (all chunks and intervals).
 * UDP, and TCP connections whose SYN was not seen: a port below 1024 or listed in ``service_ports``
   is the service; when both or neither qualify, the lower port is; equal ports make the sender the
-  client. So a client's ephemeral port never becomes a service port.
+  client. A client's ephemeral port can only become the service port when the SYN was missed and
+  the server's own port is a higher one that is neither below 1024 nor listed (list it).
 * Anything else: the sender is the client and ``service_port`` is 0, except ICMP/ICMPv6 echo replies
   (type 0 / 129), whose sender is the server.
 
@@ -27,7 +30,6 @@ fields read as 0. UNKNOWN_LINKTYPE and TRUNCATED_LINK frames are counted nowhere
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -40,10 +42,10 @@ from flowdiff.config import TableConfig
 from flowdiff.errors import ConfigError
 from flowdiff.netmap import (
     NetworkMap,
-    _address_text_arrow,
-    _mac_text_arrow,
-    _network_text_arrow,
+    address_array,
+    mac_array,
     mask_address,
+    network_array,
 )
 from flowdiff.schema import (
     INTERVAL,
@@ -55,8 +57,6 @@ from flowdiff.schema import (
     parse_net_key,
     table_schema,
 )
-
-log = logging.getLogger(__name__)
 
 __all__ = ["Aggregator", "aggregate"]
 
@@ -155,6 +155,9 @@ def _ingest(
     use_dmac = wm[5] != _ZERO
     m6 = wm[6]
     m7 = wm[7]
+    cur = np.int64(0)
+    cur_lo = np.int64(1)  # empty range: the first frame computes its interval
+    cur_hi = np.int64(0)
     i = start
     while i < n:
         if used >= nrows or used - base >= half:
@@ -196,7 +199,13 @@ def _ingest(
         k6 &= m6
         k7 &= m7
         ts = ts_ns[i]
-        inum = ts // interval_ns
+        if cur_lo <= ts < cur_hi:  # a 64-bit division costs more than the rest of the key
+            inum = cur
+        else:
+            inum = ts // interval_ns
+            cur = inum
+            cur_lo = inum * interval_ns
+            cur_hi = cur_lo + interval_ns
         if inum > newest:
             newest = inum
             index[:] = -1
@@ -661,7 +670,8 @@ class Aggregator:
     table counts, by ``DecodeStatus`` name.
     """
 
-    _INITIAL_CAPACITY = 1 << 14
+    _INITIAL_CAPACITY = 1 << 14  # index slots / 2
+    _INITIAL_ROWS = 1 << 20  # 128 MiB of address space, resident only as rows are written
 
     def __init__(
         self,
@@ -695,7 +705,10 @@ class Aggregator:
         self._counted = counted
         self._count_mask = _U(sum(1 << s for s in counted))
         self._index = np.full(2 * self._INITIAL_CAPACITY, -1, dtype=np.int32)
-        self._rows = np.zeros((self._INITIAL_CAPACITY, _ROW), dtype=np.uint64)
+        # Rows: a generous np.empty reservation. Untouched pages cost no memory, numpy asks for
+        # transparent huge pages on large arrays, and every doubling copy avoided saves more time
+        # than the rest of an insert; _ingest writes every slot of a row it uses.
+        self._rows = np.empty((self._INITIAL_ROWS, _ROW), dtype=np.uint64)
         self._used = 0
         self._base = 0  # rows base.. are in the index
         self._newest = _INT64_MIN  # newest interval number seen
@@ -752,8 +765,9 @@ class Aggregator:
         return cols
 
     def _grow(self) -> None:
+        """Make room for more rows (the thresholds of ``_ingest``)."""
         if self._used >= self._rows.shape[0]:
-            rows = np.zeros((self._rows.shape[0] * 2, _ROW), dtype=np.uint64)
+            rows = np.empty((self._rows.shape[0] * 2, _ROW), dtype=np.uint64)
             rows[: self._used] = self._rows[: self._used]
             self._rows = rows
         if self._used - self._base >= self._index.shape[0] // 2:
@@ -843,9 +857,7 @@ class Aggregator:
             hi, lo = fine.address(net.base.removesuffix("_net"))
             mhi, mlo, _, _ = mask_address(ver, hi, lo, net.prefix)
             prefix = net.prefix
-            return _text_rank(
-                [ver, mhi, mlo], lambda w: _network_text_arrow(w[:, 0], w[:, 1], w[:, 2], prefix)
-            )
+            return _text_rank([ver, mhi, mlo], lambda w: network_array(w[:, 0], w[:, 1], w[:, 2], prefix))
         if key in ("src", "dst", "client", "server"):
             return self._side_rank(fine, key, "addresses")
         if key.endswith("_label"):
@@ -867,10 +879,10 @@ class Aggregator:
                 ver = fine.ip_version
                 words = [np.concatenate([ver, ver]), np.concatenate([fine.src_hi, fine.dst_hi]),
                          np.concatenate([fine.src_lo, fine.dst_lo])]  # fmt: skip
-                joint = _text_ranking(words, lambda w: _address_text_arrow(w[:, 0], w[:, 1], w[:, 2]))
+                joint = _text_ranking(words, lambda w: address_array(w[:, 0], w[:, 1], w[:, 2]))
             else:
                 joint = _text_ranking(
-                    [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: _mac_text_arrow(w[:, 0])
+                    [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: mac_array(w[:, 0])
                 )
             fine.joint[what] = joint
         rank2, ordered = joint

@@ -433,11 +433,14 @@ def iter_fingerprints(
 
 
 def iter_baseline(config: Config, entry: TableEntry, columns: Sequence[str] | None = None,
-                  batch_rows: int = 1 << 21) -> Iterator[pa.Table]:  # fmt: skip
-    """The baseline rows in batches: diff never holds a large baseline in memory at once."""
+                  batch_rows: int = 1 << 21, *, dictionary: bool = False) -> Iterator[pa.Table]:  # fmt: skip
+    """The baseline rows in batches: diff never holds a large baseline in memory at once. With
+    ``dictionary`` string columns come back dictionary-encoded where the file stores them so (few distinct
+    servers, labels, ports as text): hashing then touches each distinct string once per batch."""
     path = _entry_path(config, entry)
     try:
-        pf = pq.ParquetFile(path)
+        strings = [k for k in entry.definition["keys"] if pa.types.is_string(key_type(k))]
+        pf = pq.ParquetFile(path, read_dictionary=strings if dictionary else None)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
             yield pa.Table.from_batches([batch])
     except (OSError, pa.ArrowInvalid) as e:

@@ -35,8 +35,17 @@ RANDOM_MAC = "random"
 MAC_KEYS = ("src_mac", "dst_mac")
 _METRIC_AGG = {"packets": "sum", "bytes": "sum", "first_seen": "min", "last_seen": "max"}
 
-__all__ = ["RANDOM_MAC", "FINGERPRINT", "definition", "canonicalise", "canon_values", "random_mac_mask", "key_hashes",
-           "column_hashes", "combine_hashes"]
+__all__ = [
+    "RANDOM_MAC",
+    "FINGERPRINT",
+    "definition",
+    "canonicalise",
+    "canon_values",
+    "random_mac_mask",
+    "key_hashes",
+    "column_hashes",
+    "combine_hashes",
+]
 
 
 def definition(tc: TableConfig) -> dict[str, Any]:
@@ -210,7 +219,14 @@ def column_hashes(table: pa.Table, columns: Sequence[str]) -> dict[str, tuple[np
         col = table[c]
         a = np.empty(n, dtype=np.uint64)
         b = np.empty(n, dtype=np.uint64)
-        if pa.types.is_integer(col.type):
+        if isinstance(col, pa.ChunkedArray) and pa.types.is_dictionary(col.type):
+            col = col.unify_dictionaries().combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        if pa.types.is_dictionary(col.type):
+            # distinct values once, then a gather: much cheaper for low-cardinality columns
+            da, db = column_hashes(pa.table({"v": col.dictionary}), ["v"])["v"]
+            idx = col.indices.to_numpy(zero_copy_only=False)
+            a, b = da[idx], db[idx]
+        elif pa.types.is_integer(col.type):
             _hash_ints(col.to_numpy().astype(np.uint64), a, b)
         else:
             offsets, data = string_buffers(col)

@@ -1,6 +1,6 @@
 """Reading pcap / pcapng (optionally gzip-compressed) captures into batches of record descriptors.
 
-A capture is streamed in chunks (``chunk_bytes``, 32 MiB by default): memory stays bounded by a few
+A capture is streamed in chunks (``chunk_bytes``, 2 MiB by default): memory stays bounded by a few
 chunks however large the file is. Each chunk is walked once by a numba-compiled loop that writes the
 index arrays of a :class:`RecordBatch` (where each record's data starts, its captured and wire length,
 its time stamp in UTC nanoseconds, its link type); no Python object is created per record. Only the
@@ -23,6 +23,11 @@ Formats: pcap (microsecond and nanosecond magic, both byte orders, Kuznetzov's "
 pcapng (any number of sections of either byte order; interfaces with their own link type, snaplen,
 ``if_tsresol`` and ``if_tsoffset``; Enhanced, Simple and obsolete Packet Blocks; every other block is
 skipped), and either of them inside gzip (detected by its magic, not the file name).
+
+Memory and speed: chunk buffers and index arrays are recycled through a process-wide pool (first touch
+of fresh memory is slow on small VMs), but never while any batch or view still points into them. For
+files larger than a chunk a helper thread reads, decompresses and hashes (sha256 of the decompressed
+stream) one chunk ahead; read(2), zlib and hashlib release the GIL, the compiled walkers run nogil.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ __all__ = [
     "CaptureReader",
     "open_capture",
     "sniff_capture",
+    "release_buffers",
     "SKIP_REASONS",
+    "DEFAULT_CHUNK",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,16 +107,21 @@ class CaptureStats:
     records: int = 0  # records delivered in batches
     skipped: collections.Counter = field(default_factory=collections.Counter)  # reason -> records
     damage: list[Damage] = field(default_factory=list)
-    sha256: str | None = None  # of the whole decompressed stream, once read to its end
-    bytes_read: int = 0  # decompressed bytes read
-    linktypes: set[int] = field(default_factory=set)
+    # sha256 of the whole decompressed stream, set once it has been read to its end. After damage the
+    # rest of the stream is still read (not parsed) so a damaged file has a content hash too; it stays
+    # None when the stream itself fails (corrupt gzip) or the consumer stops iterating early.
+    sha256: str | None = None
+    bytes_read: int = 0  # decompressed bytes read so far (updated while iterating)
+    linktypes: set[int] = field(default_factory=set)  # of the pcap header / of every pcapng interface
     other_blocks: int = 0  # pcapng blocks that carry no packet for us (NRB, ISB, custom, ...)
+    file_bytes_read: int = 0  # position in the file on disk (differs from bytes_read for gzip): progress
 
 
 # Per-record skip reasons, indexed by the walkers' counter array.
 SKIP_REASONS = ("bad-timestamp", "unknown-interface")
 _SKIP_BAD_TS = 0
 _SKIP_NO_IF = 1
+_OTHER_BLOCK = 2  # third counter: blocks without packets (not a problem, reported as stats.other_blocks)
 
 # ---------------------------------------------------------------------------------------------------
 # Format constants
@@ -157,6 +169,11 @@ _D_BLOCK_CAPLEN = 7  # captured length runs past the block
 _TS_DEC = 0  # if_tsresol 10^-n
 _TS_BIN = 1  # if_tsresol 2^-n
 _TS_BAD = 2  # interface whose time stamps cannot be converted (offset out of range)
+
+# Chunks small enough to stay in a core's L2 cache: the walker, the decoder and the aggregator then all
+# read bytes the read(2) has just brought in. Measured on the 2-core box for read+decode+aggregate of a
+# header-only capture: 0.19 us/record at 1-2 MiB, 0.22 at 8 MiB, 0.24-0.32 at 32 MiB.
+DEFAULT_CHUNK = 2 << 20
 
 _INT64_MAX = np.iinfo(np.int64).max
 _NS = 1_000_000_000
@@ -381,7 +398,7 @@ def _walk_pcapng(
                 out_lt[k] = if_lt[0]
                 k += 1
         else:
-            skipped[2] += 1  # not a per-record problem: the caller moves it to stats.other_blocks
+            skipped[_OTHER_BLOCK] += 1
         pos += blen
 
 
@@ -490,9 +507,11 @@ class _Source:
         self.stream, self._raw, self.gzip = _open_stream(path)
         self.chunk_bytes = chunk_bytes
         self.bytes_read = 0
+        self.file_pos = 0
         self.sha256: str | None = None
         self.error: _StreamError | None = None
         self._done = False
+        self._pending: _StreamError | None = None
         self._hash = hashlib.sha256()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -502,26 +521,35 @@ class _Source:
             self._thread.start()
 
     def _read_one(self):
-        """Next (array, start, end) chunk with _HEADROOM free bytes before start, or _EOF."""
+        """Next (array, start, end) chunk with _HEADROOM free bytes before start, or _EOF.
+
+        A read error after some bytes of the chunk is raised on the next call, so the bytes that could
+        be read (all records before a corrupt gzip block) are still delivered.
+        """
+        if self._pending is not None:
+            raise self._pending
         (arr,) = _POOL.take(("chunk", _HEADROOM + self.chunk_bytes), _make_chunk)
         view = memoryview(arr)[_HEADROOM:]
         n = 0
+        # readinto1 for gzip: a plain readinto loops inside BufferedReader and drops what it had read
+        # when the stream then fails
+        readinto = self.stream.readinto1 if self.gzip else self.stream.readinto
         try:
             while n < self.chunk_bytes:
-                got = self.stream.readinto(view[n:])
+                got = readinto(view[n:])
                 if not got:
                     break
                 n += got
         except (OSError, EOFError, zlib.error) as exc:
-            if n:
-                self._hash.update(view[:n])
-            self.bytes_read += n
-            raise _StreamError(self.bytes_read, _describe_stream_error(exc)) from exc
+            self._pending = _StreamError(self.bytes_read + n, _describe_stream_error(exc))
+            if n == 0:
+                raise self._pending from exc
         if n == 0:
             self.sha256 = self._hash.hexdigest()
             return _EOF
         self._hash.update(view[:n])
         self.bytes_read += n
+        self.file_pos = self._raw.tell()
         return arr, _HEADROOM, _HEADROOM + n
 
     def _run(self) -> None:
@@ -857,7 +885,9 @@ class CaptureReader:
     def __repr__(self) -> str:
         return f"CaptureReader({self.path!r}, format={self.stats.format!r})"
 
-    def batches(self, chunk_bytes: int = 32 << 20, *, threaded: bool | None = None) -> Iterator[RecordBatch]:
+    def batches(
+        self, chunk_bytes: int = DEFAULT_CHUNK, *, threaded: bool | None = None
+    ) -> Iterator[RecordBatch]:
         """Stream the records, one batch per chunk of the capture (empty batches are never yielded).
 
         Reading starts from the beginning on every call and resets :attr:`stats`. ``threaded`` (default:
@@ -879,12 +909,13 @@ class CaptureReader:
             walk = self._walk_pcap if self._pcap is not None else self._walk_pcapng
             for batch in walk(window, st):
                 st.records += len(batch)
+                st.bytes_read, st.file_bytes_read = source.bytes_read, source.file_pos
                 yield batch
             if source.error is None:
                 source.drain()  # after damage: the content hash still covers the whole stream
         finally:
             source.close()
-            st.bytes_read = source.bytes_read
+            st.bytes_read, st.file_bytes_read = source.bytes_read, source.file_pos
             if source.error is not None:
                 if not st.damage:
                     st.damage.append(Damage(self.path, source.error.offset, source.error.message))
@@ -911,7 +942,8 @@ class CaptureReader:
         h = self._pcap
         assert h is not None
         if not window.more(24):
-            self._damage(st, 0, "pcap header missing (file changed since it was opened?)")
+            if window.source.error is None:
+                self._damage(st, 0, "pcap header missing (file changed since it was opened?)")
             return
         window.pos += 24
         frac_mult, frac_limit = (1, _NS) if h.nanos else (1000, 1_000_000)
@@ -1021,7 +1053,7 @@ class CaptureReader:
         for i, reason in enumerate(SKIP_REASONS):
             if skipped[i]:
                 st.skipped[reason] += int(skipped[i])
-        st.other_blocks += int(skipped[2])
+        st.other_blocks += int(skipped[_OTHER_BLOCK])
         skipped[:] = 0
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from flowdiff.aggregate import Aggregator
 from flowdiff.capture import CaptureReader, open_capture, sniff_capture
 from flowdiff.config import Config, TableConfig
@@ -252,7 +254,7 @@ def _collect_one(
     with store.batch() as batch:
         for name, rows in agg.finish().items():
             fr.rows_written += batch.write_interval_rows(name, tables[name].keys, rows, source)
-            result.intervals.update(rows.column("interval_start").to_pylist())
+            result.intervals.update(pc.unique(rows.column("interval_start")).to_pylist())
     store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
                                     fr.status, fr.message, sensor=config.sensor))  # fmt: skip
     if stats.sha256:

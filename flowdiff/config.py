@@ -94,6 +94,7 @@ class Config:
     tables: dict[str, TableConfig] = field(default_factory=dict)
     rules: Path | None = None  # default <baselines>/rules.toml
     rearm: int = 0  # seconds after which a reported, never-accepted key is reported again; 0 = never
+    spool: Path | None = None  # tcpdump spool directory for `flowdiff run` (else --spool)
     settle: int = 600  # the newest capture in a directory counts as closed after this many idle seconds
     max_rows: int = 25  # rows per table in the body of a report (the rest go to the CSV attachment)
     templates: Path | None = None  # user folder overriding the packaged report templates
@@ -146,7 +147,7 @@ def default_tables() -> dict[str, TableConfig]:
 
 _TOP_KEYS = {
     "store", "baselines", "reports", "interval", "sensor", "networks", "service_ports", "tables",
-    "rules", "rearm", "settle", "max_rows", "templates", "outbox", "mail",
+    "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail",
 }  # fmt: skip
 _TABLE_KEYS = {"keys", "collapse", "ipv6_prefix", "collapse_random_macs", "min_intervals", "min_packets",
                "both_directions"}  # fmt: skip
@@ -191,7 +192,7 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     except ``networks``/``rules``/``templates`` files, which are relative to the config file."""
     _reject_unknown(raw, _TOP_KEYS, "")
     kw: dict[str, Any] = {"source": source}
-    for key in ("store", "baselines", "reports"):
+    for key in ("store", "baselines", "reports", "spool"):
         if key in raw:
             kw[key] = Path(_str(raw[key], key))
     for key in ("rules", "templates", "outbox"):

@@ -26,6 +26,17 @@ bounds-check, so every read is guarded by the record's end (offset + caplen, cla
 
 ``flowdiff.decode_ref.decode_reference`` computes the same columns frame by frame with dpkt; the tests
 require both to agree on real captures and on generated, truncated and mutated frames.
+
+Choices where the oracle leaves room (none changes a row of the 62 oracle tables):
+
+* MPLS payload: first nibble 4 / 6 is IP, anything else (Ethernet pseudowires, control words) NOT_IP.
+* IPv4 with a valid IHL whose options run past the capture still reports addresses and protocol
+  (20 bytes are enough); the total length field is never checked (BIG TCP, padding, bogus lengths).
+* 802.11: only unprotected data frames that are not A-MSDU aggregates carry IP; FDDI and Token Ring
+  MACs are kept in the order they are on the wire.
+* NULL / LOOP: AF 2 is IPv4; 10, 24, 28, 30 are IPv6 (Linux, NetBSD/OpenBSD, FreeBSD, Darwin); a value
+  of 0x0600 or more is taken as an Ethernet type; either byte order is accepted.
+* A DSA tag that says "tagged" supplies the VLAN id; otherwise the first 802.1Q/802.1ad tag does.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ MARKER = ".flowdiff-demo"
 _OWNED = ("captures", "store", "baselines", "reports", "flowdiff.toml")
 # Config fields a user's config may bring to the demo (mail, looks of the report); the rest (tables,
 # networks, directories, interval) belongs to the scenario, or the findings would not be the injected ones.
-OVERRIDABLE = ("mail", "templates", "max_rows", "outbox")
+OVERRIDABLE = ("mail", "templates", "max_rows")
 
 # Captures rotated every 4 hours and 4-hour intervals: 48 capture files and 48 intervals for the 8 days
 # keep the demo to seconds (collect's cost is per file and per interval, not per packet, at this size).

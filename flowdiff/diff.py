@@ -1,8 +1,9 @@
 """diff: new rows of the stored intervals against the current baseline and the rules.
 
 For every table: the intervals not diffed yet (or changed since: a late capture can add to an interval)
-are canonicalised exactly like ``learn`` did, anti-joined with the baseline (Arrow hash joins over the
-baseline streamed in batches, so memory stays bounded by one interval batch plus one baseline batch),
+are canonicalised exactly like ``learn`` did, anti-joined with the baseline (a hash index of the
+interval's 128-bit key fingerprints probed with the fingerprints the baseline stores, streamed in
+batches: memory is bounded by one interval chunk plus one baseline batch, not by the baseline size),
 then the rules decide: ``deny`` always reports (reason ``deny-rule NAME``), ``allow`` makes a key normal,
 everything else not in the baseline is grey (reason ``new``).
 
@@ -25,7 +26,7 @@ import os
 import secrets
 import shlex
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from flowdiff.baseline import (
     commit_state,
     get_version,
     interval_tokens,
+    is_report_id,
     iter_baseline,
     iter_fingerprints,
     load_state,
@@ -76,7 +78,7 @@ ROW_COLUMNS = (
 )
 ROW_NUMBER = "row"
 _CHUNK_INTERVALS = 12  # intervals per anti-join pass: bounds memory when many intervals wait
-_BATCH_ROWS = 1 << 21  # baseline rows per streamed batch
+_BATCH_ROWS = 1 << 20  # baseline rows per streamed batch
 
 
 @dataclass
@@ -136,7 +138,9 @@ def _key_table(df: pd.DataFrame, keys: Sequence[str]) -> pa.Table:
     return pa.Table.from_pandas(df[list(keys)], preserve_index=False).cast(schema)
 
 
-def _in_baseline(uk: pd.DataFrame, keys: Sequence[str], fingerprints: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def _in_baseline(
+    uk: pd.DataFrame, keys: Sequence[str], fingerprints: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """True for each distinct key of ``uk`` present in the baseline.
 
     Keys are compared by their 128-bit fingerprint (``canon.key_hashes``; the baseline stores it, so
@@ -186,9 +190,14 @@ def find_new(
     cols = [*keys, "interval_start", "first_seen", "last_seen", "packets", "bytes", "reason", "last_interval"]
     if not len(df):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).iloc[0:0]
-    group = df.groupby(keys, sort=False, observed=True, dropna=False)
-    gid = group.ngroup().to_numpy()
-    uk = df[keys].iloc[_first_index(gid, group.ngroups)].reset_index(drop=True)
+    if df[INTERVAL].nunique() == 1:
+        # canonical rows of one interval: every key is already unique (the usual cron case)
+        gid = np.arange(len(df))
+        uk = df[keys].reset_index(drop=True)
+    else:
+        group = df.groupby(keys, sort=False, observed=True, dropna=False)
+        gid = group.ngroup().to_numpy()
+        uk = df[keys].iloc[_first_index(gid, group.ngroups)].reset_index(drop=True)
     present = _in_baseline(uk, keys, baseline_fingerprints)
     allowed, deny = apply_rules(uk, tc.name, keys, rules, nmap)
     reason = np.where(deny != "", "deny-rule " + deny.astype(str), np.where(~present & ~allowed, "new", ""))
@@ -279,12 +288,18 @@ def _net_hash(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
     """Hash of the /24 (IPv4) or /64 (IPv6) of address text, and whether the value is an address at all
     (labels after ``collapse`` have no network: they never count as "same network")."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        dh, dv = _net_hash(arr.dictionary)
+        idx = arr.indices.to_numpy(zero_copy_only=False)
+        return dh[idx], dv[idx]
     n = len(arr)
     h = np.zeros(n, dtype=np.uint64)
     valid = np.zeros(n, dtype=bool)
     offsets, data = string_buffers(arr)
     _net4_hash(offsets, data, h, valid)
-    is6 = np.asarray(pc.fill_null(pc.match_substring(arr, ":"), False).to_numpy(zero_copy_only=False), dtype=bool)
+    is6 = np.asarray(
+        pc.fill_null(pc.match_substring(arr, ":"), False).to_numpy(zero_copy_only=False), dtype=bool
+    )
     if is6.any():
         enc = pc.filter(arr, pa.array(is6)).dictionary_encode()
         uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
@@ -308,53 +323,59 @@ def _best_rows(h: np.ndarray, packets: np.ndarray) -> np.ndarray:
     return s.groupby(h, sort=False).idxmax().to_numpy()
 
 
-def neighbours(rows: pd.DataFrame, keys: Sequence[str], batches: Iterable[pa.Table]) -> np.ndarray:
-    """Text of the nearest accepted neighbour of each row ("" when none), from one baseline pass.
+def neighbours(
+    rows: pd.DataFrame,
+    keys: Sequence[str],
+    batches: Callable[[], Iterable[pa.Table]],
+    *,
+    exclude_self: bool = True,
+) -> np.ndarray:
+    """Text of the nearest accepted neighbour of each row ("" when none).
 
-    Join values are compared by hash, computed once per column and batch; each batch is reduced to its
-    best candidate per join value right away, so the pass holds at most (strategies x distinct join
-    values) rows whatever the size of the baseline."""
+    One baseline pass (``batches()`` gives a fresh iterator) per strategy, most specific first, and only
+    for the rows still without a neighbour: a new client of a known service usually needs one pass.
+    Join values are compared by hash; each batch is reduced to its best candidate per join value right
+    away, so a pass holds at most one row per distinct join value whatever the size of the baseline."""
     out = np.full(len(rows), "", dtype=object)
+    keys = list(keys)
     strategies = _strategies(keys)
     if not len(rows) or not strategies:
         return out
-    keys = list(keys)
     rt = _key_table(rows, keys)
     rcol = column_hashes(rt, keys)
-    self1, _ = combine_hashes(rcol, keys, len(rows))
-    self_index = pd.Index(self1)
-    row_h = [_strategy_hash(rt, rcol, s) for s in strategies]
-    probes = [pd.Index(np.unique(h[v])) for h, v in row_h]
-    found: list[list[pa.Table]] = [[] for _ in strategies]
-    for batch in batches:
-        if not batch.num_rows:
+    self_index = pd.Index(combine_hashes(rcol, keys, len(rows))[0])
+    plain = pa.schema([*[pa.field(k, key_type(k)) for k in keys], pa.field("packets", pa.uint64())])
+    for s in strategies:
+        rh, rv = _strategy_hash(rt, rcol, s)
+        rv = rv & (out == "")
+        if not rv.any():
             continue
-        packets = batch["packets"].to_numpy()
-        colh = column_hashes(batch, keys)
-        # a deny row can be in the baseline itself: it is nobody's neighbour
-        not_self = self_index.get_indexer(combine_hashes(colh, keys, batch.num_rows)[0]) < 0
-        for i, s in enumerate(strategies):
+        probe = pd.Index(np.unique(rh[rv]))
+        cols = list(keys) if exclude_self else ([] if s.net_of else list(s.join))
+        found: list[pa.Table] = []
+        for batch in batches():
+            if not batch.num_rows:
+                continue
+            colh = column_hashes(batch, cols)
             jh, valid = _strategy_hash(batch, colh, s)
-            idx = np.flatnonzero(valid & not_self & (probes[i].get_indexer(jh) >= 0))
+            if exclude_self:  # a deny row can be in the baseline itself: it is nobody's neighbour
+                valid &= self_index.get_indexer(combine_hashes(colh, keys, batch.num_rows)[0]) < 0
+            idx = np.flatnonzero(valid & (probe.get_indexer(jh) >= 0))
             if not len(idx):
                 continue
-            best = idx[_best_rows(jh[idx], packets[idx])]
-            part = batch.select([*keys, "packets"]).take(pa.array(best))
-            found[i].append(part.append_column("_h", pa.array(jh[best])))
-    for i, s in enumerate(strategies):
-        if not found[i]:
+            best = idx[_best_rows(jh[idx], batch["packets"].to_numpy()[idx])]
+            part = batch.select([*keys, "packets"]).take(pa.array(best)).cast(plain)
+            found.append(part.append_column("_h", pa.array(jh[best])))
+        if not found:
             continue
-        cand = pa.concat_tables(found[i])
-        h = cand["_h"].to_numpy()
-        best = cand.take(pa.array(_best_rows(h, cand["packets"].to_numpy()))).to_pandas()
-        by_hash = pd.Index(best["_h"].to_numpy())
-        rh, rv = row_h[i]
-        pos = by_hash.get_indexer(rh)
-        todo = np.flatnonzero(rv & (pos >= 0) & (out == ""))
-        if not len(todo):
-            continue
+        cand = pa.concat_tables(found)
+        best = cand.take(pa.array(_best_rows(cand["_h"].to_numpy(), cand["packets"].to_numpy()))).to_pandas()
+        pos = pd.Index(best["_h"].to_numpy()).get_indexer(rh)
+        todo = np.flatnonzero(rv & (pos >= 0))
         vals = best[keys].to_numpy(dtype=object)[pos[todo]]
-        out[todo] = [f"{s.label}: " + " ".join(f"{k}={v}" for k, v in zip(keys, r, strict=True)) for r in vals]
+        out[todo] = [
+            f"{s.label}: " + " ".join(f"{k}={v}" for k, v in zip(keys, r, strict=True)) for r in vals
+        ]
     return out
 
 
@@ -482,7 +503,7 @@ def diff(
         report_id = None
         if record:
             if total:
-                report_id = _new_report_id(now)
+                report_id = _new_report_id(now, state.last_report)
                 for name, tc in selected.items():
                     if len(found[name]):
                         reported_new[name] = (
@@ -545,8 +566,14 @@ def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict
             continue
         cand = cand.sort_values(["bytes", *keys], ascending=[False, *[True] * len(keys)], kind="stable")
         cand = cand.reset_index(drop=True)
+        entry = entries[name]
+
+        def batches(entry: TableEntry = entry, keys: list[str] = keys) -> Iterable[pa.Table]:
+            return iter_baseline(config, entry, [*keys, "packets"], _BATCH_ROWS, dictionary=True)
+
+        # only deny-rule rows can be in the baseline themselves
         cand["neighbour"] = neighbours(
-            cand, keys, iter_baseline(config, entries[name], [*keys, "packets"], _BATCH_ROWS)
+            cand, keys, batches, exclude_self=bool((cand["reason"] != "new").any())
         )
         cand["accept_cmd"], cand["deny_cmd"] = commands(cand, name, keys, config)
         cand[ROW_NUMBER] = np.arange(row_no, row_no + len(cand), dtype=np.int64)
@@ -558,9 +585,16 @@ def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict
 # ------------------------------------------------------------------ reports
 
 
-def _new_report_id(now: datetime | None = None) -> str:
+def _new_report_id(now: datetime | None = None, last: str | None = None) -> str:
+    """``20261130T015500Z-ab12cd``: sortable by time, random suffix for uniqueness across sensors; two
+    reports of one sensor in the same second still sort in order (the suffix then counts up)."""
     t = now or datetime.now(UTC)
-    return f"{t.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    stamp = f"{t.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    suffix = secrets.randbelow(1 << 23)
+    if last and last[:16] >= stamp:
+        stamp = last[:16]
+        suffix = int(last[17:], 16) + 1 + secrets.randbelow(1 << 8)
+    return f"{stamp}-{min(suffix, (1 << 24) - 1):06x}"
 
 
 def report_dir(config: Config, report_id: str) -> Path:
@@ -642,6 +676,8 @@ def _finish_pending_report(config: Config, state: State) -> None:
         return
     for d in config.reports.glob(".*.tmp"):
         rid = d.name[1:-4]
+        if not is_report_id(rid):
+            continue  # not ours (another stage's temp file)
         if rid == state.last_report:
             _publish_report(config, rid)
         else:

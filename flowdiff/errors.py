@@ -22,6 +22,8 @@ class FlowdiffError(Exception):
 
 
 class ConfigError(FlowdiffError):
+    """A config file that cannot be read, an unknown key or a bad value (names the key)."""
+
     def __init__(self, message: str, *, key: str | None = None, path: str | None = None):
         self.key = key
         self.path = path
@@ -31,6 +33,8 @@ class ConfigError(FlowdiffError):
 
 
 class CaptureError(FlowdiffError):
+    """A capture that cannot be read at all (names the file and the byte offset)."""
+
     def __init__(self, path: str, message: str, *, offset: int | None = None):
         self.path = path
         self.offset = offset
@@ -39,24 +43,24 @@ class CaptureError(FlowdiffError):
 
 
 class StoreError(FlowdiffError):
-    pass
+    """The store is missing, unreadable, locked or holds another definition of a table."""
 
 
 class BaselineError(FlowdiffError):
-    pass
+    """No baseline yet, an unknown version, or a baseline learned for another table definition."""
 
 
 class RulesError(FlowdiffError):
-    pass
+    """A rules file or rule that cannot be parsed (names the file and the entry)."""
 
 
 class ReportError(FlowdiffError):
-    pass
+    """A report id that does not exist, or a template that fails to render."""
 
 
 class MailError(FlowdiffError):
-    pass
+    """Mail settings that cannot work, or a delivery the server refused."""
 
 
 class LockError(FlowdiffError):
-    pass
+    """Another flowdiff process holds the lock of the store or of a run."""

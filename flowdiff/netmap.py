@@ -34,6 +34,9 @@ __all__ = [
     "OTHER",
     "NetworkMap",
     "address_text",
+    "address_array",
+    "network_array",
+    "mac_array",
     "network_text",
     "mac_text",
     "parse_addresses",
@@ -126,7 +129,8 @@ def _v6_text(hi: np.ndarray, lo: np.ndarray) -> list[str]:
     return [ntop(af, buf[i : i + 16]) for i in range(0, len(buf), 16)]
 
 
-def _address_text_arrow(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+def address_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+    """``address_text`` as an Arrow string array (no Python objects)."""
     ver = np.asarray(ip_version)
     hi = np.asarray(hi, dtype=np.uint64)
     lo = np.asarray(lo, dtype=np.uint64)
@@ -145,27 +149,28 @@ def _address_text_arrow(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) 
 
 def address_text(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """Canonical text of each address (object array); ``''`` where ``ip_version`` is 0."""
-    return _address_text_arrow(ip_version, hi, lo).to_numpy(zero_copy_only=False).astype(object)
+    return address_array(ip_version, hi, lo).to_numpy(zero_copy_only=False).astype(object)
 
 
-def _network_text_arrow(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int) -> pa.Array:
+def network_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int) -> pa.Array:
+    """``network_text`` as an Arrow string array."""
     ver = np.asarray(ip_version)
     mhi, mlo, p4, p6 = mask_address(ver, hi, lo, prefix)
-    addr = _address_text_arrow(ver, mhi, mlo)
+    addr = address_array(ver, mhi, mlo)
     suffix = np.where(ver == 4, f"/{p4}", np.where(ver == 6, f"/{p6}", "")).astype(object)
     return pc.binary_join_element_wise(addr, pa.array(suffix, type=pa.string()), "")
 
 
 def network_text(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int) -> np.ndarray:
     """``10.1.2.0/24`` / ``2001:db8:1::/64`` for each address; IPv4 prefixes clamp to 32."""
-    arr = _network_text_arrow(ip_version, hi, lo, prefix)
+    arr = network_array(ip_version, hi, lo, prefix)
     return arr.to_numpy(zero_copy_only=False).astype(object)
 
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def _mac_text_arrow(mac: np.ndarray) -> pa.Array:
+def mac_array(mac: np.ndarray) -> pa.Array:
     """Builds the 17 ASCII bytes of every MAC at once: no per-element formatting."""
     m = np.asarray(mac, dtype=np.uint64)
     n = len(m)
@@ -180,7 +185,7 @@ def _mac_text_arrow(mac: np.ndarray) -> pa.Array:
 
 def mac_text(mac: np.ndarray) -> np.ndarray:
     """``aa:bb:cc:dd:ee:ff`` for each 48-bit MAC held in the low bits of a uint64."""
-    return _mac_text_arrow(mac).to_numpy(zero_copy_only=False).astype(object)
+    return mac_array(mac).to_numpy(zero_copy_only=False).astype(object)
 
 
 def is_local_mac(macs: Sequence[str] | pd.Series | np.ndarray) -> np.ndarray:

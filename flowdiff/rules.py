@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import tomllib
 
 from flowdiff.config import Config
 from flowdiff.errors import RulesError

@@ -24,7 +24,8 @@ PACKET_FIELDS: dict[str, np.dtype] = {
     "ts_ns": np.dtype(np.int64),  # UTC nanoseconds since the epoch
     "wirelen": np.dtype(np.uint32),  # original length on the wire (never the captured length)
     "status": np.dtype(np.uint8),  # DecodeStatus: 0 = decoded, else why IP fields are absent
-    "ethertype": np.dtype(np.uint16),  # protocol after link layer, tags and MPLS; 0 if none
+    "ethertype": np.dtype(np.uint16),  # Ethernet type after the VLAN/VN-Tag/DSA tags (MPLS, PPPoE, ARP show
+    # as themselves); derived (0x0800/0x86dd) on links without one; 0 if none
     "src_mac": np.dtype(np.uint64),  # 48-bit MAC in the low bits; 0 when the link has none
     "dst_mac": np.dtype(np.uint64),
     "vlan": np.dtype(np.uint16),  # outermost VLAN id, 0 when untagged

@@ -561,9 +561,12 @@ def test_shuffling_and_chunking_change_no_count(seed, n, cuts):
     assert sum(agg.skipped.values()) == int(np.isin(p["status"], [2, 3]).sum())
 
 
-def test_many_keys_and_out_of_order_intervals_grow_and_merge():
-    """More distinct rows than the initial table, and a second pass over old intervals (the index
-    only remembers the newest interval): counts still merge exactly."""
+def test_many_keys_and_out_of_order_intervals_grow_and_merge(monkeypatch):
+    """More distinct rows than the initial row store and index (made tiny here so that both grow
+    many times), and a second pass over old intervals (the index only remembers the newest
+    interval): counts still merge exactly."""
+    monkeypatch.setattr(Aggregator, "_INITIAL_ROWS", 64)
+    monkeypatch.setattr(Aggregator, "_INITIAL_CAPACITY", 32)
     rng = np.random.default_rng(5)
     n = 60_000
     p = {k: np.zeros(n, dtype=d) for k, d in PACKET_FIELDS.items()}

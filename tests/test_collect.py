@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -238,12 +240,21 @@ def test_unknown_table_is_an_error(tmp_path):
 # ---------------------------------------------------------------- kill -9 at every write step
 
 
-def _collect_subprocess(store: Path, files: list[Path], crash_at: int | None) -> int:
-    env = dict(os.environ, FLOWDIFF_CRASH_AT=str(crash_at) if crash_at else "")
-    cmd = [sys.executable, "-m", "flowdiff", "collect", "--store", str(store), "--interval", "60", *map(str, files)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode in (0, -9), proc.stderr
-    return proc.returncode
+def _collect_child(store: str, files: list[str], crash_at: int | None) -> None:
+    if crash_at:
+        os.environ["FLOWDIFF_CRASH_AT"] = str(crash_at)
+    collect(files, parse_config({"store": store, "interval": 60, "sensor": "s"}))
+
+
+def _collect_forked(store: Path, files: list[Path], crash_at: int | None) -> int:
+    """collect in a forked child (modules and numba code already loaded, so each run takes
+    milliseconds); the fault-injection point sends it SIGKILL at the chosen durable step."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_collect_child, args=(str(store), [str(f) for f in files], crash_at)
+    )
+    child.start()
+    child.join(120)
+    return child.exitcode
 
 
 def _snapshot(store: Path) -> dict[str, pd.DataFrame]:
@@ -258,21 +269,38 @@ def test_kill_minus_9_at_every_step_then_rerun_is_exact(tmp_path):
     # two captures whose packets fall in the same interval, so the second merges into the first's files
     files = [small_capture(tmp_path / f"c{i}.pcap", t0=1_700_000_000 + 10 * i, clients=1) for i in range(2)]
     ref = tmp_path / "ref"
-    assert _collect_subprocess(ref, files, None) == 0
+    _collect_child(str(ref), [str(f) for f in files], None)  # in this process: the children inherit warm code
     want = _snapshot(ref)
     step = 1
     crashed = 0
     while True:
         store = tmp_path / f"crash{step}"
-        rc = _collect_subprocess(store, files, step)
+        rc = _collect_forked(store, files, step)
         if rc == 0:
             break  # past the last durable step: the run finished
-        assert rc == -9
+        assert rc == -signal.SIGKILL
         crashed += 1
-        assert _collect_subprocess(store, files, None) == 0
+        assert _collect_forked(store, files, None) == 0
         got = _snapshot(store)
         for table in want:
             pd.testing.assert_frame_equal(got[table], want[table], obj=f"{table} after crash at step {step}")
         assert not list(store.rglob(".*.tmp"))
         step += 1
     assert crashed >= 10  # every data file write, rename and ledger append was a crash point
+
+
+def test_kill_minus_9_of_the_real_command_mid_run(tmp_path):
+    """The CLI process killed at an arbitrary moment (here: while writing), then re-run."""
+    files = [small_capture(tmp_path / f"c{i}.pcap", t0=1_700_000_000 + 90 * i, clients=2) for i in range(3)]
+    ref = tmp_path / "ref"
+    assert _collect_forked(ref, files, None) == 0
+    store = tmp_path / "store"
+    env = dict(os.environ, FLOWDIFF_CRASH_AT="9")
+    cmd = [sys.executable, "-m", "flowdiff", "collect", "--store", str(store), "--interval", "60", *map(str, files)]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == -signal.SIGKILL
+    env["FLOWDIFF_CRASH_AT"] = ""
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    ref_tables, got = _snapshot(ref), _snapshot(store)
+    for table in ref_tables:
+        pd.testing.assert_frame_equal(got[table].drop(columns="sensor"), ref_tables[table].drop(columns="sensor"))

@@ -11,9 +11,9 @@ from smtp_server import make_server
 
 from flowdiff.cli.demo_cmds import register
 from flowdiff.config import MailConfig
-from flowdiff.demo import DemoResult, run_demo
+from flowdiff.demo import DemoResult, demo_config, run_demo
 from flowdiff.errors import FlowdiffError
-from flowdiff.synth import format_value
+from flowdiff.synth import SCENARIO_START, Scenario, format_value
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,13 @@ def test_refuses_a_directory_it_did_not_make(tmp_path):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
     r = CliRunner().invoke(_cli(), ["demo", "--workdir", str(tmp_path)])
     assert r.exit_code == 2 and "Error:" in r.output
+
+
+def test_only_mail_and_report_settings_can_be_overridden(tmp_path):
+    sc = Scenario(directory=tmp_path, start=SCENARIO_START, days=7, rotate=3600, seed=0, normal_files=(),
+                  last_day_files=(), anomalies=(), packets=0)  # fmt: skip
+    cfg = demo_config(sc, tmp_path, {"max_rows": 5, "mail": None})
+    assert cfg.max_rows == 5 and cfg.store == tmp_path.resolve() / "store" and not cfg.mail.enabled
+    assert set(cfg.tables) == set(sc.tables) and cfg.networks == sc.networks
+    with pytest.raises(FlowdiffError, match="cannot override tables"):
+        demo_config(sc, tmp_path, {"tables": {}})

@@ -42,16 +42,37 @@ def test_field_specs_exact_cidr_range_label_any_and_lists():
     assert field_mask(ROWS["server"], "server", "10.1.0.25").tolist() == [True, True, False, False, True]
     assert field_mask(ROWS["client"], "client", "10.0.0.0/8").tolist() == [True, False, False, False, True]
     # a prefix produced by ipv6_prefix is inside a shorter CIDR
-    assert field_mask(ROWS["client"], "client", "2001:db8::/32").tolist() == [False, False, False, True, False]
+    assert field_mask(ROWS["client"], "client", "2001:db8::/32").tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     # a label: addresses with that longest match, and the collapsed label itself
     assert field_mask(ROWS["client"], "client", "dhcp", nm).tolist() == [True, True, False, False, False]
-    assert field_mask(ROWS["service_port"], "service_port", "1-1023").tolist() == [True, True, True, True, False]
-    assert field_mask(ROWS["service_port"], "service_port", [23, "2323"]).tolist() == [False, True, False, False, True]
+    assert field_mask(ROWS["service_port"], "service_port", "1-1023").tolist() == [
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert field_mask(ROWS["service_port"], "service_port", [23, "2323"]).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert field_mask(ROWS["proto"], "proto", "udp").tolist() == [False, False, True, False, False]
     assert field_mask(ROWS["client"], "client", "*").all()
     macs = pd.Series(["00:16:3E:00:00:01", "random"]).str.lower()
     assert field_mask(macs, "src_mac", "00:16:3E:00:00:01").tolist() == [True, False]
-    assert field_mask(pd.Series(np.array([0x806, 0x800], np.uint16)), "ethertype", "0x0806").tolist() == [True, False]
+    assert field_mask(pd.Series(np.array([0x806, 0x800], np.uint16)), "ethertype", "0x0806").tolist() == [
+        True,
+        False,
+    ]
 
 
 def test_deny_wins_over_allow_and_star_tables_need_the_fields(config):
@@ -105,12 +126,16 @@ def test_missing_file_is_no_rules(config):
 def test_add_rule_appends_keeps_comments_and_validates(config):
     path = config.rules_path
     path.parent.mkdir(parents=True)
-    path.write_text("# site policy\n[[allow]]\nname = \"dns\"\nservice_port = 53\n", encoding="utf-8")
+    path.write_text('# site policy\n[[allow]]\nname = "dns"\nservice_port = 53\n', encoding="utf-8")
     r = add_rule(config, "deny", "services", {"service_port": "23", "server": "10.1.0.0/24"}, name="telnet",
                  comment='old "box"', by="ops")  # fmt: skip
     assert r.match == {"service_port": 23, "server": "10.1.0.0/24"} and r.by == "ops"
     text = path.read_text()
-    assert text.startswith("# site policy\n") and "service_port = 23\n" in text and 'comment = "old \\"box\\""' in text
+    assert (
+        text.startswith("# site policy\n")
+        and "service_port = 23\n" in text
+        and 'comment = "old \\"box\\""' in text
+    )
     assert [x.name for x in load_rules(config).rules] == ["dns", "telnet"]
     auto = add_rule(config, "allow", "*", {"src": "10.9.0.0/16"})
     assert auto.name == "allow-any-1"

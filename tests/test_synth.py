@@ -433,3 +433,7 @@ def test_scenario_is_deterministic_and_quiet_without_anomalies(tmp_path):
     assert digest(a.normal_files) == digest(quiet.normal_files)
     assert digest(a.last_day_files) != digest(quiet.last_day_files)
     assert quiet.anomalies == () and quiet.expected_rows() == set()
+    decoded = {p: [(ph, dpkt.ethernet.Ethernet(d)) for ph, d in _records(p)] for p in quiet.files}
+    week = _reference_keys(quiet, decoded, quiet.normal_files)
+    last = _reference_keys(quiet, decoded, quiet.last_day_files)
+    assert all(set(last[t]) <= set(week[t]) for t in quiet.tables)  # a normal day brings nothing new

@@ -197,7 +197,8 @@ def register(main: click.Group) -> None:
 
     @baseline.command()
     @config_option
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
+                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
     @handle_errors
     def history(config_path, fmt):
         """List every baseline version, oldest first; the current one is marked with *."""
@@ -223,7 +224,8 @@ def register(main: click.Group) -> None:
     @click.option("--version", "version", help="Version to show (default: the current one).")
     @_where_option("Only rows matching (exact, CIDR, range or label; repeatable).")
     @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows per table.")
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
+                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
     @handle_errors
     def show(config_path, table, version, where, limit, fmt):
         """List what a baseline holds, biggest keys first."""
@@ -238,7 +240,8 @@ def register(main: click.Group) -> None:
     @click.argument("v2")
     @config_option
     @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
+                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
     @handle_errors
     def diff_cmd(v1, v2, config_path, tables, fmt):
         """Keys added (+) and removed (-) between baseline versions V1 and V2."""
@@ -299,7 +302,7 @@ def _print_diff(res: Any, fmt: str) -> None:
         return
     if fmt == "csv":
         if recs:
-            click.echo(pd.DataFrame(recs).to_csv(index=False).rstrip("\n"))
+            click.echo(pd.DataFrame(recs, dtype=object).to_csv(index=False).rstrip("\n"))
         return
     if not recs:
         click.echo(f"no new rows ({res.intervals} table intervals diffed)")

@@ -77,6 +77,8 @@ def format_frame(df: Any, fmt: str) -> str:
     for col in out.columns:
         if isinstance(out[col].dtype, pd.DatetimeTZDtype):
             out[col] = out[col].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "table" and "ethertype" in out.columns:  # people read ethertypes in hex
+        out["ethertype"] = out["ethertype"].map(lambda v: f"0x{int(v):04x}")
     if fmt == "csv":
         return out.to_csv(index=False).rstrip("\n")
     if fmt == "json":

@@ -152,7 +152,8 @@ def test_mail_cmd(config_path) -> None:
 @click.command("run")
 @config_option
 @click.option("--spool", type=click.Path(file_okay=False, exists=True),
-              help="tcpdump spool directory: collect its closed captures first (without it: diff, report, send).")  # fmt: skip
+              help="tcpdump spool directory: collect its closed captures first (default: config key `spool`; "
+                   "without either: diff, report, send).")  # fmt: skip
 @click.option(
     "--all",
     "all_files",
@@ -173,7 +174,7 @@ def run_cmd(config_path, spool, all_files, exit_on_new, lock_wait, quiet) -> Non
     from flowdiff.pipeline import run
 
     config = load(config_path)
-    res = run(config, spool, all_files=all_files, lock_wait=lock_wait)
+    res = run(config, spool or config.spool, all_files=all_files, lock_wait=lock_wait)
     for line in res.errors:
         click.echo(f"Warning: {line}", err=True)
     line = res.summary()

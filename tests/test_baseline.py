@@ -1,0 +1,232 @@
+"""learn / accept / history / show / diff / rollback: versioned, immutable baselines."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import fixtures_baseline as fx
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from flowdiff.baseline import (
+    accept,
+    current_version,
+    diff_versions,
+    get_version,
+    history,
+    learn,
+    load_state,
+    rollback,
+    show,
+)
+from flowdiff.cli.baseline_cmds import register
+from flowdiff.diff import diff
+from flowdiff.errors import BaselineError
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A store with two normal days and a one-packet scan on day 0; nothing learned yet."""
+    root = tmp_path_factory.mktemp("stored")
+    config = fx.write_config(root)
+    fx.write(config, fx.day(0) + fx.scan(0), "day0")
+    fx.write(config, fx.day(1), "day1")
+    return root
+
+
+@pytest.fixture
+def site(stored, tmp_path):
+    return fx.copy_site(stored, tmp_path)
+
+
+def _cli(*args: str):
+    @click.group()
+    def main():
+        pass
+
+    register(main)
+    return CliRunner().invoke(main, list(args))
+
+
+def test_learn_uses_every_interval_and_the_evidence_thresholds(site):
+    res = learn(site, by="alice")
+    assert res.version == "v0001" and res.parent is None
+    hosts = res.tables["hosts"]
+    assert hosts.intervals == 2 * fx.INTERVALS
+    assert hosts.since == fx.DAY0 and hosts.until == fx.DAY0 + pd.Timedelta(
+        days=1, seconds=fx.INTERVALS * 300
+    )
+    # the one-packet scan was seen, but is not frozen as normal
+    assert hosts.below_threshold == 1 and hosts.rows == hosts.candidates - 1
+    rows = show(site, "hosts")["hosts"]
+    assert "198.51.100.7" not in set(rows["src"]) and "dhcp" in set(rows["src"])
+    assert list(rows.columns) == ["src", "first_seen", "last_seen", "intervals", "packets", "bytes"]
+    v = get_version(site)
+    assert v.by == "alice" and v.action == "learn" and v.tables["hosts"].thresholds["min_packets"] == 2
+    # the learned intervals count as diffed
+    assert diff(site).total == 0
+
+
+def test_thresholds_from_arguments(site):
+    res = learn(site, tables=["hosts"], min_packets=1, min_intervals=1)
+    assert res.tables["hosts"].below_threshold == 0
+    assert "198.51.100.7" in set(show(site, "hosts")["hosts"]["src"])
+    assert list(res.tables) == ["hosts"]
+
+
+def test_learn_window_since_until_and_last(site):
+    day1 = fx.DAY0 + pd.Timedelta(days=1)
+    assert learn(site, tables=["hosts"], since=day1).tables["hosts"].intervals == fx.INTERVALS
+    assert learn(site, tables=["hosts"], until=day1).tables["hosts"].intervals == fx.INTERVALS
+    # --last counts back from the end of the newest stored interval, not from the wall clock
+    assert learn(site, tables=["hosts"], last="10m").tables["hosts"].intervals == 2
+    assert learn(site, tables=["hosts"], last="2d").tables["hosts"].intervals == 2 * fx.INTERVALS
+    with pytest.raises(BaselineError, match="positive duration"):
+        learn(site, last="0")
+
+
+def test_only_named_tables_are_relearned_and_state_is_kept(site):
+    learn(site)
+    first = get_version(site)
+    learn(site, tables=["link"])
+    second = get_version(site)
+    assert second.parent == first.id
+    assert second.tables["hosts"] == first.tables["hosts"]  # same immutable file
+    assert second.tables["link"].file == first.tables["link"].file  # same content, stored once
+    assert sorted(p.name for p in (site.baselines / "versions").iterdir()) == ["v0001.json", "v0002.json"]
+
+
+def test_versions_are_immutable_files_with_metadata(site):
+    learn(site, reason="first week")
+    v1 = (site.baselines / "versions" / "v0001.json").read_text()
+    fx.write(site, fx.day(2) + fx.anomaly("new_host", 2), "day2")
+    report = diff(site)
+    accept(site, report.report_id, reason="new web server", by="bob")
+    assert (site.baselines / "versions" / "v0001.json").read_text() == v1
+    entry = get_version(site).tables["hosts"]
+    meta = json.loads(pq.read_schema(site.baselines / entry.file).metadata[b"flowdiff.baseline"])
+    assert (
+        meta["table"] == "hosts" and meta["hash"] == entry.hash and meta["definition"]["collapse"] == ["dhcp"]
+    )
+    assert meta["window"]["intervals"] == 2 * fx.INTERVALS
+    hist = history(site)
+    assert [(v.id, v.parent, v.action, v.by) for v in hist] == [
+        ("v0001", None, "learn", hist[0].by), ("v0002", "v0001", "accept", "bob")]  # fmt: skip
+    assert hist[0].reason == "first week" and "new web server" in hist[1].reason
+    # no temp files anywhere in the baselines directory
+    assert not [p for p in site.baselines.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_accept_by_table_where_and_exact_key(site):
+    learn(site)
+    fx.write(site, fx.day(2) + fx.anomaly("new_service", 2) + fx.anomaly("new_pair", 2), "day2")
+    diff(site)
+    res = accept(site, table="services", where=["server=10.1.0.0/24", "service_port=8080"], reason="ok")
+    assert res.total == 1 and res.added["services"].iloc[0]["service_port"] == 8080
+    # the other reported services row is still waiting
+    left = load_state(site).reported("services", site.tables["services"].keys)
+    assert list(left["service_port"]) == [53]
+    with pytest.raises(BaselineError, match="no reported row"):
+        accept(site, table="services", where={"service_port": "9999"})
+    # every key field given exactly: accepted although it was never seen
+    res = accept(site, table="hosts", where={"src": "10.1.0.200"}, reason="new printer")
+    assert res.version == "v0003" and "10.1.0.200" in set(show(site, "hosts")["hosts"]["src"])
+    with pytest.raises(BaselineError, match="no key field 'dst'"):
+        accept(site, table="hosts", where={"dst": "1.2.3.4"})
+
+
+def test_show_filters_and_diff_versions(site):
+    learn(site)
+    accept(site, table="services", where={"client": "10.9.9.9", "server": "10.1.0.25", "proto": "6",
+                                          "service_port": "587"})  # fmt: skip
+    shown = show(site, "services", where=["service_port=500-600"])["services"]
+    assert list(shown["client"]) == ["10.9.9.9"]
+    d = diff_versions(site, 1, "v2")
+    assert list(d.added) == ["services"] and not d.removed and d.total == 1
+    back = diff_versions(site, "v0002", "v0001")
+    assert list(back.removed) == ["services"] and len(back.removed["services"]) == 1
+    with pytest.raises(BaselineError, match="no baseline version v0009"):
+        diff_versions(site, 1, 9)
+
+
+def test_rollback_is_a_new_version_with_old_content(site):
+    learn(site)
+    accept(site, table="hosts", where={"src": "10.1.0.200"})
+    v = rollback(site, "v1", by="carol")
+    assert v.id == "v0003" and v.parent == "v0002" and v.reason == "rollback to v0001"
+    assert current_version(site) == "v0003"
+    assert get_version(site).tables == get_version(site, 1).tables
+    assert "10.1.0.200" not in set(show(site, "hosts")["hosts"]["src"])
+
+
+def test_definition_change_is_refused_until_relearned(site, tmp_path):
+    learn(site)
+    tables = {k: dict(v) for k, v in fx.TABLES.items()}
+    tables["services"]["collapse"] = []
+    changed = fx.write_config(tmp_path, tables=tables)
+    with pytest.raises(BaselineError, match=r"services.*another table definition.*collapse"):
+        diff(changed)
+    with pytest.raises(BaselineError, match="another table definition"):
+        accept(changed, table="services", where={"client": "1.2.3.4", "server": "10.1.0.25", "proto": 6,
+                                                 "service_port": 25})  # fmt: skip
+    learn(changed, tables=["services"])
+    assert diff(changed).total == 0
+
+
+def test_both_directions_drops_one_way_keys(site):
+    res = learn(site, tables=["pairs"], both_directions=True)
+    pairs = show(site, "pairs")["pairs"]
+    keys = set(zip(pairs["src"], pairs["dst"], strict=True))
+    assert all((d, s) in keys for s, d in keys)
+    assert res.tables["pairs"].below_threshold >= 1
+
+
+def test_learn_with_an_empty_store_freezes_empty_baselines(tmp_path):
+    config = fx.write_config(tmp_path)
+    res = learn(config)
+    assert all(t.rows == 0 and t.intervals == 0 for t in res.tables.values())
+    assert diff(config).total == 0
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_learn_history_show_diff_rollback(site):
+    out = _cli("learn", "--by", "dave", "--reason", "week 1")
+    assert out.exit_code == 0, out.output
+    assert "hosts" in out.output and "baseline v0001 (parent none)" in out.output
+    assert _cli("accept", "hosts", "--where", "src=10.1.0.200").exit_code == 0
+    hist = _cli("baseline", "history", "--format", "json")
+    recs = [json.loads(x) for x in hist.output.splitlines()]
+    assert [r["version"] for r in recs] == ["v0001", "v0002"] and recs[1]["current"] == "*"
+    shown = _cli("baseline", "show", "--table", "hosts", "--where", "src=10.1.0.0/24", "--format", "csv")
+    assert shown.exit_code == 0 and "10.1.0.200" in shown.output and "dhcp" not in shown.output
+    d = _cli("baseline", "diff", "v1", "v2")
+    assert d.exit_code == 0 and "+" in d.output and "10.1.0.200" in d.output
+    rb = _cli("baseline", "rollback", "1")
+    assert rb.exit_code == 0 and "v0003" in rb.output
+    assert "same keys" in _cli("baseline", "diff", "1", "3").output
+
+
+def test_cli_errors_are_one_line_exit_2(site):
+    for args in (["baseline", "show"], ["diff"], ["baseline", "rollback", "7"], ["accept", "hosts"]):
+        out = _cli(*args)
+        assert out.exit_code == 2, (args, out.output)
+        assert out.output.startswith("Error: ") and len(out.output.strip().splitlines()) == 1
+
+
+def test_every_command_has_help():
+    @click.group()
+    def main():
+        pass
+
+    register(main)
+    names = ["learn", "diff", "accept", "deny", "ignore", "baseline"]
+    assert sorted(main.commands) == sorted(names)
+    for name in names:
+        assert main.commands[name].help
+    for sub in ("history", "show", "diff", "rollback"):
+        assert main.commands["baseline"].commands[sub].help

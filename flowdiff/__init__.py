@@ -41,7 +41,6 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "collect": ("flowdiff.collect", "collect"),
     "CollectResult": ("flowdiff.collect", "CollectResult"),
     "open_capture": ("flowdiff.capture", "open_capture"),
-    "decode": ("flowdiff.decode", "decode"),
     "Aggregator": ("flowdiff.aggregate", "Aggregator"),
     # baseline, rules, diff
     "learn": ("flowdiff.baseline", "learn"),

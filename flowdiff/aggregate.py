@@ -136,7 +136,7 @@ def _finalize(h):
     return h | _ONE
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ingest(
     index, rows, used, base, newest, start, ts_ns, wirelen, status, ethertype, src_mac, dst_mac, vlan, ip_version,
     src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_type, icmp_code, tcp_flags,
@@ -260,7 +260,7 @@ def _ingest(
     return i, used, base, newest
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _reindex(rows, base, used, index):
     """Fill an empty (larger) index with rows ``base..used``."""
     cmask = _U(index.shape[0] - 1)
@@ -605,10 +605,19 @@ class _Fields:
         return got
 
 
-def _roles_for_rows(rows: np.ndarray, perm: np.ndarray, service_ports: np.ndarray) -> np.ndarray:
+_SYN_SLOTS = np.array([1, 2, 3, 4, 7, _C_SYN], dtype=np.int64)  # what the client/server rule reads
+
+
+def _roles_for_rows(
+    rows: np.ndarray, perm: np.ndarray, service_ports: np.ndarray, context: np.ndarray | None = None
+) -> np.ndarray:
     """client_is_src for every fine row (in ``perm`` order): over all rows at once, because a SYN seen
-    in one interval decides the roles of its connection in every other."""
-    cols = _gather_rows(rows, perm, np.array([1, 2, 3, 4, 7, _C_SYN], dtype=np.int64))
+    in one interval decides the roles of its connection in every other. ``context`` (columns as
+    ``_gather_rows(.., _SYN_SLOTS)``) adds SYNs of rows that are not in ``perm`` (kept or drained)."""
+    cols = _gather_rows(rows, perm, _SYN_SLOTS)
+    n = cols.shape[1]
+    if context is not None and context.shape[1]:
+        cols = np.concatenate([cols, context], axis=1)
     k6 = cols[4]
 
     def field(name: str) -> np.ndarray:
@@ -619,7 +628,31 @@ def _roles_for_rows(rows: np.ndarray, perm: np.ndarray, service_ports: np.ndarra
     return client_is_src(
         field("ip_version"), cols[0], cols[1], cols[2], cols[3], field("proto"), field("sport"),
         field("dport"), field("icmp_type"), syn, service_ports,
-    )  # fmt: skip
+    )[:n]  # fmt: skip
+
+
+def _syn_columns(rows: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """The ``_SYN_SLOTS`` columns of the TCP rows among ``sel`` that saw a SYN without ACK."""
+    cols = _gather_rows(rows, sel, _SYN_SLOTS)
+    proto = cols[4] & _U(0xFF)
+    return cols[:, (cols[5] != _NOSYN) & (proto == _U(6))]
+
+
+def _merge_syns(a: np.ndarray, b: np.ndarray, cap: int) -> np.ndarray:
+    """One column per directional connection (earliest SYN kept), at most ``cap`` of them (the most
+    recent SYNs): the memory of SYNs stays bounded however long the capture."""
+    cols = np.concatenate([a, b], axis=1) if a.shape[1] else b
+    if cols.shape[1] == 0:
+        return cols
+    order = np.lexsort((cols[5], cols[4], cols[3], cols[2], cols[1], cols[0]))
+    cols = cols[:, order]
+    key = cols[:5]
+    first = np.ones(cols.shape[1], dtype=bool)
+    first[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
+    cols = cols[:, first]
+    if cols.shape[1] > cap:
+        cols = cols[:, np.argsort(cols[5], kind="stable")[-cap:]]
+    return np.ascontiguousarray(cols)
 
 
 def client_is_src(
@@ -672,6 +705,8 @@ class Aggregator:
 
     _INITIAL_CAPACITY = 1 << 14  # index slots / 2
     _INITIAL_ROWS = 1 << 20  # 128 MiB of address space, resident only as rows are written
+    max_rows = 1 << 21  # drain() hands over every interval, the newest too, above this (256 MiB)
+    max_syns = 1 << 21  # connections whose first SYN is remembered across drains (48 MiB)
 
     def __init__(
         self,
@@ -714,6 +749,11 @@ class Aggregator:
         self._newest = _INT64_MIN  # newest interval number seen
         self._status_counts = np.zeros(256, dtype=np.int64)
         self.packets_seen = 0
+        self._drained_below = _INT64_MIN  # drain has handed over every interval below this number
+        self._needs_roles = any(
+            k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
+        )
+        self._syns = np.zeros((len(_SYN_SLOTS), 0), dtype=np.uint64)  # SYNs of drained rows
 
     # -- stage 1 -------------------------------------------------------------------------------
 
@@ -781,16 +821,72 @@ class Aggregator:
         """One pyarrow Table per configured table, schema ``schema.table_schema(keys)``, rows sorted
         by (interval_start, keys) in the order of ``pyarrow.compute.sort_indices`` on those columns.
 
-        The fine rows are processed a group of whole intervals at a time (``_SEGMENT_ROWS``), which
-        bounds the temporary memory; the result tables are chunked accordingly."""
+        Covers the rows not yet taken by :meth:`drain`; it does not consume them (it may be called
+        more than once). The fine rows are processed a group of whole intervals at a time
+        (``_SEGMENT_ROWS``), which bounds the temporary memory; the result tables are chunked
+        accordingly."""
         rows = self._rows[: self._used]
         inum = rows[:, 9].view(np.int64)
         perm = np.argsort(inum, kind="stable") if np.any(inum[1:] < inum[:-1]) else np.arange(len(inum))
+        return self._tables_of(perm, self._syns)
+
+    def closed_intervals(self, keep: int = 1) -> bool:
+        """True when :meth:`drain` with the same ``keep`` has intervals to hand over (cheap: no scan)."""
+        if self._used == 0:
+            return False
+        return self._newest - keep + 1 > self._drained_below or self._used >= self.max_rows
+
+    def drain(self, keep: int = 1) -> dict[str, pa.Table]:
+        """Hand over, and forget, the rows of every interval older than the ``keep`` newest ones
+        (as :meth:`finish` would give them), so that memory stays flat however long the capture.
+
+        Captures are time-ordered in practice: a frame arriving later for an interval already drained
+        simply starts new rows that a later drain (or finish) hands over; merging the two parts (the
+        store adds counts) gives exactly the counts of one pass. When more than ``max_rows`` fine rows
+        are held, every interval is drained, the newest too. TCP SYNs of drained rows are remembered
+        (the ``max_syns`` most recent connections), so the client/server roles of a connection that
+        continues past a drain are still decided by its first SYN."""
+        if self._used == 0:
+            return {}
+        cutoff = self._newest - keep + 1
+        if self._used >= self.max_rows:
+            cutoff = self._newest + 1
+        self._drained_below = max(self._drained_below, cutoff)
+        rows = self._rows[: self._used]
+        inum = rows[:, 9].view(np.int64)
+        out_mask = inum < cutoff
+        sel = np.flatnonzero(out_mask)
+        if len(sel) == 0:
+            return {}
+        kept = np.flatnonzero(~out_mask)
+        perm = sel[np.argsort(inum[sel], kind="stable")] if np.any(np.diff(inum[sel]) < 0) else sel
+        context = self._syns
+        if self._needs_roles and len(kept):
+            context = np.concatenate([context, _syn_columns(rows, kept)], axis=1)
+        out = self._tables_of(perm, context)
+        if self._needs_roles:
+            self._syns = _merge_syns(self._syns, _syn_columns(rows, sel), self.max_syns)
+        self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))
+        return out
+
+    def _compact(self, kept: np.ndarray, new_base: int) -> None:
+        """Keep rows ``kept`` (in order) at the front; re-index the ones of the newest interval."""
+        n = len(kept)
+        if n:
+            self._rows[:n] = self._rows[kept]
+        self._used, self._base = n, new_base
+        self._index[:] = -1
+        _reindex(self._rows, self._base, self._used, self._index)
+
+    def _tables_of(self, perm: np.ndarray, syn_context: np.ndarray) -> dict[str, pa.Table]:
+        """Stage 2 over the fine rows ``perm`` (sorted by interval)."""
+        rows = self._rows[: self._used]
+        inum = rows[:, 9].view(np.int64)
         sorted_inum = inum[perm]
-        needs_roles = any(
-            k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
+        needs_roles = self._needs_roles
+        cis = (
+            _roles_for_rows(rows, perm, self.service_ports, syn_context) if needs_roles and len(perm) else None
         )
-        cis = _roles_for_rows(rows, perm, self.service_ports) if needs_roles and len(perm) else None
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
             cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS)

@@ -16,23 +16,29 @@ Which files are collected:
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import logging
 import os
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow.compute as pc
+import numpy as np
+import pyarrow as pa
 
 from flowdiff.aggregate import Aggregator
 from flowdiff.capture import CaptureReader, open_capture, sniff_capture
 from flowdiff.config import Config, TableConfig
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
-from flowdiff.schema import DecodeStatus
+from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store
 
 log = logging.getLogger(__name__)
@@ -203,14 +209,18 @@ def collect(
     return result
 
 
-def _ledger_index(store: Store) -> tuple[set[tuple[str, int, int]], set[str]]:
-    by_stat, by_hash = set(), set()
+_Known = tuple[set[tuple[str, int, int]], set[str], set[int]]  # (path, size, mtime), sha256s, sizes
+
+
+def _ledger_index(store: Store) -> _Known:
+    by_stat, by_hash, sizes = set(), set(), set()
     for e in store.ledger():
         if e.status in ("ok", "damaged", "failed"):
             by_stat.add((e.path, e.size, e.mtime_ns))
         if e.sha256 and e.status in ("ok", "damaged"):
             by_hash.add(e.sha256)
-    return by_stat, by_hash
+            sizes.add(e.size)
+    return by_stat, by_hash, sizes
 
 
 def _collect_one(
@@ -218,11 +228,11 @@ def _collect_one(
     config: Config,
     tables: dict[str, TableConfig],
     store: Store,
-    known: tuple[set[tuple[str, int, int]], set[str]],
+    known: _Known,
     result: CollectResult,
     progress: Progress | None,
 ) -> FileResult:
-    by_stat, by_hash = known
+    by_stat, by_hash, known_sizes = known
     try:
         st = path.stat()
     except OSError as e:
@@ -230,35 +240,35 @@ def _collect_one(
     stat_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if stat_key in by_stat:
         return FileResult(str(path), "known")
+    fr = FileResult(str(path), "ok")
     try:
         reader = open_capture(path)
+        capture_id, sha = _capture_id(path, st.st_size, known)
+        if sha is not None and sha in by_hash:  # the same capture under another name or with a new mtime
+            store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, sha, 0, "ok",
+                                            "same content as a capture already collected",
+                                            sensor=config.sensor))  # fmt: skip
+            by_stat.add(stat_key)
+            fr.status = "known"
+            return fr
         agg = Aggregator(tables, interval=config.interval, networks=config.networks,
                          service_ports=config.service_ports)  # fmt: skip
-        wire = _read_all(reader, agg, st.st_size, progress)
+        parts = _PartWriter(store, tables, capture_id, fr, result)
+        fr.bytes = _read_all(reader, agg, parts, st.st_size, progress)
     except CaptureError as e:
         store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, None, 0, "failed", str(e),
                                         sensor=config.sensor))  # fmt: skip
         return FileResult(str(path), "failed", message=str(e))
     stats = reader.stats
-    fr = FileResult(str(path), "damaged" if stats.damage else "ok", records=stats.records, bytes=wire)
+    fr.status, fr.records, wire = ("damaged" if stats.damage else "ok"), stats.records, fr.bytes
     if stats.damage:
         fr.message = str(stats.damage[0]) + f" (kept the {stats.records:,} records before it)"
-    if stats.sha256 in by_hash:  # the same capture under another name or with a new mtime
-        store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
-                                        fr.status, "same content as a capture already collected",
-                                        sensor=config.sensor))  # fmt: skip
-        by_stat.add(stat_key)
-        fr.status = "known"
-        return fr
-    source = stats.sha256 or f"{stat_key[0]}:{st.st_size}:{st.st_mtime_ns}"
-    with store.batch() as batch:
-        for name, rows in agg.finish().items():
-            fr.rows_written += batch.write_interval_rows(name, tables[name].keys, rows, source)
-            result.intervals.update(pc.unique(rows.column("interval_start")).to_pylist())
+    parts.write(agg.finish())
     store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
                                     fr.status, fr.message, sensor=config.sensor))  # fmt: skip
     if stats.sha256:
         by_hash.add(stats.sha256)
+        known_sizes.add(st.st_size)
     by_stat.add(stat_key)
     result.packets += stats.records
     result.bytes += wire
@@ -269,12 +279,106 @@ def _collect_one(
     return fr
 
 
-def _read_all(reader: CaptureReader, agg: Aggregator, total: int, progress: Progress | None) -> int:
+def _capture_id(path: Path, size: int, known: _Known) -> tuple[str, str | None]:
+    """An id of the capture's content known before it is read, for the parts written while reading:
+    a hash of its size, first and last MiB. When a capture already collected has the same size, the
+    whole file is hashed first (returned as the second value): a renamed copy is then recognised
+    before anything is written, and two different captures never share part ids."""
+    if size in known[2]:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        sha = h.hexdigest()
+        return sha, sha
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_ID_SPAN))
+        if size > _ID_SPAN:
+            f.seek(max(size - _ID_SPAN, _ID_SPAN))
+            h.update(f.read(_ID_SPAN))
+    return "h" + h.hexdigest()[:32], None
+
+
+_ID_SPAN = 1 << 20
+
+
+class _PartWriter:
+    """Merges the tables drained from the Aggregator into the store as numbered parts of a capture.
+
+    Part ``k`` of capture ``c`` has the source id ``c#k``: reading is deterministic, so a re-run after a
+    crash drains the same parts and the store skips exactly those an interval file already holds."""
+
+    def __init__(self, store: Store, tables: dict[str, TableConfig], capture_id: str, fr: FileResult,
+                 result: CollectResult):  # fmt: skip
+        self.store, self.tables, self.capture_id = store, tables, capture_id
+        self.fr, self.result = fr, result
+        self.parts = 0
+
+    def write(self, drained: dict[str, pa.Table]) -> None:
+        if not any(t.num_rows for t in drained.values()):
+            return
+        source = f"{self.capture_id}#{self.parts}"
+        self.parts += 1
+        with self.store.batch() as batch:
+            for name, rows in drained.items():
+                if not rows.num_rows:
+                    continue
+                self.fr.rows_written += batch.write_interval_rows(
+                    name, self.tables[name].keys, rows, source, presorted=True
+                )
+                self.result.intervals.update(_interval_starts(rows))
+
+
+def _interval_starts(rows: pa.Table) -> set:
+    starts = rows.column(INTERVAL).combine_chunks().cast(pa.int64()).to_numpy()
+    return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
+
+
+_DONE = object()
+
+
+def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """(decoded chunk, its wire bytes), walked and decoded one chunk ahead on a helper thread: the
+    compiled walker and decoder release the GIL, so they run on the second core while the caller
+    aggregates (the reader itself reads and hashes on a third thread)."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in reader.batches():
+                if stop.is_set():
+                    break
+                packets = decode(batch)
+                q.put((packets, int(np.add.reduce(batch.wirelen, dtype=np.uint64))))
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    worker = threading.Thread(target=produce, name="flowdiff-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
+        worker.join()
+
+
+def _read_all(reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total: int,
+              progress: Progress | None) -> int:  # fmt: skip
     wire = 0
-    for batch in reader.batches():
-        packets = decode(batch)
+    for packets, nbytes in _decoded(reader):
         agg.add(packets)
-        wire += int(packets["wirelen"].sum(dtype="uint64"))
+        wire += nbytes
+        if agg.closed_intervals():
+            parts.write(agg.drain())
         if progress is not None:
             progress(str(reader.path), min(reader.stats.bytes_read, total), total)
     return wire

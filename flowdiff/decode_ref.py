@@ -351,7 +351,7 @@ def _tokenring(f: _Frame, data: bytes) -> tuple[int, bytes, bool]:
 
 
 def _kind_links() -> dict[int, Any]:
-    from flowdiff import decode as d
+    import flowdiff.decode as d
 
     return {
         d.K_ETHERNET: _ethernet,

@@ -294,13 +294,17 @@ class Store:
         return _to_pandas(result)
 
     # -- writing
-    def write_interval_rows(self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str) -> int:
+    def write_interval_rows(
+        self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str, *, presorted: bool = False
+    ) -> int:
         """Merge aggregated rows (schema.table_schema(keys), any number of intervals) into the store.
 
         Counts add, first/last seen take min/max. An interval file that already holds ``source_id`` is
-        left alone, which makes re-collecting a capture after a crash exact. Returns rows written."""
+        left alone, which makes re-collecting a capture after a crash exact. ``presorted``: the rows
+        are already sorted by (interval_start, keys) and unique per key (as the Aggregator gives them),
+        so a new interval file is written without sorting again. Returns rows written."""
         with self.batch() as batch:
-            return batch.write_interval_rows(table, keys, rows, source_id)
+            return batch.write_interval_rows(table, keys, rows, source_id, presorted=presorted)
 
     def batch(self) -> WriteBatch:
         """Stage many interval files and make them durable with one filesystem sync (``with`` block)."""
@@ -378,22 +382,30 @@ class WriteBatch:
             return
         self.commit()
 
-    def write_interval_rows(self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str) -> int:
+    def write_interval_rows(
+        self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str, *, presorted: bool = False
+    ) -> int:
         if rows.num_rows == 0:
             return 0
         schema = table_schema(keys)
-        rows = rows.select(schema.names).cast(schema)
-        rows = rows.take(pc.sort_indices(rows, sort_keys=[(INTERVAL, "ascending")]))
+        rows = rows.select(schema.names)
+        if rows.schema != schema:
+            rows = rows.cast(schema)
+        if not presorted:
+            rows = rows.take(pc.sort_indices(rows, sort_keys=[(INTERVAL, "ascending")]))
         starts = rows[INTERVAL].cast(pa.int64()).to_numpy()
         bounds = np.flatnonzero(np.diff(starts)) + 1
         written = 0
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(starts)], strict=True):
             start = pd.Timestamp(int(starts[lo]), unit="us", tz="UTC")
             part = rows.slice(int(lo), int(hi - lo))
-            written += self._merge(self.store.interval_path(table, start), keys, schema, part, source_id)
+            path = self.store.interval_path(table, start)
+            written += self._merge(path, keys, schema, part, source_id, presorted)
         return written
 
-    def _merge(self, path: Path, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str) -> int:
+    def _merge(
+        self, path: Path, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str, presorted: bool
+    ) -> int:
         sources: list[str] = []
         if path.exists():
             try:
@@ -405,7 +417,7 @@ class WriteBatch:
             if source in sources:
                 return 0
             part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
-        else:
+        elif not presorted:
             part = _sort(part, keys)
         sources = sorted({*sources, source})
         part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})

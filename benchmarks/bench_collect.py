@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from flowdiff.synth import BulkInfo, synthetic_bulk  # noqa: E402
 
-GENERATOR_VERSION = 1  # bump when synthetic_bulk's output changes, so cached captures are rebuilt
+GENERATOR_VERSION = 2  # bump when synthetic_bulk's output changes, so cached captures are rebuilt
+BUSY_RATE = 20_000  # packets/s of a busy span port (tens of thousands are common)
+SPARSE_RATE = 1389  # 5M packets in one hour: many intervals, few packets per row
 CONFIG = """\
 interval = 60
 sensor = "bench"
@@ -45,6 +47,7 @@ class Run:
     seconds: float  # wall time of the whole process
     file_bytes: int  # capture bytes it read
     max_rss: int  # bytes
+    rows: int = 0  # output rows in the store (collect runs)
 
     @property
     def mpps(self) -> float:
@@ -68,13 +71,38 @@ def capture(workdir: Path, packets: int, full_size: bool, seed: int, rate: int) 
         snap = 65535 if full_size else 96
         return BulkInfo(path, packets, path.stat().st_size, wire, 20000, snap, full_size, seed), False
     t = time.perf_counter()
-    info = synthetic_bulk(path, packets, full_size=full_size, seed=seed, duration=max(packets / rate, 1.0))
+    info = _generate(path, packets, full_size, seed, rate)
     info_path.write_text(f"wire_bytes={info.wire_bytes}\n")
     print(
         f"  generated {path.name}: {info.file_bytes / 1e6:,.0f} MB in {time.perf_counter() - t:.1f} s",
         flush=True,
     )
     return info, True
+
+
+def _generate(path: Path, packets: int, full_size: bool, seed: int, rate: int) -> BulkInfo:
+    """``synthetic_bulk`` in consecutive pieces of a whole number of seconds (about 1M packets each),
+    concatenated: one call for a long capture overflows int64 in its time stamp arithmetic
+    (``index * span_ns``, from about 2.5M packets over an hour), and time would jump backwards."""
+    secs = max(1, 1_000_000 // rate)
+    piece = rate * secs
+    tmp = path.with_suffix(".piece")
+    wire = 0
+    with open(path.with_suffix(".partial"), "wb") as out:
+        for i, first in enumerate(range(0, packets, piece)):
+            n = min(piece, packets - first)
+            part = synthetic_bulk(tmp, n, full_size=full_size, seed=seed, start=START + i * secs,
+                                  duration=max(n / rate, 1e-9))  # fmt: skip
+            wire += part.wire_bytes
+            data = tmp.read_bytes()
+            out.write(data if i == 0 else data[24:])  # one pcap file header
+    tmp.unlink(missing_ok=True)
+    path.with_suffix(".partial").replace(path)
+    snap = 65535 if full_size else 96
+    return BulkInfo(path, packets, path.stat().st_size, wire, 20000, snap, full_size, seed)
+
+
+START = 1767225600  # 2026-01-01T00:00:00Z, synthetic_bulk's default
 
 
 def measure(cmd: list[str], label: str, packets: int, file_bytes: int) -> tuple[Run, str]:
@@ -139,8 +167,9 @@ def dpkt_loop(path: str, limit: int) -> None:
     print(len(counts))
 
 
-def check_store(store: Path, info: BulkInfo) -> str:
-    """The store must add up to the capture: every packet and every wire byte counted once."""
+def check_store(store: Path, info: BulkInfo) -> tuple[str, int]:
+    """The store must add up to the capture: every packet and every wire byte counted once.
+    Returns the verdict line and the number of rows in the store."""
     import pyarrow.dataset as ds
 
     t = ds.dataset(store / "t5", format="parquet", partitioning="hive").to_table(columns=["packets", "bytes"])
@@ -148,11 +177,20 @@ def check_store(store: Path, info: BulkInfo) -> str:
     nbytes = int(t["bytes"].to_numpy().sum())
     ok = packets == info.packets and nbytes == info.wire_bytes
     verdict = "OK" if ok else "MISMATCH"
-    return f"{verdict}: {t.num_rows:,} rows, {packets:,} packets, {nbytes:,} bytes (capture: {info.packets:,} packets, {info.wire_bytes:,} wire bytes)"
+    line = (f"{verdict}: {t.num_rows:,} rows, {packets:,} packets, {nbytes:,} bytes "
+            f"(capture: {info.packets:,} packets, {info.wire_bytes:,} wire bytes)")  # fmt: skip
+    return line, t.num_rows
 
 
-def fmt_run(r: Run) -> str:
-    return f"  {r.label:<30} {r.packets:>11,} {r.seconds:>9.2f} {r.mpps:>8.3f} {r.mbps:>9.1f} {r.max_rss / 2**20:>10,.0f}"
+HEADER = (f"  {'':<34} {'packets':>11} {'seconds':>8} {'Mpps':>7} {'MB/s':>7} {'rows/s':>9} "
+          f"{'peak RSS MB':>11} {'x dpkt':>7}")  # fmt: skip
+
+
+def fmt_run(r: Run, dpkt: Run | None) -> str:
+    rows = f"{r.rows / r.seconds:>9,.0f}" if r.rows else f"{'':>9}"
+    ratio = f"{r.mpps / dpkt.mpps:>6.1f}x" if dpkt is not None and r is not dpkt else f"{'':>7}"
+    return (f"  {r.label:<34} {r.packets:>11,} {r.seconds:>8.2f} {r.mpps:>7.3f} {r.mbps:>7.1f} {rows} "
+            f"{r.max_rss / 2**20:>11,.0f} {ratio}")  # fmt: skip
 
 
 def main() -> None:
@@ -164,12 +202,16 @@ def main() -> None:
         "--full-size", action="store_true", help="whole frames instead of header-only (snaplen 96)"
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rate", type=int, default=1389,
-                    help="packets per second of the capture (default 1389: 5M packets span one hour)")  # fmt: skip
+    ap.add_argument("--rate", type=int, default=BUSY_RATE,
+                    help=f"packets per second of the capture (default {BUSY_RATE:,}: a busy span port, "
+                         "5M packets span about 4 minutes)")  # fmt: skip
+    ap.add_argument("--sparse-rate", type=int, default=SPARSE_RATE,
+                    help=f"also collect a long, sparse capture of the same size at this rate (default "
+                         f"{SPARSE_RATE}: 5M packets span one hour; 0: skip)")  # fmt: skip
     ap.add_argument("--dpkt-packets", type=int, default=500_000,
                     help="records the dpkt loop reads (it is ~30x slower; its rate is per packet)")  # fmt: skip
     ap.add_argument(
-        "--no-flatness", action="store_true", help="skip the memory-flatness run on a 5x smaller capture"
+        "--no-flatness", action="store_true", help="skip the memory-flatness runs on 5x smaller captures"
     )
     ap.add_argument(
         "--keep", action="store_true", help="keep the generated captures and stores in the workdir"
@@ -184,48 +226,61 @@ def main() -> None:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     generated: list[Path] = []
+    stores: list[Path] = []
+
+    def get(packets: int, rate: int, seed: int = args.seed) -> BulkInfo:
+        info, new = capture(work, packets, args.full_size, seed, rate)
+        if new:
+            generated.append(info.path)
+        return info
+
     print(f"workdir {work}")
-    info, new = capture(work, args.packets, args.full_size, args.seed, args.rate)
-    if new:
-        generated.append(info.path)
+    rates = [args.rate] + ([args.sparse_rate] if args.sparse_rate and args.sparse_rate != args.rate else [])
     kind = "full-size" if args.full_size else "header-only, snaplen 96"
-    print(f"capture: {info.packets:,} packets, {info.file_bytes / 1e6:,.1f} MB file, "
-          f"{info.wire_bytes / 1e9:,.2f} GB on the wire ({kind}), 20,000 flows")  # fmt: skip
+    infos = {rate: get(args.packets, rate) for rate in rates}
+    for rate, info in infos.items():
+        print(f"capture @{rate:,} pps: {info.packets:,} packets over {info.packets / rate:,.0f} s, "
+              f"{info.file_bytes / 1e6:,.1f} MB file, {info.wire_bytes / 1e9:,.2f} GB on the wire ({kind}), "
+              "20,000 flows")  # fmt: skip
 
-    warm, _ = capture(work, 20_000, args.full_size, args.seed + 1, args.rate)
-    run_collect(warm, work, "warmup")  # fills the numba cache (if enabled), as a cron job would have it
+    run_collect(get(20_000, args.rate, args.seed + 1), work, "warmup")  # fills the numba cache, as cron would
+    stores.append(work / "store-warmup")
 
-    runs = []
-    collect_run, store = run_collect(info, work, "main")
-    runs.append(collect_run)
-    check = check_store(store, info)
-    dpkt_run = run_dpkt(info, args.dpkt_packets)
+    runs: list[Run] = []
+    checks = []
+    for rate, info in infos.items():
+        run, store = run_collect(info, work, f"r{rate}")
+        check, run.rows = check_store(store, info)
+        run.label = f"flowdiff collect @{rate:,} pps"
+        runs.append(run)
+        checks.append(f"store check @{rate:,} pps: {check}")
+        stores.append(store)
+    dpkt_run = run_dpkt(infos[args.rate], args.dpkt_packets)
     runs.append(dpkt_run)
 
-    print(f"\n  {'':<30} {'packets':>11} {'seconds':>9} {'Mpps':>8} {'MB/s':>9} {'peak RSS MB':>10}")
+    print("\n" + HEADER)
     for r in runs:
-        print(fmt_run(r))
-    if dpkt_run.packets < info.packets:
+        print(fmt_run(r, dpkt_run))
+    if dpkt_run.packets < args.packets:
         print(f"  (the dpkt loop read the first {dpkt_run.packets:,} packets; its rate is per packet and would "
-              f"take ~{info.packets / dpkt_run.packets * dpkt_run.seconds:,.0f} s for all of them)")  # fmt: skip
-    print(f"\nspeed ratio (Mpps): flowdiff collect / naive dpkt = {collect_run.mpps / dpkt_run.mpps:.1f}x")
-    print(f"store check: {check}")
+              f"take ~{args.packets / dpkt_run.packets * dpkt_run.seconds:,.0f} s for all of them)")  # fmt: skip
+    print()
+    for line in checks:
+        print(line)
 
     if not args.no_flatness and args.packets >= 10:
         small_n = args.packets // 5
-        small, new_small = capture(work, small_n, args.full_size, args.seed, args.rate)
-        if new_small:
-            generated.append(small.path)
-        small_run, small_store = run_collect(small, work, "small")
-        ratio = collect_run.max_rss / small_run.max_rss
-        print(f"memory flatness: peak RSS {small_run.max_rss / 2**20:,.0f} MB for {small_n:,} packets, "
-              f"{collect_run.max_rss / 2**20:,.0f} MB for {args.packets:,} (x{ratio:.2f} for 5x the packets)")  # fmt: skip
-        if not args.keep:
-            shutil.rmtree(small_store, ignore_errors=True)
+        for rate, big in zip(rates, runs, strict=False):
+            small_run, small_store = run_collect(get(small_n, rate), work, f"r{rate}-small")
+            stores.append(small_store)
+            ratio = big.max_rss / small_run.max_rss
+            print(f"memory flatness @{rate:,} pps: peak RSS {small_run.max_rss / 2**20:,.0f} MB for "
+                  f"{small_n:,} packets ({small_run.mpps:.3f} Mpps), {big.max_rss / 2**20:,.0f} MB for "
+                  f"{args.packets:,} (x{ratio:.2f} for 5x the packets)")  # fmt: skip
 
     if not args.keep:
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.rmtree(work / "store-warmup", ignore_errors=True)
+        for store in stores:
+            shutil.rmtree(store, ignore_errors=True)
         for p in generated:
             p.unlink(missing_ok=True)
             p.with_suffix(".info").unlink(missing_ok=True)

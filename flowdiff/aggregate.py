@@ -885,7 +885,9 @@ class Aggregator:
         sorted_inum = inum[perm]
         needs_roles = self._needs_roles
         cis = (
-            _roles_for_rows(rows, perm, self.service_ports, syn_context) if needs_roles and len(perm) else None
+            _roles_for_rows(rows, perm, self.service_ports, syn_context)
+            if needs_roles and len(perm)
+            else None
         )
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):

@@ -118,7 +118,9 @@ class CollectResult:
         if self.ignored:
             extra.append(f"{len(self.ignored)} not captures")
         if self.skipped:
-            extra.append("skipped frames: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items())))
+            extra.append(
+                "skipped frames: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items()))
+            )
         return ", ".join(parts) + (f" ({'; '.join(extra)})" if extra else "")
 
 
@@ -126,7 +128,11 @@ class CollectResult:
 
 
 def find_captures(
-    paths: Iterable[str | os.PathLike], *, all_files: bool = False, settle: int = 600, now: float | None = None
+    paths: Iterable[str | os.PathLike],
+    *,
+    all_files: bool = False,
+    settle: int = 600,
+    now: float | None = None,
 ) -> tuple[list[Path], list[Path], list[Path]]:
     """Expand files, directories and globs into (captures to read, deferred, ignored non-captures)."""
     now = time.time() if now is None else now
@@ -157,7 +163,9 @@ def find_captures(
     return unique, deferred, ignored
 
 
-def _scan_dir(d: Path, *, all_files: bool, settle: int, now: float) -> tuple[list[Path], list[Path], list[Path]]:
+def _scan_dir(
+    d: Path, *, all_files: bool, settle: int, now: float
+) -> tuple[list[Path], list[Path], list[Path]]:
     captures, ignored = [], []
     for p in sorted(d.iterdir()):
         if not p.is_file() or p.name.startswith("."):

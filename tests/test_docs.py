@@ -47,3 +47,27 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_has_the_two_setup_commands():
     assert "flowdiff demo" in README
     assert "pip install -e '.[test]' && pytest" in README
+
+
+def test_readme_store_one_liners_run(tmp_path):
+    """The pandas / DuckDB / polars / flowdiff lines of 'The store' run as written on a real store."""
+    from flowdiff import synth
+    from flowdiff.collect import collect
+    from flowdiff.config import parse_config
+
+    frames = synth.udp_exchange(
+        1_700_000_000 * 10**9, client_mac="02:00:00:00:00:01", server_mac="02:00:00:00:00:02",
+        client="192.0.2.1", server="192.0.2.53", cport=40000, sport=53, request=b"q", response=b"a",
+    )  # fmt: skip
+    collect([synth.write_pcap(tmp_path / "a.pcap", frames)], parse_config({"sensor": "doc"}))
+    section = README.split("## The store", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    results = {}
+    for n, line in enumerate(code.strip().splitlines()):
+        head, _, last = line.split("#")[0].strip().rpartition(";")
+        exec(head, results)  # noqa: S102 - the README's own lines
+        results[f"r{n}"] = eval(last.strip(), results)  # noqa: S307
+    assert len(results["r0"]) == 0  # the README's example filters on a later day
+    assert int(results["r1"]["packets"].sum()) == len(frames)
+    assert len(results["r2"].fetchall()) == 1
+    assert results["r3"]["sensor"].to_list() == ["doc"] * results["r3"].height

@@ -109,3 +109,19 @@ def test_net_keys_and_overrides():
     assert str(c2.store) == "/tmp/x" and c2.interval == 300
     with pytest.raises(ConfigError):
         Config().with_overrides(interval=0)
+
+
+def test_unwritable_store_is_one_line(tmp_path, write_config):
+    """An environmental failure (here: the store path is a file) is one line and exit 2, not a traceback."""
+    from flowdiff import synth
+
+    (tmp_path / "store").write_text("not a directory")
+    cap = synth.write_pcap(
+        tmp_path / "a.pcap",
+        [synth.Frame(10**18, synth.arp_frame("02:00:00:00:00:01", "192.0.2.1", "192.0.2.2"))],
+    )
+    config = write_config(f'store = "{tmp_path / "store"}"\n')
+    r = CliRunner().invoke(main, ["collect", "--config", str(config), str(cap)])
+    assert r.exit_code == 2
+    assert r.output.startswith("Error: ") and len(r.output.strip().splitlines()) == 1
+    assert str(tmp_path / "store") in r.output

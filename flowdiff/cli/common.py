@@ -30,8 +30,9 @@ def load(config_path: str | None, **overrides: Any) -> Config:
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """FlowdiffError -> ``Error: ...`` on stderr and exit status 2; anything else is a bug and keeps
-    its traceback."""
+    """FlowdiffError -> ``Error: ...`` on stderr and exit status 2. An OSError (disk full, permission
+    denied, a directory that vanished) is the machine's problem, not a bug: one line as well; every write
+    is atomic, so what was stored before stays intact. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +40,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except FlowdiffError as e:
             click.echo(f"Error: {e}", err=True)
+            sys.exit(EXIT_ERROR)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
             sys.exit(EXIT_ERROR)
 
     return wrapper

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Benchmark `flowdiff collect` against a naive dpkt loop on the same synthetic capture.
+"""Benchmark `flowdiff collect` against a naive dpkt loop on the same synthetic captures.
 
     python benchmarks/bench_collect.py                      # 5M packets, header-only (snaplen 96)
     python benchmarks/bench_collect.py --full-size          # whole frames (about 3.5 GB for 5M)
     python benchmarks/bench_collect.py --packets 1000000 --keep --workdir /var/tmp/fdbench
+    python benchmarks/bench_collect.py --rate 50000 --sparse-rate 0   # one workload only
 
-Both tools run as separate processes and are measured whole (start-up, imports, JIT, writing the
-store): wall time, packets per second, capture-file MB per second, and peak RSS from wait4(2). The
-workload is the one of issue 2: a 5-tuple count table (src, dst, proto, sport, dport) with 60 s
+Two workloads of the same size: a busy span port (``--rate``, default 20,000 packets/s: 5M packets in
+about 4 minutes) and a long, sparse capture (``--sparse-rate``, default 1389 packets/s: 5M packets in
+one hour, 12x more intervals and output rows). Both tools run as separate processes and are measured
+whole (start-up, imports, JIT cache loading, writing the store): wall time, packets per second,
+capture-file MB per second, output rows per second, peak RSS from wait4(2), and the ratio to the dpkt
+loop. Memory flatness: each workload is collected again from a 5x smaller capture at the same rate.
+The workload is the one of issue 2: a 5-tuple count table (src, dst, proto, sport, dport) with 60 s
 intervals. See benchmarks/README.md for what the figures mean.
 """
 

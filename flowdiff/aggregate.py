@@ -12,6 +12,13 @@ Two stages, because the two halves of the work have very different sizes:
    stored (text) order, the ranks are combined into one integer per fine row, and sorting those
    integers groups and orders each table at once. Text is made for distinct values only.
 
+Streaming: ``Aggregator.drain`` (or ``drain_deferred``) hands over the tables of every interval but
+the newest and forgets their fine rows, so a long capture needs the memory of about two intervals
+(``max_rows`` caps it in any case); ``collect`` drains after each chunk and merges the parts in the
+store. Remembered across drains: the first SYN of each TCP connection (``max_syns`` of them), so a
+connection that continues past a drain keeps the roles its SYN decided. A SYN seen only *after* a
+drain cannot change the roles of rows already handed over (a time-ordered capture has its SYNs first).
+
 Client/server rule (``client``, ``server``, ``service_port`` and their ``_label``/``_net`` forms):
 
 * TCP: the side that sent the first SYN without ACK is the client, the SYN's destination port is the
@@ -58,7 +65,7 @@ from flowdiff.schema import (
     table_schema,
 )
 
-__all__ = ["Aggregator", "aggregate"]
+__all__ = ["Aggregator", "Drained", "aggregate"]
 
 # ---------------------------------------------------------------------------------------------
 # fine rows: dense uint64 rows in insertion order, found through an open-addressing index of row
@@ -271,7 +278,7 @@ def _reindex(rows, base, used, index):
         index[j] = r
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _group_triples(a0, a1, a2, b0, b1, b2):
     """Distinct values among the triples (a0, a1, a2)[i] followed by (b0, b1, b2)[i]: returns the
     group of each of the 2n triples and the distinct triples (g, 3), in order of first appearance.
@@ -331,7 +338,7 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
     return inverse, gkeys[:g]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _take_strings(offsets, data, idx):
     """Arrow string gather: the values ``idx`` of a string array given by its buffers."""
     m = idx.shape[0]
@@ -360,7 +367,7 @@ def _endpoint_order(shi, slo, sp, dhi, dlo, dp):
     return sp <= dp
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _syn_roles(ver, shi, slo, sport, dhi, dlo, dport, proto, syn, out):
     """For TCP rows of connections whose SYN (without ACK) was seen, set ``out`` (client_is_src) from
     the side that sent the first one. Two passes: connections with a SYN into a small hash table,
@@ -426,7 +433,7 @@ def _syn_roles(ver, shi, slo, sport, dhi, dlo, dport, proto, syn, out):
                 out[i] = a_first == (syn_a[s] < syn_b[s])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _runs(order, code, inum):
     """Start positions (in ``order``) of the runs of equal (interval, code)."""
     n = order.shape[0]
@@ -440,7 +447,7 @@ def _runs(order, code, inum):
     return starts[:g]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _reduce_runs(rows, starts, metrics):
     """Over each run of ``rows``: packets and bytes summed, first/last seen min/max. ``metrics`` is
     (n, 4) row-major (one cache line per fine row) with the timestamps sign-flipped."""
@@ -465,7 +472,7 @@ def _reduce_runs(rows, starts, metrics):
     return p, b, f, la
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather_metrics(rows, perm):
     m = perm.shape[0]
     out = np.empty((m, 4), dtype=np.uint64)
@@ -478,7 +485,7 @@ def _gather_metrics(rows, perm):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather_rows(rows, perm, which):
     """Columns ``which`` of the fine rows ``perm``, transposed in one pass: (len(which), len(perm))."""
     m = perm.shape[0]
@@ -695,6 +702,21 @@ def client_is_src(
 # the aggregator
 
 
+class Drained:
+    """Fine rows handed over by :meth:`Aggregator.drain_deferred` (a copy, sorted by interval, with
+    their client/server roles already decided); :meth:`tables` builds their count tables."""
+
+    def __init__(self, agg: Aggregator, rows: np.ndarray, client_is_src: np.ndarray | None):
+        self._agg, self._rows, self._cis = agg, rows, client_is_src
+
+    @property
+    def fine_rows(self) -> int:
+        return self._rows.shape[0]
+
+    def tables(self) -> dict[str, pa.Table]:
+        return self._agg._stage2(self._rows, np.arange(self._rows.shape[0]), self._cis)
+
+
 class Aggregator:
     """Streams chunks of decoded frames into the configured count tables.
 
@@ -846,8 +868,14 @@ class Aggregator:
         are held, every interval is drained, the newest too. TCP SYNs of drained rows are remembered
         (the ``max_syns`` most recent connections), so the client/server roles of a connection that
         continues past a drain are still decided by its first SYN."""
+        drained = self.drain_deferred(keep)
+        return {} if drained is None else drained.tables()
+
+    def drain_deferred(self, keep: int = 1) -> Drained | None:
+        """:meth:`drain`, with the tables made later by ``Drained.tables()`` (on any thread: it reads
+        a copy of the drained rows and the Aggregator's settings only). None when nothing is drained."""
         if self._used == 0:
-            return {}
+            return None
         cutoff = self._newest - keep + 1
         if self._used >= self.max_rows:
             cutoff = self._newest + 1
@@ -857,13 +885,14 @@ class Aggregator:
         out_mask = inum < cutoff
         sel = np.flatnonzero(out_mask)
         if len(sel) == 0:
-            return {}
+            return None
         kept = np.flatnonzero(~out_mask)
         perm = sel[np.argsort(inum[sel], kind="stable")] if np.any(np.diff(inum[sel]) < 0) else sel
         context = self._syns
         if self._needs_roles and len(kept):
             context = np.concatenate([context, _syn_columns(rows, kept)], axis=1)
-        out = self._tables_of(perm, context)
+        cis = _roles_for_rows(rows, perm, self.service_ports, context) if self._needs_roles else None
+        out = Drained(self, rows[perm], cis)
         if self._needs_roles:
             self._syns = _merge_syns(self._syns, _syn_columns(rows, sel), self.max_syns)
         self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))
@@ -881,14 +910,17 @@ class Aggregator:
     def _tables_of(self, perm: np.ndarray, syn_context: np.ndarray) -> dict[str, pa.Table]:
         """Stage 2 over the fine rows ``perm`` (sorted by interval)."""
         rows = self._rows[: self._used]
-        inum = rows[:, 9].view(np.int64)
-        sorted_inum = inum[perm]
         needs_roles = self._needs_roles
         cis = (
             _roles_for_rows(rows, perm, self.service_ports, syn_context)
             if needs_roles and len(perm)
             else None
         )
+        return self._stage2(rows, perm, cis)
+
+    def _stage2(self, rows: np.ndarray, perm: np.ndarray, cis: np.ndarray | None) -> dict[str, pa.Table]:
+        """Tables of the fine rows ``perm`` of ``rows`` (sorted by interval), roles ``cis`` per row."""
+        sorted_inum = rows[:, 9].view(np.int64)[perm]
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
             cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS)
@@ -977,7 +1009,9 @@ class Aggregator:
                 ver = fine.ip_version
                 words = [np.concatenate([ver, ver]), np.concatenate([fine.src_hi, fine.dst_hi]),
                          np.concatenate([fine.src_lo, fine.dst_lo])]  # fmt: skip
-                joint = _text_ranking(words, lambda w: address_array(w[:, 0], w[:, 1], w[:, 2]))
+                joint = _text_ranking(
+                    words, lambda w: address_array(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
+                )
             else:
                 joint = _text_ranking(
                     [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: mac_array(w[:, 0])
@@ -1012,21 +1046,56 @@ def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Arra
 
 
 def _text_ranking(
-    words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array], second: tuple[np.ndarray, ...] = ()
+    words: tuple[np.ndarray, ...],
+    fn: Callable[[np.ndarray], pa.Array],
+    second: tuple[np.ndarray, ...] = (),
+    order: Callable[[np.ndarray], np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, pa.Array]:
     """(rank of each row's value, the distinct values' text in rank order). ``words`` are 1 or 3
-    columns; ``second`` optionally a second list of rows ranked together with the first."""
+    columns; ``second`` optionally a second list of rows ranked together with the first. ``order``,
+    if given, may return the text order of the distinct triples without making text (None: sort text)."""
     if len(words) == 1:
         words = (words[0],) * 3
         second = (second[0],) * 3 if second else ()
     empty = np.zeros(0, dtype=np.uint64)
     b = second if second else (empty, empty, empty)
     inv, uniq = _group_triples(*(np.ascontiguousarray(w, dtype=np.uint64) for w in (*words, *b)))
-    text = fn(uniq)
-    srt = pc.sort_indices(text).to_numpy()
+    srt = order(uniq) if order is not None else None
+    if srt is not None:
+        ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
+    else:
+        text = fn(uniq)
+        srt = pc.sort_indices(text).to_numpy()
+        ordered = _take(text, srt)
     rank_of = np.empty(len(srt), dtype=np.uint64)
     rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
-    return rank_of[inv], _take(text, srt)
+    return rank_of[inv], ordered
+
+
+# rank of each octet's decimal text ("0", "1", "10", "100", "101", ...) in byte order
+_OCTET_TEXT_RANK = np.argsort(np.argsort(np.array([str(i) for i in range(256)]), kind="stable")).astype(
+    np.uint64
+)
+
+
+def _ipv4_text_order(uniq: np.ndarray) -> np.ndarray | None:
+    """Order of distinct (version, hi, lo) addresses by their text, without making or comparing text,
+    when all are IPv4: dotted quads compare octet by octet in the order of the octets' own text (a
+    shorter octet that is a prefix of a longer one is followed by '.' or the end, both below any
+    digit), so the octets' text ranks, packed into one integer, sort like the strings. None otherwise."""
+    if len(uniq) == 0 or not (uniq[:, 0] == 4).all():
+        return None
+    v = uniq[:, 2] & _U(0xFFFFFFFF)
+    r = _OCTET_TEXT_RANK
+    key = (
+        (r[(v >> _U(24)) & _U(255)] << _U(24))
+        | (r[(v >> _U(16)) & _U(255)] << _U(16))
+        | (r[(v >> _U(8)) & _U(255)] << _U(8))
+        | r[v & _U(255)]
+    )
+    # keys are distinct 32-bit values: sorting them with the position in the low bits beats argsort
+    packed = np.sort((key << _U(32)) | np.arange(len(key), dtype=np.uint64))
+    return (packed & _U(0xFFFFFFFF)).astype(np.int64)
 
 
 def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:

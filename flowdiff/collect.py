@@ -1,8 +1,19 @@
 """collect: captures -> decode -> aggregate -> store, one capture at a time.
 
-A capture is aggregated whole and then merged into the store interval by interval; only then is it
-entered in the ledger. Each interval file remembers which captures it holds, so a crash at any moment
-followed by a re-run gives exactly the store of an uninterrupted run.
+A capture is streamed: while it is read, every interval older than the newest one is drained out of
+the Aggregator and merged into the store as a numbered *part* of the capture (``<capture id>#<k>``), so
+memory stays flat however long the capture. Only after the last part is durable is the capture entered
+in the ledger. Each interval file remembers which parts it holds, and the parts of a capture are the
+same on every run (same bytes, same chunks), so a crash at any moment followed by a re-run gives
+exactly the store of an uninterrupted run. A frame arriving late for an interval already drained is in
+a later part, which merges into that interval's file like any other.
+
+The capture id is known before the capture is read: a hash of its size and its first and last MiB.
+When the ledger already has a capture of the same size, the whole file is hashed first instead (its
+sha256 is then the id): a renamed copy is recognised before anything is written.
+
+Threads (two cores): one reads and hashes the file, one walks and decodes the records, the caller
+aggregates, and one builds the drained tables and writes them; the compiled loops release the GIL.
 
 Which files are collected:
 
@@ -16,6 +27,7 @@ Which files are collected:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import hashlib
@@ -26,6 +38,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flowdiff.aggregate import Aggregator
-from flowdiff.capture import CaptureReader, open_capture, sniff_capture
+from flowdiff.aggregate import Aggregator, Drained
+from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_capture, sniff_capture
 from flowdiff.config import Config, TableConfig
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
@@ -262,7 +275,11 @@ def _collect_one(
         agg = Aggregator(tables, interval=config.interval, networks=config.networks,
                          service_ports=config.service_ports)  # fmt: skip
         parts = _PartWriter(store, tables, capture_id, fr, result)
-        fr.bytes = _read_all(reader, agg, parts, st.st_size, progress)
+        try:
+            fr.bytes = _read_all(reader, agg, parts, st.st_size, progress)
+            parts.submit(agg.finish())
+        finally:
+            parts.close()
     except CaptureError as e:
         store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, None, 0, "failed", str(e),
                                         sensor=config.sensor))  # fmt: skip
@@ -271,7 +288,6 @@ def _collect_one(
     fr.status, fr.records, wire = ("damaged" if stats.damage else "ok"), stats.records, fr.bytes
     if stats.damage:
         fr.message = str(stats.damage[0]) + f" (kept the {stats.records:,} records before it)"
-    parts.write(agg.finish())
     store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
                                     fr.status, fr.message, sensor=config.sensor))  # fmt: skip
     if stats.sha256:
@@ -290,21 +306,26 @@ def _collect_one(
 def _capture_id(path: Path, size: int, known: _Known) -> tuple[str, str | None]:
     """An id of the capture's content known before it is read, for the parts written while reading:
     a hash of its size, first and last MiB. When a capture already collected has the same size, the
-    whole file is hashed first (returned as the second value): a renamed copy is then recognised
-    before anything is written, and two different captures never share part ids."""
-    if size in known[2]:
-        h = hashlib.sha256()
+    whole (decompressed) stream is hashed first and returned as the second value, the ledger's content
+    hash: a renamed copy is then recognised before anything is written, and two different captures
+    never share part ids."""
+    try:
+        if size in known[2]:
+            sha = content_sha256(path)
+            if sha is not None:
+                return sha, sha
+        h = hashlib.sha256(str(size).encode())
         with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        sha = h.hexdigest()
-        return sha, sha
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_ID_SPAN))
-        if size > _ID_SPAN:
-            f.seek(max(size - _ID_SPAN, _ID_SPAN))
-            h.update(f.read(_ID_SPAN))
+            if size in known[2]:  # a corrupt gzip stream: the raw bytes identify it
+                while block := f.read(1 << 20):
+                    h.update(block)
+            else:
+                h.update(f.read(_ID_SPAN))
+                if size > _ID_SPAN:
+                    f.seek(max(size - _ID_SPAN, _ID_SPAN))
+                    h.update(f.read(_ID_SPAN))
+    except OSError as e:
+        raise CaptureError(str(path), f"cannot read: {e.strerror or e}") from e
     return "h" + h.hexdigest()[:32], None
 
 
@@ -312,24 +333,45 @@ _ID_SPAN = 1 << 20
 
 
 class _PartWriter:
-    """Merges the tables drained from the Aggregator into the store as numbered parts of a capture.
+    """Merges the rows drained from the Aggregator into the store as numbered parts of a capture.
 
     Part ``k`` of capture ``c`` has the source id ``c#k``: reading is deterministic, so a re-run after a
-    crash drains the same parts and the store skips exactly those an interval file already holds."""
+    crash drains the same parts and the store skips exactly those an interval file already holds.
+    Tables are built and written on a helper thread (Arrow and the compiled stage 2 release the GIL)
+    while reading goes on; at most ``_AHEAD`` parts wait, which bounds memory. Parts are written in
+    order, one at a time; :meth:`close` waits for all of them (and raises a store error, if any)."""
+
+    _AHEAD = 2
 
     def __init__(self, store: Store, tables: dict[str, TableConfig], capture_id: str, fr: FileResult,
                  result: CollectResult):  # fmt: skip
         self.store, self.tables, self.capture_id = store, tables, capture_id
         self.fr, self.result = fr, result
         self.parts = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowdiff-store")
+        self._pending: collections.deque[Future] = collections.deque()
 
-    def write(self, drained: dict[str, pa.Table]) -> None:
-        if not any(t.num_rows for t in drained.values()):
+    def submit(self, drained: Drained | dict[str, pa.Table] | None) -> None:
+        if drained is None or (isinstance(drained, dict) and not any(t.num_rows for t in drained.values())):
             return
         source = f"{self.capture_id}#{self.parts}"
         self.parts += 1
+        while len(self._pending) >= self._AHEAD:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, drained, source))
+
+    def close(self) -> None:
+        """Wait until every part is durable; the first error is raised (the other parts still finish)."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _write(self, drained: Drained | dict[str, pa.Table], source: str) -> None:
+        tables = drained.tables() if isinstance(drained, Drained) else drained
         with self.store.batch() as batch:
-            for name, rows in drained.items():
+            for name, rows in tables.items():
                 if not rows.num_rows:
                     continue
                 self.fr.rows_written += batch.write_interval_rows(
@@ -344,6 +386,9 @@ def _interval_starts(rows: pa.Table) -> set:
 
 
 _DONE = object()
+# Bytes read per chunk. Part of what makes the drained parts of a capture deterministic (a re-run after a
+# crash must drain the same parts); tests make it small to get many parts out of a small capture.
+_CHUNK_BYTES = DEFAULT_CHUNK
 
 
 def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int]]:
@@ -355,7 +400,7 @@ def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int
 
     def produce() -> None:
         try:
-            for batch in reader.batches():
+            for batch in reader.batches(_CHUNK_BYTES):
                 if stop.is_set():
                     break
                 packets = decode(batch)
@@ -386,7 +431,7 @@ def _read_all(reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total:
         agg.add(packets)
         wire += nbytes
         if agg.closed_intervals():
-            parts.write(agg.drain())
+            parts.submit(agg.drain_deferred())
         if progress is not None:
             progress(str(reader.path), min(reader.stats.bytes_read, total), total)
     return wire

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -24,11 +26,15 @@ from flowdiff.store import Store
 DATA = Path(__file__).resolve().parent / "data"
 T5 = ["src", "dst", "proto", "sport", "dport"]
 T5_CONFIG = 'interval = 60\nsensor = "test"\n[tables.t5]\nkeys = ["src", "dst", "proto", "sport", "dport"]\n'
-ORACLE_FILES = sorted(p for p in DATA.glob("*.pcap*") if (DATA / f"{p.name.removesuffix('.gz')}.oracle.i60.csv").exists())
+ORACLE_FILES = sorted(
+    p for p in DATA.glob("*.pcap*") if (DATA / f"{p.name.removesuffix('.gz')}.oracle.i60.csv").exists()
+)
 
 
 def oracle_table(capture: Path) -> pd.DataFrame:
-    df = pd.read_csv(capture.parent / f"{capture.name.removesuffix('.gz')}.oracle.i60.csv", dtype={"src": str, "dst": str})
+    df = pd.read_csv(
+        capture.parent / f"{capture.name.removesuffix('.gz')}.oracle.i60.csv", dtype={"src": str, "dst": str}
+    )
     df["interval_start"] = pd.to_datetime(df["interval_start"], utc=True)
     return df
 
@@ -66,7 +72,9 @@ def test_store_reproduces_oracle(capture, t5_config, tmp_path):
     assert r.exit_code == 0, r.output
     oracle = oracle_table(capture)
     if oracle.empty:
-        assert not (tmp_path / "store" / "t5" / "sensor=test").exists() or store_table(tmp_path / "store").empty
+        assert (
+            not (tmp_path / "store" / "t5" / "sensor=test").exists() or store_table(tmp_path / "store").empty
+        )
         return
     got = normalise(store_table(tmp_path / "store"))
     want = normalise(oracle)
@@ -109,7 +117,9 @@ def small_frames(*, t0: int = 1_700_000_000, clients: int = 3) -> list[synth.Fra
             client=f"192.0.2.{10 + i}", server="198.51.100.25", cport=40000 + i, sport=25,
             exchanges=[(True, b"EHLO x\r\n"), (False, b"250 ok\r\n")],
         )  # fmt: skip
-    frames.append(synth.Frame((t0 + 5) * 10**9, synth.arp_frame("02:00:00:00:00:01", "192.0.2.10", "192.0.2.1")))
+    frames.append(
+        synth.Frame((t0 + 5) * 10**9, synth.arp_frame("02:00:00:00:00:01", "192.0.2.10", "192.0.2.1"))
+    )
     frames.sort(key=lambda f: f.ts_ns)
     return frames
 
@@ -296,11 +306,207 @@ def test_kill_minus_9_of_the_real_command_mid_run(tmp_path):
     assert _collect_forked(ref, files, None) == 0
     store = tmp_path / "store"
     env = dict(os.environ, FLOWDIFF_CRASH_AT="9")
-    cmd = [sys.executable, "-m", "flowdiff", "collect", "--store", str(store), "--interval", "60", *map(str, files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowdiff",
+        "collect",
+        "--store",
+        str(store),
+        "--interval",
+        "60",
+        *map(str, files),
+    ]
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == -signal.SIGKILL
     env["FLOWDIFF_CRASH_AT"] = ""
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     ref_tables, got = _snapshot(ref), _snapshot(store)
     for table in ref_tables:
-        pd.testing.assert_frame_equal(got[table].drop(columns="sensor"), ref_tables[table].drop(columns="sensor"))
+        pd.testing.assert_frame_equal(
+            got[table].drop(columns="sensor"), ref_tables[table].drop(columns="sensor")
+        )
+
+
+# ---------------------------------------------------------------- streaming: closed intervals leave memory
+
+
+def long_frames(*, t0: int = 1_700_000_040, minutes: int = 4) -> list[synth.Frame]:
+    """Traffic over several 60 s intervals: one TCP connection that lasts all of them, whose client
+    port (3000) is lower than its server port (40000), so only its SYN (in the first interval) makes the
+    right side the client; UDP and TCP background every few seconds; and one frame of the first
+    interval that arrives last (out of order), after that interval was drained."""
+    cm, sm = "02:00:00:00:00:01", "00:00:5e:00:53:01"
+    cli, srv = "192.0.2.50", "198.51.100.7"
+    frames = [synth.Frame(t0 * 10**9, synth.tcp_frame(cm, sm, cli, srv, 3000, 40000, 0x02))]
+    frames.append(synth.Frame(t0 * 10**9 + 1000, synth.tcp_frame(sm, cm, srv, cli, 40000, 3000, 0x12)))
+    for s in range(1, minutes * 60, 3):
+        ts = (t0 + s) * 10**9
+        fwd = s % 2 == 0
+        a, b = (cli, srv) if fwd else (srv, cli)
+        pa_, pb = (3000, 40000) if fwd else (40000, 3000)
+        frames.append(synth.Frame(ts, synth.tcp_frame(cm, sm, a, b, pa_, pb, 0x18, b"x" * (s % 50))))
+        host = f"192.0.2.{100 + s % 7}"
+        frames.append(
+            synth.Frame(ts + 5000, synth.udp_frame(cm, sm, host, "198.51.100.53", 5353 + s % 3, 53, b"q"))
+        )
+    late = synth.udp_frame(cm, sm, "192.0.2.99", "198.51.100.53", 1234, 53, b"late")
+    frames.append(synth.Frame((t0 + 2) * 10**9, late))
+    return frames
+
+
+def _sources(store: Path) -> set[str]:
+    import json
+
+    import pyarrow.parquet as pq
+
+    out: set[str] = set()
+    for f in [store] if store.is_file() else store.rglob("*.parquet"):
+        out.update(json.loads(pq.read_schema(f).metadata[b"flowdiff.sources"]))
+    return out
+
+
+def test_streamed_parts_give_the_tables_of_one_pass(tmp_path, monkeypatch):
+    """A capture read in many small chunks is drained interval by interval (several parts merged into
+    the store, a late frame included) and gives exactly the tables of one pass over the whole capture,
+    client/server roles included; collecting it again, also renamed, changes nothing."""
+    fc = importlib.import_module("flowdiff.collect")  # the package exports a function of that name
+
+    cap = synth.write_pcap(tmp_path / "long.pcap", long_frames())
+    one = parse_config({"sensor": "s", "store": str(tmp_path / "one"), "interval": 60})
+    many = parse_config({"sensor": "s", "store": str(tmp_path / "many"), "interval": 60})
+    with monkeypatch.context() as m:  # the reference: no drain, one pass over the whole capture
+        m.setattr(fc.Aggregator, "closed_intervals", lambda self, keep=1: False)
+        collect([cap], one)
+    assert {s.rsplit("#", 1)[1] for s in _sources(tmp_path / "one")} == {"0"}
+    monkeypatch.setattr(fc, "_CHUNK_BYTES", 2048)
+    res = collect([cap], many)
+    assert res.files[0].status == "ok" and res.packets == len(long_frames())
+    assert len({s.rsplit("#", 1)[1] for s in _sources(tmp_path / "many")}) == 4  # one per interval
+    first = Store(tmp_path / "many", "s").interval_path(
+        "hosts", pd.Timestamp(1_700_000_040, unit="s", tz="UTC")
+    )
+    assert len(_sources(first)) == 2  # the late frame came in the last part and merged
+    for table in ("hosts", "pairs", "services", "link"):
+        pd.testing.assert_frame_equal(
+            Store(tmp_path / "many").read(table), Store(tmp_path / "one").read(table)
+        )
+    services = Store(tmp_path / "many").read("services", where={"proto": 6})
+    assert len(services) == 4  # the long connection, once per interval
+    assert set(services.client) == {"192.0.2.50"} and set(services.service_port) == {40000}
+    snapshot = {p: p.read_bytes() for p in (tmp_path / "many").rglob("*.parquet")}
+    copy = tmp_path / "renamed.pcap"
+    shutil.copy(cap, copy)
+    again = collect([cap, copy], many)
+    assert [f.status for f in again.files] == ["known", "known"]
+    assert {p: p.read_bytes() for p in (tmp_path / "many").rglob("*.parquet")} == snapshot
+
+
+def test_memory_is_flat_as_the_capture_grows():
+    """Fine rows held by the Aggregator while collecting stay those of about two intervals, whatever
+    the number of intervals in the capture (the rows of closed intervals are drained)."""
+    from flowdiff.aggregate import Aggregator
+    from flowdiff.capture import RecordBatch
+    from flowdiff.decode import decode
+
+    frames = long_frames(minutes=12)
+    peaks = []
+    for minutes in (3, 12):
+        agg = Aggregator({"t": ["src", "dst", "proto", "sport", "dport"]}, interval=60)
+        peak = drained = 0
+        t_end = (1_700_000_040 + minutes * 60) * 10**9
+        for f in frames[:-1]:
+            if f.ts_ns >= t_end:
+                break
+            raw = np.frombuffer(f.data, dtype=np.uint8)
+            batch = RecordBatch(raw, np.zeros(1, np.int64), np.array([len(raw)], np.uint32),
+                                np.array([len(raw)], np.uint32), np.array([f.ts_ns], np.int64),
+                                np.ones(1, np.uint16))  # fmt: skip
+            agg.add(decode(batch))
+            if agg.closed_intervals():
+                drained += sum(t.num_rows for t in agg.drain().values())
+            peak = max(peak, agg.fine_rows)
+        drained += sum(t.num_rows for t in agg.finish().values())
+        assert drained > 0
+        peaks.append(peak)
+    assert peaks[1] <= peaks[0] + 2, peaks  # without draining: 4x the rows for 4x the intervals
+
+
+_PART_TABLES = {"services": {"keys": ["client", "server", "proto", "service_port"]}, "t5": {"keys": T5}}
+
+
+def _collect_parts_child(store: str, files: list[str], crash_at: int | None) -> None:
+    if crash_at:
+        os.environ["FLOWDIFF_CRASH_AT"] = str(crash_at)
+    collect(files, parse_config({"store": store, "interval": 60, "sensor": "s", "tables": _PART_TABLES}))
+
+
+def test_kill_minus_9_at_every_step_of_a_capture_drained_in_parts(tmp_path, monkeypatch):
+    """As above, with captures drained in several parts (small chunks) into overlapping intervals: a
+    re-run skips exactly the parts an interval file already holds, whatever step the crash hit."""
+    monkeypatch.setattr(
+        importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048
+    )  # inherited by fork
+    files = [synth.write_pcap(tmp_path / f"l{i}.pcap", long_frames(t0=1_700_000_040 + 90 * i, minutes=2))
+             for i in range(2)]  # fmt: skip
+    ref = tmp_path / "ref"
+    _collect_parts_child(str(ref), [str(f) for f in files], None)
+    want = {t: Store(ref).read(t) for t in _PART_TABLES}
+    assert len(_sources(ref)) >= 5  # several parts per capture (2 + 3)
+    step, crashed = 1, 0
+    while True:
+        store = tmp_path / f"crash{step}"
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_collect_parts_child, args=(str(store), [str(f) for f in files], step))
+        child.start()
+        child.join(120)
+        if child.exitcode == 0:
+            break
+        assert child.exitcode == -signal.SIGKILL
+        crashed += 1
+        _collect_parts_child(str(store), [str(f) for f in files], None)  # the re-run, in this process
+        for t in _PART_TABLES:
+            pd.testing.assert_frame_equal(
+                Store(store).read(t), want[t], obj=f"{t} after crash at step {step}"
+            )
+        shutil.rmtree(store)
+        step += 1
+    assert crashed >= 20
+
+
+def test_ipv4_text_order_is_the_order_of_the_strings():
+    """The numeric shortcut that orders distinct IPv4 addresses like their dotted-quad text (so the
+    stored rows are sorted as pyarrow sorts the strings) agrees with sorting the text itself."""
+    import pyarrow.compute as pc
+
+    from flowdiff.aggregate import _ipv4_text_order
+    from flowdiff.netmap import address_array
+
+    rng = np.random.default_rng(7)
+    edge = np.array([0, 1, 2, 9, 10, 11, 19, 20, 25, 99, 100, 101, 199, 200, 249, 250, 255], dtype=np.uint64)
+    octets = np.where(
+        rng.random((5000, 4)) < 0.5, rng.choice(edge, (5000, 4)), rng.integers(0, 256, (5000, 4))
+    )
+    o = octets.astype(np.uint64)
+    v = np.unique((o[:, 0] << 24) | (o[:, 1] << 16) | (o[:, 2] << 8) | o[:, 3])
+    uniq = np.stack([np.full(len(v), 4, np.uint64), np.zeros(len(v), np.uint64), v], axis=1)
+    text = address_array(uniq[:, 0], uniq[:, 1], uniq[:, 2])
+    want = text.take(pc.sort_indices(text)).to_pylist()
+    got = text.take(_ipv4_text_order(uniq)).to_pylist()
+    assert got == want and len(set(got)) == len(got) > 4000
+    mixed = np.vstack([uniq[:3], [[6, 1, 2]]]).astype(np.uint64)
+    assert _ipv4_text_order(mixed) is None  # IPv6 present: the text is sorted
+
+
+def test_renamed_copy_of_a_gzip_capture_changes_nothing(tmp_path):
+    """The same-content check before reading compares the decompressed stream's hash, as the ledger
+    records it, so a renamed .gz copy is recognised before any part is written."""
+    cap = small_capture(tmp_path / "a.pcap.gz", compress=True)
+    config = parse_config({"sensor": "s"})
+    assert collect([cap], config).files[0].status == "ok"
+    snapshot = {p: p.read_bytes() for p in (tmp_path / "store").rglob("*.parquet")}
+    copy = tmp_path / "b.pcap.gz"
+    shutil.copy(cap, copy)
+    again = collect([copy], config)
+    assert again.files[0].status == "known" and again.packets == 0
+    assert {p: p.read_bytes() for p in (tmp_path / "store").rglob("*.parquet")} == snapshot

@@ -19,12 +19,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OTHER = "other"
 _U64 = np.uint64
@@ -129,6 +132,13 @@ def _v6_text(hi: np.ndarray, lo: np.ndarray) -> list[str]:
     return [ntop(af, buf[i : i + 16]) for i in range(0, len(buf), 16)]
 
 
+def _objects(arr: pa.Array) -> np.ndarray:
+    """Strings of an Arrow array as a numpy object array (Arrow's own to_numpy imports pandas for that)."""
+    out = np.empty(len(arr), dtype=object)
+    out[:] = arr.to_pylist()
+    return out
+
+
 def address_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
     """``address_text`` as an Arrow string array (no Python objects)."""
     ver = np.asarray(ip_version)
@@ -141,7 +151,7 @@ def address_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.
         return _v4_text_arrow(lo)
     out = np.full(n, "", dtype=object)
     if is4.any():
-        out[is4] = _v4_text_arrow(lo[is4]).to_numpy(zero_copy_only=False)
+        out[is4] = _objects(_v4_text_arrow(lo[is4]))
     if is6.any():
         out[is6] = _v6_text(hi[is6], lo[is6])
     return pa.array(out, type=pa.string())
@@ -149,7 +159,7 @@ def address_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.
 
 def address_text(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """Canonical text of each address (object array); ``''`` where ``ip_version`` is 0."""
-    return address_array(ip_version, hi, lo).to_numpy(zero_copy_only=False).astype(object)
+    return _objects(address_array(ip_version, hi, lo))
 
 
 def network_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int) -> pa.Array:
@@ -164,7 +174,7 @@ def network_array(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix
 def network_text(ip_version: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int) -> np.ndarray:
     """``10.1.2.0/24`` / ``2001:db8:1::/64`` for each address; IPv4 prefixes clamp to 32."""
     arr = network_array(ip_version, hi, lo, prefix)
-    return arr.to_numpy(zero_copy_only=False).astype(object)
+    return _objects(arr)
 
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -185,7 +195,7 @@ def mac_array(mac: np.ndarray) -> pa.Array:
 
 def mac_text(mac: np.ndarray) -> np.ndarray:
     """``aa:bb:cc:dd:ee:ff`` for each 48-bit MAC held in the low bits of a uint64."""
-    return mac_array(mac).to_numpy(zero_copy_only=False).astype(object)
+    return _objects(mac_array(mac))
 
 
 def is_local_mac(macs: Sequence[str] | pd.Series | np.ndarray) -> np.ndarray:
@@ -210,6 +220,8 @@ def parse_addresses(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ip_version, hi, lo)`` for text addresses; ip_version 0 for anything that is not a single
     address (labels, ``1.2.3.0/24`` prefixes, ``''``, None). Parses distinct values only."""
+    import pandas as pd  # only here: collect never parses text addresses, and pandas costs 0.4 s to import
+
     values = pd.Series(np.asarray(addresses, dtype=object))
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     uniq = np.asarray(uniques, dtype=object)

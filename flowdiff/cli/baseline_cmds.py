@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pandas as pd
 
 from flowdiff.cli.common import EXIT_FOUND, config_option, format_frame, handle_errors, load, parse_when
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _FORMATS = click.Choice(["table", "json", "csv"])
 
@@ -41,6 +43,7 @@ def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[
 
 
 def _ts(t: Any) -> str:
+    import pandas as pd
     return "-" if t is None else pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -202,6 +205,8 @@ def register(main: click.Group) -> None:
     @handle_errors
     def history(config_path, fmt):
         """List every baseline version, oldest first; the current one is marked with *."""
+        import pandas as pd
+
         from flowdiff.baseline import current_version
         from flowdiff.baseline import history as run_history
 
@@ -245,6 +250,8 @@ def register(main: click.Group) -> None:
     @handle_errors
     def diff_cmd(v1, v2, config_path, tables, fmt):
         """Keys added (+) and removed (-) between baseline versions V1 and V2."""
+        import pandas as pd
+
         from flowdiff.baseline import diff_versions
 
         config = load(config_path)
@@ -279,6 +286,7 @@ def register(main: click.Group) -> None:
 
 
 def _print_tables(frames: dict[str, pd.DataFrame], fmt: str) -> None:
+    import pandas as pd
     if fmt == "table":
         for t, df in frames.items():
             click.echo(f"== {t} ({len(df)} rows)")
@@ -293,6 +301,8 @@ def _print_tables(frames: dict[str, pd.DataFrame], fmt: str) -> None:
 
 
 def _print_diff(res: Any, fmt: str) -> None:
+    import pandas as pd
+
     from flowdiff.diff import row_records
 
     recs = row_records(res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -45,6 +46,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"Error: {where}{e.strerror or e}", err=True)
             sys.exit(EXIT_ERROR)
+        finally:
+            # The command is done: spare the interpreter a last full collection over the many
+            # objects numba and pandas leave behind (0.3-0.4 s at every cron run).
+            gc.freeze()
 
     return wrapper
 

@@ -87,8 +87,8 @@ def capture(workdir: Path, packets: int, full_size: bool, seed: int, rate: int) 
 
 def _generate(path: Path, packets: int, full_size: bool, seed: int, rate: int) -> BulkInfo:
     """``synthetic_bulk`` in consecutive pieces of a whole number of seconds (about 1M packets each),
-    concatenated: one call for a long capture overflows int64 in its time stamp arithmetic
-    (``index * span_ns``, from about 2.5M packets over an hour), and time would jump backwards."""
+    concatenated (the layout of the v2 captures; it also kept long captures clear of an int64 overflow in
+    synth's time stamps, fixed since)."""
     secs = max(1, 1_000_000 // rate)
     piece = rate * secs
     tmp = path.with_suffix(".piece")
@@ -99,8 +99,10 @@ def _generate(path: Path, packets: int, full_size: bool, seed: int, rate: int) -
             part = synthetic_bulk(tmp, n, full_size=full_size, seed=seed, start=START + i * secs,
                                   duration=max(n / rate, 1e-9))  # fmt: skip
             wire += part.wire_bytes
-            data = tmp.read_bytes()
-            out.write(data if i == 0 else data[24:])  # one pcap file header
+            with open(tmp, "rb") as f:  # streamed: this process stays small (see measure())
+                if i:
+                    f.seek(24)  # one pcap file header
+                shutil.copyfileobj(f, out, 16 << 20)
     tmp.unlink(missing_ok=True)
     path.with_suffix(".partial").replace(path)
     snap = 65535 if full_size else 96
@@ -112,7 +114,9 @@ START = 1767225600  # 2026-01-01T00:00:00Z, synthetic_bulk's default
 
 def measure(cmd: list[str], label: str, packets: int, file_bytes: int) -> tuple[Run, str]:
     """Run ``cmd`` and measure it whole: wall time and its own peak RSS (wait4 gives the rusage of
-    exactly that child, unlike RUSAGE_CHILDREN which keeps the maximum over all children)."""
+    exactly that child, unlike RUSAGE_CHILDREN which keeps the maximum over all children). Linux counts
+    the forked child's pages before exec too, so this process must stay smaller than what it measures:
+    it never holds a capture in memory."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)

@@ -191,20 +191,8 @@ def open_store(config: Config) -> Store:
 
 
 def interval_tokens(store: Store, table: str) -> dict[pd.Timestamp, str]:
-    """Interval start -> a token that changes whenever the interval's data changes (a later capture can
-    add to an interval that was already diffed; it must then be diffed again)."""
-    fn = getattr(store, "interval_tokens", None)
-    if fn is not None:
-        return dict(fn(table))
-    out: dict[pd.Timestamp, list[str]] = {}
-    for p in store.files(table):
-        try:
-            start = pd.Timestamp(datetime.strptime(p.stem, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC))
-            st = p.stat()
-        except (ValueError, OSError):
-            continue
-        out.setdefault(start, []).append(f"{p.parent.name}:{st.st_size}:{st.st_mtime_ns}")
-    return {k: "|".join(sorted(v)) for k, v in sorted(out.items())}
+    """Interval start -> a token that changes whenever the interval's data changes (Store.interval_tokens)."""
+    return {pd.Timestamp(k): v for k, v in store.interval_tokens(table).items()}
 
 
 def read_intervals(store: Store, tc: TableConfig, starts: Sequence[pd.Timestamp]) -> pd.DataFrame:

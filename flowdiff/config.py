@@ -248,7 +248,7 @@ def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:
                     raise ConfigError(f"{path}:{n}: expected 'CIDR label'", key="networks")
                 value[parts[0]] = parts[1]
     if not isinstance(value, dict):
-        raise ConfigError("expected a table of \"CIDR\" = \"label\" or a file name", key="networks")
+        raise ConfigError('expected a table of "CIDR" = "label" or a file name', key="networks")
     out: dict[str, str] = {}
     for cidr, label in value.items():
         key = f"networks.{cidr!r}"
@@ -331,7 +331,7 @@ def _mail(raw: Any, base: Path) -> MailConfig:
     if "tls" in raw:
         tls = raw["tls"]
         if tls not in ("starttls", "implicit", "none"):
-            raise ConfigError(f"expected \"starttls\", \"implicit\" or \"none\", got {tls!r}", key="mail.tls")
+            raise ConfigError(f'expected "starttls", "implicit" or "none", got {tls!r}', key="mail.tls")
         kw["tls"] = tls
     if "verify" in raw:
         kw["verify"] = _bool(raw["verify"], "mail.verify")

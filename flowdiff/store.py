@@ -263,6 +263,19 @@ class Store:
                 out.append(p)
         return out
 
+    def interval_tokens(self, table: str) -> dict[Any, str]:
+        """Interval start -> a token that changes whenever that interval's files are rewritten (a later
+        capture can add to an interval that diff has already seen; it must then be diffed again)."""
+        out: dict[Any, list[str]] = {}
+        for p in self.files(table):
+            start = _interval_of_file(p.name)
+            try:
+                st = p.stat()
+            except OSError:  # replaced under our feet: the next diff sees the new file
+                continue
+            out.setdefault(start, []).append(f"{p.parent.name}:{st.st_size}:{st.st_mtime_ns}")
+        return {k: "|".join(sorted(v)) for k, v in sorted(out.items())}
+
     def intervals(self, table: str) -> list[pd.Timestamp]:
         """Interval starts present for a table (UTC, sorted, over the selected sensor(s))."""
         seen = {_interval_of_file(p.name) for p in self.files(table)}

@@ -708,7 +708,9 @@ def _bulk_chunk(
     ).astype(np.int64)
     caplen = wirelen if full_size else np.minimum(wirelen, snaplen)
     idx = np.arange(first, first + n, dtype=np.int64)
-    ts = start_ns + (idx * span_ns) // max(total, 1)
+    # idx * span_ns overflows int64 for long, big captures: split span_ns into whole and remainder parts
+    q, r = divmod(span_ns, max(total, 1))
+    ts = start_ns + idx * q + (idx * r) // max(total, 1)
 
     proto = fl.proto[f]
     a_ip, b_ip = fl.src[f], fl.dst[f]

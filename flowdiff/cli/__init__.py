@@ -42,7 +42,9 @@ def main(verbose: int) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @config_option
 @click.option("--store", type=click.Path(file_okay=False), help="Store directory (config key `store`).")
-@click.option("--interval", type=click.IntRange(min=1), help="Interval length in seconds (config key `interval`).")
+@click.option(
+    "--interval", type=click.IntRange(min=1), help="Interval length in seconds (config key `interval`)."
+)
 @click.option("--table", "tables", multiple=True, help="Collect only this table (repeatable).")
 @click.option("--all", "all_files", is_flag=True,
               help="Also read the newest capture of each directory (normally left for the next run, "
@@ -110,8 +112,14 @@ def tables(config_path, store) -> None:
 @click.option("--until", help="Before this time (ISO, UTC) or age.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
 @click.option("--by-interval", is_flag=True, help="One row per interval instead of totals over the window.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
+)
 @handle_errors
 def show(table, config_path, store, since, until, top, by_interval, fmt) -> None:
     """Show a count table: the top rows by bytes over the window (totals per key, or per interval)."""

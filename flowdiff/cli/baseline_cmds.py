@@ -44,6 +44,7 @@ def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[
 
 def _ts(t: Any) -> str:
     import pandas as pd
+
     return "-" if t is None else pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -200,8 +201,14 @@ def register(main: click.Group) -> None:
 
     @baseline.command()
     @config_option
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
-                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
+    @click.option(
+        "--format",
+        "fmt",
+        type=_FORMATS,
+        default="table",
+        show_default=True,
+        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
+    )
     @handle_errors
     def history(config_path, fmt):
         """List every baseline version, oldest first; the current one is marked with *."""
@@ -229,8 +236,14 @@ def register(main: click.Group) -> None:
     @click.option("--version", "version", help="Version to show (default: the current one).")
     @_where_option("Only rows matching (exact, CIDR, range or label; repeatable).")
     @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows per table.")
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
-                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
+    @click.option(
+        "--format",
+        "fmt",
+        type=_FORMATS,
+        default="table",
+        show_default=True,
+        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
+    )
     @handle_errors
     def show(config_path, table, version, where, limit, fmt):
         """List what a baseline holds, biggest keys first."""
@@ -245,8 +258,14 @@ def register(main: click.Group) -> None:
     @click.argument("v2")
     @config_option
     @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
-    @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
-                  help="Output: an aligned table, CSV, or JSON Lines (one object per row).")
+    @click.option(
+        "--format",
+        "fmt",
+        type=_FORMATS,
+        default="table",
+        show_default=True,
+        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
+    )
     @handle_errors
     def diff_cmd(v1, v2, config_path, tables, fmt):
         """Keys added (+) and removed (-) between baseline versions V1 and V2."""
@@ -287,6 +306,7 @@ def register(main: click.Group) -> None:
 
 def _print_tables(frames: dict[str, pd.DataFrame], fmt: str) -> None:
     import pandas as pd
+
     if fmt == "table":
         for t, df in frames.items():
             click.echo(f"== {t} ({len(df)} rows)")

@@ -73,7 +73,9 @@ def parse_when(value: str | None, *, now: Any = None) -> Any:
         try:
             t = pd.Timestamp(value)
         except ValueError:
-            raise click.BadParameter(f"{value!r} is neither a time (2026-11-30T12:00) nor an age (2h, 7d)") from None
+            raise click.BadParameter(
+                f"{value!r} is neither a time (2026-11-30T12:00) nor an age (2h, 7d)"
+            ) from None
         return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     now = pd.Timestamp.now(tz="UTC") if now is None else now
     return now - pd.Timedelta(seconds=seconds)

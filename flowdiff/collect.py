@@ -433,7 +433,7 @@ def _read_all(reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total:
         if agg.closed_intervals():
             parts.submit(agg.drain_deferred())
         if progress is not None:
-            progress(str(reader.path), min(reader.stats.bytes_read, total), total)
+            progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
     return wire
 
 

@@ -510,3 +510,24 @@ def test_renamed_copy_of_a_gzip_capture_changes_nothing(tmp_path):
     again = collect([copy], config)
     assert again.files[0].status == "known" and again.packets == 0
     assert {p: p.read_bytes() for p in (tmp_path / "store").rglob("*.parquet")} == snapshot
+
+
+def test_unknown_link_type_is_reported_by_name_never_as_rows(tmp_path):
+    frames = small_frames(clients=1)
+    cap = synth.write_pcap(tmp_path / "user0.pcap", frames, linktype=147)
+    r = CliRunner().invoke(main, ["collect", str(cap)])
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.output.splitlines() if line.startswith("Warning:")]
+    assert len(warn) == 1 and str(cap) in warn[0]
+    assert "unknown link type 147 (USER0)" in warn[0] and f"{len(frames)} frames" in warn[0]
+    assert f"unknown-linktype {len(frames)}" in r.output  # the summary counts them by reason
+    assert not list((tmp_path / "store").rglob("*.parquet"))  # no wrong rows, in any table
+
+
+def test_progress_bar_reports_file_position(tmp_path):
+    cap = small_capture(tmp_path / "a.pcap.gz", compress=True)
+    seen = []
+    collect([cap], parse_config({"sensor": "s"}), progress=lambda p, done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] == cap.stat().st_size
+    r = CliRunner().invoke(main, ["collect", "--progress", str(small_capture(tmp_path / "b.pcap"))])
+    assert r.exit_code == 0 and str(tmp_path / "b.pcap") in r.output  # the bar is labelled with the file

@@ -12,6 +12,7 @@ from flowdiff.cli.common import (
     EXIT_ERROR,
     config_option,
     format_frame,
+    format_option,
     handle_errors,
     load,
     parse_when,
@@ -112,14 +113,7 @@ def tables(config_path, store) -> None:
 @click.option("--until", help="Before this time (ISO, UTC) or age.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
 @click.option("--by-interval", is_flag=True, help="One row per interval instead of totals over the window.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-    help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
-)
+@format_option
 @handle_errors
 def show(table, config_path, store, since, until, top, by_interval, fmt) -> None:
     """Show a count table: the top rows by bytes over the window (totals per key, or per interval)."""

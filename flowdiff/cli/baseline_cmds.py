@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from flowdiff.cli.common import EXIT_FOUND, config_option, format_frame, handle_errors, load, parse_when
+from flowdiff.cli.common import (
+    EXIT_FOUND,
+    config_option,
+    format_frame,
+    format_option,
+    handle_errors,
+    load,
+    parse_when,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -201,14 +209,7 @@ def register(main: click.Group) -> None:
 
     @baseline.command()
     @config_option
-    @click.option(
-        "--format",
-        "fmt",
-        type=_FORMATS,
-        default="table",
-        show_default=True,
-        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
-    )
+    @format_option
     @handle_errors
     def history(config_path, fmt):
         """List every baseline version, oldest first; the current one is marked with *."""
@@ -236,14 +237,7 @@ def register(main: click.Group) -> None:
     @click.option("--version", "version", help="Version to show (default: the current one).")
     @_where_option("Only rows matching (exact, CIDR, range or label; repeatable).")
     @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows per table.")
-    @click.option(
-        "--format",
-        "fmt",
-        type=_FORMATS,
-        default="table",
-        show_default=True,
-        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
-    )
+    @format_option
     @handle_errors
     def show(config_path, table, version, where, limit, fmt):
         """List what a baseline holds, biggest keys first."""
@@ -258,14 +252,7 @@ def register(main: click.Group) -> None:
     @click.argument("v2")
     @config_option
     @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
-    @click.option(
-        "--format",
-        "fmt",
-        type=_FORMATS,
-        default="table",
-        show_default=True,
-        help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
-    )
+    @format_option
     @handle_errors
     def diff_cmd(v1, v2, config_path, tables, fmt):
         """Keys added (+) and removed (-) between baseline versions V1 and V2."""

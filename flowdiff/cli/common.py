@@ -25,6 +25,16 @@ config_option = click.option(
 )
 
 
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: an aligned table, CSV, or JSON Lines (one object per row).",
+)
+
+
 def load(config_path: str | None, **overrides: Any) -> Config:
     """The config with command-line overrides applied (options left unset do not override)."""
     return load_config(config_path).with_overrides(**overrides)

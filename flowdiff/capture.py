@@ -872,21 +872,19 @@ def _read_head(path: str, n: int) -> tuple[bytes, bool]:
 
 
 def _damage_text(code: int, detail: int, fmt: str) -> str:
-    if code == _D_CAPLEN:
-        return f"bogus captured length {detail} in record header"
-    if code == _D_BOM:
-        return f"section header block with unknown byte-order magic 0x{detail:08x}"
-    if code == _D_BLEN:
-        return f"bad block length {detail} (must be >= 12 and a multiple of 4)"
-    if code == _D_BIG:
-        return f"bogus block length {detail} (over {_MAX_BLOCK} bytes)"
-    if code == _D_TRAILER:
-        return f"block length trailer {detail} does not match the block header"
-    if code == _D_SHORT:
-        return f"packet block too short for its fields ({detail} bytes)"
-    if code == _D_BLOCK_CAPLEN:
-        return f"captured length {detail} runs past the end of its packet block"
-    return f"damaged {fmt} structure (code {code})"
+    text = _DAMAGE_TEXT.get(code)
+    return text.format(detail=detail) if text else f"damaged {fmt} structure (code {code})"
+
+
+_DAMAGE_TEXT = {
+    _D_CAPLEN: "bogus captured length {detail} in record header",
+    _D_BOM: "section header block with unknown byte-order magic 0x{detail:08x}",
+    _D_BLEN: "bad block length {detail} (must be >= 12 and a multiple of 4)",
+    _D_BIG: f"bogus block length {{detail}} (over {_MAX_BLOCK} bytes)",
+    _D_TRAILER: "block length trailer {detail} does not match the block header",
+    _D_SHORT: "packet block too short for its fields ({detail} bytes)",
+    _D_BLOCK_CAPLEN: "captured length {detail} runs past the end of its packet block",
+}
 
 
 class CaptureReader:

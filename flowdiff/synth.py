@@ -349,8 +349,7 @@ def tcp_frame(
     vlan: int | Sequence[int] | None = None,
 ) -> bytes:
     seg = tcp(sport, dport, flags, payload, seq=seq, ack=ack, src=src, dst=dst)
-    v6 = _is_v6(src)
-    return ethernet(src_mac, dst_mac, ETH_IPV6 if v6 else ETH_IPV4, ip(src, dst, PROTO_TCP, seg), vlan=vlan)
+    return _ip_frame(src_mac, dst_mac, src, dst, PROTO_TCP, seg, vlan)
 
 
 def udp_frame(
@@ -364,9 +363,15 @@ def udp_frame(
     *,
     vlan: int | Sequence[int] | None = None,
 ) -> bytes:
-    dgram = udp(sport, dport, payload, src=src, dst=dst)
-    v6 = _is_v6(src)
-    return ethernet(src_mac, dst_mac, ETH_IPV6 if v6 else ETH_IPV4, ip(src, dst, PROTO_UDP, dgram), vlan=vlan)
+    return _ip_frame(
+        src_mac, dst_mac, src, dst, PROTO_UDP, udp(sport, dport, payload, src=src, dst=dst), vlan
+    )
+
+
+def _ip_frame(src_mac: str, dst_mac: str, src: str, dst: str, proto: int, payload: bytes, vlan) -> bytes:
+    """An Ethernet frame carrying ``payload`` in an IPv4 or IPv6 header, by the address family of ``src``."""
+    ethertype = ETH_IPV6 if _is_v6(src) else ETH_IPV4
+    return ethernet(src_mac, dst_mac, ethertype, ip(src, dst, proto, payload), vlan=vlan)
 
 
 def icmp_echo_frame(

@@ -39,10 +39,11 @@ import pyarrow.parquet as pq
 
 from flowdiff.canon import FINGERPRINT, aggregate, canonicalise, definition, key_hashes
 from flowdiff.config import Config, TableConfig, parse_duration
+from flowdiff.durable import atomic_write_parquet, atomic_write_text, file_lock
 from flowdiff.errors import BaselineError, StoreError
 from flowdiff.netmap import NetworkMap
 from flowdiff.schema import INTERVAL, METRICS, TIMESTAMP, key_type
-from flowdiff.store import Store, atomic_write_parquet, atomic_write_text, file_lock
+from flowdiff.store import Store
 
 log = logging.getLogger(__name__)
 

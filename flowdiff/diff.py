@@ -56,11 +56,11 @@ from flowdiff.baseline import (
 )
 from flowdiff.canon import canonicalise, column_hashes, combine_hashes, key_hashes, string_buffers
 from flowdiff.config import Config, TableConfig
+from flowdiff.durable import atomic_write_parquet, atomic_write_text, fsync_dir
 from flowdiff.errors import ReportError
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
 from flowdiff.rules import RuleSet, apply_rules, load_rules
 from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
-from flowdiff.store import atomic_write_parquet, atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 
 from flowdiff.config import Config, MailConfig
+from flowdiff.durable import atomic_write_bytes, atomic_write_text, file_lock
 from flowdiff.errors import LockError, MailError
-from flowdiff.store import atomic_write_bytes, atomic_write_text, file_lock
 
 if TYPE_CHECKING:
     from flowdiff.report import RenderedReport

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.config import Config
+from flowdiff.durable import file_lock
 from flowdiff.errors import FlowdiffError
 from flowdiff.mail import OutboxResult, flush_outbox, queue_report
 from flowdiff.report import REPORT_META, archive_report, render_report
-from flowdiff.store import file_lock
 
 log = logging.getLogger(__name__)
 

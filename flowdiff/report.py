@@ -25,8 +25,8 @@ import pandas as pd
 
 from flowdiff.config import Config
 from flowdiff.diff import ROW_COLUMNS, DiffResult
+from flowdiff.durable import atomic_write_bytes, atomic_write_text
 from flowdiff.errors import ReportError
-from flowdiff.store import atomic_write_bytes, atomic_write_text
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAMES = ("subject.txt", "report.txt", "report.html")

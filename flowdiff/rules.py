@@ -40,10 +40,10 @@ import pandas as pd
 import pyarrow as pa
 
 from flowdiff.config import Config
+from flowdiff.durable import atomic_write_text
 from flowdiff.errors import RulesError
 from flowdiff.netmap import NetworkMap, parse_addresses
 from flowdiff.schema import ADDRESS_KEYS, is_key_field, key_type
-from flowdiff.store import atomic_write_text
 
 KINDS = ("allow", "deny")
 META_FIELDS = ("name", "table", "comment", "by", "created")

@@ -15,12 +15,10 @@ crash never counts any part twice, whatever moment the crash hit.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdiff.errors import LockError, StoreError
+from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, syncfs
+from flowdiff.errors import StoreError
 from flowdiff.schema import INTERVAL, PARTITION, table_schema
 
 if TYPE_CHECKING:  # imported where used: collect needs neither (0.4 s and 0.2 s of start-up time)
@@ -44,103 +43,6 @@ LOCK = ".lock"
 _SOURCES_KEY = b"flowdiff.sources"
 _FILE_FMT = "%Y%m%dT%H%M%SZ"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-# ---------------------------------------------------------------- fault injection
-
-_CRASH_ENV = "FLOWDIFF_CRASH_AT"  # tests: "N" kills the process with SIGKILL at the N-th durable step
-_steps = 0
-
-
-def _crash_point() -> None:
-    """Lets the crash-safety tests stop the process at every step that changes the store."""
-    global _steps
-    target = os.environ.get(_CRASH_ENV)
-    if not target:
-        return
-    _steps += 1
-    if _steps == int(target):
-        os.kill(os.getpid(), 9)
-
-
-# ---------------------------------------------------------------- atomic file helpers
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _crash_point()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    _crash_point()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        _crash_point()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    _crash_point()
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, wait: float = 60.0, what: str = "store") -> Iterator[None]:
-    """An exclusive flock; waits up to ``wait`` seconds, then raises LockError naming the holder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
-                    raise LockError(
-                        f"{what} {path.parent} is busy (locked by pid {holder}); try again when it finishes"
-                    ) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- ledger
@@ -380,7 +282,7 @@ class Store:
         if not entry.collected_at:
             entry.collected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         line = json.dumps(asdict(entry), sort_keys=True) + "\n"
-        _crash_point()
+        crash_point()
         with open(self.ledger_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -457,7 +359,7 @@ class WriteBatch:
         os.close(fd)
         _write_parquet(part, tmp)
         self.pending.append((tmp, path))
-        _crash_point()
+        crash_point()
         return part.num_rows
 
     def commit(self) -> None:
@@ -468,27 +370,10 @@ class WriteBatch:
         for tmp, final in self.pending:
             os.replace(tmp, final)
             dirs.add(final.parent)
-            _crash_point()
+            crash_point()
         for d in sorted(dirs):
             fsync_dir(d)
         self.pending.clear()
-
-
-def syncfs(path: Path) -> None:
-    """Flush the filesystem holding ``path``: one call instead of an fsync per file (Linux syncfs(2))."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
 
 
 def open_store(path: str | os.PathLike = "store", sensor: str | None = None) -> Store:

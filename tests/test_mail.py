@@ -19,6 +19,7 @@ from smtp_server import PASSWORD
 
 import flowdiff.mail as mail
 from flowdiff.config import Config, MailConfig
+from flowdiff.durable import file_lock
 from flowdiff.errors import MailError
 from flowdiff.mail import (
     SENT_RECORD,
@@ -33,7 +34,6 @@ from flowdiff.mail import (
     test_mail,
 )
 from flowdiff.report import archive_report, render_report
-from flowdiff.store import file_lock
 
 # the real SMTP server fixtures (tests/smtp_server.py)
 smtp_down = smtp_server.smtp_down

@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from flowdiff.baseline import learn
 from flowdiff.collect import collect
 from flowdiff.config import Config, MailConfig, parse_config
+from flowdiff.durable import file_lock
 from flowdiff.errors import LockError, ReportError
 from flowdiff.mail import list_outbox
 from flowdiff.pipeline import EXIT_DEFERRED, EXIT_NEW, EXIT_OK, run, run_lock_path, unrendered_reports, watch
-from flowdiff.store import file_lock
 from flowdiff.synth import enclave_scenario, pcap_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

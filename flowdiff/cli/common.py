@@ -13,8 +13,9 @@ import click
 
 from flowdiff.config import Config, load_config
 from flowdiff.errors import FlowdiffError
+from flowdiff.exitcodes import ExitCode
 
-EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR
 
 config_option = click.option(
     "--config",
@@ -56,6 +57,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"Error: {where}{e.strerror or e}", err=True)
             sys.exit(EXIT_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception:  # a bug: keep the traceback, and never exit 1 (that reads as "new rows")
+            import traceback
+
+            traceback.print_exc()
+            click.echo("Error: internal error (a bug in flowdiff; the traceback is above)", err=True)
+            sys.exit(ExitCode.INTERNAL)
         finally:
             # The command is done: spare the interpreter a last full collection over the many
             # objects numba and pandas leave behind (0.3-0.4 s at every cron run).

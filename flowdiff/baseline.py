@@ -28,7 +28,6 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from flowdiff.errors import BaselineError, StoreError
 from flowdiff.netmap import NetworkMap
 from flowdiff.schema import INTERVAL, METRICS, TIMESTAMP, key_type
 from flowdiff.store import Store
+from flowdiff.vocab import iso_time, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -974,12 +974,8 @@ def _ts(value: Any) -> pd.Timestamp | None:
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
-def _iso(t: pd.Timestamp | None) -> str | None:
-    return None if t is None else pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_iso = iso_time
+_now_iso = now_iso
 
 
 def _user() -> str:

@@ -61,6 +61,7 @@ from flowdiff.errors import ReportError
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
 from flowdiff.rules import RuleSet, apply_rules, load_rules
 from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
+from flowdiff.vocab import iso_time, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -622,11 +623,7 @@ def row_records(result: DiffResult) -> list[dict[str, Any]]:
 
 def _json_value(v: Any) -> Any:
     if isinstance(v, pd.Timestamp):
-        return (
-            v.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            if v.microsecond
-            else v.strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
+        return iso_time(v, micro=True)
     if isinstance(v, np.generic):
         return v.item()
     return v
@@ -650,7 +647,7 @@ def _write_report_tmp(config: Config, result: DiffResult) -> None:
     atomic_write_text(d / "rows.json", json.dumps(row_records(result), indent=1, ensure_ascii=False) + "\n")
     meta = {
         "report_id": result.report_id,
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": now_iso(),
         "sensor": result.sensor,
         "since": _json_value(result.since) if result.since is not None else None,
         "until": _json_value(result.until) if result.until is not None else None,

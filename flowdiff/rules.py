@@ -31,7 +31,6 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,12 @@ from flowdiff.durable import atomic_write_text
 from flowdiff.errors import RulesError
 from flowdiff.netmap import NetworkMap, parse_addresses
 from flowdiff.schema import ADDRESS_KEYS, is_key_field, key_type
+from flowdiff.vocab import PROTOCOLS, now_iso, proto_number
 
 KINDS = ("allow", "deny")
 META_FIELDS = ("name", "table", "comment", "by", "created")
 ANY = "*"
-PROTO_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
+PROTO_NAMES = PROTOCOLS  # kept for imports from earlier versions
 _RANGE_RE = re.compile(r"^\s*(\d+|0x[0-9a-fA-F]+)\s*-\s*(\d+|0x[0-9a-fA-F]+)\s*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9_.:/ -]{0,99}$")
 
@@ -186,8 +186,8 @@ def _numeric(fieldname: str) -> bool:
 
 def _int(fieldname: str, text: str) -> int:
     t = text.strip().lower()
-    if fieldname == "proto" and t in PROTO_NAMES:
-        return PROTO_NAMES[t]
+    if fieldname == "proto":
+        return proto_number(t)
     try:
         return int(t, 0)
     except ValueError:
@@ -344,7 +344,7 @@ def add_rule(
     if comment:
         entry["comment"] = comment
     entry["by"] = by or _user()
-    entry["created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entry["created"] = now_iso()
     text = old.rstrip("\n") + "\n\n" + _toml_entry(kind, entry)
     rules = parse_rules(text, config, path=path)
     atomic_write_text(path, text)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, syncfs
 from flowdiff.errors import StoreError
 from flowdiff.schema import INTERVAL, PARTITION, table_schema
+from flowdiff.vocab import now_iso
 
 if TYPE_CHECKING:  # imported where used: collect needs neither (0.4 s and 0.2 s of start-up time)
     import pandas as pd
@@ -280,7 +281,7 @@ class Store:
     def ledger_append(self, entry: LedgerEntry) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not entry.collected_at:
-            entry.collected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            entry.collected_at = now_iso()
         line = json.dumps(asdict(entry), sort_keys=True) + "\n"
         crash_point()
         with open(self.ledger_path, "a", encoding="utf-8") as f:

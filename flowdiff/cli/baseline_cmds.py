@@ -21,6 +21,7 @@ from flowdiff.cli.common import (
     load,
     parse_when,
 )
+from flowdiff.vocab import iso_time
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,9 +52,7 @@ def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[
 
 
 def _ts(t: Any) -> str:
-    import pandas as pd
-
-    return "-" if t is None else pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_time(t) or "-"
 
 
 def register(main: click.Group) -> None:

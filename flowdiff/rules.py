@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flowdiff.config import Config
+from flowdiff.config import Config, TableConfig
 from flowdiff.durable import atomic_write_text
-from flowdiff.errors import RulesError
+from flowdiff.errors import BaselineError, RulesError
 from flowdiff.netmap import NetworkMap, parse_addresses
 from flowdiff.schema import ADDRESS_KEYS, is_key_field, key_type
 from flowdiff.vocab import PROTOCOLS, now_iso, proto_number
@@ -61,6 +61,8 @@ __all__ = [
     "field_mask",
     "rule_mask",
     "apply_rules",
+    "parse_where",
+    "where_mask",
 ]
 
 
@@ -310,6 +312,42 @@ def apply_rules(
         else:
             deny[m & (deny == "")] = rule.name
     return allowed, deny
+
+
+# ------------------------------------------------------------------ --where filters (rule syntax)
+
+
+def parse_where(tc: TableConfig, where: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    """``field=value`` strings or a mapping, checked against the table's key fields."""
+    if where is None:
+        return {}
+    items: list[tuple[str, Any]]
+    if isinstance(where, Mapping):
+        items = list(where.items())
+    else:
+        items = []
+        for w in where:
+            if "=" not in w:
+                raise BaselineError(f"--where {w!r}: expected field=value")
+            k, v = w.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    out: dict[str, Any] = {}
+    for k, v in items:
+        if k not in tc.keys:
+            raise BaselineError(f"table {tc.name!r} has no key field {k!r} (keys: {', '.join(tc.keys)})")
+        out[k] = v
+    return out
+
+
+def where_mask(df: pd.DataFrame, where: Mapping[str, Any], nmap: NetworkMap | None) -> np.ndarray:
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in where.items():
+        try:
+            mask &= field_mask(df[k], k, v, nmap)
+        except ValueError as e:
+            raise BaselineError(f"--where {k}={v}: {e}") from None
+    return mask
+
 
 
 # ------------------------------------------------------------------ writing

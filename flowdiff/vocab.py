@@ -115,3 +115,14 @@ def one_line(value: Any, limit: int = 200) -> str:
     s = "".join(" " if unicodedata.category(c) in ("Zl", "Zp") else c for c in s)
     s = " ".join(s.split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def utc_timestamp(value: Any) -> Any:
+    """A pandas Timestamp in UTC (naive input counts as UTC), or None: how every `--since`/`--until` and
+    stored time is compared."""
+    if value is None:
+        return None
+    import pandas as pd
+
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

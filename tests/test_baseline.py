@@ -12,19 +12,19 @@ import pytest
 from click.testing import CliRunner
 
 from flowdiff.baseline import (
-    accept,
     current_version,
     diff_versions,
     get_version,
     history,
     learn,
-    load_state,
     rollback,
     show,
 )
 from flowdiff.cli.baseline_cmds import register
 from flowdiff.diff import diff
 from flowdiff.errors import BaselineError
+from flowdiff.state import load_state
+from flowdiff.triage import accept
 
 
 @pytest.fixture(scope="module")

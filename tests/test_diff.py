@@ -15,12 +15,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowdiff.baseline import accept, learn, load_state, rollback
+from flowdiff.baseline import learn, rollback
 from flowdiff.cli.baseline_cmds import register
 from flowdiff.config import TableConfig
 from flowdiff.diff import ROW_COLUMNS, diff, find_new, key_hashes, list_reports, load_report
 from flowdiff.errors import BaselineError
 from flowdiff.rules import RuleSet, add_rule
+from flowdiff.state import load_state
+from flowdiff.triage import accept
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Commands of the learn/diff stage: learn, diff, accept, deny, ignore and the ``baseline`` group.
 
-Each command parses its options, makes one library call (flowdiff.baseline / flowdiff.diff) and formats
+Each command parses its options, makes one library call (flowdiff.baseline, flowdiff.diff, flowdiff.triage) and formats
 the result. Exit status: 0 ok; ``diff --exit-code`` 1 when new rows were found; 2 on errors.
 """
 
@@ -35,7 +35,7 @@ def _where_option(help_text: str):
 
 def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[int] | None, str | None]:
     """``REPORT_ID [ROW ...]`` or ``TABLE``: returns (report_id, rows, table)."""
-    from flowdiff.baseline import is_report_id
+    from flowdiff.archive import is_report_id
 
     if is_report_id(target):
         try:
@@ -146,7 +146,7 @@ def register(main: click.Group) -> None:
         """Add rows to a new baseline version: REPORT_ID [ROW...] (all rows when none given), or
         TABLE --where field=value ... (the reported rows that match; every key field given exactly adds
         that key even if it was never reported)."""
-        from flowdiff.baseline import accept as run_accept
+        from flowdiff.triage import accept as run_accept
 
         report_id, nums, table = _split_target(target, rows)
         config = load(config_path)
@@ -170,7 +170,7 @@ def register(main: click.Group) -> None:
     def deny(target, rows, config_path, where, name, reason, by):
         """Add a deny rule: matching rows are always reported, even when in the baseline.
         REPORT_ID [ROW...] denies those exact rows; TABLE --where field=value ... denies what matches."""
-        from flowdiff.baseline import deny as run_deny
+        from flowdiff.triage import deny as run_deny
 
         report_id, nums, table = _split_target(target, rows)
         config = load(config_path)
@@ -193,7 +193,7 @@ def register(main: click.Group) -> None:
     def ignore(target, rows, config_path, where, any_fields, name, reason, by):
         """Add an allow rule with a wildcard, so that rows like these are normal without being learned
         (e.g. any client of a public service)."""
-        from flowdiff.baseline import ignore as run_ignore
+        from flowdiff.triage import ignore as run_ignore
 
         report_id, nums, table = _split_target(target, rows)
         config = load(config_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 
-import click
 import fixtures_baseline as fx
 import numpy as np
 import pandas as pd
@@ -16,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowdiff.baseline import learn, rollback
-from flowdiff.cli.baseline_cmds import register
+from flowdiff.cli import main as flowdiff_main
 from flowdiff.config import TableConfig
 from flowdiff.diff import ROW_COLUMNS, diff, find_new, key_hashes, list_reports, load_report
 from flowdiff.errors import BaselineError
@@ -41,12 +40,7 @@ def site(learned, tmp_path):
 
 
 def _cli():
-    @click.group()
-    def main():
-        pass
-
-    register(main)
-    return main
+    return flowdiff_main
 
 
 def _run(*args: str):

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowdiff.synth import BulkInfo, synthetic_bulk  # noqa: E402
+from synth_bulk import BulkInfo, synthetic_bulk  # noqa: E402  (benchmarks/synth_bulk.py)
 
 GENERATOR_VERSION = 2  # bump when synthetic_bulk's output changes, so cached captures are rebuilt
 BUSY_RATE = 20_000  # packets/s of a busy span port (tens of thousands are common)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import flowdiff
-from flowdiff import synth
+from flowdiff.demo import frames as synth
 
 
 def test_all_is_honest():
@@ -21,7 +21,7 @@ def test_all_is_honest():
     public = {
         n for n in dir(flowdiff)
         if not n.startswith("_") and n not in ("annotations", "importlib", "Any")
-        and not isinstance(getattr(flowdiff, n), types.ModuleType)  # submodules, e.g. flowdiff.synth
+        and not isinstance(getattr(flowdiff, n), types.ModuleType)  # submodules, e.g. flowdiff.demo
     }  # fmt: skip
     assert public <= set(flowdiff.__all__), public - set(flowdiff.__all__)
     with pytest.raises(AttributeError):

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from flowdiff import synth
 from flowdiff.cli import main
 from flowdiff.collect import collect, find_captures
 from flowdiff.config import parse_config
+from flowdiff.demo import frames as synth
 from flowdiff.store import Store
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -113,7 +113,7 @@ def test_net_keys_and_overrides():
 
 def test_unwritable_store_is_one_line(tmp_path, write_config):
     """An environmental failure (here: the store path is a file) is one line and exit 2, not a traceback."""
-    from flowdiff import synth
+    from flowdiff.demo import frames as synth
 
     (tmp_path / "store").write_text("not a directory")
     cap = synth.write_pcap(

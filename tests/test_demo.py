@@ -12,8 +12,8 @@ from smtp_server import make_server
 from flowdiff.cli.demo_cmds import register
 from flowdiff.config import MailConfig
 from flowdiff.demo import DemoResult, demo_config, run_demo
+from flowdiff.demo.scenario import SCENARIO_START, Scenario, format_value
 from flowdiff.errors import FlowdiffError
-from flowdiff.synth import SCENARIO_START, Scenario, format_value
 
 
 @pytest.fixture(scope="module")

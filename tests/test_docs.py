@@ -51,9 +51,9 @@ def test_readme_has_the_two_setup_commands():
 
 def test_readme_store_one_liners_run(tmp_path):
     """The pandas / DuckDB / polars / flowdiff lines of 'The store' run as written on a real store."""
-    from flowdiff import synth
     from flowdiff.collect import collect
     from flowdiff.config import parse_config
+    from flowdiff.demo import frames as synth
 
     frames = synth.udp_exchange(
         1_700_000_000 * 10**9, client_mac="02:00:00:00:00:01", server_mac="02:00:00:00:00:02",

@@ -1,4 +1,4 @@
-"""run / watch end to end: real captures (flowdiff.synth), a real store and baseline, a real SMTP server.
+"""run / watch end to end: real captures (flowdiff.demo), a real store and baseline, a real SMTP server.
 
 The learned site (two normal days of the synthetic mail enclave) is built once per module and copied
 into each test, because collecting and learning it is the slow part.
@@ -24,11 +24,12 @@ from click.testing import CliRunner
 from flowdiff.baseline import learn
 from flowdiff.collect import collect
 from flowdiff.config import Config, MailConfig, parse_config
+from flowdiff.demo.frames import pcap_bytes
+from flowdiff.demo.scenario import enclave_scenario
 from flowdiff.durable import file_lock
 from flowdiff.errors import LockError, ReportError
 from flowdiff.mail import list_outbox
 from flowdiff.pipeline import EXIT_DEFERRED, EXIT_NEW, EXIT_OK, run, run_lock_path, unrendered_reports, watch
-from flowdiff.synth import enclave_scenario, pcap_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 ROTATE = 4 * 3600

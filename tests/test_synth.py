@@ -1,5 +1,5 @@
-"""flowdiff.synth: generated captures read back with dpkt (an independent parser) give exactly what was
-asked for, and the same arguments give the same bytes."""
+"""Generated captures (flowdiff.demo.frames and .scenario, benchmarks/synth_bulk.py) read back with dpkt
+(an independent parser) give exactly what was asked for, and the same arguments give the same bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import ipaddress
 import struct
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -15,8 +16,12 @@ import dpkt
 import numpy as np
 import pytest
 
-from flowdiff import synth
-from flowdiff.synth import Frame, Interface
+from flowdiff.demo import frames as synth
+from flowdiff.demo import scenario as enclave
+from flowdiff.demo.frames import Frame, Interface
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import synth_bulk  # noqa: E402  (benchmarks/: the bulk generator is not part of the package)
 
 T0 = 1_700_000_000_123_456_789  # ns, with sub-microsecond digits on purpose
 
@@ -254,8 +259,8 @@ def test_pcap_gzip_is_reproducible(tmp_path):
 
 
 def test_synthetic_bulk_reads_back(tmp_path):
-    n = synth.BULK_CHUNK + 1234  # crosses a chunk boundary
-    info = synth.synthetic_bulk(tmp_path / "b.pcap", n, flows=500, seed=3, start=1_767_225_600, duration=60)
+    n = synth_bulk.BULK_CHUNK + 1234  # crosses a chunk boundary
+    info = synth_bulk.synthetic_bulk(tmp_path / "b.pcap", n, flows=500, seed=3, start=1_767_225_600, duration=60)
     recs = _records(info.path)
     assert len(recs) == n == info.packets
     caplen = np.array([ph.caplen for ph, _ in recs])
@@ -268,7 +273,7 @@ def test_synthetic_bulk_reads_back(tmp_path):
     assert (ts == want_ts).all()
     five = set()
     protos = defaultdict(int)
-    boundary = range(synth.BULK_CHUNK - 50, synth.BULK_CHUNK + 50)
+    boundary = range(synth_bulk.BULK_CHUNK - 50, synth_bulk.BULK_CHUNK + 50)
     for i, (ph, data) in enumerate(recs):
         if i % 5 and i not in boundary:
             continue  # dpkt is slow: every 5th frame and the ones around the chunk boundary
@@ -284,9 +289,9 @@ def test_synthetic_bulk_reads_back(tmp_path):
 
 
 def test_synthetic_bulk_full_size_and_determinism(tmp_path):
-    a = synth.synthetic_bulk(tmp_path / "a.pcap", 3000, full_size=True, seed=1)
-    b = synth.synthetic_bulk(tmp_path / "b.pcap", 3000, full_size=True, seed=1)
-    c = synth.synthetic_bulk(tmp_path / "c.pcap", 3000, full_size=True, seed=2)
+    a = synth_bulk.synthetic_bulk(tmp_path / "a.pcap", 3000, full_size=True, seed=1)
+    b = synth_bulk.synthetic_bulk(tmp_path / "b.pcap", 3000, full_size=True, seed=1)
+    c = synth_bulk.synthetic_bulk(tmp_path / "c.pcap", 3000, full_size=True, seed=2)
     assert a.path.read_bytes() == b.path.read_bytes() != c.path.read_bytes()
     recs = _records(a.path)
     assert all(ph.caplen == ph.len == len(d) for ph, d in recs)
@@ -300,7 +305,7 @@ def test_synthetic_bulk_full_size_and_determinism(tmp_path):
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    return synth.enclave_scenario(tmp_path_factory.mktemp("enclave"))
+    return enclave.enclave_scenario(tmp_path_factory.mktemp("enclave"))
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +331,7 @@ def _canon(addr: str, spec: dict, nets) -> str:
     return addr
 
 
-def _reference_keys(scn: synth.Scenario, decoded: dict, files) -> dict:
+def _reference_keys(scn: enclave.Scenario, decoded: dict, files) -> dict:
     """table -> key -> (set of hour intervals, packets): an independent dpkt implementation of the
     scenario's tables (TCP client = sender of the SYN; UDP service = the port below 1024)."""
     nets = [(ipaddress.ip_network(c), lab) for c, lab in scn.networks.items()]
@@ -398,7 +403,7 @@ def test_scenario_new_keys_are_exactly_the_injected_anomalies(scenario, decoded)
                 hours, packets = week[table][key]
                 assert len(hours) >= 2 and packets >= 2, (table, key)  # enough evidence to be learned
             else:
-                found.add(synth.ExpectedRow(table, tuple(zip(names, key, strict=True))))
+                found.add(enclave.ExpectedRow(table, tuple(zip(names, key, strict=True))))
     assert found == scenario.expected_rows()
     assert {a.name for a in scenario.anomalies} == {"mail-outbound", "new-talker", "telnet", "odd-ethertype"}
     assert all(scenario.last_day <= a.time < scenario.last_day_end for a in scenario.anomalies)
@@ -424,9 +429,9 @@ def test_scenario_churns_addresses_daily(scenario, decoded):
 
 
 def test_scenario_is_deterministic_and_quiet_without_anomalies(tmp_path):
-    a = synth.enclave_scenario(tmp_path / "a", days=1, seed=5)
-    b = synth.enclave_scenario(tmp_path / "b", days=1, seed=5)
-    quiet = synth.enclave_scenario(tmp_path / "q", days=1, seed=5, anomaly_day=False)
+    a = enclave.enclave_scenario(tmp_path / "a", days=1, seed=5)
+    b = enclave.enclave_scenario(tmp_path / "b", days=1, seed=5)
+    quiet = enclave.enclave_scenario(tmp_path / "q", days=1, seed=5, anomaly_day=False)
     digest = lambda files: hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()  # noqa: E731
     assert [p.name for p in a.files] == [p.name for p in b.files]
     assert digest(a.files) == digest(b.files)

@@ -109,6 +109,6 @@ def format_summary(result) -> str:
 
 
 def _row(row) -> str:
-    from flowdiff.synth import format_value
+    from flowdiff.vocab import format_value
 
     return f"{row.table:<9} " + " ".join(f"{k}={format_value(k, v)}" for k, v in row.key)

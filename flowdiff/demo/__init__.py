@@ -1,6 +1,6 @@
 """The demo: the whole pipeline on a generated week of a small mail enclave.
 
-``run_demo`` writes the captures of ``flowdiff.synth.enclave_scenario`` into a work directory, then
+``run_demo`` writes the captures of ``flowdiff.demo.scenario.enclave_scenario`` into a work directory, then
 does what an operator does: collect every capture, learn a baseline from the normal week, diff the last
 day, render and archive the report (and mail it when ``[mail]`` is configured). It returns what the diff
 found next to what the scenario injected, so the CLI, the tests and the notebook can check that the
@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 
 from flowdiff.config import Config, parse_config
+from flowdiff.demo.scenario import Anomaly, ExpectedRow, Scenario, enclave_scenario
 from flowdiff.errors import FlowdiffError
-from flowdiff.synth import Anomaly, ExpectedRow, Scenario, enclave_scenario
 
 log = logging.getLogger(__name__)
 

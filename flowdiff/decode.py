@@ -24,7 +24,7 @@ each kind is one short branch of ``_decode_batch`` that either names the network
 Ethernet type (or an LLC header) to the shared tag / PBB / PPPoE / MPLS walk. numba does not
 bounds-check, so every read is guarded by the record's end (offset + caplen, clamped to the buffer).
 
-``flowdiff.decode_ref.decode_reference`` computes the same columns frame by frame with dpkt; the tests
+``decode_reference`` of ``tests/decode_ref.py`` computes the same columns frame by frame with dpkt; the tests
 require both to agree on real captures and on generated, truncated and mutated frames.
 
 Choices where the oracle leaves room (none changes a row of the 62 oracle tables):

@@ -18,12 +18,12 @@ from types import SimpleNamespace
 import dpkt
 import numpy as np
 import pytest
+from decode_ref import decode_reference  # tests/decode_ref.py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowdiff.capture import open_capture
 from flowdiff.decode import LINKTYPE_NAMES, decode, decoded_linktypes, linktype_name
-from flowdiff.decode_ref import decode_reference
 from flowdiff.schema import PACKET_FIELDS, DecodeStatus
 
 DATA = Path(__file__).resolve().parent / "data"

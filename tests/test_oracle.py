@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decode_ref import decode_reference  # tests/decode_ref.py
 
 from flowdiff.capture import open_capture
 from flowdiff.decode import decode
-from flowdiff.decode_ref import decode_reference
 from flowdiff.errors import CaptureError
 from flowdiff.schema import PACKET_FIELDS, DecodeStatus
 

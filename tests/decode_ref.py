@@ -1,7 +1,8 @@
 """Reference decoder: one frame at a time with dpkt's declared header layouts.
 
 It exists to check the compiled fast path (``flowdiff.decode``): the tests feed both the same random
-frames and demand identical arrays. It is slow (tens of µs per frame) and never used by collect.
+frames and demand identical arrays. It is slow (tens of µs per frame) and never used by collect, so it
+lives with the tests, not in the package (``test_decode.py`` and ``test_oracle.py`` import it).
 
 dpkt's own payload dispatch is not trusted (``ethernet.py`` keeps an undecodable payload as bytes,
 stops after two VLAN tags, and ``ip6.py`` treats AH as an extension header), so each layer is unpacked

@@ -66,27 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _skip_numba_blas_probe() -> None:
-    """Start-up time: numba's first compile (or cache load) imports ``numba.np.arraymath``, which
-    imports all of ``scipy.linalg`` (0.4 s on the 2-core box, a fifth of a whole collect run) only to
-    learn whether ``np.dot`` can be compiled. flowdiff's compiled code uses no BLAS, so when neither is
-    loaded yet, the probe is made to fail fast; ``scipy.linalg`` itself stays importable as usual
-    (numba code compiled later in the same process cannot use ``np.dot``/``np.linalg``)."""
-    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
-        return
-    blas = "scipy.linalg.cython_blas"
-    sys.modules[blas] = None  # type: ignore[assignment]  # "import halted": ImportError, no scipy import
-    try:
-        import numba.np.arraymath  # noqa: F401
-    except ImportError:  # numba without scipy support at all: nothing to skip
-        pass
-    finally:
-        if sys.modules.get(blas, 0) is None:
-            del sys.modules[blas]
-
-
-_skip_numba_blas_probe()
-
 # ---------------------------------------------------------------------------------------------------
 # Public data types
 # ---------------------------------------------------------------------------------------------------

@@ -303,6 +303,69 @@ class Store:
     def row_count(self, table: str) -> int:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files(table))
 
+    # -- summaries (what `flowdiff tables` and `flowdiff show` print; a notebook gets the same frames)
+    def describe(self) -> pd.DataFrame:
+        """One row per table of the store: ``table``, ``keys`` (comma separated, in key order),
+        ``interval`` (seconds), ``intervals`` (how many are stored), ``first``/``last`` (the first and
+        the last interval start, NaT when empty) and ``rows``. Reads file names and Parquet footers only."""
+        import pandas as pd
+
+        records = []
+        for name in self.tables():
+            meta = self.table_meta(name) or {}
+            starts = self.intervals(name)
+            records.append(
+                {
+                    "table": name,
+                    "keys": ",".join(meta.get("keys", [])),
+                    "interval": int(meta.get("interval", 0)),
+                    "intervals": len(starts),
+                    "first": starts[0] if starts else pd.NaT,
+                    "last": starts[-1] if starts else pd.NaT,
+                    "rows": self.row_count(name),
+                }
+            )
+        columns = ["table", "keys", "interval", "intervals", "first", "last", "rows"]
+        out = pd.DataFrame.from_records(records, columns=columns)
+        for col in ("first", "last"):
+            out[col] = pd.to_datetime(out[col], utc=True)
+        return out.astype({"interval": "int64", "intervals": "int64", "rows": "int64"})
+
+    def totals(
+        self,
+        table: str,
+        since: Any = None,
+        until: Any = None,
+        where: Mapping[str, Any] | None = None,
+        top: int | None = None,
+        by_interval: bool = False,
+    ) -> pd.DataFrame:
+        """The biggest rows of ``table`` over ``since <= interval_start < until``, by bytes.
+
+        Totals per key (``packets``, ``bytes``, ``intervals`` it was seen in, ``first_seen``,
+        ``last_seen``; summed over sensors when the store reads several), or with ``by_interval`` the
+        stored rows themselves. Sorted by bytes, largest first, then by the key columns, so that equal
+        totals come out in the same order on every run; ``top`` keeps the first rows only. ``where`` as
+        for :meth:`read`."""
+        df = self.read(table, since=since, until=until, where=where)
+        keys = list(self.table_keys(table) or ())
+        if not by_interval:
+            df = (
+                df.groupby(keys, observed=True, sort=False)
+                .agg(
+                    packets=("packets", "sum"),
+                    bytes=("bytes", "sum"),
+                    intervals=(INTERVAL, "nunique"),
+                    first_seen=("first_seen", "min"),
+                    last_seen=("last_seen", "max"),
+                )
+                .reset_index()
+            )
+        order = ["bytes", *keys]
+        df = df.sort_values(order, ascending=[False] + [True] * len(keys), kind="stable")
+        df = df.reset_index(drop=True)
+        return df if top is None else df.head(top)
+
 
 class WriteBatch:
     """Interval files written as temp files first; on exit one ``syncfs`` makes them all durable, then

@@ -8,6 +8,7 @@ import sys
 import click
 
 from flowdiff import __version__
+from flowdiff._numba import skip_blas_probe
 from flowdiff.cli.common import (
     EXIT_ERROR,
     config_option,
@@ -39,6 +40,7 @@ def main(verbose: int, config_path: str | None) -> None:
     Try `flowdiff demo` for the whole pipeline on bundled sample data.
     """
     setup_logging(verbose)
+    skip_blas_probe()  # before any command runs compiled code (flowdiff/_numba.py says why here)
 
 
 @main.command()
@@ -91,20 +93,34 @@ def _progress_bar():
 @main.command()
 @config_option
 @click.option("--store", type=click.Path(file_okay=False), help="Store directory.")
+@format_option
 @handle_errors
-def tables(config_path, store) -> None:
-    """List the count tables: key columns, intervals and rows in the store."""
+def tables(config_path, store, fmt) -> None:
+    """List the count tables: key columns, interval, intervals and rows in the store.
+
+    Tables of the config that nothing was collected into yet are listed too (0 rows); `defined_in`
+    says whether a table is in the config, the store or both.
+    """
     from flowdiff.store import Store
 
     config = load(config_path, store=store)
-    st = Store(config.store)
-    names = list(dict.fromkeys([*config.tables, *st.tables()]))
-    for name in names:
-        keys = st.table_keys(name) or config.tables[name].keys
-        n_int = len(st.intervals(name))
-        rows = st.row_count(name)
-        where = "" if name in config.tables else "  (in the store only)"
-        click.echo(f"{name:<12} keys: {', '.join(keys):<40} intervals: {n_int:<6} rows: {rows:,}{where}")
+    click.echo(format_frame(_tables_frame(Store(config.store).describe(), config), fmt))
+
+
+def _tables_frame(stored, config):
+    """The store's tables (``Store.describe``) and the config's, config order first."""
+    import pandas as pd
+
+    rows = {r["table"]: dict(r) for r in stored.to_dict("records")}
+    in_store = set(rows)
+    for name, table in config.tables.items():
+        empty = {"interval": config.interval, "intervals": 0, "first": pd.NaT, "last": pd.NaT, "rows": 0}
+        rows.setdefault(name, {"table": name, "keys": ",".join(table.keys), **empty})
+    names = [*config.tables, *(n for n in rows if n not in config.tables)]
+    out = pd.DataFrame([rows[n] for n in names], columns=stored.columns)
+    where = {(True, True): "config, store", (True, False): "config", (False, True): "store"}
+    out["defined_in"] = [where[(n in config.tables, n in in_store)] for n in names]
+    return out
 
 
 @main.command()
@@ -123,18 +139,9 @@ def show(table, config_path, store, since, until, top, by_interval, fmt) -> None
 
     config = load(config_path, store=store)
     st = Store(config.store)
-    df = st.read(table, since=parse_when(since), until=parse_when(until))
-    keys = list(st.table_keys(table) or ())
-    if not by_interval and not df.empty:
-        df = df.groupby(keys, observed=True, sort=False).agg(
-            packets=("packets", "sum"), bytes=("bytes", "sum"), intervals=("interval_start", "nunique"),
-            first_seen=("first_seen", "min"), last_seen=("last_seen", "max"),
-        ).reset_index()  # fmt: skip
-    elif not by_interval:
-        df = df[keys + ["packets", "bytes", "first_seen", "last_seen"]]
+    df = st.totals(table, since=parse_when(since), until=parse_when(until), top=top, by_interval=by_interval)
     if "sensor" in df.columns and df["sensor"].nunique() <= 1:
         df = df.drop(columns="sensor")
-    df = df.sort_values(["bytes", *keys], ascending=[False] + [True] * len(keys), kind="stable").head(top)
     click.echo(format_frame(df, fmt))
 
 

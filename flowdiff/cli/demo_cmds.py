@@ -54,7 +54,7 @@ def _packets(n: int) -> str:
     return f"{n:,} packet" + ("" if n == 1 else "s")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

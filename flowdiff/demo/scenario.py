@@ -224,6 +224,8 @@ class _Day:
         answer = _dns_answer(self.qid, name, self.rng.bytes(4))
         server = RESOLVER.ip6 if v6 else RESOLVER.ip
         cip = client.ip6 if v6 else client.ip
+        if server is None or cip is None:
+            raise ValueError(f"{client.mac} or the resolver has no IPv6 address")
         self.frames += udp_exchange(
             t, client_mac=client.mac, server_mac=RESOLVER.mac, client=cip, server=server,
             cport=self.eph(), sport=53, request=query, response=answer, rtt_ns=18_000_000,

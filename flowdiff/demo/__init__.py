@@ -24,13 +24,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from flowdiff.config import Config, parse_config
 from flowdiff.demo.scenario import Anomaly, ExpectedRow, Scenario, enclave_scenario
 from flowdiff.errors import FlowdiffError
+
+if TYPE_CHECKING:  # the stages are imported when the demo runs, not when it is imported
+    from flowdiff.archive import DiffResult
+    from flowdiff.baseline import LearnResult
+    from flowdiff.collect import CollectResult
+    from flowdiff.mail import OutboxResult
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +74,15 @@ class DemoResult:
     workdir: Path
     config: Config
     scenario: Scenario
-    collect: Any  # flowdiff.collect.CollectResult
-    learn: Any  # flowdiff.baseline.LearnResult
-    diff: Any  # flowdiff.diff.DiffResult
+    collect: CollectResult
+    learn: LearnResult
+    diff: DiffResult
     findings: list[Finding] = field(default_factory=list)
     missing: list[ExpectedRow] = field(default_factory=list)  # injected but not reported
     report_dir: Path | None = None
     mail_enabled: bool = False
     message_id: str | None = None  # of the queued report when mail is configured
-    outbox: Any = None  # flowdiff.mail.OutboxResult
+    outbox: OutboxResult | None = None
     seconds: float = 0.0
 
     @property
@@ -186,7 +192,7 @@ def _prepare(workdir: Path) -> None:
     (workdir / MARKER).write_text("made by `flowdiff demo`: rebuilt from scratch on every run\n")
 
 
-def _match(result: Any, scenario: Scenario) -> tuple[list[Finding], list[ExpectedRow]]:
+def _match(result: DiffResult, scenario: Scenario) -> tuple[list[Finding], list[ExpectedRow]]:
     expected = scenario.expected_rows()
     findings = []
     for table, df in result.rows.items():

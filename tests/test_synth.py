@@ -260,7 +260,9 @@ def test_pcap_gzip_is_reproducible(tmp_path):
 
 def test_synthetic_bulk_reads_back(tmp_path):
     n = synth_bulk.BULK_CHUNK + 1234  # crosses a chunk boundary
-    info = synth_bulk.synthetic_bulk(tmp_path / "b.pcap", n, flows=500, seed=3, start=1_767_225_600, duration=60)
+    info = synth_bulk.synthetic_bulk(
+        tmp_path / "b.pcap", n, flows=500, seed=3, start=1_767_225_600, duration=60
+    )
     recs = _records(info.path)
     assert len(recs) == n == info.packets
     caplen = np.array([ph.caplen for ph, _ in recs])

@@ -71,3 +71,4 @@ def test_readme_store_one_liners_run(tmp_path):
     assert int(results["r1"]["packets"].sum()) == len(frames)
     assert len(results["r2"].fetchall()) == 1
     assert results["r3"]["sensor"].to_list() == ["doc"] * results["r3"].height
+    assert int(results["r4"]["packets"].sum()) == len(frames) and len(results["r4"]) == len(results["r1"])

@@ -13,7 +13,9 @@ Layout of the work directory (default ``./demo``)::
     demo/captures/          rotated captures, one per 4 hours, like `tcpdump -G 14400`
     demo/store/ baselines/ reports/
 
-Every run starts from scratch in that directory, so re-running gives the same findings.
+Every run starts from scratch in that directory, so re-running gives the same findings. The scenario
+(what is written and what must be found) is ``flowdiff.demo.scenario``; the frame builders and capture
+writers it uses (and the tests) are ``flowdiff.demo.frames``.
 """
 
 from __future__ import annotations

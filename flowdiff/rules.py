@@ -537,6 +537,8 @@ def _normalise(fieldname: str, v: Any) -> Any:
         return [_normalise(fieldname, x) for x in v]
     if isinstance(v, str) and is_key_field(fieldname) and _numeric(fieldname) and v.strip().isdigit():
         v = int(v.strip())
+    if isinstance(v, str) and fieldname == "proto" and v.strip().lower() in PROTOCOLS:
+        return format_value("proto", PROTOCOLS[v.strip().lower()])  # ipv6-icmp is written icmpv6
     if isinstance(v, int) and not isinstance(v, bool) and fieldname in ("proto", "ethertype"):
         text = format_value(fieldname, v)
         return v if text == str(v) else text

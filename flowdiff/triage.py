@@ -102,16 +102,16 @@ def _hint(config: Config) -> str:
 
 def _require_baseline(config: Config) -> None:
     if load_state(config).version is None:
-        raise BaselineError(f"no baseline in {config.baselines}: run `flowdiff learn` first{_hint(config)}")
+        raise BaselineError(f"no baseline in {config.baselines.absolute()}: run `flowdiff learn` first{_hint(config)}")
 
 
 def _require_report(config: Config, report_id: str) -> None:
     if not (report_dir(config, report_id) / "report.json").is_file():
-        raise ReportError(f"no report {report_id} in {config.reports}{_hint(config)}")
+        raise ReportError(f"no report {report_id} in {config.reports.absolute()}{_hint(config)}")
 
 
 def _require_rules_folder(config: Config) -> None:
-    folder = config.rules_path.parent
+    folder = config.rules_path.parent.absolute()
     if not folder.is_dir():
         raise RulesError(
             f"no folder {folder} for the rules file {config.rules_path.name}: run `flowdiff learn` first"
@@ -388,22 +388,24 @@ def deny(
     tc, w = _table_filter(config, "deny", report_id, table, where, all_rows, nmap)
     if report_id is not None:
         _require_report(config, report_id)
+    # reports are immutable and the rules do not depend on the diff state: the rules are made and
+    # checked before the lock, which is taken only to write them
+    if report_id is not None:
+        picked = _report_rows(config, report_id, rows)
+        drafts = [RuleDraft("deny", t, m, _name(name, i, len(picked)), reason or f"from report {report_id}")
+                  for i, (t, _, m) in enumerate(picked, 1)]  # fmt: skip
+    elif all_rows:
+        assert tc is not None
+        keys = _reported_rows(config, tc)
+        drafts = [RuleDraft("deny", tc.name, m, _name(name, i, len(keys)), reason or "a reported row")
+                  for i, m in enumerate(keys, 1)]  # fmt: skip
+    else:
+        assert tc is not None
+        drafts = [RuleDraft("deny", tc.name, w, name, reason)]
+    for d in drafts:
+        _guard(config, d)
     _require_rules_folder(config)
     with _changing(config, dry_run):
-        if report_id is not None:
-            picked = _report_rows(config, report_id, rows)
-            drafts = [RuleDraft("deny", t, m, _name(name, i, len(picked)), reason or f"from report {report_id}")
-                      for i, (t, _, m) in enumerate(picked, 1)]  # fmt: skip
-        elif all_rows:
-            assert tc is not None
-            keys = _reported_rows(config, tc)
-            drafts = [RuleDraft("deny", tc.name, m, _name(name, i, len(keys)), reason or "a reported row")
-                      for i, m in enumerate(keys, 1)]  # fmt: skip
-        else:
-            assert tc is not None
-            drafts = [RuleDraft("deny", tc.name, w, name, reason)]
-        for d in drafts:
-            _guard(config, d)
         return _write(config, "deny", drafts, by, dry_run)
 
 
@@ -452,26 +454,26 @@ def ignore(
     tc, w = _table_filter(config, "ignore", report_id, table, where, all_rows, nmap)
     if report_id is not None:
         _require_report(config, report_id)
-    _require_rules_folder(config)
-    with _changing(config, dry_run):
-        drafts: list[RuleDraft] = []
-        if report_id is not None or all_rows:
-            if report_id is not None:
-                picked = _report_rows(config, report_id, rows)
-            else:
-                assert tc is not None
-                picked = [(tc.name, 0, m) for m in _reported_rows(config, tc)]
-            for i, (t, row, m) in enumerate(picked, 1):
-                fields = wildcard_fields(t, list(m), wild)
-                match = {k: (ANY if k in fields else v) for k, v in m.items()}
-                src = f"report {report_id}" if report_id else "a reported row"
-                d = RuleDraft("allow", t, match, _name(name, i, len(picked)), reason or f"from {src}")
-                one = f"flowdiff accept {report_id} {row}" if report_id else f"flowdiff accept {t} --where ..."
-                _guard(config, d, f"refused: it would mute the table; to make this row normal: {one}")
-                drafts.append(d)
+    drafts: list[RuleDraft] = []
+    if report_id is not None or all_rows:
+        if report_id is not None:
+            picked = _report_rows(config, report_id, rows)
         else:
             assert tc is not None
-            match = {k: v for k, v in w.items() if k not in wild}
-            drafts.append(RuleDraft("allow", tc.name, match, name, reason))
-            _guard(config, drafts[0])
+            picked = [(tc.name, 0, m) for m in _reported_rows(config, tc)]
+        for i, (t, row, m) in enumerate(picked, 1):
+            fields = wildcard_fields(t, list(m), wild)
+            match = {k: (ANY if k in fields else v) for k, v in m.items()}
+            src = f"report {report_id}" if report_id else "a reported row"
+            d = RuleDraft("allow", t, match, _name(name, i, len(picked)), reason or f"from {src}")
+            one = f"flowdiff accept {report_id} {row}" if report_id else f"flowdiff accept {t} --where ..."
+            _guard(config, d, f"refused: it would mute the table; to make this row normal: {one}")
+            drafts.append(d)
+    else:
+        assert tc is not None
+        match = {k: v for k, v in w.items() if k not in wild}
+        drafts.append(RuleDraft("allow", tc.name, match, name, reason))
+        _guard(config, drafts[0])
+    _require_rules_folder(config)
+    with _changing(config, dry_run):
         return _write(config, "ignore", drafts, by, dry_run)

@@ -129,10 +129,11 @@ def _number(field: str, text: str | int) -> int:
         try:
             n = int(str(text).strip(), 0)
         except ValueError:
-            raise ValueError(f"not a number: expected a {what} ({_domain(field)}), a range like "
+            raise ValueError(f"not a number: expected {what} ({_domain(field)}), a range like "
                              f"{_example_range(field)} or \"*\"") from None  # fmt: skip
     if not lo <= n <= hi or (field == "ip_version" and n not in IP_VERSIONS):
-        raise ValueError(f"not a {what} ({_domain(field)})")
+        article = "an" if what[0].lower() in "aeiou" else "a"
+        raise ValueError(f"not {article} {what} ({_domain(field)})")
     return n
 
 

@@ -70,7 +70,8 @@ class TooBroadError(RulesError):
             if kind != "allow"
             else "refused: it would mute the table; accept the rows instead, or give a narrower --where"
         )
-        super().__init__(f"this rule would {verb} every row of table {table} ({fields}): {hint}")
+        what = "change" if kind == "accept" else "rule"
+        super().__init__(f"this {what} would {verb} every row of table {table} ({fields}): {hint}")
 
 
 class BadValueError(FlowdiffError):

@@ -201,6 +201,8 @@ def accept(
             picks = _table_picks(config, tc, w, state.reported(tc.name, tc.keys), nmap)
         if not picks:
             return TriageResult("accept", dry_run=dry_run, parent=version.id)
+        for t, df in picks.items():
+            _guard_keys(config, config.tables[t], df)
         if dry_run:
             added, already = _fresh_keys(config, version, picks)
             return TriageResult("accept", dry_run=True, parent=version.id, added=added, already=already)
@@ -291,11 +293,29 @@ def _exact_key(config: Config, tc: TableConfig, where: Mapping[str, Any], nmap: 
     for k in tc.keys:
         if field_kind(k) in ("address", "mac"):
             df[k] = canon_values(k, df[k].to_numpy(dtype=object), tc, nmap)
-    key = {k: _plain(df[k].iloc[0]) for k in tc.keys}
-    if matches_everything(key, tc.keys, config.networks):
-        raise TooBroadError("accept", tc.name, match_text(key, tc.keys),
-                            "refused: every row of the table has this key")  # fmt: skip
     return df
+
+
+def _guard_keys(config: Config, tc: TableConfig, df: pd.DataFrame) -> None:
+    """Refuse baseline keys that every row of the table has: a collapse label that covers the whole
+    address space (``internet`` = 0.0.0.0/0 and ::/0), or ``other`` when there are no networks. Only
+    labels can do that (one address, port or MAC is never every value), so only they are looked at."""
+    labels = network_labels(config.networks)
+    covering: dict[str, set[Any]] = {}
+    for k in tc.keys:
+        if field_kind(k) not in ("address", "label"):
+            return
+        values = [v for v in pd.unique(df[k]) if v in labels]
+        covering[k] = {v for v in values if matches_everything({k: v}, [k], config.networks)}
+        if not covering[k]:
+            return
+    hit = np.ones(len(df), dtype=bool)
+    for k, vals in covering.items():
+        hit &= df[k].isin(list(vals)).to_numpy()
+    if hit.any():
+        key = {k: _plain(df[k].to_numpy()[hit][0]) for k in tc.keys}
+        raise TooBroadError("accept", tc.name, match_text(key, tc.keys),
+                            "refused: every row of the table has this key, the table would be muted")  # fmt: skip
 
 
 def _fresh_keys(

@@ -125,7 +125,7 @@ def test_ignore_a_services_row_prints_the_rule_written(site):
 def test_table_wide_rules_are_refused(site, args):
     before = _snapshot(site.baselines)
     line = _one_error_line(_run(*args))
-    assert re.match(rf"Error: this rule would (allow|deny|accept) every row of table {args[1]} \(", line), line
+    assert re.match(rf"Error: this (rule|change) would (allow|deny|accept) every row of table {args[1]} \(", line), line
     assert _snapshot(site.baselines) == before
 
 
@@ -140,6 +140,20 @@ def test_labels_and_cidrs_that_cover_everything_are_refused(tmp_path):
     (tmp_path / "baselines").mkdir()
     res = ignore(config, table="hosts", where={"src": "0.0.0.0/0"}, dry_run=True)
     assert res.dry_run and res.rules[0].match == {"src": "0.0.0.0/0"}
+
+
+def test_accepting_a_key_that_every_row_has_is_refused(tmp_path):
+    # the whole address space is one collapsed label: its one key would mute the table
+    config = fx.make_config(tmp_path, networks={"0.0.0.0/0": "internet", "::/0": "internet"},
+                            tables={"hosts": {"keys": ["src"], "collapse": ["internet"]}})  # fmt: skip
+    learn(config)
+    fx.write(config, fx.scan(1), "scan")
+    res = diff(config)
+    assert res.rows["hosts"]["src"].tolist() == ["internet"]
+    for kwargs in ({"report_id": res.report_id}, {"table": "hosts", "all_rows": True}):
+        with pytest.raises(TooBroadError, match=r"this change would accept every row of table hosts \(src=internet\)"):
+            accept(config, **kwargs)
+    assert current_version(config) == "v0001"
 
 
 # ------------------------------------------------------------------ item 4: values are checked, all rows explicit

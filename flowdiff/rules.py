@@ -104,7 +104,9 @@ class Rule:
     def to_toml(self) -> str:
         """The entry as it stands in the rules file."""
         entry: dict[str, Any] = {"name": self.name, "table": self.table, **self.match}
-        entry.update({k: v for k, v in (("comment", self.comment), ("by", self.by), ("created", self.created)) if v})
+        entry.update(
+            {k: v for k, v in (("comment", self.comment), ("by", self.by), ("created", self.created)) if v}
+        )
         return _toml_entry(self.kind, entry)
 
 
@@ -346,8 +348,9 @@ def check_where(fieldname: str, value: Any, labels: Collection[str] | None = Non
         try:
             parse_spec(fieldname, s, labels)
         except ValueError as e:
-            raise BadValueError(f"--where {fieldname}={_spec_text(fieldname, value)}", fieldname, value,
-                                str(e)) from None  # fmt: skip
+            raise BadValueError(
+                f"--where {fieldname}={_spec_text(fieldname, value)}", fieldname, value, str(e)
+            ) from None
 
 
 def where_mask(df: pd.DataFrame, where: Mapping[str, Any], nmap: NetworkMap | None) -> np.ndarray:
@@ -396,18 +399,23 @@ def _numbers_covered(fieldname: str, compiled: Sequence[tuple[str, Any]]) -> boo
     return nxt > hi
 
 
-def _address_space_covered(cidrs: Sequence[Any], labels: Collection[str], networks: Mapping[str, str]) -> bool:
+def _address_space_covered(
+    cidrs: Sequence[Any], labels: Collection[str], networks: Mapping[str, str]
+) -> bool:
     """Whether the CIDRs and the addresses whose longest match in ``networks`` carries one of ``labels``
     (``other``: in no network) together hold every IPv4 and every IPv6 address. The space is cut at every
     network boundary; inside one piece the longest match is the same everywhere."""
     nets = [(ipaddress.ip_network(c, strict=False), lab) for c, lab in networks.items()]
     for version, bits in ((4, 32), (6, 128)):
         mine = [(int(n.network_address), int(n.broadcast_address)) for n in cidrs if n.version == version]
-        theirs = [(int(n.network_address), int(n.broadcast_address), n.prefixlen, lab)
-                  for n, lab in nets if n.version == version]  # fmt: skip
+        theirs = [
+            (int(n.network_address), int(n.broadcast_address), n.prefixlen, lab)
+            for n, lab in nets
+            if n.version == version
+        ]
         cuts = {0, 1 << bits}
-        for a, b, *_ in [*mine, *theirs]:
-            cuts |= {a, b + 1}
+        for lo, hi in [*mine, *((a, b) for a, b, _, _ in theirs)]:
+            cuts |= {lo, hi + 1}
         for start in sorted(cuts)[:-1]:
             if any(a <= start <= b for a, b in mine):
                 continue
@@ -418,14 +426,18 @@ def _address_space_covered(cidrs: Sequence[Any], labels: Collection[str], networ
     return True
 
 
-def matches_everything(match: Mapping[str, Any], keys: Sequence[str], networks: Mapping[str, str] | None) -> bool:
+def matches_everything(
+    match: Mapping[str, Any], keys: Sequence[str], networks: Mapping[str, str] | None
+) -> bool:
     """True when a rule (or a key) with these fields matches every possible row of a table with ``keys``."""
     return all(covers_everything(k, match[k], networks) for k in keys if k in match)
 
 
 def everything_tables(config: Config, table: str, match: Mapping[str, Any]) -> list[str]:
     """The tables (of those a rule on ``table`` applies to) of which it would match every possible row."""
-    tables = config.tables if table == ANY else {table: config.tables[table]} if table in config.tables else {}
+    tables = (
+        config.tables if table == ANY else {table: config.tables[table]} if table in config.tables else {}
+    )
     return [
         t
         for t, tc in tables.items()

@@ -102,7 +102,9 @@ def _hint(config: Config) -> str:
 
 def _require_baseline(config: Config) -> None:
     if load_state(config).version is None:
-        raise BaselineError(f"no baseline in {config.baselines.absolute()}: run `flowdiff learn` first{_hint(config)}")
+        raise BaselineError(
+            f"no baseline in {config.baselines.absolute()}: run `flowdiff learn` first{_hint(config)}"
+        )
 
 
 def _require_report(config: Config, report_id: str) -> None:
@@ -186,8 +188,12 @@ def accept(
     nmap = NetworkMap(config.networks)
     tc, w = _table_filter(config, "accept", report_id, table, where, all_rows, nmap)
     if tc is not None and report_id is None and w and matches_everything(w, tc.keys, config.networks):
-        raise TooBroadError("accept", tc.name, match_text(w, tc.keys),
-                            "refused: use --all-rows to accept every reported row of the table")  # fmt: skip
+        raise TooBroadError(
+            "accept",
+            tc.name,
+            match_text(w, tc.keys),
+            "refused: use --all-rows to accept every reported row of the table",
+        )
     _require_baseline(config)
     if report_id is not None:
         _require_report(config, report_id)
@@ -221,7 +227,9 @@ def accept(
                 commit_state(config, state, reported=reported_updates)
         else:
             commit_state(config, state, version=res.version, reported=reported_updates)
-    return TriageResult("accept", version=res.version, parent=res.parent, added=res.added, already=res.already)
+    return TriageResult(
+        "accept", version=res.version, parent=res.parent, added=res.added, already=res.already
+    )
 
 
 def _report_picks(
@@ -242,7 +250,9 @@ def _report_picks(
         if missing:
             raise BaselineError(f"report {report_id} has no row {missing[0]}")
     if not picks:
-        raise BaselineError(f"nothing to accept: report {report_id} has no rows" + (f" of {table}" if table else ""))
+        raise BaselineError(
+            f"nothing to accept: report {report_id} has no rows" + (f" of {table}" if table else "")
+        )
     return picks
 
 
@@ -265,7 +275,9 @@ def _table_picks(
     return {tc.name: exact}
 
 
-def _exact_key(config: Config, tc: TableConfig, where: Mapping[str, Any], nmap: NetworkMap) -> pd.DataFrame | None:
+def _exact_key(
+    config: Config, tc: TableConfig, where: Mapping[str, Any], nmap: NetworkMap
+) -> pd.DataFrame | None:
     """The key row ``where`` names when it gives every key field one exact value, canonicalised the way
     learn and diff canonicalise the table's rows (a DHCP address becomes ``dhcp``, an IPv6 address its
     prefix), so that the key added is one a row can have. A key that every row has is refused."""
@@ -280,9 +292,19 @@ def _exact_key(config: Config, tc: TableConfig, where: Mapping[str, Any], nmap: 
         kind, value = _compile(k, v, labels)
         if kind == "label":
             if value not in tc.collapse:
-                raise BadValueError(f"--where {k}={v}", k, v, f"table {tc.name} does not collapse label {value} "
-                                    "(its rows hold addresses): give an address")  # fmt: skip
-        elif kind == "cidr" and field_kind(k) == "address" and value.version == 6 and value.prefixlen == tc.ipv6_prefix:
+                raise BadValueError(
+                    f"--where {k}={v}",
+                    k,
+                    v,
+                    f"table {tc.name} does not collapse label {value} "
+                    "(its rows hold addresses): give an address",
+                )
+        elif (
+            kind == "cidr"
+            and field_kind(k) == "address"
+            and value.version == 6
+            and value.prefixlen == tc.ipv6_prefix
+        ):
             value = str(value)
         elif kind != "eq":
             return None
@@ -314,8 +336,12 @@ def _guard_keys(config: Config, tc: TableConfig, df: pd.DataFrame) -> None:
         hit &= df[k].isin(list(vals)).to_numpy()
     if hit.any():
         key = {k: _plain(df[k].to_numpy()[hit][0]) for k in tc.keys}
-        raise TooBroadError("accept", tc.name, match_text(key, tc.keys),
-                            "refused: every row of the table has this key, the table would be muted")  # fmt: skip
+        raise TooBroadError(
+            "accept",
+            tc.name,
+            match_text(key, tc.keys),
+            "refused: every row of the table has this key, the table would be muted",
+        )
 
 
 def _fresh_keys(
@@ -367,8 +393,10 @@ def _report_rows(
 def _reported_rows(config: Config, tc: TableConfig) -> list[dict[str, Any]]:
     """Keys of ``tc`` reported and not accepted yet (``--all-rows``)."""
     df = load_state(config).reported(tc.name, tc.keys)
-    return [{k: _plain(v) for k, v in zip(tc.keys, rec, strict=True)} for rec in df[list(tc.keys)].itertuples(
-        index=False, name=None)]  # fmt: skip
+    return [
+        {k: _plain(v) for k, v in zip(tc.keys, rec, strict=True)}
+        for rec in df[list(tc.keys)].itertuples(index=False, name=None)
+    ]
 
 
 def _plain(v: Any) -> Any:
@@ -384,7 +412,9 @@ def _guard(config: Config, draft: RuleDraft, hint: str = "") -> None:
         raise TooBroadError(draft.kind, t, match_text(draft.match, config.tables[t].keys), hint)
 
 
-def _write(config: Config, action: str, drafts: list[RuleDraft], by: str | None, dry_run: bool) -> TriageResult:
+def _write(
+    config: Config, action: str, drafts: list[RuleDraft], by: str | None, dry_run: bool
+) -> TriageResult:
     made = add_rules(config, drafts, by=by, dry_run=dry_run) if drafts else []
     return TriageResult(action, dry_run=dry_run, rules=made, rules_path=config.rules_path)
 
@@ -412,13 +442,17 @@ def deny(
     # checked before the lock, which is taken only to write them
     if report_id is not None:
         picked = _report_rows(config, report_id, rows)
-        drafts = [RuleDraft("deny", t, m, _name(name, i, len(picked)), reason or f"from report {report_id}")
-                  for i, (t, _, m) in enumerate(picked, 1)]  # fmt: skip
+        drafts = [
+            RuleDraft("deny", t, m, _name(name, i, len(picked)), reason or f"from report {report_id}")
+            for i, (t, _, m) in enumerate(picked, 1)
+        ]
     elif all_rows:
         assert tc is not None
         keys = _reported_rows(config, tc)
-        drafts = [RuleDraft("deny", tc.name, m, _name(name, i, len(keys)), reason or "a reported row")
-                  for i, m in enumerate(keys, 1)]  # fmt: skip
+        drafts = [
+            RuleDraft("deny", tc.name, m, _name(name, i, len(keys)), reason or "a reported row")
+            for i, m in enumerate(keys, 1)
+        ]
     else:
         assert tc is not None
         drafts = [RuleDraft("deny", tc.name, w, name, reason)]

@@ -115,7 +115,7 @@ def field_kind(field: str) -> str:
     raise ValueError(f"{field!r} is not a key field")
 
 
-def _number(field: str, text: str | int) -> int:
+def _field_number(field: str, text: str | int) -> int:
     lo, hi, what = NUMBER_FIELDS[field]
     if isinstance(text, int):
         n = text
@@ -129,8 +129,10 @@ def _number(field: str, text: str | int) -> int:
         try:
             n = int(str(text).strip(), 0)
         except ValueError:
-            raise ValueError(f"not a number: expected {what} ({_domain(field)}), a range like "
-                             f"{_example_range(field)} or \"*\"") from None  # fmt: skip
+            raise ValueError(
+                f"not a number: expected {what} ({_domain(field)}), a range like "
+                f'{_example_range(field)} or "*"'
+            ) from None
     if not lo <= n <= hi or (field == "ip_version" and n not in IP_VERSIONS):
         article = "an" if what[0].lower() in "aeiou" else "a"
         raise ValueError(f"not {article} {what} ({_domain(field)})")
@@ -168,11 +170,11 @@ def parse_spec(field: str, spec: Any, labels: Collection[str] | None = None) -> 
         if isinstance(spec, str):
             m = _RANGE_RE.match(spec)
             if m and not (field == "proto" and spec.strip().lower() in PROTOCOLS):
-                lo, hi = _number(field, m.group(1)), _number(field, m.group(2))
+                lo, hi = _field_number(field, m.group(1)), _field_number(field, m.group(2))
                 if lo > hi:
                     raise ValueError(f"empty range {spec}")
                 return ("range", (lo, hi))
-        return ("eq", _number(field, spec))
+        return ("eq", _field_number(field, spec))
     if isinstance(spec, int):
         raise ValueError(_expected(kind, labels))
     text = spec.strip()

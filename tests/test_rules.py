@@ -127,8 +127,15 @@ def test_add_rule_appends_keeps_comments_and_validates(config):
     path = config.rules_path
     path.parent.mkdir(parents=True)
     path.write_text('# site policy\n[[allow]]\nname = "dns"\nservice_port = 53\n', encoding="utf-8")
-    r = add_rule(config, "deny", "services", {"service_port": "23", "server": "10.1.0.0/24"}, name="telnet",
-                 comment='old "box"', by="ops")  # fmt: skip
+    r = add_rule(
+        config,
+        "deny",
+        "services",
+        {"service_port": "23", "server": "10.1.0.0/24"},
+        name="telnet",
+        comment='old "box"',
+        by="ops",
+    )
     assert r.match == {"service_port": 23, "server": "10.1.0.0/24"} and r.by == "ops"
     text = path.read_text()
     assert (
@@ -154,12 +161,23 @@ def test_add_rule_appends_keeps_comments_and_validates(config):
 @pytest.mark.parametrize(
     ("field", "good", "bad"),
     [
-        ("src", ["10.1.0.5", "2001:db8::1", "10.0.0.0/8", "2001:db8:1::/64", "dhcp", "other", "*"],
-         ["not-an-ip", "300.1.1.1", "10.0.0.0/33", "", 7]),
+        (
+            "src",
+            ["10.1.0.5", "2001:db8::1", "10.0.0.0/8", "2001:db8:1::/64", "dhcp", "other", "*"],
+            ["not-an-ip", "300.1.1.1", "10.0.0.0/33", "", 7],
+        ),
         ("src_net/24", ["10.1.2.0/24", "2001:db8::/64", "*"], ["10.1.2.3", "servers"]),
         ("src_label", ["dhcp", "servers", "other"], ["lan"]),
-        ("src_mac", ["00:16:3e:00:00:0a", "00-16-3E-00-00-0A", "random", "*"], ["00:16:3e:00:00", "zz:16:3e:00:00:0a"]),
-        ("service_port", [0, 65535, "443", "1024-65535", "*"], [-1, 65536, "70000", "http", "9-3", "1-70000"]),
+        (
+            "src_mac",
+            ["00:16:3e:00:00:0a", "00-16-3E-00-00-0A", "random", "*"],
+            ["00:16:3e:00:00", "zz:16:3e:00:00:0a"],
+        ),
+        (
+            "service_port",
+            [0, 65535, "443", "1024-65535", "*"],
+            [-1, 65536, "70000", "http", "9-3", "1-70000"],
+        ),
         ("proto", ["tcp", "TCP", "icmpv6", "ipv6-icmp", 6, "17", "1-255"], ["tcpx", 256, "-1"]),
         ("ethertype", ["0x0806", 2048, "0x0800-0x08ff"], ["0x10000", "arpx"]),
         ("vlan", [0, 4095, "100-199"], [4096]),
@@ -167,7 +185,7 @@ def test_add_rule_appends_keeps_comments_and_validates(config):
         ("icmp_type", [0, 255], [256]),
         ("tcp_flags", [18], [256, True]),
     ],
-)  # fmt: skip
+)
 def test_one_validation_for_every_field(field, good, bad):
     from flowdiff.vocab import parse_spec
 
@@ -182,9 +200,15 @@ def test_one_validation_for_every_field(field, good, bad):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[deny]]\nserver = "300.1.1.1"', r"server = \"300.1.1.1\": not an IPv4/IPv6 address, CIDR or \[networks\]"),
-        ('[[deny]]\nclient = "lan"', r"not an IPv4/IPv6 address, CIDR or \[networks\] label \(labels: dhcp, other"),
-        ('[[deny]]\nservice_port = 70000', "not a port"),
+        (
+            '[[deny]]\nserver = "300.1.1.1"',
+            r"server = \"300.1.1.1\": not an IPv4/IPv6 address, CIDR or \[networks\]",
+        ),
+        (
+            '[[deny]]\nclient = "lan"',
+            r"not an IPv4/IPv6 address, CIDR or \[networks\] label \(labels: dhcp, other",
+        ),
+        ("[[deny]]\nservice_port = 70000", "not a port"),
         ('[[deny]]\nsrc_mac = "nope"', "not a MAC address"),
     ],
 )
@@ -194,7 +218,9 @@ def test_the_rules_file_takes_the_same_values(config, text, message):
 
 
 def test_rules_print_values_through_the_vocabulary(config):
-    rules = parse_rules('[[deny]]\nname = "x"\nproto = 58\nethertype = 2054\nservice_port = [23, 2323]', config)
+    rules = parse_rules(
+        '[[deny]]\nname = "x"\nproto = 58\nethertype = 2054\nservice_port = [23, 2323]', config
+    )
     assert rules.rules[0].describe() == "deny x [*] proto=icmpv6 ethertype=0x0806 service_port=23,2323"
 
 

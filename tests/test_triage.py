@@ -40,7 +40,9 @@ def _run(*args: str):
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file and folder under ``root`` with its size and mtime: "nothing written" means equal."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+    }
 
 
 def _report(site, *kinds: str) -> str:
@@ -107,9 +109,16 @@ def test_ignore_a_services_row_prints_the_rule_written(site):
     entry = out.output.split(":\n", 1)[1]
     assert entry.strip() in written  # exactly what went into the file
     assert tomllib.loads(entry)["allow"][0] | {"by": "x", "created": "x"} == {
-        "name": "allow-services-1", "table": "services", "client": "*", "server": "10.1.0.25", "proto": "tcp",
-        "service_port": 8080, "comment": f"from report {rid}", "by": "x", "created": "x",
-    }  # fmt: skip
+        "name": "allow-services-1",
+        "table": "services",
+        "client": "*",
+        "server": "10.1.0.25",
+        "proto": "tcp",
+        "service_port": 8080,
+        "comment": f"from report {rid}",
+        "by": "x",
+        "created": "x",
+    }
 
 
 @pytest.mark.parametrize(
@@ -125,7 +134,9 @@ def test_ignore_a_services_row_prints_the_rule_written(site):
 def test_table_wide_rules_are_refused(site, args):
     before = _snapshot(site.baselines)
     line = _one_error_line(_run(*args))
-    assert re.match(rf"Error: this (rule|change) would (allow|deny|accept) every row of table {args[1]} \(", line), line
+    assert re.match(
+        rf"Error: this (rule|change) would (allow|deny|accept) every row of table {args[1]} \(", line
+    ), line
     assert _snapshot(site.baselines) == before
 
 
@@ -144,14 +155,19 @@ def test_labels_and_cidrs_that_cover_everything_are_refused(tmp_path):
 
 def test_accepting_a_key_that_every_row_has_is_refused(tmp_path):
     # the whole address space is one collapsed label: its one key would mute the table
-    config = fx.make_config(tmp_path, networks={"0.0.0.0/0": "internet", "::/0": "internet"},
-                            tables={"hosts": {"keys": ["src"], "collapse": ["internet"]}})  # fmt: skip
+    config = fx.make_config(
+        tmp_path,
+        networks={"0.0.0.0/0": "internet", "::/0": "internet"},
+        tables={"hosts": {"keys": ["src"], "collapse": ["internet"]}},
+    )
     learn(config)
     fx.write(config, fx.scan(1), "scan")
     res = diff(config)
     assert res.rows["hosts"]["src"].tolist() == ["internet"]
     for kwargs in ({"report_id": res.report_id}, {"table": "hosts", "all_rows": True}):
-        with pytest.raises(TooBroadError, match=r"this change would accept every row of table hosts \(src=internet\)"):
+        with pytest.raises(
+            TooBroadError, match=r"this change would accept every row of table hosts \(src=internet\)"
+        ):
             accept(config, **kwargs)
     assert current_version(config) == "v0001"
 
@@ -162,20 +178,38 @@ def test_accepting_a_key_that_every_row_has_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["accept", "hosts", "--where", "src=not-an-ip"],
-         "Error: --where src=not-an-ip: not an IPv4/IPv6 address, CIDR or [networks] label"),
-        (["deny", "services", "--where", "server=300.1.1.1"],
-         "Error: --where server=300.1.1.1: not an IPv4/IPv6 address, CIDR or [networks] label"),
-        (["deny", "services", "--where", "service_port=70000"], "Error: --where service_port=70000: not a port"),
-        (["deny", "services", "--where", "service_port=http"], "Error: --where service_port=http: not a number"),
+        (
+            ["accept", "hosts", "--where", "src=not-an-ip"],
+            "Error: --where src=not-an-ip: not an IPv4/IPv6 address, CIDR or [networks] label",
+        ),
+        (
+            ["deny", "services", "--where", "server=300.1.1.1"],
+            "Error: --where server=300.1.1.1: not an IPv4/IPv6 address, CIDR or [networks] label",
+        ),
+        (
+            ["deny", "services", "--where", "service_port=70000"],
+            "Error: --where service_port=70000: not a port",
+        ),
+        (
+            ["deny", "services", "--where", "service_port=http"],
+            "Error: --where service_port=http: not a number",
+        ),
         (["ignore", "services", "--where", "proto=tcpx"], "Error: --where proto=tcpx: not a protocol"),
-        (["deny", "link", "--where", "ethertype=0x10000"], "Error: --where ethertype=0x10000: not an ethertype"),
-        (["deny", "link", "--where", "src_mac=00:16:3e:zz:00:01"], "Error: --where src_mac=00:16:3e:zz:00:01: "
-         "not a MAC address"),
-        (["accept", "services", "--where", "server=10.0.0.0/33"], "Error: --where server=10.0.0.0/33: not a valid"),
+        (
+            ["deny", "link", "--where", "ethertype=0x10000"],
+            "Error: --where ethertype=0x10000: not an ethertype",
+        ),
+        (
+            ["deny", "link", "--where", "src_mac=00:16:3e:zz:00:01"],
+            "Error: --where src_mac=00:16:3e:zz:00:01: not a MAC address",
+        ),
+        (
+            ["accept", "services", "--where", "server=10.0.0.0/33"],
+            "Error: --where server=10.0.0.0/33: not a valid",
+        ),
         (["deny", "services", "--where", "service_port=9-3"], "Error: --where service_port=9-3: empty range"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_are_named_in_one_line(site, args, message):
     before = _snapshot(site.baselines)
     line = _one_error_line(_run(*args))
@@ -212,7 +246,10 @@ def test_accept_prints_every_key_added(site):
     out = _run("accept", rid, "--reason", "new web client")
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert lines[0] == "accepted 6 rows (hosts 1, pairs 2, services 1, link 2) into baseline v0002 (parent v0001)"
+    assert (
+        lines[0]
+        == "accepted 6 rows (hosts 1, pairs 2, services 1, link 2) into baseline v0002 (parent v0001)"
+    )
     assert "  + hosts src=10.1.0.77" in lines
     assert "  + services client=10.1.0.77 server=10.1.0.10 proto=tcp service_port=443" in lines
     assert any(x.startswith("  + link ethertype=0x0800 src_mac=") for x in lines)
@@ -225,7 +262,9 @@ def test_deny_all_rows_writes_one_exact_rule_per_reported_row(site):
     assert out.exit_code == 0, out.output
     rules = load_rules(site).rules
     assert sorted((r.kind, r.table, r.match["src"], r.match["dst"], r.match["proto"]) for r in rules) == [
-        ("deny", "pairs", "10.1.0.10", "10.1.0.53", "udp"), ("deny", "pairs", "10.1.0.53", "10.1.0.10", "udp")]  # fmt: skip
+        ("deny", "pairs", "10.1.0.10", "10.1.0.53", "udp"),
+        ("deny", "pairs", "10.1.0.53", "10.1.0.10", "udp"),
+    ]
     assert [r.name for r in rules] == ["deny-pairs-1", "deny-pairs-2"]
     assert out.output.count("[[deny]]") == 2
 
@@ -244,7 +283,13 @@ def test_stored_canonical_values_are_valid(site):
     line = _one_error_line(_run("accept", "hosts", "--where", "src=servers"))
     assert "does not collapse label servers" in line
     # rules take labels, prefixes and `random` as they are stored
-    for where in ("client=dhcp", "client=2001:db8:1::/64", "src_mac=random", "proto=icmpv6", "proto=ipv6-icmp"):
+    for where in (
+        "client=dhcp",
+        "client=2001:db8:1::/64",
+        "src_mac=random",
+        "proto=icmpv6",
+        "proto=ipv6-icmp",
+    ):
         table = "link" if "mac" in where else "services"
         assert _run("deny", table, "--where", where, "--dry-run").exit_code == 0, where
 
@@ -273,7 +318,11 @@ def test_dry_run_prints_the_change_and_writes_nothing(site):
     den = _run("deny", rid, "--dry-run")
     assert den.exit_code == 0 and den.output.startswith("would add ") and "[[deny]]" in den.output
     ign = _run("ignore", rid, _row(site, rid, "services"), "--dry-run")
-    assert ign.exit_code == 0 and 'client = "*"' in ign.output and ign.output.endswith("dry run: nothing written\n")
+    assert (
+        ign.exit_code == 0
+        and 'client = "*"' in ign.output
+        and ign.output.endswith("dry run: nothing written\n")
+    )
     assert _snapshot(site.baselines) == before  # no rules file, no version, no lock file
     # the same commands for real do what the dry run said
     real = _run("accept", rid)
@@ -298,12 +347,31 @@ def test_pasted_commands_in_an_empty_directory_say_what_is_missing_and_create_no
     with runner.isolated_filesystem(temp_dir=tmp_path) as d:
         here = Path.cwd()
         cases = [
-            (["accept", "services", "--where", "client=10.1.0.77", "--where", "server=10.1.0.10", "--where",
-              "proto=6", "--where", "service_port=443"], f"no baseline in {here / 'baselines'}: run `flowdiff learn` first"),
+            (
+                [
+                    "accept",
+                    "services",
+                    "--where",
+                    "client=10.1.0.77",
+                    "--where",
+                    "server=10.1.0.10",
+                    "--where",
+                    "proto=6",
+                    "--where",
+                    "service_port=443",
+                ],
+                f"no baseline in {here / 'baselines'}: run `flowdiff learn` first",
+            ),
             (["accept", "20261130T015500Z-ab12cd", "1"], f"no baseline in {here / 'baselines'}:"),
-            (["deny", "20261130T015500Z-ab12cd", "1"], f"no report 20261130T015500Z-ab12cd in {here / 'reports'} "),
-            (["ignore", "hosts", "--where", "src=10.0.0.0/8"], f"no folder {here / 'baselines'} for the rules file rules.toml"),
-        ]  # fmt: skip
+            (
+                ["deny", "20261130T015500Z-ab12cd", "1"],
+                f"no report 20261130T015500Z-ab12cd in {here / 'reports'} ",
+            ),
+            (
+                ["ignore", "hosts", "--where", "src=10.0.0.0/8"],
+                f"no folder {here / 'baselines'} for the rules file rules.toml",
+            ),
+        ]
         for args, message in cases:
             out = runner.invoke(flowdiff_main, args)
             line = _one_error_line(out)

@@ -29,8 +29,9 @@ def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[
             ) from None
         return target, nums or None, None
     if rows:
-        raise click.BadParameter(f"{target!r} is a table name; give filters with --where, not rows",
-                                 param_hint="ROW")  # fmt: skip
+        raise click.BadParameter(
+            f"{target!r} is a table name; give filters with --where, not rows", param_hint="ROW"
+        )
     return None, None, target
 
 
@@ -38,9 +39,12 @@ _MAX_KEYS_SHOWN = 50  # keys printed per table; the rest are counted (`flowdiff 
 
 
 def _all_rows_option(what: str):
-    return click.option("--all-rows", is_flag=True,
-                        help=f"With TABLE and no --where: {what} every reported row of the table (explicit, "
-                        "because it takes them all).")  # fmt: skip
+    return click.option(
+        "--all-rows",
+        is_flag=True,
+        help=f"With TABLE and no --where: {what} every reported row of the table (explicit, "
+        "because it takes them all).",
+    )
 
 
 _dry_run_option = click.option(
@@ -62,8 +66,10 @@ def _print_accept(res) -> None:
         click.echo(f"nothing added: {why}")
         return
     if res.dry_run:
-        click.echo(f"would accept {res.total} rows ({counts}) into a new baseline version (parent {res.parent}); "
-                   "dry run: nothing written")  # fmt: skip
+        click.echo(
+            f"would accept {res.total} rows ({counts}) into a new baseline version (parent {res.parent}); "
+            "dry run: nothing written"
+        )
     else:
         click.echo(f"accepted {res.total} rows ({counts}) into baseline {res.version} (parent {res.parent})")
     for t, df in res.added.items():
@@ -106,8 +112,17 @@ def accept(target, rows, config_path, where, all_rows, reason, by, dry_run):
 
     report_id, nums, table = _split_target(target, rows)
     config = load(config_path)
-    res = run_accept(config, report_id=report_id, rows=nums, table=table, where=list(where) or None,
-                     reason=reason, by=by, all_rows=all_rows, dry_run=dry_run)  # fmt: skip
+    res = run_accept(
+        config,
+        report_id=report_id,
+        rows=nums,
+        table=table,
+        where=list(where) or None,
+        reason=reason,
+        by=by,
+        all_rows=all_rows,
+        dry_run=dry_run,
+    )
     _print_accept(res)
     sys.exit(res.exit_code)
 
@@ -131,8 +146,18 @@ def deny(target, rows, config_path, where, all_rows, name, reason, by, dry_run):
 
     report_id, nums, table = _split_target(target, rows)
     config = load(config_path)
-    res = run_deny(config, report_id=report_id, rows=nums, table=table, where=list(where) or None,
-                   all_rows=all_rows, name=name, reason=reason, by=by, dry_run=dry_run)  # fmt: skip
+    res = run_deny(
+        config,
+        report_id=report_id,
+        rows=nums,
+        table=table,
+        where=list(where) or None,
+        all_rows=all_rows,
+        name=name,
+        reason=reason,
+        by=by,
+        dry_run=dry_run,
+    )
     _print_rules(res)
     sys.exit(res.exit_code)
 
@@ -142,8 +167,13 @@ def deny(target, rows, config_path, where, all_rows, name, reason, by, dry_run):
 @click.argument("rows", nargs=-1, metavar="[ROW]...")
 @config_option
 @_where_option("With TABLE: the fields the rule matches; every other field is '*' (repeatable).")
-@click.option("--wildcard", "wildcard", multiple=True, metavar="FIELD",
-              help="Match any value of this field (default: the client side; asked for when unclear).")  # fmt: skip
+@click.option(
+    "--wildcard",
+    "wildcard",
+    multiple=True,
+    metavar="FIELD",
+    help="Match any value of this field (default: the client side; asked for when unclear).",
+)
 @click.option("--any", "any_fields", multiple=True, metavar="FIELD", hidden=True)
 @_all_rows_option("ignore (one rule each, with the --wildcard field)")
 @click.option("--name", help="Rule name (default: allow-TABLE-N).")
@@ -159,9 +189,19 @@ def ignore(target, rows, config_path, where, wildcard, any_fields, all_rows, nam
 
     report_id, nums, table = _split_target(target, rows)
     config = load(config_path)
-    res = run_ignore(config, report_id=report_id, rows=nums, table=table, where=list(where) or None,
-                     wildcard=list(wildcard) + list(any_fields) or None, all_rows=all_rows, name=name,
-                     reason=reason, by=by, dry_run=dry_run)  # fmt: skip
+    res = run_ignore(
+        config,
+        report_id=report_id,
+        rows=nums,
+        table=table,
+        where=list(where) or None,
+        wildcard=list(wildcard) + list(any_fields) or None,
+        all_rows=all_rows,
+        name=name,
+        reason=reason,
+        by=by,
+        dry_run=dry_run,
+    )
     _print_rules(res)
     sys.exit(res.exit_code)
 

@@ -17,8 +17,13 @@ The rules file (``rules`` in the config, default ``<baselines>/rules.toml``) hol
 A field value is an exact value, a CIDR (``"10.0.0.0/8"``, address fields), a port or number range
 (``"1024-65535"``), a network label from ``[networks]`` (address fields: matches addresses whose longest
 match has that label, and the label itself after ``collapse``), ``"*"`` (anything), or a list of those
-(any of them). ``proto`` also takes ``tcp``, ``udp``, ``icmp``, ``icmpv6``, ``sctp``; ``ethertype`` takes
-``0x0806``. Other keys of an entry: ``comment``, ``by``, ``created`` (kept for the audit trail).
+(any of them). ``proto`` takes every name of :data:`flowdiff.vocab.PROTOCOLS` (``icmpv6`` and ``ipv6-icmp``
+alike); ``ethertype`` takes ``0x0806``. What each field takes is decided in one place,
+:func:`flowdiff.vocab.parse_spec`, for this file, ``--where`` and ``accept`` alike. Other keys of an entry:
+``comment``, ``by``, ``created`` (kept for the audit trail).
+
+Rules written by the triage commands go through :func:`add_rules`, which refuses a rule matching every
+possible row of a table (:func:`everything_tables`): an allow rule like that mutes the table forever.
 
 Matching is vectorised: each field spec is evaluated once on the distinct values of its column.
 """

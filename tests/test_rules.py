@@ -276,3 +276,10 @@ def test_a_rule_is_everything_when_every_key_field_is(config):
     with pytest.raises(TooBroadError, match=r"would deny every row of table link \(ethertype=\* src_mac=\* "):
         add_rule(config, "deny", "link", {"src_mac": "*"})
     assert not config.rules_path.exists()
+
+
+def test_network_key_fields_match_by_cidr():
+    nets = pd.Series(["10.1.2.0/24", "10.1.3.0/24", "2001:db8::/64"])
+    assert field_mask(nets, "src_net/24", "10.1.2.0/24").tolist() == [True, False, False]
+    assert field_mask(nets, "src_net/24", "10.1.0.0/16").tolist() == [True, True, False]
+    assert field_mask(nets, "src_net/24", "::/0").tolist() == [False, False, True]

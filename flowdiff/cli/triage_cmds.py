@@ -42,8 +42,8 @@ def _all_rows_option(what: str):
     return click.option(
         "--all-rows",
         is_flag=True,
-        help=f"With TABLE and no --where: {what} every reported row of the table (explicit, "
-        "because it takes them all).",
+        help=f"With TABLE and no --where: take every reported row of the table ({what}). Required, "
+        "so that all rows are never taken by accident.",
     )
 
 
@@ -99,7 +99,7 @@ def _print_rules(res) -> None:
 @click.argument("rows", nargs=-1, metavar="[ROW]...")
 @config_option
 @_where_option("With TABLE: accept the reported rows matching (exact, CIDR, range or label; repeatable).")
-@_all_rows_option("accept")
+@_all_rows_option("all into one new baseline version")
 @click.option("--reason", help="Why these rows are normal (kept in the baseline history).")
 @click.option("--by", help="Who accepts (default: the user name).")
 @_dry_run_option
@@ -132,7 +132,7 @@ def accept(target, rows, config_path, where, all_rows, reason, by, dry_run):
 @click.argument("rows", nargs=-1, metavar="[ROW]...")
 @config_option
 @_where_option("With TABLE: the fields the rule matches (exact, CIDR, range, label or '*'; repeatable).")
-@_all_rows_option("deny (one exact rule each)")
+@_all_rows_option("one exact deny rule each")
 @click.option("--name", help="Rule name (default: deny-TABLE-N).")
 @click.option("--reason", help="Comment stored with the rule.")
 @click.option("--by", help="Who added it (default: the user name).")
@@ -175,7 +175,7 @@ def deny(target, rows, config_path, where, all_rows, name, reason, by, dry_run):
     help="Match any value of this field (default: the client side; asked for when unclear).",
 )
 @click.option("--any", "any_fields", multiple=True, metavar="FIELD", hidden=True)
-@_all_rows_option("ignore (one rule each, with the --wildcard field)")
+@_all_rows_option("one allow rule each, with the --wildcard field")
 @click.option("--name", help="Rule name (default: allow-TABLE-N).")
 @click.option("--reason", help="Comment stored with the rule.")
 @click.option("--by", help="Who added it (default: the user name).")

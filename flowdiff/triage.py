@@ -208,7 +208,7 @@ def accept(
         if not picks:
             return TriageResult("accept", dry_run=dry_run, parent=version.id)
         for t, df in picks.items():
-            _guard_keys(config, config.tables[t], df)
+            _guard_keys(config, config.select_tables([t])[t], df)
         if dry_run:
             added, already = _fresh_keys(config, version, picks)
             return TriageResult("accept", dry_run=True, parent=version.id, added=added, already=already)

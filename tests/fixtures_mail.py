@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+import numpy as np
 import pandas as pd
 
 from flowdiff.diff import ROW_COLUMNS, DiffResult
@@ -69,5 +70,44 @@ def make_result(
         since=T0,
         until=T0 + pd.Timedelta(minutes=15),
         intervals=6,
+        sensor=sensor,
+    )
+
+
+def big_result(n: int, report_id: str = "20261130T010000Z-big400", *, sensor: str = "sensor1") -> DiffResult:
+    """``n`` new rows in ``services`` (and 3 in ``hosts``), built column-wise: the huge-report case
+    (issue 8 item 6 had 388,873 rows) without a Python loop per row."""
+    i = np.arange(n, dtype=np.int64)
+    clients = np.char.add("10.", np.char.add((i // 65536 % 256).astype(str), ".")).astype(object)
+    clients = clients + (i // 256 % 256).astype(str).astype(object) + "." + (i % 256).astype(str).astype(object)
+    where = "client=" + clients + " server=192.0.2.1 proto=tcp service_port=" + (1024 + i % 60000).astype(str)
+    df = pd.DataFrame(
+        {
+            "client": clients,
+            "server": "192.0.2.1",
+            "proto": np.full(n, 6, dtype=np.uint8),
+            "service_port": (1024 + i % 60000).astype(np.uint16),
+            "interval_start": T0 + pd.to_timedelta((i % 12) * 300, unit="s"),
+            "first_seen": T0 + pd.to_timedelta(i % 3600, unit="s"),
+            "last_seen": T0 + pd.to_timedelta(i % 3600 + 60, unit="s"),
+            "packets": (i % 97 + 1).astype(np.uint64),
+            "bytes": ((n - i) * 61).astype(np.uint64),
+            "reason": "new",
+            "neighbour": "",
+            "accept_cmd": "flowdiff accept services --where " + where,
+            "deny_cmd": "flowdiff deny services --where " + where,
+        }
+    )
+    df["row"] = np.arange(1, n + 1, dtype=np.int64)
+    hosts = table_frame(report_id, "hosts", HOSTS, [("198.51.100.1",), ("198.51.100.2",), ("198.51.100.3",)],
+                        first_row=n + 1)  # fmt: skip
+    return DiffResult(
+        report_id=report_id,
+        rows={"services": df, "hosts": hosts},
+        keys={"services": SERVICES, "hosts": HOSTS},
+        baseline_versions={"services": "v3-9f2c", "hosts": "v1-77aa"},
+        since=T0,
+        until=T0 + pd.Timedelta(hours=1),
+        intervals=12,
         sensor=sensor,
     )

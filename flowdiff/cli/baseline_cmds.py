@@ -131,6 +131,12 @@ def register(main: click.Group) -> None:
         res = run_diff(config, tables=tables or None, since=parse_when(since), until=parse_when(until),
                        record=not dry_run)  # fmt: skip
         _print_diff(res, fmt)
+        if res.report_id and not dry_run:  # the report is archived rendered, and queued with [mail]
+            from flowdiff.deliver import deliver
+
+            d = deliver(res, config)
+            queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
+            click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}", err=fmt != "table")
         if exit_code and res.total:
             sys.exit(EXIT_FOUND)
 

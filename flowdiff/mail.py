@@ -430,7 +430,9 @@ def find_message(config: Config, ident: str) -> OutboxEntry:
     if not want:
         raise MailError("give a Message-ID or outbox entry name (flowdiff outbox list shows them)")
     exact = [e for e in entries if want in (e.name, e.message_id.strip().strip("<>"))]
-    found = exact or [e for e in entries if e.name.startswith(want) or e.message_id.strip("<>").startswith(want)]
+    found = exact or [
+        e for e in entries if e.name.startswith(want) or e.message_id.strip("<>").startswith(want)
+    ]
     if not found:
         raise MailError(f"no message {ident!r} in the outbox {config.outbox_path} (flowdiff outbox list)")
     if len(found) > 1:

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.config import Config
+from flowdiff.deliver import deliver, unrendered_reports
 from flowdiff.durable import file_lock
 from flowdiff.errors import FlowdiffError
-from flowdiff.deliver import deliver, unrendered_reports
 from flowdiff.mail import OutboxResult, flush_outbox
 
 log = logging.getLogger(__name__)

@@ -151,7 +151,9 @@ def _csv_name(table: str, report_id: str) -> str:
 
 def _csv_table(df: pd.DataFrame, keys: tuple[str, ...]) -> pa.Table:
     """Key columns first; as Arrow, so that blocks of it are written to CSV in C++, not row by row."""
-    return pa.Table.from_pandas(df.loc[:, [*keys, *[c for c in df.columns if c not in keys]]], preserve_index=False)
+    return pa.Table.from_pandas(
+        df.loc[:, [*keys, *[c for c in df.columns if c not in keys]]], preserve_index=False
+    )
 
 
 def _iso_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -178,9 +180,7 @@ def rows_csv(df: pd.DataFrame, keys: tuple[str, ...]) -> bytes:
     return _csv_bytes(_csv_table(df, keys))
 
 
-def gzip_csv(
-    df: pd.DataFrame, keys: tuple[str, ...], budget: int, cut_note: str
-) -> tuple[bytes | None, int]:
+def gzip_csv(df: pd.DataFrame, keys: tuple[str, ...], budget: int, cut_note: str) -> tuple[bytes | None, int]:
     """The rows of ``df`` (in order) as gzip-compressed CSV of at most ``budget`` bytes, and how many
     rows it holds. When not all rows fit, the CSV stops at a row boundary and ends with ``cut_note``
     (``{shown}``/``{total}`` filled in). None when not even the header fits.
@@ -271,7 +271,9 @@ def report_context(
         if len(hidden):
             overflow[name], overflow_keys[name] = df, keys
             # worst case until the attachment is built: named, cut, the longest numbers
-            entry.update(attachment=_csv_name(name, result.report_id), attachment_rows=count, attachment_cut=True)
+            entry.update(
+                attachment=_csv_name(name, result.report_id), attachment_rows=count, attachment_cut=True
+            )
         tables.append(entry)
     ctx = {
         "sensor": sensor,

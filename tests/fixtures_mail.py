@@ -79,7 +79,9 @@ def big_result(n: int, report_id: str = "20261130T010000Z-big400", *, sensor: st
     (issue 8 item 6 had 388,873 rows) without a Python loop per row."""
     i = np.arange(n, dtype=np.int64)
     clients = np.char.add("10.", np.char.add((i // 65536 % 256).astype(str), ".")).astype(object)
-    clients = clients + (i // 256 % 256).astype(str).astype(object) + "." + (i % 256).astype(str).astype(object)
+    clients = (
+        clients + (i // 256 % 256).astype(str).astype(object) + "." + (i % 256).astype(str).astype(object)
+    )
     where = "client=" + clients + " server=192.0.2.1 proto=tcp service_port=" + (1024 + i % 60000).astype(str)
     df = pd.DataFrame(
         {

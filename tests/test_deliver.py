@@ -84,7 +84,9 @@ def test_deliver_twice_rewrites_the_same_files_and_keeps_one_outbox_entry(tmp_pa
 
 
 def test_deliver_without_queue_archives_only(tmp_path):
-    config = Config(reports=tmp_path / "reports", sensor="s", mail=MailConfig(host="127.0.0.1", to=("a@b.test",)))
+    config = Config(
+        reports=tmp_path / "reports", sensor="s", mail=MailConfig(host="127.0.0.1", to=("a@b.test",))
+    )
     d = deliver(make_result(), config, queue=False)
     assert d.message_id is None and (d.report_dir / REPORT_EML).is_file() and list_outbox(config) == []
 
@@ -126,14 +128,16 @@ def test_a_400k_row_report_fits_max_message_bytes_and_says_where_the_rows_are(tm
 def test_a_report_that_fits_is_not_cut(tmp_path):
     result = make_result(services=40)
     d = deliver(result, Config(reports=tmp_path / "reports", sensor="s", max_rows=5))
-    (name, data, _), = d.rendered.attachments
+    ((name, data, _),) = d.rendered.attachments
     assert not d.cut and "# cut" not in gzip.decompress(data).decode()
     assert f"all 40 rows are in the attachment {name}" in d.rendered.text
 
 
 def test_max_message_bytes_too_small_for_any_attachment_still_delivers(tmp_path):
     result = make_result(services=200)
-    d = deliver(result, Config(reports=tmp_path / "reports", sensor="s", max_rows=25, max_message_bytes=20_000))
+    d = deliver(
+        result, Config(reports=tmp_path / "reports", sensor="s", max_rows=25, max_message_bytes=20_000)
+    )
     assert d.message_bytes <= 20_000 and d.rendered.report_id == result.report_id
     assert "rows.parquet" in d.rendered.text
 

@@ -19,6 +19,7 @@ from smtp_server import PASSWORD
 
 import flowdiff.mail as mail
 from flowdiff.config import Config, MailConfig
+from flowdiff.deliver import deliver
 from flowdiff.durable import file_lock
 from flowdiff.errors import MailError
 from flowdiff.mail import (
@@ -33,7 +34,6 @@ from flowdiff.mail import (
     send_async,
     test_mail,
 )
-from flowdiff.deliver import deliver
 from flowdiff.report import render_report
 
 # the real SMTP server fixtures (tests/smtp_server.py)

@@ -100,26 +100,27 @@ def outbox_list(config_path, fmt) -> None:
 
     from flowdiff.cli.common import format_frame
     from flowdiff.mail import list_failed, list_outbox
-    from flowdiff.vocab import iso_time
 
     config = load(config_path)
     entries = list_outbox(config) + list_failed(config)
     if not entries and fmt == "table":
         click.echo("outbox is empty")
         return
-    rows = [
-        {
-            **{k: getattr(e, k) for k in _OUTBOX_COLUMNS},
-            "next_attempt": "" if e.state == "failed" else (iso_time(e.next_attempt) if e.attempts else "now"),
-        }
-        for e in entries
-    ]
+    rows = [{**{k: getattr(e, k) for k in _OUTBOX_COLUMNS}, "next_attempt": _next(e)} for e in entries]
     df = pd.DataFrame(rows, columns=_OUTBOX_COLUMNS)
     if fmt == "table":
         df["subject"] = [s if len(s) <= 40 else s[:39] + "…" for s in df["subject"]]
         df["last_error"] = [s if len(s) <= 60 else s[:59] + "…" for s in df["last_error"]]
     if len(df) or fmt != "json":
         click.echo(format_frame(df, fmt))
+
+
+def _next(entry) -> str:
+    from flowdiff.vocab import iso_time
+
+    if entry.state == "failed":
+        return ""
+    return iso_time(entry.next_attempt) or "now" if entry.attempts else "now"
 
 
 @outbox.command("drop")

@@ -6,6 +6,8 @@ import shlex
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowdiff.diff import ROW_COLUMNS, DiffResult
 
@@ -78,14 +80,18 @@ def big_result(n: int, report_id: str = "20261130T010000Z-big400", *, sensor: st
     """``n`` new rows in ``services`` (and 3 in ``hosts``), built column-wise: the huge-report case
     (issue 8 item 6 had 388,873 rows) without a Python loop per row."""
     i = np.arange(n, dtype=np.int64)
-    clients = np.char.add("10.", np.char.add((i // 65536 % 256).astype(str), ".")).astype(object)
-    clients = (
-        clients + (i // 256 % 256).astype(str).astype(object) + "." + (i % 256).astype(str).astype(object)
+    octets = [pc.cast(pa.array(v), pa.string()) for v in (i // 65536 % 256, i // 256 % 256, i % 256)]
+    clients = pc.binary_join_element_wise("10", *octets, ".")
+    where = pc.binary_join_element_wise(
+        "client=",
+        clients,
+        " server=192.0.2.1 proto=tcp service_port=",
+        pc.cast(pa.array(1024 + i % 60000), pa.string()),
+        "",
     )
-    where = "client=" + clients + " server=192.0.2.1 proto=tcp service_port=" + (1024 + i % 60000).astype(str)
     df = pd.DataFrame(
         {
-            "client": clients,
+            "client": clients.to_pandas(),
             "server": "192.0.2.1",
             "proto": np.full(n, 6, dtype=np.uint8),
             "service_port": (1024 + i % 60000).astype(np.uint16),
@@ -93,16 +99,18 @@ def big_result(n: int, report_id: str = "20261130T010000Z-big400", *, sensor: st
             "first_seen": T0 + pd.to_timedelta(i % 3600, unit="s"),
             "last_seen": T0 + pd.to_timedelta(i % 3600 + 60, unit="s"),
             "packets": (i % 97 + 1).astype(np.uint64),
-            "bytes": ((n - i) * 61).astype(np.uint64),
+            "bytes": ((n - i) // 4 * 61 + 61).astype(np.uint64),  # ties of 4: ordered by packets, key
             "reason": "new",
             "neighbour": "",
-            "accept_cmd": "flowdiff accept services --where " + where,
-            "deny_cmd": "flowdiff deny services --where " + where,
+            "accept_cmd": pc.binary_join_element_wise(
+                "flowdiff accept services --where ", where, ""
+            ).to_pandas(),
+            "deny_cmd": pc.binary_join_element_wise("flowdiff deny services --where ", where, "").to_pandas(),
         }
     )
     df["row"] = np.arange(1, n + 1, dtype=np.int64)
-    hosts = table_frame(report_id, "hosts", HOSTS, [("198.51.100.1",), ("198.51.100.2",), ("198.51.100.3",)],
-                        first_row=n + 1)  # fmt: skip
+    addresses = [("198.51.100.1",), ("198.51.100.2",), ("198.51.100.3",)]
+    hosts = table_frame(report_id, "hosts", HOSTS, addresses, first_row=n + 1)
     return DiffResult(
         report_id=report_id,
         rows={"services": df, "hosts": hosts},

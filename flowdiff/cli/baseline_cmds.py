@@ -136,7 +136,8 @@ def register(main: click.Group) -> None:
 
             d = deliver(res, config)
             queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
-            click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}", err=fmt != "table")
+            if fmt == "table":  # csv/json output stays pure data, even with 2>&1
+                click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
         if exit_code and res.total:
             sys.exit(EXIT_FOUND)
 

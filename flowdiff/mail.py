@@ -321,7 +321,7 @@ def _state_path(outbox: Path, name: str) -> Path:
     return outbox / f"{name}.json"
 
 
-def _read_state(outbox: Path, eml: Path) -> OutboxEntry:
+def _read_state(outbox: Path, eml: Path, state: str = "waiting") -> OutboxEntry:
     name = eml.stem
     try:
         raw = json.loads(_state_path(outbox, name).read_text(encoding="utf-8"))
@@ -339,7 +339,7 @@ def _read_state(outbox: Path, eml: Path) -> OutboxEntry:
         )
     entry.name = name
     entry.size = eml.stat().st_size
-    entry.state = "failed" if outbox.name == FAILED_DIR else "waiting"
+    entry.state = state
     return entry
 
 
@@ -380,22 +380,22 @@ def enqueue(message: EmailMessage | bytes, config: Config) -> OutboxEntry:
     return entry
 
 
-def _entries(folder: Path) -> list[OutboxEntry]:
+def _entries(folder: Path, state: str) -> list[OutboxEntry]:
     if not folder.is_dir():
         return []
-    entries = [_read_state(folder, p) for p in folder.glob("*.eml") if not p.name.startswith(".")]
+    entries = [_read_state(folder, p, state) for p in folder.glob("*.eml") if not p.name.startswith(".")]
     return sorted(entries, key=lambda e: (e.created, e.name))
 
 
 def list_outbox(config: Config) -> list[OutboxEntry]:
     """Messages waiting in the outbox, oldest first (the refused ones: ``list_failed``)."""
-    return _entries(config.outbox_path)
+    return _entries(config.outbox_path, "waiting")
 
 
 def list_failed(config: Config) -> list[OutboxEntry]:
     """Messages the server refused for good (``<outbox>/failed/``), oldest first. They stay until
     ``flowdiff outbox drop`` removes them, or ``flowdiff notify REPORT_ID`` queues the report again."""
-    return _entries(config.outbox_path / FAILED_DIR)
+    return _entries(config.outbox_path / FAILED_DIR, "failed")
 
 
 def _remove_entry(outbox: Path, entry: OutboxEntry | str) -> None:

@@ -94,3 +94,12 @@ class MailError(FlowdiffError):
 
 class LockError(FlowdiffError):
     """Another flowdiff process holds the lock of the store or of a run."""
+
+
+class MailRefusedError(MailError):
+    """The server refused this message for good (SMTP 5xx to MAIL FROM, RCPT TO or DATA): retrying the
+    same bytes cannot help, so the outbox moves it to its failed folder instead of retrying forever."""
+
+    def __init__(self, message: str, *, code: int):
+        super().__init__(message)
+        self.code = code

@@ -59,11 +59,11 @@ def cli(*args: str):
 
 
 def archive_diff_report(config: Config, result) -> None:
-    """What `flowdiff diff` leaves before rendering: report.json and rows.parquet (via the diff module)."""
-    from flowdiff.diff import _publish_report, _write_report_tmp
+    """What `flowdiff diff` leaves before rendering: report.json and rows.parquet (via flowdiff.archive)."""
+    from flowdiff.archive import publish_report, write_report_tmp
 
-    _write_report_tmp(config, result)
-    _publish_report(config, result.report_id)
+    write_report_tmp(config, result)
+    publish_report(config, result.report_id)
 
 
 # ---------------------------------------------------------------- one delivery path

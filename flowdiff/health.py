@@ -405,7 +405,9 @@ def check(
     return result
 
 
-def _queue_heartbeat(config: Config, result: HealthResult, summary: Callable[[], str] | None, stamp: str) -> None:
+def _queue_heartbeat(
+    config: Config, result: HealthResult, summary: Callable[[], str] | None, stamp: str
+) -> None:
     text = ""
     if summary is not None:
         try:
@@ -413,7 +415,9 @@ def _queue_heartbeat(config: Config, result: HealthResult, summary: Callable[[],
         except Exception as e:  # noqa: BLE001 - the heartbeat goes out even when the summary fails
             text = f"(no summary: {one_line(e)})"
     subject = _heartbeat_subject(result.open)
-    result.queued.append(_queue(config, HEARTBEAT, subject, _heartbeat_body(result.open, text), f"hb.{stamp}"))
+    result.queued.append(
+        _queue(config, HEARTBEAT, subject, _heartbeat_body(result.open, text), f"hb.{stamp}")
+    )
     result.heartbeat = True
 
 
@@ -431,7 +435,9 @@ def _queue_mails(config: Config, result: HealthResult, stamp: str) -> None:
         opened = [p for p in result.opened + result.reminded if p.kind == kind]
         cleared = [p for p in result.cleared if p.kind == kind]
         if opened:
-            subject = f"{kind}: {opened[0].message}" if len(opened) == 1 else f"{kind}: {len(opened)} problems"
+            subject = (
+                f"{kind}: {opened[0].message}" if len(opened) == 1 else f"{kind}: {len(opened)} problems"
+            )
             body = "\n".join(f"- {p.message}\n  since {p.since}" for p in opened)
             result.queued.append(_queue(config, kind, subject, f"{body}\n\n{_HINTS[kind]}\n",
                                         f"{kind}.open.{stamp}.{_digest(opened)}"))  # fmt: skip

@@ -153,7 +153,11 @@ def _baseline(st: Status, config: Config, now: float) -> None:
     if vid is None:
         return
     v = get_version(config, vid)
-    st.baseline = {"version": v.id, "created_at": v.created_at, "age_seconds": int(now - iso_epoch(v.created_at))}
+    st.baseline = {
+        "version": v.id,
+        "created_at": v.created_at,
+        "age_seconds": int(now - iso_epoch(v.created_at)),
+    }
 
 
 def _report(st: Status, config: Config) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import smtp_server
+import test_pipeline
 from click.testing import CliRunner
-from test_pipeline import cli, make_due, site, site_config, spool_with, write_config  # noqa: F401
+from test_pipeline import cli, make_due, site_config, spool_with, write_config
 
 from flowdiff.baseline import learn
 from flowdiff.config import parse_config
@@ -29,6 +30,7 @@ from flowdiff.pipeline import EXIT_DEFERRED, EXIT_OK, health_pass, run
 DATA = Path(__file__).resolve().parent / "data"
 UNREADABLE = DATA / "bad" / "libpcap__linktype-reserved-field-not-zero.pcap"  # fails at byte 20
 
+site = test_pipeline.site  # the learned site, built once per module
 smtp_plain = smtp_server.smtp_plain
 smtp_down = smtp_server.smtp_down
 
@@ -79,7 +81,9 @@ def test_stale_spool_alerts_once_and_clears_once(site, smtp_plain, tmp_path):
     assert again.summary() == ""
     quiet_after(smtp_plain, 1)
 
-    shutil.copy(site["normal"].last_day_files[1], spool / "20261201140000.pcap")  # tcpdump is back: a fresh capture
+    shutil.copy(
+        site["normal"].last_day_files[1], spool / "20261201140000.pcap"
+    )  # tcpdump is back: a fresh capture
     time.sleep(0.05)
     (spool / "20261201140500.pcap").write_bytes(b"")  # and the next rotation, still empty
     cleared = run(config, spool)
@@ -97,7 +101,9 @@ def test_stale_spool_off_with_zero_and_seen_by_watch_between_passes(site, tmp_pa
     assert check(config, spool).lines() == []
     config = replace(config, stale_after=3600)
     health = health_pass(config, spool)  # what watch does every 30 s when no capture closes
-    assert [line.split(" for ")[0] for line in health.lines()] == [f"health stale-spool: no new capture in {spool}"]
+    assert [line.split(" for ")[0] for line in health.lines()] == [
+        f"health stale-spool: no new capture in {spool}"
+    ]
     assert health_pass(config, spool).lines() == []
 
 
@@ -121,7 +127,9 @@ def test_capture_errors_once_per_file(site, smtp_plain, tmp_path):
     quiet_after(smtp_plain, 1)
     bad.unlink()  # the operator removed it
     assert hlines(run(config, spool))[0].startswith("health capture-errors cleared: ")
-    assert health_mails(smtp_plain, 2)[1]["Subject"].startswith("[flowdiff demo] health: capture-errors cleared")
+    assert health_mails(smtp_plain, 2)[1]["Subject"].startswith(
+        "[flowdiff demo] health: capture-errors cleared"
+    )
 
 
 def test_no_baseline_daily_then_cleared_by_learn(site, smtp_plain, tmp_path):
@@ -155,9 +163,13 @@ def test_no_baseline_daily_then_cleared_by_learn(site, smtp_plain, tmp_path):
 def test_a_table_without_baseline_is_a_no_baseline_problem(site, tmp_path):
     config = site_config(site, tmp_path)
     result = diff(config, record=False)
-    result.skipped = {"link": "table link has no baseline yet: flowdiff learn --table link"}  # DiffResult.skipped
+    result.skipped = {
+        "link": "table link has no baseline yet: flowdiff learn --table link"
+    }  # DiffResult.skipped
     health = check(config, diff=result)
-    assert health.lines() == ["health no-baseline: table link has no baseline yet: flowdiff learn --table link"]
+    assert health.lines() == [
+        "health no-baseline: table link has no baseline yet: flowdiff learn --table link"
+    ]
     assert check(config, diff=result).lines() == []
     result.skipped = {}
     assert check(config).lines() == []  # not diffed: what is known about the table stays

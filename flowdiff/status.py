@@ -125,11 +125,11 @@ def _captures(st: Status, config: Config, spool: Any) -> None:
     if ledger:
         e = ledger[-1]
         st.last_collected = {"path": e.path, "collected_at": e.collected_at, "status": e.status}
-        newest = max(ledger, key=lambda e: e.mtime_ns)
+        newest = max(ledger, key=lambda e: (e.mtime_ns, e.path))
         st.last_capture = {"path": newest.path, "time": iso_time(newest.mtime_ns / 1e9), "where": "ledger"}
     if spool is not None:
         found = newest_capture(spool)
-        if found is not None and (st.last_capture is None or iso_time(found[1]) > st.last_capture["time"]):
+        if found is not None and (st.last_capture is None or iso_time(found[1]) >= st.last_capture["time"]):
             st.last_capture = {"path": str(found[0]), "time": iso_time(found[1]), "where": "spool"}
 
 

@@ -82,6 +82,7 @@ class HealthState:
 
     problems: dict[tuple[str, str], Problem] = field(default_factory=dict)
     last_heartbeat: str = ""
+    spool: str = ""  # the spool of the last check: `flowdiff status` looks at it without --spool
 
 
 @dataclass
@@ -126,13 +127,15 @@ def load_state(config: Config) -> HealthState:
     except (OSError, ValueError, TypeError, AttributeError) as e:
         log.warning("health: %s unreadable (%s); starting afresh", health_path(config), e)
         return HealthState()
-    return HealthState({p.ident: p for p in problems}, str(raw.get("last_heartbeat") or ""))
+    return HealthState({p.ident: p for p in problems}, str(raw.get("last_heartbeat") or ""),
+                       str(raw.get("spool") or ""))  # fmt: skip
 
 
 def save_state(config: Config, state: HealthState) -> None:
     doc = {
         "problems": [asdict(p) for p in sorted(state.problems.values(), key=lambda p: p.ident)],
         "last_heartbeat": state.last_heartbeat,
+        "spool": state.spool,
     }
     atomic_write_text(health_path(config), json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
@@ -396,7 +399,10 @@ def check(
         except OSError as e:  # the outbox cannot be written: the lines are still shown
             result.save_error = f"outbox: {_os_error(e)}"
             log.warning("health: cannot queue the health mail: %s", result.save_error)
-    if result.changed or result.heartbeat:
+    spool_changed = spool is not None and state.spool != str(Path(spool).absolute())
+    if spool_changed:
+        state.spool = str(Path(spool).absolute())
+    if result.changed or result.heartbeat or spool_changed:
         try:
             save_state(config, state)
         except OSError as e:

@@ -91,9 +91,12 @@ def _age(seconds: float) -> str:
 
 
 def status(config: Config, spool: str | os.PathLike | None = None, *, now: float | None = None) -> Status:
-    """The sensor's state now (``spool`` defaults to the config's ``spool``). Writes nothing."""
+    """The sensor's state now. ``spool`` defaults to the config's ``spool``, else the spool the last
+    ``run``/``watch`` looked at (cron passes it with ``--spool``). Writes nothing."""
     now = time.time() if now is None else now
     spool = spool if spool is not None else config.spool
+    if spool is None:
+        spool = load_state(config).spool or None
     st = Status(sensor=config.sensor_name, checked_at=iso_time(now) or "",
                 spool=str(spool) if spool is not None else None)  # fmt: skip
     _captures(st, config, spool)

@@ -63,7 +63,7 @@ def test_status_of_a_healthy_sensor_then_a_stale_spool(site, tmp_path):
     assert r.exit_code == ExitCode.NEW_ROWS == 1
     doc = json.loads(r.output)
     assert doc["healthy"] is False and [p["kind"] for p in doc["problems"]] == ["stale-spool"]
-    r = CliRunner().invoke(main, ["status", "--config", str(cfg_file), "--spool", str(spool)])
+    r = CliRunner().invoke(main, ["status", "--config", str(cfg_file)])  # the spool the last run looked at
     assert r.exit_code == 1
     assert "health:         1 problem open" in r.output
     assert f"  stale-spool: no new capture in {spool} for 2 h 0 min" in r.output

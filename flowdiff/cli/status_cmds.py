@@ -17,7 +17,8 @@ def register(main: click.Group) -> None:
 @click.command("status")
 @config_option
 @click.option("--spool", type=click.Path(file_okay=False),
-              help="tcpdump spool directory to look at (default: config key `spool`).")  # fmt: skip
+              help="tcpdump spool directory to look at (default: config key `spool`, else the spool "
+                   "that the last `run` or `watch` looked at).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Output: aligned lines for people, or one JSON object for monitoring systems.")  # fmt: skip
 @handle_errors

@@ -104,7 +104,8 @@ class RunResult:
         """One line for a human, then one line per health problem opened, cleared or recalled; empty
         when the pass found nothing new, sent nothing, made no failed attempt and changed no health
         problem (so that cron, which mails any output, stays quiet)."""
-        lines = [self._main_line()] if self._main_line() else []
+        main = self._main_line()
+        lines = [main] if main else []
         if self.health is not None:
             lines += self.health.lines()
         return "\n".join(lines)

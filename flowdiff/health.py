@@ -53,10 +53,11 @@ FAILED_DIR = "failed"  # <outbox>/failed/<name>.eml + .json: messages the server
 
 _HINTS = {
     "stale-spool": "Check that tcpdump runs and rotates into the spool, the span port and the disk.",
-    "capture-errors": "The file is not tried again until it changes; `flowdiff collect -v FILE` shows why.",
-    "no-baseline": "Learn what is normal: flowdiff learn",
+    "capture-errors": "Each file is not tried again until it changes (the reason is in the store's ledger); "
+    "remove or replace it to clear this.",
+    "no-baseline": "Learn what is normal: flowdiff learn{config}",
     "store": "Free disk space or fix the permissions; nothing collected before is lost.",
-    "outbox-failed": "See `flowdiff outbox list`; remove a message with `flowdiff outbox drop ID`.",
+    "outbox-failed": "See `flowdiff outbox list{config}`; remove a message with `flowdiff outbox drop{config} ID`.",
 }
 
 
@@ -445,7 +446,7 @@ def _queue_mails(config: Config, result: HealthResult, stamp: str) -> None:
                 f"{kind}: {opened[0].message}" if len(opened) == 1 else f"{kind}: {len(opened)} problems"
             )
             body = "\n".join(f"- {p.message}\n  since {p.since}" for p in opened)
-            result.queued.append(_queue(config, kind, subject, f"{body}\n\n{_HINTS[kind]}\n",
+            result.queued.append(_queue(config, kind, subject, f"{body}\n\n{_hint(config, kind)}\n",
                                         f"{kind}.open.{stamp}.{_digest(opened)}"))  # fmt: skip
         if cleared:
             subject = (f"{kind} cleared: {cleared[0].message}" if len(cleared) == 1
@@ -453,6 +454,12 @@ def _queue_mails(config: Config, result: HealthResult, stamp: str) -> None:
             body = "\n".join(f"- cleared: {p.message}\n  open since {p.since}" for p in cleared)
             result.queued.append(_queue(config, kind, subject, body + "\n",
                                         f"{kind}.cleared.{stamp}.{_digest(cleared)}"))  # fmt: skip
+
+
+def _hint(config: Config, kind: str) -> str:
+    """What to do; commands carry ``--config ABSOLUTE_PATH`` when a config file is used, to be pasted."""
+    arg = f" --config {Path(config.source).absolute()}" if config.source is not None else ""
+    return _HINTS[kind].format(config=arg)
 
 
 def _digest(problems: list[Problem]) -> str:

@@ -68,6 +68,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "run": ("flowdiff.pipeline", "run"),
     "watch": ("flowdiff.pipeline", "watch"),
     "run_demo": ("flowdiff.demo", "run_demo"),
+    # sensor health
+    "status": ("flowdiff.status", "status"),
+    "check_health": ("flowdiff.health", "check"),
     # errors
     "FlowdiffError": ("flowdiff.errors", "FlowdiffError"),
     "ConfigError": ("flowdiff.errors", "ConfigError"),

@@ -187,13 +187,21 @@ def test_mail_cmd(config_path) -> None:
 def run_cmd(config_path, spool, all_files, exit_on_new, lock_wait, quiet) -> None:
     """One pass for cron: collect, diff, report, mail, retry the outbox.
 
-    Prints nothing when there is nothing new (cron mails any output). Exit status: 0 ok, 1 new rows
-    with --exit-code, 2 error (config, lock, unreadable capture), 3 a report waits in the outbox.
+    Prints nothing when there is nothing new (cron mails any output); a health problem (stale spool,
+    unreadable capture, no baseline, store, refused mail) is one line when it starts and one when it
+    clears. Exit status: 0 ok, 1 new rows with --exit-code, 2 error (config, lock, unreadable capture,
+    store), 3 a report waits in the outbox.
     """
     from flowdiff.pipeline import run
 
     config = load(config_path)
-    res = run(config, spool or config.spool, all_files=all_files, lock_wait=lock_wait)
+    try:
+        res = run(config, spool or config.spool, all_files=all_files, lock_wait=lock_wait)
+    except Exception as e:  # a store error was recorded as a health problem: show it, then the error
+        health = getattr(e, "health", None)
+        for line in health.lines() if health is not None else []:
+            click.echo(line)
+        raise
     for line in res.errors:
         click.echo(f"Warning: {line}", err=True)
     line = res.summary()
@@ -212,7 +220,8 @@ def watch_cmd(directory, config_path, poll) -> None:
     """Run a pass as soon as tcpdump closes a rotated capture in DIRECTORY, until SIGTERM.
 
     A capture counts as closed when a newer one appears or it has not changed for `settle` seconds.
-    Mail outages and bad captures are logged; the watch goes on.
+    Mail outages and bad captures are logged; the watch goes on. Between passes the sensor's health
+    (a spool that stopped receiving captures, ...) is checked every 30 s and logged once per change.
     """
     from flowdiff.pipeline import watch
 

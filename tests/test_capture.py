@@ -41,7 +41,11 @@ from flowdiff.errors import CaptureError
 DATA = Path(__file__).resolve().parent / "data"
 # ../shared/pcaps beside the project, also from a git worktree one folder deeper (../../shared)
 SHARED = next(
-    (b / "shared" / "pcaps" for b in Path(__file__).resolve().parents[2:4] if (b / "shared" / "pcaps").is_dir()),
+    (
+        b / "shared" / "pcaps"
+        for b in Path(__file__).resolve().parents[2:4]
+        if (b / "shared" / "pcaps").is_dir()
+    ),
     Path(__file__).resolve().parents[2] / "shared" / "pcaps",
 )
 INT64_MAX = 2**63 - 1
@@ -347,7 +351,7 @@ def test_pcap_subsecond_overflow_carries_into_the_seconds(tmp_path, nanos, big):
     limit = 10**9 if nanos else 10**6
     unit = 1 if nanos else 1000
     recs_in = [(10, limit - 1, b"a", 1), (11, limit, b"b", 1), (12, 0xFFFFFFFF, b"c", 1), (13, 0, b"d", 1)]
-    for modified in ([False, True] if not nanos else [False]):
+    for modified in [False, True] if not nanos else [False]:
         recs, stats, _ = read_all(write(tmp_path, "t.pcap", pcap_file(recs_in, nanos=nanos, big=big,
                                                                        modified=modified)))  # fmt: skip
         assert [r[0] for r in recs] == [b"a", b"b", b"c", b"d"]

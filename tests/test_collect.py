@@ -591,7 +591,10 @@ def test_files_skipped_as_not_captures_are_named_with_v(tmp_path):
     r = CliRunner().invoke(main, ["-v", "collect", str(spool)])
     assert r.exit_code == 0, r.output
     named = sorted(line for line in r.stderr.splitlines() if line.startswith("skipped"))
-    assert named == [f"skipped (not a capture): {spool / 'core'}", f"skipped (not a capture): {spool / 'notes.txt'}"]
+    assert named == [
+        f"skipped (not a capture): {spool / 'core'}",
+        f"skipped (not a capture): {spool / 'notes.txt'}",
+    ]
     assert r.stdout.startswith("1 file collected, 31 packets")
 
 
@@ -629,7 +632,9 @@ def test_newer_empty_file_proves_the_previous_capture_is_closed(tmp_path):
     assert spool_captures(spool, parse_config({})) == [spool / "20261201215850.pcap"]
 
 
-@pytest.mark.parametrize("head", [b"", b"\xd4", b"\xd4\xc3\xb2", b"\x0a\x0d", b"\x1f"], ids=["0", "1", "3", "ng2", "gz1"])
+@pytest.mark.parametrize(
+    "head", [b"", b"\xd4", b"\xd4\xc3\xb2", b"\x0a\x0d", b"\x1f"], ids=["0", "1", "3", "ng2", "gz1"]
+)
 def test_newest_file_without_a_complete_magic_is_still_being_written(tmp_path, head):
     """Also with --all and long after `settle`: there is nothing to read in it yet."""
     spool = tmp_path / "spool"
@@ -715,8 +720,13 @@ def test_collect_table_on_a_capture_collected_before_fills_that_table(tmp_path, 
     ref = parse_config({"sensor": "s", "store": str(tmp_path / "ref"),
                         "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}}})  # fmt: skip
     collect([cap], ref)
-    pd.testing.assert_frame_equal(Store(tmp_path / "store").read("link"), Store(tmp_path / "ref").read("link"))
-    assert [(e["tables"], e["records"]) for e in _ledger(tmp_path / "store")] == [(["hosts"], 31), (["link"], 31)]
+    pd.testing.assert_frame_equal(
+        Store(tmp_path / "store").read("link"), Store(tmp_path / "ref").read("link")
+    )
+    assert [(e["tables"], e["records"]) for e in _ledger(tmp_path / "store")] == [
+        (["hosts"], 31),
+        (["link"], 31),
+    ]
     link = _parquet_bytes(tmp_path / "store", "link")
     again = run_cli("collect", str(cap), config=after)  # every table filled now
     assert "1 already collected" in again.output and again.output.startswith("0 files collected")
@@ -736,7 +746,12 @@ def test_table_added_to_the_config_is_filled_by_the_next_spool_run(tmp_path):
     assert collect([spool], cfg).files_ok == 2
     pairs = _parquet_bytes(tmp_path / "store", "pairs")
     shutil.copy(caps[0], tmp_path / "renamed.pcap")
-    three = parse_config({"sensor": "s", "tables": {**two, "services": {"keys": ["client", "server", "proto", "service_port"]}}})
+    three = parse_config(
+        {
+            "sensor": "s",
+            "tables": {**two, "services": {"keys": ["client", "server", "proto", "service_port"]}},
+        }
+    )
     copy = collect([tmp_path / "renamed.pcap"], three)
     assert [(f.status, f.again, f.tables) for f in copy.files] == [("ok", True, ["services"])]
     res = collect([spool], three)
@@ -768,7 +783,9 @@ def test_old_ledger_lines_without_tables(tmp_path):
     (store / "_ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     os.utime(store / "hosts" / "_table.json", (hour_ago - 60, hour_ago - 60))
     hosts = _parquet_bytes(store, "hosts")
-    both = parse_config({"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}})
+    both = parse_config(
+        {"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}}
+    )
     res = collect([cap], both)
     assert [(f.status, f.tables) for f in res.files] == [("ok", ["link"])]
     assert _parquet_bytes(store, "hosts") == hosts
@@ -781,7 +798,9 @@ def test_unreadable_capture_stays_reported_once_when_tables_are_added(tmp_path):
     bad.write_bytes(b"not a capture at all, not even close\n")
     one = parse_config({"sensor": "s", "tables": {"hosts": {"keys": ["src"]}}})
     assert collect([bad], one).files_failed == 1
-    two = parse_config({"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}})
+    two = parse_config(
+        {"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}}
+    )
     again = collect([bad], two)
     assert again.files[0].status == "known" and again.errors == [] and again.exit_code == ExitCode.OK
 
@@ -875,7 +894,9 @@ def _overflow_pcap(path: Path, records: list[tuple[int, int, bytes]], *, nanos: 
 def test_subsecond_overflow_is_counted_in_the_interval_of_the_plain_sum(tmp_path, t5_config, nanos, big):
     one = 10**9 if nanos else 10**6  # one second in the file's unit
     base = 1_700_000_000 // 60 * 60  # an interval boundary
-    frame = synth.udp_frame("02:00:00:00:00:01", "02:00:00:00:00:02", "192.0.2.1", "192.0.2.2", 1000, 53, b"q")
+    frame = synth.udp_frame(
+        "02:00:00:00:00:01", "02:00:00:00:00:02", "192.0.2.1", "192.0.2.2", 1000, 53, b"q"
+    )
     records = [
         (base + 58, one - 1, frame),  # 58.999999: the first interval
         (base + 59, one, frame),  # 59 + 1.0 = 60: the next interval, like libpcap and tshark count it

@@ -122,7 +122,10 @@ def test_ledger_records_sorted_tables_and_keeps_lines_with_unknown_fields(store)
         f.write('{"path": "/z.pcap", "size": 5, "mtime_ns": 2, "sha256": null, "records": 0, '
                 '"status": "failed", "future_field": 1}\n')  # fmt: skip
     entries = store.ledger()
-    assert [(e.path, e.tables, e.capture_id) for e in entries] == [("/x.pcap", ["a", "t"], "h1"), ("/z.pcap", None, None)]
+    assert [(e.path, e.tables, e.capture_id) for e in entries] == [
+        ("/x.pcap", ["a", "t"], "h1"),
+        ("/z.pcap", None, None),
+    ]
     assert store.tables_filled(entries[0]) == {"a", "t"} and store.tables_filled(entries[1]) == set()
 
 

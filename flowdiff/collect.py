@@ -47,6 +47,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections import Counter
@@ -265,7 +266,7 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
             st = p.stat()
         except OSError:  # gone since the listing (tcpdump -z, a cleanup job): not ours to read
             continue
-        if not os.path.isfile(p):
+        if not stat.S_ISREG(st.st_mode):
             continue
         kind = sniff_start(p)
         if kind == "other":

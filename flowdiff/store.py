@@ -19,9 +19,11 @@ read again for a new table gets an entry of its own). ``capture_id`` is the pref
 its parts carry in the interval files, reused when it is read again, so that a crash during any read
 can never make a part count twice. Lines written before ``tables`` existed have none: for them a table
 counts as filled when its ``_table.json`` is older than the entry's ``collected_at`` (plus the second
-that ``collected_at`` drops), i.e. when the table existed when the capture was collected. The one
-case this gets wrong is a capture collected with ``--table`` by an older flowdiff while other tables
-existed: those count as filled. A table created later was never filled by it and is filled now.
+that ``collected_at`` drops), i.e. when the table existed when the capture was collected; a table
+created later was never filled by it and is filled now. When every ``_table.json`` is younger than the
+oldest such line (a store copied without its times), every table counts as filled. The rule errs only
+towards "filled" (a capture collected with ``--table`` by an older flowdiff while other tables existed
+counts for those too): a count is never doubled, at worst a table lacks an old capture.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -321,24 +323,36 @@ class Store:
     def tables_filled(self, entry: LedgerEntry) -> set[str]:
         """Tables a ledger entry filled: its ``tables``, or for a line written before that field
         existed, the tables whose definition is older than the entry (see the module doc)."""
-        return self._tables_filled(entry, self._table_created())
+        if entry.tables is not None:
+            return set(entry.tables)
+        return self._legacy_rule([*self.ledger(), entry])(entry)
 
     def ledger_tables(self) -> list[tuple[LedgerEntry, set[str]]]:
         """Every ledger entry with the tables it filled (one pass over the table definitions)."""
-        created = self._table_created()
-        return [(e, self._tables_filled(e, created)) for e in self.ledger()]
+        entries = self.ledger()
+        rule = self._legacy_rule(entries)
+        return [(e, set(e.tables) if e.tables is not None else rule(e)) for e in entries]
 
-    @staticmethod
-    def _tables_filled(entry: LedgerEntry, created: dict[str, float]) -> set[str]:
-        if entry.tables is not None:
-            return set(entry.tables)
-        if entry.status not in ("ok", "damaged"):
-            return set()
-        try:
-            at = datetime.strptime(entry.collected_at, _LEDGER_TIME_FMT).replace(tzinfo=UTC).timestamp()
-        except ValueError:  # no usable time: every table counts as filled (never a count twice)
-            return set(created)
-        return {t for t, when in created.items() if when < at + 1}
+    def _legacy_rule(self, entries: Sequence[LedgerEntry]) -> Callable[[LedgerEntry], set[str]]:
+        """The tables filled by a line without ``tables``: those defined before it was written. The
+        first collect defines its tables before its first ledger line, so when every definition is
+        younger than the oldest such line, the times cannot be trusted (a store copied without its
+        times): then every table counts as filled, and no capture is read again into a table that may
+        hold it already."""
+        created = self._table_created()
+        times = [t for e in entries if e.tables is None and (t := _entry_time(e)) is not None]
+        trusted = bool(created) and bool(times) and min(created.values()) < min(times) + 1
+
+        def rule(entry: LedgerEntry) -> set[str]:
+            if entry.status not in ("ok", "damaged"):
+                return set()
+            at = _entry_time(entry)
+            if at is None or not trusted:  # never a count twice
+                return set(created)
+            # collected_at drops the fraction of its second: a table defined in that second counts
+            return {t for t, when in created.items() if when < at + 1}
+
+        return rule
 
     def _table_created(self) -> dict[str, float]:
         """Table -> modification time of its ``_table.json`` (written once, when the table is created)."""
@@ -434,6 +448,13 @@ class WriteBatch:
         for d in sorted(dirs):
             fsync_dir(d)
         self.pending.clear()
+
+
+def _entry_time(entry: LedgerEntry) -> float | None:
+    try:
+        return datetime.strptime(entry.collected_at, _LEDGER_TIME_FMT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def open_store(path: str | os.PathLike = "store", sensor: str | None = None) -> Store:

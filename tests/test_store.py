@@ -147,6 +147,16 @@ def test_old_ledger_lines_count_the_tables_that_existed_then(tmp_path):
     assert s.tables_filled(entry) == {"old", "new"}
     assert [t for _, t in s.ledger_tables()] == []
     assert s.tables_filled(LedgerEntry("/x.pcap", 10, 1, None, 0, "failed", collected_at=at)) == set()
+    os.utime(s.root / "new" / "_table.json", (t0 + 3600, t0 + 3600))
+    s.ledger_append(entry)
+    s.ledger_append(LedgerEntry("/y.pcap", 10, 1, "cd", 3, "ok", tables=["old"]))  # a line of this version
+    assert [t for _, t in s.ledger_tables()] == [{"old"}, {"old"}]
+    # a store copied without its times: every definition is younger than every line, none can be
+    # trusted, so every table counts as filled (reading a capture again could count it twice)
+    for t in ("old", "new"):
+        os.utime(s.root / t / "_table.json", (t0 + 7200, t0 + 7200))
+    assert [t for _, t in s.ledger_tables()] == [{"old", "new"}, {"old"}]
+    assert s.tables_filled(entry) == {"old", "new"}
 
 
 def test_store_that_is_a_plain_file_is_refused_by_readers_and_writers(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowdiff import synth
 from flowdiff.cli import main
@@ -679,6 +682,41 @@ def test_names_from_strftime_order_the_spool_and_mtime_otherwise(tmp_path):
     r0 = small_capture(ring / "trace.pcap0", t0=1_700_000_300)
     _age(r1, 60)
     assert find_captures([ring]) == ([r1], [r0], [])
+
+
+@given(
+    kinds=st.lists(st.sampled_from(["capture", "empty", "partial", "text"]), min_size=1, max_size=6),
+    ages=st.lists(st.sampled_from([0, 30, 300, 3600, 7200]), min_size=6, max_size=6),  # clear of settle
+    all_files=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_only_the_newest_file_of_a_spool_can_wait(kinds, ages, all_files):
+    """Whatever the mix of captures, empty files, cut headers and other files, and whatever their
+    times: every older capture is read, only the last name can wait, and nothing is lost silently
+    (each file is read, waiting or ignored)."""
+    header = synth.pcap_bytes([])
+    content = {"capture": header, "empty": b"", "partial": header[:3], "text": b"hello"}
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Path(tmp)
+        paths = []
+        for i, kind in enumerate(kinds):
+            p = spool / f"2026120121{10 + i}00.pcap"
+            p.write_bytes(content[kind])
+            _age(p, ages[i])
+            paths.append(p)
+        files, deferred, ignored = find_captures([spool], all_files=all_files, settle=600)
+        assert sorted(files + deferred + ignored) == paths
+        candidates = [p for p, k in zip(paths, kinds, strict=True) if k != "text"]
+        assert set(deferred) <= set(candidates[-1:])
+        for p, kind in zip(paths, kinds, strict=True):
+            if kind == "text":
+                assert p in ignored
+            elif p != candidates[-1]:
+                assert p in (ignored if kind == "empty" else files)
+            elif kind in ("empty", "partial"):
+                assert p in deferred
+            else:
+                assert p in (files if all_files or ages[paths.index(p)] >= 600 else deferred)
 
 
 def test_directory_with_only_the_file_being_written(tmp_path):

@@ -47,17 +47,10 @@ def _keys(ids: np.ndarray) -> dict[str, pa.Array]:
 
 
 def setup(root: Path, rows: int, baseline: int, new_frac: float) -> dict:
-    from flowdiff.baseline import (
-        _store_table,
-        _write_version,
-        baseline_table,
-        commit_state,
-        interval_tokens,
-        load_state,
-        lock,
-    )
+    from flowdiff.baseline import _store_table, _write_version, baseline_table
     from flowdiff.config import parse_config
     from flowdiff.schema import table_schema
+    from flowdiff.state import commit_state, load_state, lock
     from flowdiff.store import Store
 
     config = parse_config({
@@ -98,7 +91,7 @@ def setup(root: Path, rows: int, baseline: int, new_frac: float) -> dict:
     store = Store(config.store, "bench")
     store.ensure_table("services", KEYS, config.interval)
     store.write_interval_rows("services", KEYS, interval.cast(table_schema(KEYS)), "bench-interval")
-    assert len(interval_tokens(Store(config.store), "services")) == 1
+    assert len(Store(config.store).interval_tokens("services")) == 1
     t_int = time.perf_counter() - t
     return {"setup_baseline_s": round(t_base, 2), "setup_interval_s": round(t_int, 2), "expected_new": n_new}
 

@@ -44,7 +44,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Aggregator": ("flowdiff.aggregate", "Aggregator"),
     # baseline, rules, diff
     "learn": ("flowdiff.baseline", "learn"),
-    "accept": ("flowdiff.baseline", "accept"),
+    "accept": ("flowdiff.triage", "accept"),
     "rollback": ("flowdiff.baseline", "rollback"),
     "baseline_history": ("flowdiff.baseline", "history"),
     "baseline_rows": ("flowdiff.baseline", "show"),
@@ -52,9 +52,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_rules": ("flowdiff.rules", "load_rules"),
     "add_rule": ("flowdiff.rules", "add_rule"),
     "diff": ("flowdiff.diff", "diff"),
-    "DiffResult": ("flowdiff.diff", "DiffResult"),
-    "list_reports": ("flowdiff.diff", "list_reports"),
-    "load_report": ("flowdiff.diff", "load_report"),
+    "DiffResult": ("flowdiff.archive", "DiffResult"),
+    "list_reports": ("flowdiff.archive", "list_reports"),
+    "load_report": ("flowdiff.archive", "load_report"),
     # report and mail
     "render_report": ("flowdiff.report", "render_report"),
     "archive_report": ("flowdiff.report", "archive_report"),

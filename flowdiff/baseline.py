@@ -1,4 +1,4 @@
-"""Frozen baselines: what "normal" is, versioned and immutable, plus the diff state.
+"""Frozen baselines: what "normal" is, versioned and immutable.
 
 Layout under ``config.baselines`` (see ``baselines/README.md``)::
 
@@ -7,28 +7,24 @@ Layout under ``config.baselines`` (see ``baselines/README.md``)::
                                    learning window and thresholds
     data/<table>/<hash>.parquet    baseline rows (content addressed, immutable, shared between versions):
                                    key columns + first_seen, last_seen, intervals, packets, bytes
-    state/<table>-*.parquet        diff state: intervals already diffed, keys already reported
-    CURRENT.json                   the one mutable file, replaced atomically: current version + state files
+    state/, CURRENT.json, .lock    the diff state and the current version (flowdiff.state)
     rules.toml                     allow/deny rules (flowdiff.rules)
-    .lock                          serialises learn, accept, rollback and diff
 
-Everything that changes the current version and the diff state together is one ``CURRENT.json`` replace,
-so a crash leaves either the old or the new state, never a mixture.
+This module makes versions (learn, rollback, and :func:`add_keys`, the one way to add keys to a new
+version, which ``accept`` uses) and reads them (history, show, diff between versions). What diff has
+reported lives in :mod:`flowdiff.state`; accept, deny and ignore in :mod:`flowdiff.triage`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import hashlib
 import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +35,21 @@ import pyarrow.parquet as pq
 
 from flowdiff.canon import FINGERPRINT, aggregate, canonicalise, definition, key_hashes
 from flowdiff.config import Config, TableConfig, parse_duration
-from flowdiff.durable import atomic_write_parquet, atomic_write_text, file_lock
+from flowdiff.durable import atomic_write_parquet, atomic_write_text
 from flowdiff.errors import BaselineError, StoreError
 from flowdiff.netmap import NetworkMap
-from flowdiff.schema import INTERVAL, METRICS, TIMESTAMP, key_type
+from flowdiff.rules import parse_where, where_mask
+from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
+from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
+from flowdiff.vocab import iso_time, now_iso, utc_timestamp
 
 log = logging.getLogger(__name__)
 
-CURRENT = "CURRENT.json"
 BASELINE_METRICS: dict[str, pa.DataType] = {
     "first_seen": TIMESTAMP,
     "last_seen": TIMESTAMP,
     "intervals": pa.uint32(),
-    "packets": pa.uint64(),
-    "bytes": pa.uint64(),
-}
-REPORTED_COLUMNS: dict[str, pa.DataType] = {
-    "reason": pa.string(),
-    "first_reported": TIMESTAMP,  # interval in which the key was first reported
-    "last_reported": TIMESTAMP,  # interval of the latest report (re-arm counts from here)
-    "report_id": pa.string(),
-    "first_seen": TIMESTAMP,
-    "last_seen": TIMESTAMP,
     "packets": pa.uint64(),
     "bytes": pa.uint64(),
 }
@@ -74,11 +62,10 @@ __all__ = [
     "TableEntry",
     "LearnedTable",
     "LearnResult",
-    "AcceptResult",
+    "KeysAdded",
     "VersionDiff",
-    "State",
     "learn",
-    "accept",
+    "add_keys",
     "history",
     "show",
     "diff_versions",
@@ -91,15 +78,7 @@ __all__ = [
     "iter_fingerprints",
     "check_definition",
     "baseline_schema",
-    "load_state",
-    "commit_state",
-    "open_store",
-    "interval_tokens",
-    "read_intervals",
-    "lock",
-    "deny",
-    "ignore",
-    "is_report_id",
+    "anti_join",
 ]
 
 
@@ -160,7 +139,9 @@ class LearnResult:
 
 
 @dataclass
-class AcceptResult:
+class KeysAdded:
+    """What :func:`add_keys` wrote (``accept`` returns it as ``AcceptResult``)."""
+
     version: str | None  # None when every row was already in the baseline
     parent: str | None
     added: dict[str, pd.DataFrame]  # table -> key rows added
@@ -183,38 +164,7 @@ class VersionDiff:
         return sum(len(d) for d in self.added.values()) + sum(len(d) for d in self.removed.values())
 
 
-# ------------------------------------------------------------------ store access (the one place)
-
-
-def open_store(config: Config) -> Store:
-    """Every sensor of the store: the baseline is the union of what all sensors saw."""
-    return Store(config.store)
-
-
-def interval_tokens(store: Store, table: str) -> dict[pd.Timestamp, str]:
-    """Interval start -> a token that changes whenever the interval's data changes (Store.interval_tokens)."""
-    return {pd.Timestamp(k): v for k, v in store.interval_tokens(table).items()}
-
-
-def read_intervals(store: Store, tc: TableConfig, starts: Sequence[pd.Timestamp]) -> pd.DataFrame:
-    """Rows of the given intervals only (key columns, interval_start, metrics)."""
-    cols = [INTERVAL, *tc.keys, *METRICS]
-    if not starts:
-        return _empty_counts(tc.keys)
-    lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
-    df = store.read(tc.name, since=lo, until=hi, columns=cols + ["sensor"])
-    sensors = df.pop("sensor").nunique() if "sensor" in df.columns else 1
-    mask = df[INTERVAL].isin(pd.DatetimeIndex(list(starts))).to_numpy()
-    if not mask.all():
-        df = df[mask].reset_index(drop=True)
-    df.attrs["sensors"] = sensors
-    return df
-
-
-def _empty_counts(keys: Sequence[str]) -> pd.DataFrame:
-    from flowdiff.schema import empty_frame
-
-    return empty_frame(keys)
+# ------------------------------------------------------------------ store
 
 
 def _check_store_keys(store: Store, tc: TableConfig) -> None:
@@ -227,11 +177,6 @@ def _check_store_keys(store: Store, tc: TableConfig) -> None:
 
 
 # ------------------------------------------------------------------ paths, lock, versions
-
-
-def lock(config: Config, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
-    """Serialise every change of the baselines directory (learn, accept, rollback, diff)."""
-    return file_lock(config.baselines / ".lock", wait=wait, what="baselines")
 
 
 def _versions_dir(config: Config) -> Path:
@@ -436,118 +381,6 @@ def iter_baseline(config: Config, entry: TableEntry, columns: Sequence[str] | No
         raise BaselineError(f"{path}: unreadable baseline file: {e}") from None
 
 
-# ------------------------------------------------------------------ diff state (CURRENT.json)
-
-
-@dataclass
-class State:
-    """The current version and, per table, the diff state files (relative to config.baselines)."""
-
-    root: Path
-    version: str | None = None
-    files: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> {"diffed": f, "reported": f}
-    last_report: str | None = None
-
-    def _read(self, table: str, what: str) -> pa.Table | None:
-        rel = self.files.get(table, {}).get(what)
-        if not rel:
-            return None
-        try:
-            return pq.read_table(self.root / rel)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise BaselineError(f"{self.root / rel}: unreadable diff state: {e}") from None
-
-    def diffed(self, table: str) -> dict[pd.Timestamp, str]:
-        """Interval start -> data token at the time it was diffed (or learned from)."""
-        t = self._read(table, "diffed")
-        if t is None:
-            return {}
-        df = t.to_pandas(coerce_temporal_nanoseconds=False)
-        return dict(zip(df[INTERVAL], df["token"], strict=True))
-
-    def reported(self, table: str, keys: Sequence[str]) -> pd.DataFrame:
-        t = self._read(table, "reported")
-        schema = reported_schema(keys)
-        if t is None or list(t.schema.names) != list(schema.names):
-            return schema.empty_table().to_pandas(coerce_temporal_nanoseconds=False)
-        return t.to_pandas(coerce_temporal_nanoseconds=False)
-
-
-def reported_schema(keys: Sequence[str]) -> pa.Schema:
-    fields = [pa.field(k, key_type(k), nullable=False) for k in keys]
-    fields += [pa.field(c, t, nullable=False) for c, t in REPORTED_COLUMNS.items()]
-    return pa.schema(fields)
-
-
-def load_state(config: Config) -> State:
-    path = config.baselines / CURRENT
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return State(config.baselines)
-    except (OSError, ValueError) as e:
-        raise BaselineError(f"{path}: unreadable: {e}") from None
-    return State(config.baselines, raw.get("version"), raw.get("files", {}), raw.get("last_report"))
-
-
-def commit_state(
-    config: Config,
-    state: State,
-    *,
-    version: str | None = None,
-    diffed: Mapping[str, Mapping[pd.Timestamp, str]] | None = None,
-    reported: Mapping[str, tuple[Sequence[str], pd.DataFrame]] | None = None,
-    last_report: str | None = None,
-) -> State:
-    """Write the changed state tables as new files, then replace CURRENT.json in one atomic step.
-    Call with the lock held. Unreferenced state files are removed afterwards."""
-    files = {t: dict(v) for t, v in state.files.items()}
-    tag = uuid.uuid4().hex[:12]
-    for table, tokens in (diffed or {}).items():
-        items = sorted(tokens.items())
-        t = pa.table(
-            {
-                INTERVAL: pa.array([k for k, _ in items], type=TIMESTAMP),
-                "token": pa.array([v for _, v in items], pa.string()),
-            }
-        )
-        rel = f"state/{table}-diffed-{tag}.parquet"
-        atomic_write_parquet(config.baselines / rel, t)
-        files.setdefault(table, {})["diffed"] = rel
-    for table, (keys, df) in (reported or {}).items():
-        schema = reported_schema(keys)
-        t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
-        rel = f"state/{table}-reported-{tag}.parquet"
-        atomic_write_parquet(config.baselines / rel, t)
-        files.setdefault(table, {})["reported"] = rel
-    new = State(
-        config.baselines,
-        version if version is not None else state.version,
-        files,
-        last_report if last_report is not None else state.last_report,
-    )
-    doc = {
-        "version": new.version,
-        "files": new.files,
-        "last_report": new.last_report,
-        "updated_at": _now_iso(),
-    }
-    atomic_write_text(config.baselines / CURRENT, json.dumps(doc, indent=1) + "\n")
-    _gc_state(config, new)
-    return new
-
-
-def _gc_state(config: Config, state: State) -> None:
-    keep = {f for v in state.files.values() for f in v.values()}
-    d = config.baselines / "state"
-    if not d.is_dir():
-        return
-    for p in d.glob("*.parquet"):
-        if f"state/{p.name}" not in keep:
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
 # ------------------------------------------------------------------ learn
 
 
@@ -556,8 +389,8 @@ def _window(
 ) -> tuple[list[pd.Timestamp], pd.Timestamp | None, pd.Timestamp | None]:
     """Intervals inside the learning window. ``last`` counts back from the end of the newest stored
     interval (not from the wall clock), so that replayed or old captures learn the same way."""
-    lo = _ts(since)
-    hi = _ts(until)
+    lo = utc_timestamp(since)
+    hi = utc_timestamp(until)
     if last is not None:
         secs = parse_duration(last, "last")
         if secs <= 0:
@@ -575,14 +408,14 @@ def _learn_table(store: Store, tc: TableConfig, starts: list[pd.Timestamp], nmap
     keys = list(tc.keys)
     parts: list[pd.DataFrame] = []
     for i in range(0, len(starts), _CHUNK_INTERVALS):
-        chunk = read_intervals(store, tc, starts[i : i + _CHUNK_INTERVALS])
+        chunk = store.read_intervals(tc.name, tc.keys, starts[i : i + _CHUNK_INTERVALS])
         canon = canonicalise(chunk, tc, nmap, force_aggregate=chunk.attrs.get("sensors", 1) > 1)
         canon["intervals"] = np.ones(len(canon), dtype=np.uint32)
         parts.append(aggregate(canon.drop(columns=[INTERVAL]), keys))
         if len(parts) > 8:
             parts = [aggregate(pd.concat(parts, ignore_index=True), keys)]
     if not parts:
-        empty = _empty_counts(keys).drop(columns=[INTERVAL])
+        empty = empty_frame(keys).drop(columns=[INTERVAL])
         empty["intervals"] = np.zeros(0, dtype=np.uint32)
         return empty, 0
     allrows = aggregate(pd.concat(parts, ignore_index=True), keys) if len(parts) > 1 else parts[0]
@@ -629,7 +462,7 @@ def learn(
     "normal". Tables not named keep their previous baseline. The intervals learned from count as diffed.
     """
     selected = config.select_tables(tables)
-    store = open_store(config)
+    store = Store(config.store)
     nmap = NetworkMap(config.networks)
     with lock(config):
         state = load_state(config)
@@ -640,7 +473,7 @@ def learn(
         diffed: dict[str, dict[pd.Timestamp, str]] = {}
         for name, tc in selected.items():
             _check_store_keys(store, tc)
-            tokens = interval_tokens(store, name) if store.table_keys(name) else {}
+            tokens = store.interval_tokens(name) if store.table_keys(name) else {}
             chosen, lo, hi = _window(sorted(tokens), config.interval, since, until, last)
             mi = min_intervals if min_intervals is not None else tc.min_intervals
             mp = min_packets if min_packets is not None else tc.min_packets
@@ -687,157 +520,49 @@ def _next_id(config: Config) -> str:
     return f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
 
 
-# ------------------------------------------------------------------ accept
+
+# ------------------------------------------------------------------ adding keys (accept)
 
 
-def coerce_where(tc: TableConfig, where: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
-    """``field=value`` strings or a mapping, checked against the table's key fields."""
-    if where is None:
-        return {}
-    items: list[tuple[str, Any]]
-    if isinstance(where, Mapping):
-        items = list(where.items())
-    else:
-        items = []
-        for w in where:
-            if "=" not in w:
-                raise BaselineError(f"--where {w!r}: expected field=value")
-            k, v = w.split("=", 1)
-            items.append((k.strip(), v.strip()))
-    out: dict[str, Any] = {}
-    for k, v in items:
-        if k not in tc.keys:
-            raise BaselineError(f"table {tc.name!r} has no key field {k!r} (keys: {', '.join(tc.keys)})")
-        out[k] = v
-    return out
-
-
-def _where_mask(df: pd.DataFrame, where: Mapping[str, Any], nmap: NetworkMap | None) -> np.ndarray:
-    from flowdiff.rules import field_mask
-
-    mask = np.ones(len(df), dtype=bool)
-    for k, v in where.items():
-        try:
-            mask &= field_mask(df[k], k, v, nmap)
-        except ValueError as e:
-            raise BaselineError(f"--where {k}={v}: {e}") from None
-    return mask
-
-
-def _exact_key(tc: TableConfig, where: Mapping[str, Any]) -> pd.DataFrame | None:
-    """A single key row when ``where`` names every key field with one exact value."""
-    from flowdiff.rules import _compile
-
-    if set(where) != set(tc.keys):
-        return None
-    row: dict[str, Any] = {}
-    for k in tc.keys:
-        kind, value = _compile(k, where[k]) if not isinstance(where[k], list) else ("list", None)
-        if kind not in ("eq", "label"):
-            return None
-        row[k] = [value]
-    return pd.DataFrame(row)
-
-
-def accept(
+def add_keys(
     config: Config,
-    report_id: str | None = None,
-    rows: Sequence[int] | None = None,
-    table: str | None = None,
-    where: Mapping[str, Any] | Sequence[str] | None = None,
+    version: Version,
+    additions: Mapping[str, pd.DataFrame],
+    *,
+    action: str = "accept",
     reason: str | None = None,
     by: str | None = None,
-) -> AcceptResult:
-    """Add rows to a new baseline version (who, when, why recorded).
-
-    Either ``report_id`` (with ``rows``: the row numbers printed in the report; all rows when omitted), or
-    ``table`` with ``where`` filters (rule syntax: exact, CIDR, range, label): the reported, not yet
-    accepted keys that match; when ``where`` names every key field exactly, that key is added even if it
-    was never reported. Accepted keys leave the reported state, so if a later version drops them again
-    they are reported again."""
-    nmap = NetworkMap(config.networks)
-    picks: dict[str, pd.DataFrame] = {}
-    with lock(config):
-        state = load_state(config)
-        version = get_version(config)
-        if report_id is not None:
-            from flowdiff.diff import load_report
-
-            rep = load_report(config, report_id)
-            for t, df in rep.rows.items():
-                if rows:
-                    df = df[df["row"].isin([int(r) for r in rows])]
-                if table is not None and t != table:
-                    continue
-                if len(df):
-                    picks[t] = df
-            if rows:
-                found = {int(r) for df in picks.values() for r in df["row"]}
-                missing = [r for r in rows if int(r) not in found]
-                if missing:
-                    raise BaselineError(f"report {report_id} has no row {missing[0]}")
-        elif table is not None:
-            tc = config.select_tables([table])[table]
-            w = coerce_where(tc, where)
-            rep_df = state.reported(table, tc.keys)
-            rep_df = rep_df[_where_mask(rep_df, w, nmap)]
-            if len(rep_df):
-                picks[table] = rep_df
-            else:
-                exact = _exact_key(tc, w)
-                if exact is None:
-                    raise BaselineError(
-                        f"no reported row of {table!r} matches {_where_text(w)}; to add a key that was never "
-                        f"reported, give every key field exactly ({', '.join(tc.keys)})"
-                    )
-                picks[table] = _coerce_keys(exact, tc.keys)
-        else:
-            raise BaselineError("accept needs a report id or a table with --where filters")
-        if not picks:
-            raise BaselineError("nothing to accept: no rows matched")
-
-        new_tables = dict(version.tables)
-        added: dict[str, pd.DataFrame] = {}
-        already: dict[str, int] = {}
-        reported_updates: dict[str, tuple[Sequence[str], pd.DataFrame]] = {}
-        next_id = _next_id(config)
-        for t, df in picks.items():
-            tc = config.select_tables([t])[t]
-            _, entry = baseline_entry(config, tc, version)
-            keys = list(tc.keys)
-            new_rows = _baseline_rows_from(df, keys)
-            base = _frame(read_baseline(config, entry))
-            fresh = _anti_join(new_rows, base[keys], keys)
-            already[t] = len(new_rows) - len(fresh)
-            if len(fresh):
-                merged = pd.concat([base, fresh], ignore_index=True)
-                table_pa = _to_baseline_table(merged, keys)
-                new_tables[t] = _store_table(
-                    config, tc, table_pa, window=entry.window, thresholds=entry.thresholds, created_in=next_id
-                )
-                added[t] = fresh[keys].reset_index(drop=True)
-            rep_state = state.reported(t, keys)
-            if len(rep_state):
-                keep = _anti_join(rep_state, new_rows[keys], keys)
-                if len(keep) != len(rep_state):
-                    reported_updates[t] = (keys, keep)
-        if not added:
-            if reported_updates:
-                commit_state(config, state, reported=reported_updates)
-            return AcceptResult(version=None, parent=version.id, added={}, already=already)
-        why = reason or "accepted " + ", ".join(f"{t} {len(df)}" for t, df in added.items())
-        if report_id:
-            why += f" (report {report_id})"
-        v = _write_version(config, version.id, "accept", why, by, new_tables)
-        commit_state(config, state, version=v.id, reported=reported_updates)
-    return AcceptResult(version=v.id, parent=version.id, added=added, already=already)
+) -> KeysAdded:
+    """Write a new version = ``version`` plus the key rows of ``additions`` (table -> rows with the key
+    columns and, when known, first/last seen, packets, bytes). Keys already in the baseline are counted in
+    ``already`` and not added again; when nothing is new no version is written. The caller holds the
+    baselines lock and commits the state (``flowdiff.state.commit_state(version=...)``)."""
+    new_tables = dict(version.tables)
+    added: dict[str, pd.DataFrame] = {}
+    already: dict[str, int] = {}
+    next_id = _next_id(config)
+    for t, df in additions.items():
+        tc = config.select_tables([t])[t]
+        _, entry = baseline_entry(config, tc, version)
+        keys = list(tc.keys)
+        new_rows = baseline_rows_from(df, keys)
+        base = _frame(read_baseline(config, entry))
+        fresh = anti_join(new_rows, base[keys], keys)
+        already[t] = len(new_rows) - len(fresh)
+        if len(fresh):
+            merged = pd.concat([base, fresh], ignore_index=True)
+            new_tables[t] = _store_table(config, tc, _to_baseline_table(merged, keys), window=entry.window,
+                                         thresholds=entry.thresholds, created_in=next_id)  # fmt: skip
+            added[t] = fresh[keys].reset_index(drop=True)
+    if not added:
+        return KeysAdded(version=None, parent=version.id, added={}, already=already)
+    why = reason or f"{action}ed " + ", ".join(f"{t} {len(df)}" for t, df in added.items())
+    v = _write_version(config, version.id, action, why, by, new_tables)
+    return KeysAdded(version=v.id, parent=version.id, added=added, already=already)
 
 
-def _where_text(w: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in w.items()) or "(no filter)"
-
-
-def _coerce_keys(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def coerce_keys(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Key columns cast to their stored types; a value that does not fit its field is an error."""
     schema = pa.schema([pa.field(k, key_type(k)) for k in keys])
     try:
         return pa.Table.from_pandas(df[list(keys)], preserve_index=False).cast(schema).to_pandas()
@@ -845,9 +570,9 @@ def _coerce_keys(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         raise BaselineError(f"bad key value: {e}") from None
 
 
-def _baseline_rows_from(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def baseline_rows_from(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Baseline rows (key + evidence) from report or reported-state rows; missing metrics are zero."""
-    out = _coerce_keys(df, keys)
+    out = coerce_keys(df, keys)
     now = pd.Timestamp.now(tz="UTC").floor("us")
     n = len(out)
     for col in ("first_seen", "last_seen"):
@@ -860,7 +585,7 @@ def _baseline_rows_from(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return out.drop_duplicates(subset=list(keys)).reset_index(drop=True)
 
 
-def _anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Rows of ``left`` whose key is not in ``right_keys`` (hash join in Arrow)."""
     if not len(left) or not len(right_keys):
         return left.reset_index(drop=True)
@@ -870,6 +595,7 @@ def _anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str]
     rt = pa.Table.from_pandas(right_keys[list(keys)], preserve_index=False).cast(schema)
     kept = lt.join(rt, keys=list(keys), join_type="left anti", use_threads=True)["_i"].to_numpy()
     return left.iloc[np.sort(kept)].reset_index(drop=True)
+
 
 
 # ------------------------------------------------------------------ history, show, diff, rollback
@@ -902,7 +628,7 @@ def show(
         df = _frame(read_baseline(config, entry))
         if where:
             tc = config.tables.get(t) or TableConfig(name=t, keys=tuple(entry.definition["keys"]))
-            df = df[_where_mask(df, coerce_where(tc, where), nmap)]
+            df = df[where_mask(df, parse_where(tc, where), nmap)]
         df = df.sort_values("packets", ascending=False, kind="stable")
         if limit:
             df = df.head(limit)
@@ -934,8 +660,8 @@ def diff_versions(
         if db is None:
             removed[t] = da
             continue
-        plus = _anti_join(db, da[keys], keys)
-        minus = _anti_join(da, db[keys], keys)
+        plus = anti_join(db, da[keys], keys)
+        minus = anti_join(da, db[keys], keys)
         if len(plus):
             added[t] = plus
         if len(minus):
@@ -967,19 +693,10 @@ def _frame(t: pa.Table) -> pd.DataFrame:
     return t.drop_columns(drop).to_pandas(coerce_temporal_nanoseconds=False)
 
 
-def _ts(value: Any) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    t = pd.Timestamp(value)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
-def _iso(t: pd.Timestamp | None) -> str | None:
-    return None if t is None else pd.Timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_iso = iso_time
+_now_iso = now_iso
 
 
 def _user() -> str:
@@ -994,115 +711,3 @@ def _user() -> str:
 REPORT_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
-def is_report_id(text: str) -> bool:
-    """Report ids look like ``20261130T015500Z-ab12cd``; anything else on the command line is a table."""
-    return bool(REPORT_ID_RE.match(text))
-
-
-def _report_rows(
-    config: Config, report_id: str, rows: Sequence[int] | None
-) -> list[tuple[str, dict[str, Any]]]:
-    from flowdiff.diff import load_report
-
-    rep = load_report(config, report_id)
-    out: list[tuple[str, dict[str, Any]]] = []
-    want = {int(r) for r in rows} if rows else None
-    for t, df in rep.rows.items():
-        for rec in df.to_dict(orient="records"):
-            if want is None or int(rec["row"]) in want:
-                out.append((t, {k: _plain(rec[k]) for k in rep.keys[t]}))
-    if want:
-        missing = sorted(want - {int(r) for _, df in rep.rows.items() for r in df["row"]})
-        if missing:
-            raise BaselineError(f"report {report_id} has no row {missing[0]}")
-    if not out:
-        raise BaselineError(f"report {report_id} has no rows")
-    return out
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def deny(
-    config: Config,
-    report_id: str | None = None,
-    rows: Sequence[int] | None = None,
-    table: str | None = None,
-    where: Mapping[str, Any] | Sequence[str] | None = None,
-    *,
-    name: str | None = None,
-    reason: str | None = None,
-    by: str | None = None,
-) -> list[Any]:
-    """Add deny rules: one per report row (every key field exact), or one from ``table`` + ``where``."""
-    from flowdiff.rules import add_rule
-
-    with lock(config):
-        if report_id is not None:
-            picked = _report_rows(config, report_id, rows)
-            return [
-                add_rule(
-                    config,
-                    "deny",
-                    t,
-                    m,
-                    name=(f"{name}-{i}" if name and len(picked) > 1 else name),
-                    comment=reason or f"from report {report_id}",
-                    by=by,
-                )  # fmt: skip
-                for i, (t, m) in enumerate(picked, 1)
-            ]
-        if table is None:
-            raise BaselineError("deny needs a report id or a table with --where filters")
-        tc = config.select_tables([table])[table]
-        w = coerce_where(tc, where)
-        if not w:
-            raise BaselineError(
-                "deny TABLE needs at least one --where field=value (a rule for every row is a mistake)"
-            )
-        return [add_rule(config, "deny", table, w, name=name, comment=reason, by=by)]
-
-
-def ignore(
-    config: Config,
-    report_id: str | None = None,
-    rows: Sequence[int] | None = None,
-    table: str | None = None,
-    where: Mapping[str, Any] | Sequence[str] | None = None,
-    *,
-    any_fields: Sequence[str] | None = None,
-    name: str | None = None,
-    reason: str | None = None,
-    by: str | None = None,
-) -> list[Any]:
-    """Add allow rules with a wildcard. From report rows: the row's key with ``any_fields`` set to ``*``
-    (default: the client side, ``client``/``src``/``src_mac``, so "any client of this service" is normal).
-    From ``table`` + ``where``: the fields given, every other field ``*``."""
-    from flowdiff.rules import ANY, add_rule
-
-    with lock(config):
-        if report_id is not None:
-            out = []
-            picked = _report_rows(config, report_id, rows)
-            for i, (t, m) in enumerate(picked, 1):
-                keys = list(m)
-                wild = list(any_fields) if any_fields else [next((k for k in ("client", "src", "src_mac") if k in keys),
-                                                                 keys[0])]  # fmt: skip
-                bad = [f for f in wild if f not in keys]
-                if bad:
-                    raise BaselineError(f"table {t!r} has no key field {bad[0]!r} (keys: {', '.join(keys)})")
-                match = {k: (ANY if k in wild else v) for k, v in m.items()}
-                nm = f"{name}-{i}" if name and len(picked) > 1 else name
-                out.append(add_rule(config, "allow", t, match, name=nm, comment=reason or f"from report {report_id}",
-                                    by=by))  # fmt: skip
-            return out
-        if table is None:
-            raise BaselineError("ignore needs a report id or a table with --where filters")
-        tc = config.select_tables([table])[table]
-        w = coerce_where(tc, where)
-        if not w:
-            raise BaselineError(
-                "ignore TABLE needs at least one --where field=value (use --where FIELD='*' for all)"
-            )
-        return [add_rule(config, "allow", table, w, name=name, comment=reason, by=by)]

@@ -10,25 +10,19 @@ everything else not in the baseline is grey (reason ``new``).
 A key is reported once. The reported-keys state remembers it; it comes back only after it was accepted
 and later removed from the baseline, or after ``rearm`` seconds (counted in capture time: between the
 interval it was last reported in and the interval it is seen in now). Re-running diff finds nothing,
-because the diffed intervals are remembered too. Both live in the baselines state (``flowdiff.baseline``).
-
-INTERFACE (fixed; the report/mail stage relies on it): ``ROW_COLUMNS`` and ``DiffResult``. Each per-table
-frame has the table's key columns, then ``ROW_COLUMNS``, then ``row`` (the row number inside the report,
-used by ``flowdiff accept REPORT_ID ROW``).
+because the diffed intervals are remembered too. Both live in the diff state (``flowdiff.state``); the
+rows found are archived as a report (``flowdiff.archive``, which also defines ``DiffResult``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import secrets
 import shlex
-import shutil
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,99 +31,43 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from flowdiff.baseline import (
-    State,
-    TableEntry,
-    baseline_entry,
-    commit_state,
-    get_version,
-    interval_tokens,
-    is_report_id,
-    iter_baseline,
-    iter_fingerprints,
-    load_state,
-    lock,
-    open_store,
-    read_intervals,
+from flowdiff.archive import (
+    ROW_COLUMNS,
+    ROW_NUMBER,
+    DiffResult,
+    empty_rows,
+    finish_pending_report,
+    list_reports,
+    load_report,
+    new_report_id,
+    publish_report,
+    report_dir,
+    row_records,
+    typed_rows,
+    write_report_tmp,
 )
+from flowdiff.baseline import TableEntry, baseline_entry, get_version, iter_baseline, iter_fingerprints
 from flowdiff.canon import canonicalise, column_hashes, combine_hashes, key_hashes, string_buffers
 from flowdiff.config import Config, TableConfig
-from flowdiff.durable import atomic_write_parquet, atomic_write_text, fsync_dir
-from flowdiff.errors import ReportError
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
 from flowdiff.rules import RuleSet, apply_rules, load_rules
-from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
+from flowdiff.schema import INTERVAL, key_type
+from flowdiff.state import commit_state, load_state, lock
+from flowdiff.store import Store
+from flowdiff.vocab import utc_timestamp
 
 log = logging.getLogger(__name__)
 
-# Columns every per-table frame of DiffResult.rows has, after the table's own key columns.
-ROW_COLUMNS = (
-    "interval_start",  # timestamp[us, UTC]: first interval the key was seen in this diff
-    "first_seen",  # timestamp[us, UTC]
-    "last_seen",  # timestamp[us, UTC]
-    "packets",  # uint64, summed over the diffed intervals
-    "bytes",  # uint64
-    "reason",  # "new" or "deny-rule NAME"
-    "neighbour",  # str: nearest accepted neighbour, "" when none
-    "accept_cmd",  # str: exact `flowdiff accept ...` command for this row
-    "deny_cmd",  # str: exact `flowdiff deny ...` command for this row
-)
-ROW_NUMBER = "row"
+# DiffResult and the report archive live in flowdiff.archive; their names stay importable from here.
+__all__ = ["ROW_COLUMNS", "DiffResult", "diff", "find_new", "neighbours", "commands", "empty_rows", "list_reports",
+           "load_report", "report_dir", "row_records"]  # fmt: skip
+
 _CHUNK_INTERVALS = 12  # intervals per anti-join pass: bounds memory when many intervals wait
 _BATCH_ROWS = 1 << 20  # baseline rows per streamed batch
 
 
-@dataclass
-class DiffResult:
-    """What one diff found. ``rows`` has an entry (maybe empty, full schema) for every diffed table."""
-
-    report_id: str | None  # None when nothing new was found (no report is archived then)
-    rows: dict[str, pd.DataFrame]  # table -> key columns + ROW_COLUMNS, sorted by bytes descending
-    keys: dict[str, tuple[str, ...]]  # table -> its key columns, in order
-    baseline_versions: dict[str, str]  # table -> baseline version id used
-    since: pd.Timestamp | None  # span of the intervals diffed (UTC), None when there were none
-    until: pd.Timestamp | None
-    intervals: int = 0  # number of (table, interval) pairs diffed
-    sensor: str = ""
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(len(df) for df in self.rows.values())
-
-    def counts(self) -> dict[str, int]:
-        return {t: len(df) for t, df in self.rows.items() if len(df)}
-
-
-__all__ = ["ROW_COLUMNS", "DiffResult", "diff", "find_new", "neighbours", "key_hashes", "load_report", "list_reports",
-           "empty_rows", "report_dir", "row_records"]  # fmt: skip
-
-
 # ------------------------------------------------------------------ frames
-
-
-def empty_rows(keys: Sequence[str]) -> pd.DataFrame:
-    """A zero-row frame with the full DiffResult row schema of a table."""
-    return _row_schema(keys).empty_table().to_pandas(coerce_temporal_nanoseconds=False)
-
-
-def _row_schema(keys: Sequence[str]) -> pa.Schema:
-    fields = [pa.field(k, key_type(k)) for k in keys]
-    fields += [pa.field(c, TIMESTAMP) for c in ("interval_start", "first_seen", "last_seen")]
-    fields += [pa.field(c, pa.uint64()) for c in ("packets", "bytes")]
-    fields += [pa.field(c, pa.string()) for c in ("reason", "neighbour", "accept_cmd", "deny_cmd")]
-    fields.append(pa.field(ROW_NUMBER, pa.int64()))
-    return pa.schema(fields)
-
-
-def _typed(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    schema = _row_schema(keys)
-    t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
-    return t.to_pandas(coerce_temporal_nanoseconds=False)
-
-
 # ------------------------------------------------------------------ the anti-join
 
 
@@ -409,7 +347,7 @@ def commands(
 
 
 def _pending(tokens: dict[pd.Timestamp, str], done: dict[pd.Timestamp, str], since: Any, until: Any) -> list:
-    lo, hi = _ts(since), _ts(until)
+    lo, hi = utc_timestamp(since), utc_timestamp(until)
     return [
         s for s, tok in tokens.items()
         if done.get(s) != tok and (lo is None or s >= lo) and (hi is None or s < hi)
@@ -475,19 +413,19 @@ def diff(
     ctx = lock(config) if record else contextlib.nullcontext()
     with ctx:
         state = load_state(config)
-        _finish_pending_report(config, state)
+        finish_pending_report(config, state.last_report)
         version = get_version(config)
         entries = {name: baseline_entry(config, tc, version)[1] for name, tc in selected.items()}
         rules = load_rules(config)
         nmap = NetworkMap(config.networks)
-        store = open_store(config)
+        store = Store(config.store)
         found: dict[str, pd.DataFrame] = {}
         diffed: dict[str, dict[pd.Timestamp, str]] = {}
         reported_new: dict[str, tuple[Sequence[str], pd.DataFrame]] = {}
         spans: list[pd.Timestamp] = []
         n_intervals = 0
         for name, tc in selected.items():
-            tokens = interval_tokens(store, name) if store.table_keys(name) else {}
+            tokens = store.interval_tokens(name) if store.table_keys(name) else {}
             done = state.diffed(name)
             pending = _pending(tokens, done, since, until)
             n_intervals += len(pending)
@@ -503,7 +441,7 @@ def diff(
         report_id = None
         if record:
             if total:
-                report_id = _new_report_id(now, state.last_report)
+                report_id = new_report_id(now, state.last_report)
                 for name, tc in selected.items():
                     if len(found[name]):
                         reported_new[name] = (
@@ -511,10 +449,10 @@ def diff(
                         )  # fmt: skip
             result = _result(config, report_id, rows, selected, version.id, spans, n_intervals)
             if report_id:
-                _write_report_tmp(config, result)
+                write_report_tmp(config, result)
             commit_state(config, state, diffed=diffed, reported=reported_new, last_report=report_id)
             if report_id:
-                _publish_report(config, report_id)
+                publish_report(config, report_id)
             return result
     return _result(config, None, rows, selected, version.id, spans, n_intervals)
 
@@ -533,7 +471,7 @@ def _diff_table(config: Config, tc: TableConfig, entry: TableEntry, pending: lis
                 nmap: NetworkMap, store: Any) -> pd.DataFrame:  # fmt: skip
     parts = []
     for i in range(0, len(pending), _CHUNK_INTERVALS):
-        raw = read_intervals(store, tc, pending[i : i + _CHUNK_INTERVALS])
+        raw = store.read_intervals(tc.name, tc.keys, pending[i : i + _CHUNK_INTERVALS])
         canon = canonicalise(raw, tc, nmap, force_aggregate=raw.attrs.get("sensors", 1) > 1)
         parts.append(find_new(canon, tc, iter_fingerprints(config, entry, _BATCH_ROWS), rules, nmap))
     parts = [p for p in parts if len(p)]
@@ -578,144 +516,7 @@ def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict
         cand["accept_cmd"], cand["deny_cmd"] = commands(cand, name, keys, config)
         cand[ROW_NUMBER] = np.arange(row_no, row_no + len(cand), dtype=np.int64)
         row_no += len(cand)
-        out[name] = _typed(cand, keys)
+        out[name] = typed_rows(cand, keys)
     return out
 
 
-# ------------------------------------------------------------------ reports
-
-
-def _new_report_id(now: datetime | None = None, last: str | None = None) -> str:
-    """``20261130T015500Z-ab12cd``: sortable by time, random suffix for uniqueness across sensors; two
-    reports of one sensor in the same second still sort in order (the suffix then counts up)."""
-    t = now or datetime.now(UTC)
-    stamp = f"{t.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-    suffix = secrets.randbelow(1 << 23)
-    if last and last[:16] >= stamp:
-        stamp = last[:16]
-        suffix = int(last[17:], 16) + 1 + secrets.randbelow(1 << 8)
-    return f"{stamp}-{min(suffix, (1 << 24) - 1):06x}"
-
-
-def report_dir(config: Config, report_id: str) -> Path:
-    return config.reports / report_id
-
-
-def _tmp_dir(config: Config, report_id: str) -> Path:
-    return config.reports / f".{report_id}.tmp"
-
-
-def row_records(result: DiffResult) -> list[dict[str, Any]]:
-    """One JSON-ready dict per row: the ``flowdiff diff --format json`` objects (plus the extra columns)."""
-    out = []
-    for table, df in result.rows.items():
-        keys = result.keys[table]
-        for rec in df.to_dict(orient="records"):
-            obj: dict[str, Any] = {"table": table}
-            for k in keys:
-                obj[k] = _json_value(rec[k])
-            for c in (*ROW_COLUMNS, ROW_NUMBER):
-                obj[c] = _json_value(rec[c])
-            out.append(obj)
-    return out
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, pd.Timestamp):
-        return (
-            v.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            if v.microsecond
-            else v.strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _write_report_tmp(config: Config, result: DiffResult) -> None:
-    assert result.report_id
-    d = _tmp_dir(config, result.report_id)
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    tables = []
-    for t, df in result.rows.items():
-        if not len(df):
-            continue
-        pt = pa.Table.from_pandas(df, preserve_index=False)
-        pt = pt.add_column(0, "table", pa.array([t] * len(df), pa.string()))
-        tables.append(pt)
-    combined = pa.concat_tables(tables, promote_options="default")
-    order = ["row", "table"] + [c for c in combined.column_names if c not in ("row", "table")]
-    atomic_write_parquet(d / "rows.parquet", combined.select(order))
-    atomic_write_text(d / "rows.json", json.dumps(row_records(result), indent=1, ensure_ascii=False) + "\n")
-    meta = {
-        "report_id": result.report_id,
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "sensor": result.sensor,
-        "since": _json_value(result.since) if result.since is not None else None,
-        "until": _json_value(result.until) if result.until is not None else None,
-        "intervals": result.intervals,
-        "baseline_versions": result.baseline_versions,
-        "keys": {t: list(k) for t, k in result.keys.items()},
-        "counts": result.counts(),
-    }
-    atomic_write_text(d / "report.json", json.dumps(meta, indent=1) + "\n")
-
-
-def _publish_report(config: Config, report_id: str) -> None:
-    src, dst = _tmp_dir(config, report_id), report_dir(config, report_id)
-    if src.is_dir() and not dst.exists():
-        os.replace(src, dst)
-        fsync_dir(config.reports)
-
-
-def _finish_pending_report(config: Config, state: State) -> None:
-    """A crash between the state commit and the report rename leaves a committed report in its temp
-    directory: publish it. Temp directories of reports that were never committed are dropped."""
-    if not config.reports.is_dir():
-        return
-    for d in config.reports.glob(".*.tmp"):
-        rid = d.name[1:-4]
-        if not is_report_id(rid):
-            continue  # not ours (another stage's temp file)
-        if rid == state.last_report:
-            _publish_report(config, rid)
-        else:
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def list_reports(config: Config) -> list[str]:
-    """Report ids, oldest first."""
-    if not config.reports.is_dir():
-        return []
-    return sorted(p.name for p in config.reports.iterdir() if (p / "report.json").is_file())
-
-
-def load_report(config: Config, report_id: str) -> DiffResult:
-    """A DiffResult back from an archived report."""
-    d = report_dir(config, report_id)
-    try:
-        meta = json.loads((d / "report.json").read_text(encoding="utf-8"))
-        table = pq.read_table(d / "rows.parquet")
-    except FileNotFoundError:
-        raise ReportError(f"no report {report_id!r} in {config.reports}") from None
-    except (OSError, ValueError, pa.ArrowInvalid) as e:
-        raise ReportError(f"report {report_id}: unreadable: {e}") from None
-    keys = {t: tuple(k) for t, k in meta["keys"].items()}
-    df = table.to_pandas(coerce_temporal_nanoseconds=False)
-    rows = {}
-    for t, k in keys.items():
-        sub = df[df["table"] == t]
-        rows[t] = _typed(sub, k) if len(sub) else empty_rows(k)
-    return DiffResult(
-        report_id=report_id, rows=rows, keys=keys, baseline_versions=meta.get("baseline_versions", {}),
-        since=_ts(meta.get("since")), until=_ts(meta.get("until")), intervals=meta.get("intervals", 0),
-        sensor=meta.get("sensor", ""),
-    )  # fmt: skip
-
-
-def _ts(value: Any) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    t = pd.Timestamp(value)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

@@ -33,7 +33,6 @@ import socket
 import ssl
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, getaddresses
@@ -45,6 +44,7 @@ import aiosmtplib
 from flowdiff.config import Config, MailConfig
 from flowdiff.durable import atomic_write_bytes, atomic_write_text, file_lock
 from flowdiff.errors import LockError, MailError
+from flowdiff.vocab import iso_time, one_line
 
 if TYPE_CHECKING:
     from flowdiff.report import RenderedReport
@@ -55,7 +55,6 @@ BACKOFF_BASE = 60.0  # seconds before the second attempt
 BACKOFF_MAX = 3600.0  # never wait longer than this between attempts
 FLUSH_LOCK = ".flush.lock"
 SENT_RECORD = "sent.json"  # in <reports>/<report_id>/ once the server accepted the report
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
 # ---------------------------------------------------------------- building messages
@@ -63,7 +62,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 def _header_value(value: Any) -> str:
     """A header value on one line: CR/LF and other controls become spaces (no header injection)."""
-    return " ".join(_CONTROL.sub(" ", str(value)).split())
+    return one_line(value, 998)
 
 
 def default_from(mail_config: MailConfig) -> str:
@@ -262,7 +261,7 @@ class OutboxResult:
 
 
 def _now_iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_time(time.time() if ts is None else ts) or ""
 
 
 def entry_name(message_id: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from flowdiff.config import Config
 from flowdiff.diff import ROW_COLUMNS, DiffResult
 from flowdiff.durable import atomic_write_bytes, atomic_write_text
 from flowdiff.errors import ReportError
+from flowdiff.vocab import format_value, human_time, one_line
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAMES = ("subject.txt", "report.txt", "report.html")
@@ -38,8 +38,6 @@ REPORT_TEXT = "report.txt"
 REPORT_EML = "message.eml"
 REPORT_META = "rendered.json"  # (report.json and rows.* are written by diff)
 
-_PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "ipv6-icmp", 132: "sctp"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 @dataclass(frozen=True)
@@ -57,14 +55,6 @@ class RenderedReport:
 
 
 # ---------------------------------------------------------------- small formatting helpers
-
-
-def one_line(value: Any, limit: int = 200) -> str:
-    """Text with control characters (CR, LF, NUL, U+2028 ...) folded to one space: safe for a header."""
-    s = _CONTROL.sub(" ", str(value))
-    s = "".join(" " if unicodedata.category(c) in ("Zl", "Zp") else c for c in s)
-    s = " ".join(s.split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def human_bytes(n: int) -> str:
@@ -86,19 +76,11 @@ def _bytes_long(n: int) -> str:
 
 
 def format_time(ts: Any) -> str:
-    if ts is None or (not isinstance(ts, str) and pd.isna(ts)):
-        return "-"
-    t = pd.Timestamp(ts)
-    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-    return t.strftime("%Y-%m-%d %H:%M:%SZ")
+    return human_time(ts)
 
 
 def format_key_value(field_name: str, value: Any) -> str:
-    if field_name == "proto":
-        return _PROTO_NAMES.get(int(value), str(int(value)))
-    if field_name == "ethertype":
-        return f"0x{int(value):04x}"
-    return str(value)
+    return format_value(field_name, value)
 
 
 def message_id_for(report_id: str, sensor: str) -> str:

@@ -31,7 +31,6 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +38,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flowdiff.config import Config
+from flowdiff.config import Config, TableConfig
 from flowdiff.durable import atomic_write_text
-from flowdiff.errors import RulesError
+from flowdiff.errors import BaselineError, RulesError
 from flowdiff.netmap import NetworkMap, parse_addresses
 from flowdiff.schema import ADDRESS_KEYS, is_key_field, key_type
+from flowdiff.vocab import PROTOCOLS, now_iso, proto_number
 
 KINDS = ("allow", "deny")
 META_FIELDS = ("name", "table", "comment", "by", "created")
 ANY = "*"
-PROTO_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
+PROTO_NAMES = PROTOCOLS  # kept for imports from earlier versions
 _RANGE_RE = re.compile(r"^\s*(\d+|0x[0-9a-fA-F]+)\s*-\s*(\d+|0x[0-9a-fA-F]+)\s*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9_.:/ -]{0,99}$")
 
@@ -61,6 +61,8 @@ __all__ = [
     "field_mask",
     "rule_mask",
     "apply_rules",
+    "parse_where",
+    "where_mask",
 ]
 
 
@@ -186,8 +188,8 @@ def _numeric(fieldname: str) -> bool:
 
 def _int(fieldname: str, text: str) -> int:
     t = text.strip().lower()
-    if fieldname == "proto" and t in PROTO_NAMES:
-        return PROTO_NAMES[t]
+    if fieldname == "proto":
+        return proto_number(t)
     try:
         return int(t, 0)
     except ValueError:
@@ -312,6 +314,42 @@ def apply_rules(
     return allowed, deny
 
 
+# ------------------------------------------------------------------ --where filters (rule syntax)
+
+
+def parse_where(tc: TableConfig, where: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    """``field=value`` strings or a mapping, checked against the table's key fields."""
+    if where is None:
+        return {}
+    items: list[tuple[str, Any]]
+    if isinstance(where, Mapping):
+        items = list(where.items())
+    else:
+        items = []
+        for w in where:
+            if "=" not in w:
+                raise BaselineError(f"--where {w!r}: expected field=value")
+            k, v = w.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    out: dict[str, Any] = {}
+    for k, v in items:
+        if k not in tc.keys:
+            raise BaselineError(f"table {tc.name!r} has no key field {k!r} (keys: {', '.join(tc.keys)})")
+        out[k] = v
+    return out
+
+
+def where_mask(df: pd.DataFrame, where: Mapping[str, Any], nmap: NetworkMap | None) -> np.ndarray:
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in where.items():
+        try:
+            mask &= field_mask(df[k], k, v, nmap)
+        except ValueError as e:
+            raise BaselineError(f"--where {k}={v}: {e}") from None
+    return mask
+
+
+
 # ------------------------------------------------------------------ writing
 
 
@@ -344,7 +382,7 @@ def add_rule(
     if comment:
         entry["comment"] = comment
     entry["by"] = by or _user()
-    entry["created"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entry["created"] = now_iso()
     text = old.rstrip("\n") + "\n\n" + _toml_entry(kind, entry)
     rules = parse_rules(text, config, path=path)
     atomic_write_text(path, text)

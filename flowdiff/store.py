@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, syncfs
 from flowdiff.errors import StoreError
 from flowdiff.schema import INTERVAL, PARTITION, table_schema
+from flowdiff.vocab import now_iso, utc_timestamp
 
 if TYPE_CHECKING:  # imported where used: collect needs neither (0.4 s and 0.2 s of start-up time)
     import pandas as pd
@@ -104,13 +105,6 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
         return None
 
 
-def _ts(value: Any) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    import pandas as pd
-
-    t = pd.Timestamp(value)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 class Store:
@@ -180,7 +174,7 @@ class Store:
 
     def files(self, table: str, since: Any = None, until: Any = None) -> list[Path]:
         """Interval files of a table, pruned by file name (no file is opened)."""
-        lo, hi = _ts(since), _ts(until)
+        lo, hi = utc_timestamp(since), utc_timestamp(until)
         out = []
         for d in self._sensor_dirs(table):
             for p in sorted(d.glob("*.parquet")):
@@ -250,6 +244,24 @@ class Store:
             raise StoreError(f"cannot read table {table!r} in {self.root}: {e}") from None
         return _to_pandas(result)
 
+    def read_intervals(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pd.DataFrame:
+        """Rows of exactly the given intervals (interval_start, key columns, metrics), every sensor's rows
+        kept apart; ``df.attrs["sensors"]`` says how many sensors they came from (learn and diff add up
+        rows of several sensors after canonicalisation)."""
+        import pandas as pd
+
+        cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen"]
+        if not starts:
+            return table_schema(keys).empty_table().select(cols).to_pandas(coerce_temporal_nanoseconds=False)
+        lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
+        df = self.read(table, since=lo, until=hi, columns=cols + [PARTITION])
+        sensors = df.pop(PARTITION).nunique() if PARTITION in df.columns else 1
+        mask = df[INTERVAL].isin(pd.DatetimeIndex(list(starts))).to_numpy()
+        if not mask.all():
+            df = df[mask].reset_index(drop=True)
+        df.attrs["sensors"] = sensors
+        return df
+
     # -- writing
     def write_interval_rows(
         self, table: str, keys: Sequence[str], rows: pa.Table, source_id: str, *, presorted: bool = False
@@ -310,7 +322,7 @@ class Store:
     def ledger_append(self, entry: LedgerEntry) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not entry.collected_at:
-            entry.collected_at = datetime.now(UTC).strftime(_LEDGER_TIME_FMT)
+            entry.collected_at = now_iso()
         if entry.tables is not None:
             entry.tables = sorted(set(entry.tables))
         line = json.dumps(asdict(entry), sort_keys=True) + "\n"
@@ -477,9 +489,9 @@ def _filter_expr(
         expr = e if expr is None else expr & e
 
     ts_type = schema.field(INTERVAL).type
-    if (lo := _ts(since)) is not None:
+    if (lo := utc_timestamp(since)) is not None:
         _and(ds.field(INTERVAL) >= pa.scalar(lo.to_pydatetime(), type=ts_type))
-    if (hi := _ts(until)) is not None:
+    if (hi := utc_timestamp(until)) is not None:
         _and(ds.field(INTERVAL) < pa.scalar(hi.to_pydatetime(), type=ts_type))
     for col, value in (where or {}).items():
         if col not in schema.names:

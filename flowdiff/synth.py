@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowdiff import vocab
+
 __all__ = [
     "Frame",
     "Interface",
@@ -895,9 +897,7 @@ class ExpectedRow:
 
 
 def format_value(field_name: str, value: object) -> str:
-    if field_name == "ethertype" and isinstance(value, int):
-        return f"0x{value:04x}"
-    return str(value)
+    return vocab.format_value(field_name, value)
 
 
 @dataclass(frozen=True)

@@ -581,7 +581,20 @@ def test_directory_without_any_capture_is_fine_but_said(tmp_path):
     assert f"no capture in {spool}" in r.output and "1 not captures" in r.output
 
 
-def test_files_skipped_as_not_captures_are_named_with_v(tmp_path):
+@pytest.fixture
+def quiet_logging():
+    """The log level as a fresh process has it (a `-v` of an earlier test lowers the root logger's)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    yield
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_files_skipped_as_not_captures_are_named_with_v(tmp_path, quiet_logging, where):
     spool = tmp_path / "spool"
     spool.mkdir()
     closed = small_capture(spool / "20261201215850.pcap")
@@ -591,7 +604,8 @@ def test_files_skipped_as_not_captures_are_named_with_v(tmp_path):
     quiet = CliRunner().invoke(main, ["collect", str(spool)])
     assert "skipped" not in quiet.output and "2 not captures" in quiet.output
     shutil.rmtree(tmp_path / "store")
-    r = CliRunner().invoke(main, ["-v", "collect", str(spool)])
+    args = ["-v", "collect", str(spool)] if where == "before" else ["collect", "-v", str(spool)]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     named = sorted(line for line in r.stderr.splitlines() if line.startswith("skipped"))
     assert named == [

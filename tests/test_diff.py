@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shlex
 
-import click
 import fixtures_baseline as fx
 import numpy as np
 import pandas as pd
@@ -15,12 +14,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowdiff.baseline import accept, learn, load_state, rollback
-from flowdiff.cli.baseline_cmds import register
+from flowdiff.baseline import learn, rollback
+from flowdiff.cli import main as flowdiff_main
 from flowdiff.config import TableConfig
 from flowdiff.diff import ROW_COLUMNS, diff, find_new, key_hashes, list_reports, load_report
 from flowdiff.errors import BaselineError
 from flowdiff.rules import RuleSet, add_rule
+from flowdiff.state import load_state
+from flowdiff.triage import accept
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,7 @@ def site(learned, tmp_path):
 
 
 def _cli():
-    @click.group()
-    def main():
-        pass
-
-    register(main)
-    return main
+    return flowdiff_main
 
 
 def _run(*args: str):

@@ -27,7 +27,9 @@ from flowdiff.cli.common import (
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowdiff")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file for the command (also accepted after the command name).")  # fmt: skip
+def main(verbose: int, config_path: str | None) -> None:
     """flowdiff: count tables from packet captures, a frozen baseline of normal traffic,
     and a report of every row that is new.
 
@@ -168,7 +170,7 @@ def show(table, config_path, store, since, until, top, by_interval, fmt) -> None
 
 
 # Commands of the other stages live in their own modules and register themselves here.
-for _module in ("baseline_cmds", "mail_cmds", "demo_cmds"):
+for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds"):
     try:
         importlib.import_module(f"flowdiff.cli.{_module}").register(main)
     except ModuleNotFoundError as _e:  # pragma: no cover - while a stage is being written

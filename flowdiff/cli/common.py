@@ -17,13 +17,35 @@ from flowdiff.exitcodes import ExitCode
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR
 
-config_option = click.option(
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        setup_logging(value)
+
+
+verbose_option = click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_verbose_callback,
+    help="More log output on stderr (-vv for debug); also accepted before the command.",
+)
+
+_config_flag = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Config file (default: $FLOWDIFF_CONFIG, else ./flowdiff.toml, else built-in defaults).",
+    help="Config file (default: $FLOWDIFF_CONFIG, else ./flowdiff.toml, else built-in defaults); "
+    "also accepted before the command.",
 )
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` and ``-v``: every command takes them after its name, and the ``flowdiff`` group
+    before it (``flowdiff --config F run`` and ``flowdiff run --config F`` are the same)."""
+    return _config_flag(verbose_option(func))
 
 
 format_option = click.option(
@@ -36,9 +58,18 @@ format_option = click.option(
 )
 
 
+def group_config_path() -> str | None:
+    """``--config`` given before the command name (``flowdiff --config F CMD``), if any."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return ctx.find_root().params.get("config_path")
+
+
 def load(config_path: str | None, **overrides: Any) -> Config:
-    """The config with command-line overrides applied (options left unset do not override)."""
-    return load_config(config_path).with_overrides(**overrides)
+    """The config with command-line overrides applied (options left unset do not override). A
+    ``--config`` after the command wins over one before it."""
+    return load_config(config_path or group_config_path()).with_overrides(**overrides)
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,8 +105,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def setup_logging(verbose: int) -> None:
+    """``-v`` once: INFO, twice: DEBUG. Called by the group and again by a command's own ``-v``; the
+    more verbose of the two wins."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    elif verbose:
+        root.setLevel(min(root.level, level))
 
 
 def parse_when(value: str | None, *, now: Any = None) -> Any:
@@ -104,12 +141,16 @@ def format_frame(df: Any, fmt: str) -> str:
     """A DataFrame as an aligned text table, CSV or JSON Lines (times in ISO 8601 UTC)."""
     import pandas as pd
 
+    from flowdiff.vocab import format_value, iso_time
+
     out = df.copy()
     for col in out.columns:
         if isinstance(out[col].dtype, pd.DatetimeTZDtype):
-            out[col] = out[col].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if fmt == "table" and "ethertype" in out.columns:  # people read ethertypes in hex
-        out["ethertype"] = out["ethertype"].map(lambda v: f"0x{int(v):04x}")
+            out[col] = [iso_time(v) for v in out[col]]
+    if fmt == "table":  # people read protocols by name and ethertypes in hex
+        for col in ("proto", "ethertype"):
+            if col in out.columns and pd.api.types.is_integer_dtype(out[col]):
+                out[col] = [format_value(col, v) for v in out[col]]
     if fmt == "csv":
         return out.to_csv(index=False).rstrip("\n")
     if fmt == "json":

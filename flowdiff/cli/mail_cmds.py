@@ -104,11 +104,11 @@ def outbox_list(config_path) -> None:
     if not entries:
         click.echo("outbox is empty")
         return
-    import datetime as dt
+    from flowdiff.vocab import iso_time
 
     for e in entries:
         nxt = (
-            dt.datetime.fromtimestamp(e.next_attempt, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            iso_time(e.next_attempt)
             if e.attempts
             else "now"
         )

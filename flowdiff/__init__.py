@@ -63,10 +63,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "send_async": ("flowdiff.mail", "send_async"),
     "flush_outbox": ("flowdiff.mail", "flush_outbox"),
     "list_outbox": ("flowdiff.mail", "list_outbox"),
+    "deliver": ("flowdiff.deliver", "deliver"),
     # pipeline and demo
     "run": ("flowdiff.pipeline", "run"),
     "watch": ("flowdiff.pipeline", "watch"),
     "run_demo": ("flowdiff.demo", "run_demo"),
+    # sensor health
+    "status": ("flowdiff.status", "status"),
+    "check_health": ("flowdiff.health", "check"),
     # errors
     "FlowdiffError": ("flowdiff.errors", "FlowdiffError"),
     "ConfigError": ("flowdiff.errors", "ConfigError"),

@@ -15,9 +15,11 @@ Failure policy (the collect summary relies on it):
 * a structural problem later on (record or block cut short, bogus captured length, bad block length,
   corrupt gzip stream) ends the walk with one :class:`Damage` in ``stats.damage``; every good record
   before it has already been delivered;
-* a problem confined to one record (sub-second field out of range, a time stamp that does not fit
-  int64 nanoseconds, a packet block naming an interface that was never described) skips that record
-  and counts it in ``stats.skipped`` under a reason.
+* a problem confined to one record (a pcapng time stamp that does not fit int64 nanoseconds, a packet
+  block naming an interface that was never described) skips that record and counts it in
+  ``stats.skipped`` under a reason. A pcap record whose sub-second field is out of range (1,000,000 or
+  more microseconds, 10^9 or more nanoseconds) is not a problem: like libpcap and tshark, its time is
+  the plain sum of seconds and fraction (the overflow carries into the seconds).
 
 Formats: pcap (microsecond and nanosecond magic, both byte orders, Kuznetzov's "modified" variant),
 pcapng (any number of sections of either byte order; interfaces with their own link type, snaplen,
@@ -57,6 +59,7 @@ __all__ = [
     "CaptureReader",
     "open_capture",
     "sniff_capture",
+    "sniff_start",
     "release_buffers",
     "content_sha256",
     "SKIP_REASONS",
@@ -215,7 +218,6 @@ def _walk_pcap(
     big,
     hdr_len,
     frac_mult,
-    frac_limit,
     max_caplen,
     out_off,
     out_cap,
@@ -226,8 +228,9 @@ def _walk_pcap(
 ):
     """Index pcap records in ``buf[pos:end]``; returns (k, pos, status, code, detail).
 
-    Records whose sub-second field is out of range are skipped and counted: they cannot be placed in
-    time, and normalising (carrying into the seconds) would invent a time nobody recorded.
+    The time stamp is the plain sum seconds + sub-second field, also when that field is 1,000,000 or
+    more (10^9 or more in nanosecond files): some old capture tools wrote such records, and libpcap and
+    tshark carry the overflow into the seconds, so the record is counted where they count it.
     """
     n_out = out_off.shape[0]
     while True:
@@ -239,18 +242,13 @@ def _walk_pcap(
         total = hdr_len + caplen
         if end - pos < total:
             return k, pos, _ST_NEED, 0, total
-        frac = _u32(buf, pos + 4, big)
-        if frac >= frac_limit:
-            skipped[_SKIP_BAD_TS] += 1
-            pos += total
-            continue
         if k >= n_out:
             return k, pos, _ST_FULL, 0, 0
         out_off[k] = pos + hdr_len
         out_cap[k] = caplen
         out_wire[k] = _u32(buf, pos + 12, big)
-        # unsigned 32-bit seconds: at most 2^32 * 10^9 < 2^63, no overflow possible
-        out_ts[k] = _u32(buf, pos, big) * 1_000_000_000 + frac * frac_mult
+        # unsigned 32-bit seconds and sub-second field: at most 2^32 * 10^9 + 2^32 * 10^3 < 2^63
+        out_ts[k] = _u32(buf, pos, big) * 1_000_000_000 + _u32(buf, pos + 4, big) * frac_mult
         k += 1
         pos += total
 
@@ -946,7 +944,7 @@ class CaptureReader:
                 self._damage(st, 0, "pcap header missing (file changed since it was opened?)")
             return
         window.pos += 24
-        frac_mult, frac_limit = (1, _NS) if h.nanos else (1000, 1_000_000)
+        frac_mult = 1 if h.nanos else 1000
         max_caplen = max(_MAX_CAPLEN, min(h.snaplen, _MAX_BLOCK))
         skipped = np.zeros(3, dtype=np.int64)
         out = _Outputs(window.avail, window.source.chunk_bytes)
@@ -958,7 +956,6 @@ class CaptureReader:
                 h.big,
                 h.hdr_len,
                 frac_mult,
-                frac_limit,
                 max_caplen,
                 out.off,
                 out.cap,
@@ -1131,8 +1128,27 @@ def content_sha256(path: str | os.PathLike) -> str | None:
 
 def sniff_capture(path: str | os.PathLike) -> bool:
     """Cheap test for directory scans: does the file start like a pcap or pcapng (possibly gzipped)?"""
+    return sniff_start(path) == "capture"
+
+
+_MAGICS = (*_PCAP_MAGICS, _PCAPNG_MAGIC)
+
+
+def sniff_start(path: str | os.PathLike) -> str:
+    """What the first bytes of a file say, for directory scans: ``"capture"`` (a pcap or pcapng magic,
+    possibly inside gzip), ``"partial"`` (empty, or fewer bytes than a magic and a prefix of one: tcpdump
+    without ``-U`` writes nothing to a new file until about 4 KiB are buffered, so the file it is
+    writing may look like this for a whole rotation on a quiet link) or ``"other"``."""
     try:
-        head, _ = _read_head(os.fspath(path), 4)
-    except Exception:  # any unreadable file is simply "not a capture"
-        return False
-    return head in _PCAP_MAGICS or head == _PCAPNG_MAGIC
+        head, gz = _read_head(os.fspath(path), 4)
+    except EOFError:  # a gzip stream cut before its first bytes: still being written, or cut short
+        return "partial"
+    except Exception:  # any other unreadable file is simply "not a capture"
+        return "other"
+    if head in _MAGICS:
+        return "capture"
+    if len(head) < 4 and (
+        any(m.startswith(head) for m in _MAGICS) or (not gz and GZIP_MAGIC.startswith(head))
+    ):
+        return "partial"
+    return "other"

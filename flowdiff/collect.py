@@ -17,12 +17,24 @@ aggregates, and one builds the drained tables and writes them; the compiled loop
 
 Which files are collected:
 
-* files named on the command line are always read (unless the ledger already has them);
-* in a directory (a ``tcpdump -G`` spool), the newest capture is the one tcpdump may still be writing:
-  it is left for the next run unless ``all_files`` is set or it has not changed for ``config.settle``
-  seconds; files that are not captures (by their first bytes) are ignored and counted;
+* files named on the command line, and the files a glob matches, are always read (unless the ledger
+  already has them); a path that does not exist, or a glob that matches nothing, is an error
+  (:class:`CaptureError`, raised before anything is read): a typo in a cron line must not look like a
+  quiet network;
+* in a directory (a ``tcpdump -G`` spool), only the newest file can be the one tcpdump is still
+  writing; every older capture is closed and read at once. The newest is found among the files that
+  start like a capture or could be the start of one (empty, or a few bytes of a magic: tcpdump without
+  ``-U`` writes nothing to a new file until about 4 KiB are buffered). Names made by ``strftime``
+  (every candidate has the same shape, digits aside, and at least 6 digits) sort in time order, so the
+  last name is the newest; otherwise the last modified file is. The newest waits for the next run if
+  it has no complete magic yet (always), or it has changed in the last ``config.settle`` seconds
+  (unless ``all_files``). An older empty file is ignored as "empty", never holding the others back;
+  files that are not captures (by their first bytes) are ignored and named (``ignored_reasons``);
 * a capture already in the ledger (same path, size and modification time, or the same content hash)
-  is skipped, so collecting the same file again changes nothing.
+  is skipped, so collecting the same file again changes nothing, unless some of the selected tables
+  were not filled from it yet (a table added to the config later, or an earlier ``--table``): it is
+  then read again for exactly those tables, under the same part ids, and the ledger gets an entry
+  naming them. A capture that could not be read at all is remembered as such and not retried.
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ import hashlib
 import logging
 import os
 import queue
+import re
+import stat
 import threading
 import time
 from collections import Counter
@@ -47,10 +61,11 @@ import numpy as np
 import pyarrow as pa
 
 from flowdiff.aggregate import Aggregator, Drained
-from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_capture, sniff_capture
+from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_capture, sniff_start
 from flowdiff.config import Config, TableConfig
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
+from flowdiff.exitcodes import ExitCode
 from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store
 
@@ -67,13 +82,17 @@ class FileResult:
     bytes: int = 0  # wire bytes counted
     rows_written: int = 0
     message: str = ""
+    tables: list[str] = field(default_factory=list)  # the tables this read filled
+    again: bool = False  # read again for tables it had not filled yet
 
 
 @dataclass
 class CollectResult:
     files: list[FileResult] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)  # newest spool files left for the next run
-    ignored: list[str] = field(default_factory=list)  # non-capture files found in directories
+    ignored: list[str] = field(default_factory=list)  # files of directories that are not captures
+    ignored_reasons: dict[str, str] = field(default_factory=dict)  # path -> "empty" | "not a capture"
+    empty_dirs: list[str] = field(default_factory=list)  # directories without any capture
     packets: int = 0
     bytes: int = 0
     rows_written: int = 0
@@ -94,6 +113,11 @@ class CollectResult:
         return sum(f.status == "failed" for f in self.files)
 
     @property
+    def files_again(self) -> list[FileResult]:
+        """Captures collected before, read again for tables they had not filled yet."""
+        return [f for f in self.files if f.again and f.status in ("ok", "damaged")]
+
+    @property
     def files_skipped(self) -> int:
         return self.files_known + len(self.deferred) + len(self.ignored)
 
@@ -103,9 +127,9 @@ class CollectResult:
         return [f.message for f in self.files if f.status in ("failed", "damaged")]
 
     @property
-    def exit_code(self) -> int:
-        """0, or 2 when any capture could not be read at all (damaged files still count as read)."""
-        return 2 if self.files_failed else 0
+    def exit_code(self) -> ExitCode:
+        """OK, or ERROR when any capture could not be read at all (damaged files still count as read)."""
+        return ExitCode.ERROR if self.files_failed else ExitCode.OK
 
     @property
     def mpps(self) -> float:
@@ -122,6 +146,10 @@ class CollectResult:
             f"{self.mpps:.2f} Mpps",
         ]
         extra = []
+        if again := self.files_again:
+            tables = sorted({t for f in again for t in f.tables})
+            extra.append(f"{len(again)} read again for table{'s' if len(tables) != 1 else ''} "
+                         f"{', '.join(tables)}")  # fmt: skip
         if self.files_known:
             extra.append(f"{self.files_known} already collected")
         if self.deferred:
@@ -130,6 +158,8 @@ class CollectResult:
             extra.append(f"{self.files_failed} unreadable")
         if self.ignored:
             extra.append(f"{len(self.ignored)} not captures")
+        for d in self.empty_dirs:
+            extra.append(f"no capture in {d}")
         if self.skipped:
             extra.append(
                 "skipped frames: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items()))
@@ -140,6 +170,17 @@ class CollectResult:
 # ---------------------------------------------------------------- finding captures
 
 
+@dataclass
+class Found:
+    """What :func:`scan_paths` found: captures to read, files left for the next run, files ignored
+    (path -> why) and directories without any capture."""
+
+    files: list[Path] = field(default_factory=list)
+    deferred: list[Path] = field(default_factory=list)
+    ignored: dict[Path, str] = field(default_factory=dict)
+    empty_dirs: list[Path] = field(default_factory=list)
+
+
 def find_captures(
     paths: Iterable[str | os.PathLike],
     *,
@@ -147,25 +188,48 @@ def find_captures(
     settle: int = 600,
     now: float | None = None,
 ) -> tuple[list[Path], list[Path], list[Path]]:
-    """Expand files, directories and globs into (captures to read, deferred, ignored non-captures)."""
+    """Expand files, directories and globs into (captures to read, deferred, ignored non-captures).
+    Raises CaptureError for a path that does not exist or a glob that matches nothing."""
+    found = scan_paths(paths, all_files=all_files, settle=settle, now=now)
+    return found.files, found.deferred, list(found.ignored)
+
+
+def scan_paths(
+    paths: Iterable[str | os.PathLike],
+    *,
+    all_files: bool = False,
+    settle: int = 600,
+    now: float | None = None,
+) -> Found:
+    """:func:`find_captures` with the reasons: which files were ignored why, which directories were empty."""
     now = time.time() if now is None else now
+    found = Found()
     files: list[Path] = []
-    deferred: list[Path] = []
-    ignored: list[Path] = []
+    missing: list[str] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found, late, other = _scan_dir(p, all_files=all_files, settle=settle, now=now)
-            files += found
-            deferred += late
-            ignored += other
+            targets = [p]
         elif p.exists():
-            files.append(p)
+            targets = [p]
         elif glob.has_magic(str(raw)):
-            matches = sorted(Path(m) for m in glob.glob(str(raw)))
-            files += [m for m in matches if m.is_file()]
+            targets = [m for m in (Path(m) for m in sorted(glob.glob(str(raw)))) if m.is_dir() or m.is_file()]
         else:
-            files.append(p)  # reported as unreadable by the reader, with its name
+            targets = []
+        if not targets:
+            missing.append(str(raw))
+        for t in targets:
+            if t.is_dir():
+                _scan_dir(t, found, all_files=all_files, settle=settle, now=now)
+                files += found.files
+                found.files = []
+            else:
+                files.append(t)
+    if missing:
+        first = missing[0]
+        what = "no file matches this pattern" if glob.has_magic(first) else "no such file or directory"
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise CaptureError(first, f"{what}; nothing was collected{more}")
     seen: set[Path] = set()
     unique = []
     for f in files:
@@ -173,24 +237,54 @@ def find_captures(
         if key not in seen:
             seen.add(key)
             unique.append(f)
-    return unique, deferred, ignored
+    found.files = unique
+    return found
 
 
-def _scan_dir(
-    d: Path, *, all_files: bool, settle: int, now: float
-) -> tuple[list[Path], list[Path], list[Path]]:
-    captures, ignored = [], []
+# tcpdump -G names files with strftime: same shape, digits aside, and enough digits to hold a time
+_DIGIT = re.compile(r"\d")
+_MIN_STAMP_DIGITS = 6
+
+
+def _newest(candidates: list[tuple[Path, os.stat_result]]) -> Path | None:
+    """The file tcpdump may still be writing: the last by name when the names are time stamps of one
+    pattern (they sort in time order), else the last modified (then by name)."""
+    if not candidates:
+        return None
+    shapes = {_DIGIT.sub("0", p.name) for p, _ in candidates}
+    if len(shapes) == 1 and len(_DIGIT.findall(candidates[0][0].name)) >= _MIN_STAMP_DIGITS:
+        return max(p for p, _ in candidates)
+    return max(candidates, key=lambda c: (c[1].st_mtime_ns, c[0].name))[0]
+
+
+def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float) -> None:
+    candidates: list[tuple[Path, os.stat_result, str]] = []
     for p in sorted(d.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if p.name.startswith("."):
             continue
-        (captures if sniff_capture(p) else ignored).append(p)
-    deferred = []
-    if captures and not all_files:
-        newest = max(captures, key=lambda p: (p.stat().st_mtime_ns, p.name))
-        if now - newest.stat().st_mtime < settle:
-            captures.remove(newest)
-            deferred.append(newest)
-    return captures, deferred, ignored
+        try:
+            st = p.stat()
+        except OSError:  # gone since the listing (tcpdump -z, a cleanup job): not ours to read
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        kind = sniff_start(p)
+        if kind == "other":
+            found.ignored[p] = "not a capture"
+        else:
+            candidates.append((p, st, kind))
+    if not candidates:
+        found.empty_dirs.append(d)
+        return
+    newest = _newest([(p, st) for p, st, _ in candidates])
+    for p, st, kind in candidates:
+        if p == newest:
+            being_written = kind == "partial" or (not all_files and now - st.st_mtime < settle)
+            (found.deferred if being_written else found.files).append(p)
+        elif kind == "partial" and st.st_size == 0:
+            found.ignored[p] = "empty"  # closed and empty: nothing to read, nothing to hold back
+        else:
+            found.files.append(p)  # closed; a partial header is reported as unreadable, once
 
 
 def spool_captures(directory: str | os.PathLike, config: Config, all_files: bool = False) -> list[Path]:
@@ -211,37 +305,62 @@ def collect(
     progress: Progress | None = None,
 ) -> CollectResult:
     """Collect captures into ``config.store``. Never raises for a bad capture: each one becomes a
-    FileResult with a one-line message; a store or config problem raises FlowdiffError."""
+    FileResult with a one-line message; a path or glob that names nothing raises CaptureError before
+    anything is read, and a store or config problem raises another FlowdiffError."""
     t0 = time.perf_counter()
     selected = config.select_tables(tables)
     store = Store(config.store, config.sensor)
     result = CollectResult()
-    files, deferred, ignored = find_captures(paths, all_files=all_files, settle=config.settle)
-    result.deferred = [str(p) for p in deferred]
-    result.ignored = [str(p) for p in ignored]
+    found = scan_paths(paths, all_files=all_files, settle=config.settle)
+    result.deferred = [str(p) for p in found.deferred]
+    result.ignored = [str(p) for p in found.ignored]
+    result.ignored_reasons = {str(p): why for p, why in found.ignored.items()}
+    result.empty_dirs = [str(d) for d in found.empty_dirs]
     with store.lock():
         store.remove_stale_temp_files()
         for name, tc in selected.items():
             store.ensure_table(name, tc.keys, config.interval)
-        known = _ledger_index(store)
-        for path in files:
+        known = _Known.from_ledger(store)
+        for path in found.files:
             result.files.append(_collect_one(path, config, selected, store, known, result, progress))
     result.seconds = time.perf_counter() - t0
     return result
 
 
-_Known = tuple[set[tuple[str, int, int]], set[str], set[int]]  # (path, size, mtime), sha256s, sizes
+_StatKey = tuple[str, int, int]  # (resolved path, size, mtime_ns)
 
 
-def _ledger_index(store: Store) -> _Known:
-    by_stat, by_hash, sizes = set(), set(), set()
-    for e in store.ledger():
-        if e.status in ("ok", "damaged", "failed"):
-            by_stat.add((e.path, e.size, e.mtime_ns))
-        if e.sha256 and e.status in ("ok", "damaged"):
-            by_hash.add(e.sha256)
-            sizes.add(e.size)
-    return by_stat, by_hash, sizes
+@dataclass
+class _Known:
+    """What the ledger says. A capture is identified by its content hash, or (when the stream could not
+    be hashed: a corrupt gzip) by its stat key."""
+
+    failed: set[_StatKey] = field(default_factory=set)  # unreadable: reported once, never retried
+    by_stat: dict[_StatKey, str] = field(default_factory=dict)  # -> identity
+    filled: dict[str, set[str]] = field(default_factory=dict)  # identity -> tables filled from it
+    ids: dict[str, str] = field(default_factory=dict)  # identity -> capture id of its parts
+    sizes: set[int] = field(default_factory=set)  # sizes of the hashed captures
+
+    @classmethod
+    def from_ledger(cls, store: Store) -> _Known:
+        known = cls()
+        for e, tables in store.ledger_tables():
+            key = (e.path, e.size, e.mtime_ns)
+            if e.status == "failed":
+                known.failed.add(key)
+            elif e.status in ("ok", "damaged"):
+                known.add(key, e.sha256, tables, e.capture_id)
+        return known
+
+    def add(self, key: _StatKey, sha: str | None, tables: Iterable[str], capture_id: str | None) -> str:
+        ident = sha or "stat:{}:{}:{}".format(*key)
+        self.by_stat[key] = ident
+        self.filled.setdefault(ident, set()).update(tables)
+        if capture_id:
+            self.ids.setdefault(ident, capture_id)
+        if sha:
+            self.sizes.add(key[1])
+        return ident
 
 
 def _collect_one(
@@ -253,25 +372,41 @@ def _collect_one(
     result: CollectResult,
     progress: Progress | None,
 ) -> FileResult:
-    by_stat, by_hash, known_sizes = known
     try:
         st = path.stat()
     except OSError as e:
         return FileResult(str(path), "failed", message=f"{path}: cannot read: {e.strerror}")
-    stat_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if stat_key in by_stat:
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in known.failed:
         return FileResult(str(path), "known")
+    ident = known.by_stat.get(key)
+    if ident is not None and not set(tables) - known.filled[ident]:
+        return FileResult(str(path), "known")
+
+    def entry(sha: str | None, records: int, status: str, message: str, filled: list[str],
+              capture_id: str | None) -> LedgerEntry:  # fmt: skip
+        return LedgerEntry(key[0], key[1], key[2], sha, records, status, message, sensor=config.sensor,
+                           tables=filled, capture_id=capture_id)  # fmt: skip
+
     fr = FileResult(str(path), "ok")
     try:
         reader = open_capture(path)
-        capture_id, sha = _capture_id(path, st.st_size, known)
-        if sha is not None and sha in by_hash:  # the same capture under another name or with a new mtime
-            store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, sha, 0, "ok",
-                                            "same content as a capture already collected",
-                                            sensor=config.sensor))  # fmt: skip
-            by_stat.add(stat_key)
-            fr.status = "known"
-            return fr
+        if ident is not None:  # collected before, not for every selected table
+            capture_id = known.ids.get(ident) or _capture_id(path, st.st_size, known.sizes)[0]
+        else:
+            capture_id, sha = _capture_id(path, st.st_size, known.sizes)
+            if sha is not None and sha in known.filled:  # the same capture under another name or mtime
+                ident, capture_id = sha, known.ids.get(sha, capture_id)
+                if not set(tables) - known.filled[sha]:
+                    store.ledger_append(entry(sha, 0, "ok", "same content as a capture already collected",
+                                              [], capture_id))  # fmt: skip
+                    known.add(key, sha, (), capture_id)
+                    fr.status = "known"
+                    return fr
+        if ident is not None:
+            fr.again = True
+            tables = {n: tc for n, tc in tables.items() if n not in known.filled[ident]}
+        fr.tables = sorted(tables)
         agg = Aggregator(tables, interval=config.interval, networks=config.networks,
                          service_ports=config.service_ports)  # fmt: skip
         parts = _PartWriter(store, tables, capture_id, fr, result)
@@ -281,19 +416,15 @@ def _collect_one(
         finally:
             parts.close()
     except CaptureError as e:
-        store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, None, 0, "failed", str(e),
-                                        sensor=config.sensor))  # fmt: skip
+        store.ledger_append(entry(None, 0, "failed", str(e), [], None))
+        known.failed.add(key)
         return FileResult(str(path), "failed", message=str(e))
     stats = reader.stats
     fr.status, fr.records, wire = ("damaged" if stats.damage else "ok"), stats.records, fr.bytes
     if stats.damage:
         fr.message = str(stats.damage[0]) + f" (kept the {stats.records:,} records before it)"
-    store.ledger_append(LedgerEntry(stat_key[0], st.st_size, st.st_mtime_ns, stats.sha256, stats.records,
-                                    fr.status, fr.message, sensor=config.sensor))  # fmt: skip
-    if stats.sha256:
-        by_hash.add(stats.sha256)
-        known_sizes.add(st.st_size)
-    by_stat.add(stat_key)
+    store.ledger_append(entry(stats.sha256, stats.records, fr.status, fr.message, fr.tables, capture_id))
+    known.add(key, stats.sha256, fr.tables, capture_id)
     result.packets += stats.records
     result.bytes += wire
     result.rows_written += fr.rows_written
@@ -303,20 +434,20 @@ def _collect_one(
     return fr
 
 
-def _capture_id(path: Path, size: int, known: _Known) -> tuple[str, str | None]:
+def _capture_id(path: Path, size: int, known_sizes: set[int]) -> tuple[str, str | None]:
     """An id of the capture's content known before it is read, for the parts written while reading:
     a hash of its size, first and last MiB. When a capture already collected has the same size, the
     whole (decompressed) stream is hashed first and returned as the second value, the ledger's content
     hash: a renamed copy is then recognised before anything is written, and two different captures
     never share part ids."""
     try:
-        if size in known[2]:
+        if size in known_sizes:
             sha = content_sha256(path)
             if sha is not None:
                 return sha, sha
         h = hashlib.sha256(str(size).encode())
         with open(path, "rb") as f:
-            if size in known[2]:  # a corrupt gzip stream: the raw bytes identify it
+            if size in known_sizes:  # a corrupt gzip stream: the raw bytes identify it
                 while block := f.read(1 << 20):
                     h.update(block)
             else:

@@ -2,6 +2,13 @@
 
 Lookup order: ``--config FILE``, else ``$FLOWDIFF_CONFIG``, else ``./flowdiff.toml``, else built-in
 defaults. Unknown keys are errors (a typo must not silently disable a table or the mail).
+
+Paths, one rule: every relative path in a config file (store, baselines, reports, spool, outbox, rules,
+templates, networks, mail cafile/password_file) is relative to the folder of that file, and so are the
+defaults of the keys it leaves out (``store`` is ``<config folder>/store``): cron runs
+``flowdiff run --config /site/flowdiff.toml`` from the home directory and must find the site's store,
+not start a new one there. Without any config file the defaults are relative to the working directory,
+and so are command-line overrides (``--store DIR``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ DEFAULT_CONFIG_NAME = "flowdiff.toml"
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+              "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+HEARTBEATS = ("off", "daily")
 
 
 def parse_duration(value: Any, key: str = "duration") -> int:
@@ -38,6 +49,31 @@ def parse_duration(value: Any, key: str = "duration") -> int:
         if m:
             return int(m.group(1)) * _DURATION_UNIT[m.group(2)]
     raise ConfigError(f"expected seconds or a duration like '7d', got {value!r}", key=key)
+
+
+def parse_message_size(value: Any, key: str = "max_message_bytes") -> int:
+    """A mail size limit: at least 10 kB, or no report could carry its first rows."""
+    n = parse_size(value, key)
+    if n < 10_000:
+        raise ConfigError(f"expected a size of at least 10kB like 5MB or 500kB, got {value!r}", key=key)
+    return n
+
+
+def parse_size(value: Any, key: str = "size") -> int:
+    """Bytes from an int or a string like ``1GB``, ``500MB``, ``2GiB`` (KB/MB/GB are powers of 1000)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected bytes or a size like '1GB', got {value!r}", key=key)
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {value}", key=key)
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = m.group(2).lower().removesuffix("b")
+            if unit in _SIZE_UNIT:
+                return int(float(m.group(1)) * _SIZE_UNIT[unit])
+    raise ConfigError(f"expected bytes or a size like '1GB', '500MB', got {value!r}", key=key)
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,7 @@ class MailConfig:
     to: tuple[str, ...] = ()
     timeout: float = 30.0
     sensor: str | None = None  # name in the subject; defaults to the top-level sensor
+    heartbeat: str = "off"  # "daily": an "all quiet" summary once a day, so that silence can be trusted
 
     @property
     def enabled(self) -> bool:
@@ -97,8 +134,11 @@ class Config:
     spool: Path | None = None  # tcpdump spool directory for `flowdiff run` (else --spool)
     settle: int = 600  # the newest capture in a directory counts as closed after this many idle seconds
     max_rows: int = 25  # rows per table in the body of a report (the rest go to the CSV attachment)
+    max_message_bytes: int = 5_000_000  # a report mail never exceeds this (the CSV attachment is cut)
     templates: Path | None = None  # user folder overriding the packaged report templates
     outbox: Path | None = None  # default <reports>/outbox
+    stale_after: int = 3600  # health: no new capture in the spool for this long is a problem; 0 = off
+    min_free: int = 10**9  # health: less free disk than this (bytes) under the store is a problem; 0 = off
     mail: MailConfig = field(default_factory=MailConfig)
     source: Path | None = None  # the file this was read from, None for built-in defaults
 
@@ -120,6 +160,7 @@ class Config:
         for k in ("store", "baselines", "reports"):
             if k in changes:
                 changes[k] = Path(changes[k])
+                _check_folder(changes[k], f"--{k}")
         if "interval" in changes and int(changes["interval"]) <= 0:
             raise ConfigError("must be a positive number of seconds", key="interval")
         return replace(self, **changes)
@@ -147,12 +188,14 @@ def default_tables() -> dict[str, TableConfig]:
 
 _TOP_KEYS = {
     "store", "baselines", "reports", "interval", "sensor", "networks", "service_ports", "tables",
-    "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail",
+    "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail", "stale_after", "min_free",
+    "max_message_bytes",
 }  # fmt: skip
 _TABLE_KEYS = {"keys", "collapse", "ipv6_prefix", "collapse_random_macs", "min_intervals", "min_packets",
                "both_directions"}  # fmt: skip
 _MAIL_KEYS = {"host", "port", "tls", "verify", "cafile", "username", "password_env", "password_file", "from",
-              "to", "timeout", "sensor"}  # fmt: skip
+              "to", "timeout", "sensor", "heartbeat"}  # fmt: skip
+_FOLDER_KEYS = ("store", "baselines", "reports", "spool", "outbox")  # must be folders when they exist
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -170,7 +213,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     """Read the config (see module doc for the lookup order); built-in defaults when there is none."""
     found = find_config_file(path)
     if found is None:
-        return Config(tables=default_tables())
+        config = Config(tables=default_tables())
+        for key in ("store", "baselines", "reports"):
+            _check_folder(getattr(config, key), key)
+        return config
     try:
         raw = tomllib.loads(found.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -188,25 +234,31 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 
 
 def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None) -> Config:
-    """Validate a parsed TOML document. Relative paths are taken relative to the current directory,
-    except ``networks``/``rules``/``templates`` files, which are relative to the config file."""
+    """Validate a parsed TOML document. Every relative path, and the default of every folder key left
+    out, is taken relative to ``base``, the config file's folder (see the module doc)."""
     _reject_unknown(raw, _TOP_KEYS, "")
     kw: dict[str, Any] = {"source": source}
-    for key in ("store", "baselines", "reports", "spool"):
-        if key in raw:
-            kw[key] = Path(_str(raw[key], key))
-    for key in ("rules", "templates", "outbox"):
+    for key in ("store", "baselines", "reports"):
+        kw[key] = _rel(base, _str(raw[key], key) if key in raw else key)
+    for key in ("spool", "rules", "templates", "outbox"):
         if key in raw:
             kw[key] = _rel(base, _str(raw[key], key))
+    for key in _FOLDER_KEYS:
+        if key in kw:
+            _check_folder(kw[key], key)
     if "interval" in raw:
         kw["interval"] = parse_duration(raw["interval"], "interval")
         if kw["interval"] <= 0:
             raise ConfigError("must be a positive number of seconds", key="interval")
-    for key in ("rearm", "settle"):
+    for key in ("rearm", "settle", "stale_after"):
         if key in raw:
             kw[key] = parse_duration(raw[key], key)
+    if "min_free" in raw:
+        kw["min_free"] = parse_size(raw["min_free"], "min_free")
     if "max_rows" in raw:
         kw["max_rows"] = _int(raw["max_rows"], "max_rows", minimum=1)
+    if "max_message_bytes" in raw:
+        kw["max_message_bytes"] = parse_message_size(raw["max_message_bytes"])
     if "sensor" in raw:
         kw["sensor"] = _sensor(raw["sensor"], "sensor")
     if "service_ports" in raw:
@@ -343,6 +395,13 @@ def _mail(raw: Any, base: Path) -> MailConfig:
         if isinstance(t, bool) or not isinstance(t, int | float) or t <= 0:
             raise ConfigError(f"expected a positive number of seconds, got {t!r}", key="mail.timeout")
         kw["timeout"] = float(t)
+    if "heartbeat" in raw:
+        hb = raw["heartbeat"]
+        if hb is False:
+            hb = "off"
+        if hb not in HEARTBEATS:
+            raise ConfigError(f'expected "daily" or "off", got {hb!r}', key="mail.heartbeat")
+        kw["heartbeat"] = hb
     if "password_env" in kw and "password_file" in kw:
         raise ConfigError("give password_env or password_file, not both", key="mail.password_env")
     return MailConfig(**kw)
@@ -352,6 +411,12 @@ def _reject_unknown(raw: dict[str, Any], allowed: set[str], prefix: str) -> None
     for k in raw:
         if k not in allowed:
             raise ConfigError("unknown key", key=f"{prefix}{k}")
+
+
+def _check_folder(path: Path, key: str) -> None:
+    """A folder key naming a plain file would fail later with a confusing message: say it now."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is not a folder", key=key)
 
 
 def _rel(base: Path, value: str) -> Path:

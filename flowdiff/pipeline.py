@@ -9,7 +9,10 @@ One pass (``run``):
 3. when there are new rows: render the report, archive it under ``<reports>/<report_id>/``, and (when
    ``[mail]`` is configured) put the message in the outbox. A report that diff archived but that was
    never rendered (a crash, or a template error, between diff and render) is caught up here too;
-4. flush the outbox (this also retries messages left by earlier passes, with backoff).
+4. look at the sensor's own health (flowdiff.health: a stale spool, unreadable captures, no baseline, a
+   store that cannot be written, messages the server refused): a problem is reported once when it starts
+   and once when it clears, as a line in the summary and, with mail, a short health mail;
+5. flush the outbox (this also retries messages left by earlier passes, with backoff).
 
 Passes never overlap: a lock file (``<reports>/.run.lock``, flock) is held for the whole pass; a
 second pass waits up to ``lock_wait`` seconds and then raises LockError naming the holder's pid.
@@ -20,10 +23,15 @@ Exit codes (``RunResult.exit_code``; the CLI returns them):
     1  new rows found and ``exit_on_new`` (``flowdiff run --exit-code``), like ``git diff --exit-code``
     2  error: bad config, lock not obtained, store problem, unreadable capture (FlowdiffError)
     3  a report could not be mailed yet: it waits in the outbox and is retried by the next pass
+
+A pass that fails on the store (StoreError, OSError: disk full, permission denied) still records and
+mails the ``store`` health problem before the error is raised; the exception carries that HealthResult
+as ``health`` (``getattr(e, "health", None)``) so that the CLI can print its lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -32,33 +40,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowdiff.config import Config
+from flowdiff.deliver import deliver, unrendered_reports
 from flowdiff.durable import file_lock
-from flowdiff.errors import FlowdiffError
-from flowdiff.mail import OutboxResult, flush_outbox, queue_report
-from flowdiff.report import REPORT_META, archive_report, render_report
+from flowdiff.errors import FlowdiffError, LockError, StoreError
+from flowdiff.exitcodes import ExitCode
+from flowdiff.health import HealthResult
+from flowdiff.health import check as check_health
+from flowdiff.mail import OutboxResult, flush_outbox
+
+if TYPE_CHECKING:
+    from flowdiff.collect import CollectResult
+    from flowdiff.diff import DiffResult
 
 log = logging.getLogger(__name__)
 
 RUN_LOCK = ".run.lock"
 MAX_PASS_DELAY = 60.0  # watch: longest wait before retrying a pass that failed
-EXIT_OK, EXIT_NEW, EXIT_ERROR, EXIT_DEFERRED = 0, 1, 2, 3
+EXIT_OK, EXIT_NEW, EXIT_ERROR, EXIT_DEFERRED = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR, ExitCode.DEFERRED
 
 
 @dataclass
 class RunResult:
     """What one pass did. ``collect``/``diff`` are the results of those stages (None when skipped)."""
 
-    collect: Any = None  # flowdiff.collect.CollectResult
-    diff: Any = None  # flowdiff.diff.DiffResult
+    collect: CollectResult | None = None
+    diff: DiffResult | None = None
     report_dir: Path | None = None
     message_id: str | None = None  # of the report queued in this pass
     caught_up: list[str] = field(default_factory=list)  # earlier reports rendered (and queued) now
     no_baseline: bool = False  # nothing learned yet: collected only
     outbox: OutboxResult = field(default_factory=OutboxResult)
     mail_enabled: bool = False
+    health: HealthResult | None = None  # what the health check of this pass opened or cleared
     seconds: float = 0.0
 
     @property
@@ -75,18 +91,26 @@ class RunResult:
         """A message waits in the outbox after this pass (server down or refusing)."""
         return self.mail_enabled and self.outbox.deferred
 
-    def exit_code(self, exit_on_new: bool = False) -> int:
+    def exit_code(self, exit_on_new: bool = False) -> ExitCode:
         if self.collect is not None and getattr(self.collect, "files_failed", 0):
-            return EXIT_ERROR
+            return ExitCode.ERROR
         if self.deferred:
-            return EXIT_DEFERRED
+            return ExitCode.DEFERRED
         if exit_on_new and self.new_rows:
-            return EXIT_NEW
-        return EXIT_OK
+            return ExitCode.NEW_ROWS
+        return ExitCode.OK
 
     def summary(self) -> str:
-        """One line for a human; empty when the pass found nothing new, sent nothing and made no failed
-        attempt (so that cron, which mails any output, stays quiet)."""
+        """One line for a human, then one line per health problem opened, cleared or recalled; empty
+        when the pass found nothing new, sent nothing, made no failed attempt and changed no health
+        problem (so that cron, which mails any output, stays quiet)."""
+        main = self._main_line()
+        lines = [main] if main else []
+        if self.health is not None:
+            lines += self.health.lines()
+        return "\n".join(lines)
+
+    def _main_line(self) -> str:
         parts = []
         if self.new_rows:
             counts = ", ".join(
@@ -119,49 +143,85 @@ def run(
     all_files: bool = False,
     lock_wait: float = 30.0,
 ) -> RunResult:
-    """One pass: collect the closed captures of ``spool`` (skipped when None), diff, report, send.
+    """One pass: collect the closed captures of ``spool`` (skipped when None), diff, report, check
+    the sensor's health, send.
 
     Never raises for a bad capture (it is in ``result.errors``) nor for a mail server that is down
-    (the report waits in the outbox, ``result.deferred``); raises FlowdiffError for the rest."""
-    from flowdiff.baseline import current_version
-    from flowdiff.collect import collect
-    from flowdiff.diff import diff, load_report
-
+    (the report waits in the outbox, ``result.deferred``); raises FlowdiffError for the rest (a store
+    error after recording and queueing the ``store`` health problem, see the module doc)."""
     t0 = time.perf_counter()
     result = RunResult(mail_enabled=config.mail.enabled)
     with file_lock(run_lock_path(config), wait=lock_wait, what="flowdiff run in"):
-        if spool is not None:
-            result.collect = collect([spool], config, all_files=all_files)
-        if current_version(config) is None:
-            # a new sensor gathers the data to learn from: nothing to compare with yet, and no noise
-            log.info("run: no baseline yet (flowdiff learn); captures collected, diff skipped")
-            result.no_baseline = True
-        else:
-            result.diff = diff(config)
-        for rid in unrendered_reports(config):
-            if result.diff is not None and rid == result.diff.report_id:
-                result.report_dir, result.message_id = _deliver(result.diff, config)
-            else:
-                _deliver(load_report(config, rid), config)
-                result.caught_up.append(rid)
+        try:
+            _pass(config, spool, all_files, result)
+        except (StoreError, OSError) as e:
+            result.health = _health(config, spool, result, error=e)
+            with contextlib.suppress(FlowdiffError, OSError):
+                result.outbox = flush_outbox(config)
+            with contextlib.suppress(AttributeError):
+                e.health = result.health  # type: ignore[attr-defined]  # for the CLI's lines
+            raise
+        result.health = _health(config, spool, result)
         result.outbox = flush_outbox(config)
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def unrendered_reports(config: Config) -> list[str]:
-    """Reports archived by diff (``report.json``) that have no rendered report yet, oldest first."""
-    from flowdiff.diff import list_reports
+def _health(config: Config, spool: Any, result: RunResult, error: BaseException | None = None) -> HealthResult:
+    """The health check of a pass; a failing check is logged, never fatal (the pass did its work)."""
+    try:
+        return check_health(config, spool, collect=result.collect, diff=result.diff, error=error,
+                            summary=lambda: _status_text(config, spool))  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - health must not break the pass it watches
+        log.exception("health check failed")
+        return HealthResult(save_error=f"health check failed: {e}")
 
-    return [rid for rid in list_reports(config) if not (Path(config.reports) / rid / REPORT_META).exists()]
+
+def _status_text(config: Config, spool: Any) -> str:
+    from flowdiff.status import status
+
+    return status(config, spool).text()
+
+
+def health_pass(config: Config, spool: str | os.PathLike | None = None, *, lock_wait: float = 0.0) -> HealthResult | None:
+    """A health check and outbox flush without collecting (watch between rotations: a capture that stops
+    arriving is noticed although no pass runs). None when a pass holds the lock."""
+    try:
+        with file_lock(run_lock_path(config), wait=lock_wait, what="flowdiff run in"):
+            health = check_health(config, spool, summary=lambda: _status_text(config, spool))
+            res = flush_outbox(config)
+    except LockError:
+        return None
+    if res.sent:
+        log.info("watch: %d waiting message(s) sent", len(res.sent))
+    return health
+
+
+def _pass(config: Config, spool: Any, all_files: bool, result: RunResult) -> None:
+    from flowdiff.baseline import current_version
+    from flowdiff.collect import collect
+    from flowdiff.diff import diff, load_report
+
+    if spool is not None:
+        result.collect = collect([spool], config, all_files=all_files)
+    if current_version(config) is None:
+        # a new sensor gathers the data to learn from: nothing to compare with yet, and no noise
+        log.info("run: no baseline yet (flowdiff learn); captures collected, diff skipped")
+        result.no_baseline = True
+    else:
+        result.diff = diff(config)
+    for rid in unrendered_reports(config):
+        if result.diff is not None and rid == result.diff.report_id:
+            result.report_dir, result.message_id = _deliver(result.diff, config)
+        else:
+            _deliver(load_report(config, rid), config)
+            result.caught_up.append(rid)
 
 
 def _deliver(diff_result: Any, config: Config) -> tuple[Path, str | None]:
     """Render and archive one report and, with mail configured, queue it (sending is the flush's job)."""
-    rendered = render_report(diff_result, config)
-    directory = archive_report(rendered, diff_result, config)
-    message_id = queue_report(rendered, config).message_id if config.mail.enabled else None
-    return directory, message_id
+    delivery = deliver(diff_result, config)
+    return delivery.report_dir, delivery.message_id
 
 
 # ---------------------------------------------------------------- watch
@@ -225,9 +285,9 @@ def watch(
                     last_retry = time.monotonic()
                 elif time.monotonic() - last_retry >= retry_every:
                     last_retry = time.monotonic()
-                    res = flush_outbox(config)
-                    if res.sent:
-                        log.info("watch: %d waiting message(s) sent", len(res.sent))
+                    health = health_pass(config, directory)  # also retries the outbox
+                    for line in health.lines() if health is not None else []:
+                        log.warning("watch: %s", line)
             except Exception as e:  # noqa: BLE001 - an unattended sensor must outlive one bad pass
                 stats.failures += 1
                 failed_in_row += 1

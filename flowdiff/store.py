@@ -10,6 +10,20 @@ One file per (table, sensor, interval) keeps merges cheap: a capture that adds t
 that interval's file. Each file records in its Parquet metadata which sources it holds (the numbered
 parts of captures that collect streams in, see flowdiff.collect), so re-collecting a capture after a
 crash never counts any part twice, whatever moment the crash hit.
+
+The ledger (one JSON object per line, appended after the data is durable) says which captures were
+collected and which tables each one filled (``tables``, a sorted list): a table added to the config
+later, or left out by ``collect --table``, is filled from a capture already collected by reading it
+again for that table only. The tables a capture has filled are the union over its entries (a capture
+read again for a new table gets an entry of its own). ``capture_id`` is the prefix of the source ids
+its parts carry in the interval files, reused when it is read again, so that a crash during any read
+can never make a part count twice. Lines written before ``tables`` existed have none: for them a table
+counts as filled when its ``_table.json`` is older than the entry's ``collected_at`` (plus the second
+that ``collected_at`` drops), i.e. when the table existed when the capture was collected; a table
+created later was never filled by it and is filled now. When every ``_table.json`` is younger than the
+oldest such line (a store copied without its times), every table counts as filled. The rule errs only
+towards "filled" (a capture collected with ``--table`` by an older flowdiff while other tables existed
+counts for those too): a count is never doubled, at worst a table lacks an old capture.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,6 +76,14 @@ class LedgerEntry:
     message: str = ""
     collected_at: str = ""
     sensor: str = ""
+    # Sorted names of the tables this read filled; None on lines written before the field existed
+    # (see Store.tables_filled).
+    tables: list[str] | None = None
+    capture_id: str | None = None  # source-id prefix of its parts in the interval files
+
+
+_LEDGER_TIME_FMT = "%Y-%m-%dT%H:%M:%SZ"
+_LEDGER_FIELDS = frozenset(LedgerEntry.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------- the store
@@ -91,6 +113,11 @@ class Store:
     def __init__(self, root: str | os.PathLike, sensor: str | None = None):
         self.root = Path(root)
         self.sensor = sensor
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(
+                f"store {self.root} is not a folder (a file of that name is in the way): "
+                "set `store` to a folder, or move the file"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, sensor={self.sensor!r})"
@@ -284,8 +311,11 @@ class Store:
         out = []
         for line in text.splitlines():
             try:
-                out.append(LedgerEntry(**json.loads(line)))
-            except (ValueError, TypeError):
+                fields = json.loads(line)
+                # fields of a newer flowdiff are dropped, not the line: a lost line means a capture
+                # read (and counted) again
+                out.append(LedgerEntry(**{k: v for k, v in fields.items() if k in _LEDGER_FIELDS}))
+            except (ValueError, TypeError, AttributeError):
                 continue
         return out
 
@@ -293,12 +323,56 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         if not entry.collected_at:
             entry.collected_at = now_iso()
+        if entry.tables is not None:
+            entry.tables = sorted(set(entry.tables))
         line = json.dumps(asdict(entry), sort_keys=True) + "\n"
         crash_point()
         with open(self.ledger_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+    def tables_filled(self, entry: LedgerEntry) -> set[str]:
+        """Tables a ledger entry filled: its ``tables``, or for a line written before that field
+        existed, the tables whose definition is older than the entry (see the module doc)."""
+        if entry.tables is not None:
+            return set(entry.tables)
+        return self._legacy_rule([*self.ledger(), entry])(entry)
+
+    def ledger_tables(self) -> list[tuple[LedgerEntry, set[str]]]:
+        """Every ledger entry with the tables it filled (one pass over the table definitions)."""
+        entries = self.ledger()
+        rule = self._legacy_rule(entries)
+        return [(e, set(e.tables) if e.tables is not None else rule(e)) for e in entries]
+
+    def _legacy_rule(self, entries: Sequence[LedgerEntry]) -> Callable[[LedgerEntry], set[str]]:
+        """The tables filled by a line without ``tables``: those defined before it was written. The
+        first collect defines its tables before its first ledger line, so when every definition is
+        younger than the oldest such line, the times cannot be trusted (a store copied without its
+        times): then every table counts as filled, and no capture is read again into a table that may
+        hold it already."""
+        created = self._table_created()
+        times = [t for e in entries if e.tables is None and (t := _entry_time(e)) is not None]
+        trusted = bool(created) and bool(times) and min(created.values()) < min(times) + 1
+
+        def rule(entry: LedgerEntry) -> set[str]:
+            if entry.status not in ("ok", "damaged"):
+                return set()
+            at = _entry_time(entry)
+            if at is None or not trusted:  # never a count twice
+                return set(created)
+            # collected_at drops the fraction of its second: a table defined in that second counts
+            return {t for t, when in created.items() if when < at + 1}
+
+        return rule
+
+    def _table_created(self) -> dict[str, float]:
+        """Table -> modification time of its ``_table.json`` (written once, when the table is created)."""
+        out = {}
+        for t in self.tables():
+            with contextlib.suppress(OSError):
+                out[t] = (self.root / t / TABLE_META).stat().st_mtime
+        return out
 
     def row_count(self, table: str) -> int:
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files(table))
@@ -449,6 +523,13 @@ class WriteBatch:
         for d in sorted(dirs):
             fsync_dir(d)
         self.pending.clear()
+
+
+def _entry_time(entry: LedgerEntry) -> float | None:
+    try:
+        return datetime.strptime(entry.collected_at, _LEDGER_TIME_FMT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def open_store(path: str | os.PathLike = "store", sensor: str | None = None) -> Store:

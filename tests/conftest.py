@@ -9,7 +9,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-SHARED_PCAPS = ROOT.parent / "shared" / "pcaps"
+# ../shared/pcaps beside the project; from a git worktree (one folder deeper), ../../shared/pcaps
+SHARED_PCAPS = next(
+    (b / "shared" / "pcaps" for b in (ROOT.parent, ROOT.parent.parent) if (b / "shared" / "pcaps").is_dir()),
+    ROOT.parent / "shared" / "pcaps",
+)
 
 
 @pytest.fixture

@@ -9,18 +9,24 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowdiff.cli import main
 from flowdiff.collect import collect, find_captures
 from flowdiff.config import parse_config
 from flowdiff.demo import frames as synth
+from flowdiff.errors import StoreError
+from flowdiff.exitcodes import ExitCode
 from flowdiff.store import Store
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -531,3 +537,484 @@ def test_progress_bar_reports_file_position(tmp_path):
     assert seen and seen[-1][0] == seen[-1][1] == cap.stat().st_size
     r = CliRunner().invoke(main, ["collect", "--progress", str(small_capture(tmp_path / "b.pcap"))])
     assert r.exit_code == 0 and str(tmp_path / "b.pcap") in r.output  # the bar is labelled with the file
+
+
+# ---------------------------------------------------------------- paths and globs that name nothing (issue 8, item 8)
+
+
+def test_glob_that_matches_nothing_is_an_error(tmp_path):
+    (tmp_path / "dir").mkdir()
+    r = CliRunner().invoke(main, ["collect", "dir/*.pcap"])
+    assert r.exit_code == 2
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert errors == r.output.strip().splitlines() and len(errors) == 1
+    assert "dir/*.pcap" in errors[0] and "no file matches" in errors[0]
+    assert not (tmp_path / "store").exists()  # nothing was touched
+
+
+def test_path_that_does_not_exist_is_an_error_and_nothing_is_collected(tmp_path):
+    good = small_capture(tmp_path / "good.pcap")
+    r = CliRunner().invoke(main, ["collect", str(good), "nope/missing.pcap"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "Error: nope/missing.pcap: no such file or directory; nothing was collected"
+    ]
+    assert not list((tmp_path / "store").rglob("*.parquet")) if (tmp_path / "store").exists() else True
+
+
+def test_glob_that_matches_reads_every_file(tmp_path):
+    (tmp_path / "dir").mkdir()
+    for i in range(2):
+        small_capture(tmp_path / "dir" / f"c{i}.pcap", t0=1_700_000_000 + 100 * i)
+    r = CliRunner().invoke(main, ["collect", "dir/*.pcap"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("2 files collected, 62 packets,")
+
+
+def test_directory_without_any_capture_is_fine_but_said(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "README").write_text("captures go here\n")
+    r = CliRunner().invoke(main, ["collect", str(spool)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("0 files collected,")
+    assert f"no capture in {spool}" in r.output and "1 not captures" in r.output
+
+
+@pytest.fixture
+def quiet_logging():
+    """The log level as a fresh process has it (a `-v` of an earlier test lowers the root logger's)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    yield
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_files_skipped_as_not_captures_are_named_with_v(tmp_path, quiet_logging, where):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    closed = small_capture(spool / "20261201215850.pcap")
+    (spool / "notes.txt").write_text("not a capture")
+    (spool / "core").write_bytes(b"\x7fELF" + b"\0" * 60)
+    _age(closed, 7200)
+    quiet = CliRunner().invoke(main, ["collect", str(spool)])
+    assert "skipped" not in quiet.output and "2 not captures" in quiet.output
+    shutil.rmtree(tmp_path / "store")
+    args = ["-v", "collect", str(spool)] if where == "before" else ["collect", "-v", str(spool)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    named = sorted(line for line in r.stderr.splitlines() if line.startswith("skipped"))
+    assert named == [
+        f"skipped (not a capture): {spool / 'core'}",
+        f"skipped (not a capture): {spool / 'notes.txt'}",
+    ]
+    assert r.stdout.startswith("1 file collected, 31 packets")
+
+
+# ---------------------------------------------------------------- the newest file of a spool (issue 8, item 12)
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def _issue_spool(tmp_path: Path) -> Path:
+    """The spool of the issue: a capture tcpdump has just closed (39 KB) and the new, still empty file
+    (tcpdump without -U writes nothing until about 4 KiB are buffered); both modified seconds ago."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    closed = small_capture(spool / "20261201215850.pcap", clients=50)
+    assert 30_000 < closed.stat().st_size < 60_000
+    (spool / "20261201215900.pcap").write_bytes(b"")
+    return spool
+
+
+def test_newer_empty_file_proves_the_previous_capture_is_closed(tmp_path):
+    spool = _issue_spool(tmp_path)
+    r = CliRunner().invoke(main, ["collect", str(spool)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("1 file collected, 501 packets,")
+    assert "(1 still being written)" in r.output and "not captures" not in r.output
+    # the library, and the helper `watch` polls, agree
+    files, deferred, ignored = find_captures([spool])
+    assert files == [spool / "20261201215850.pcap"] and deferred == [spool / "20261201215900.pcap"]
+    assert ignored == []
+    from flowdiff.collect import spool_captures
+
+    assert spool_captures(spool, parse_config({})) == [spool / "20261201215850.pcap"]
+
+
+@pytest.mark.parametrize(
+    "head", [b"", b"\xd4", b"\xd4\xc3\xb2", b"\x0a\x0d", b"\x1f"], ids=["0", "1", "3", "ng2", "gz1"]
+)
+def test_newest_file_without_a_complete_magic_is_still_being_written(tmp_path, head):
+    """Also with --all and long after `settle`: there is nothing to read in it yet."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    closed = small_capture(spool / "20261201215850.pcap")
+    new = spool / "20261201215900.pcap"
+    new.write_bytes(head)
+    _age(closed, 7200)
+    _age(new, 3600)
+    for all_files in (False, True):
+        files, deferred, ignored = find_captures([spool], all_files=all_files, settle=600)
+        assert (files, deferred, ignored) == ([closed], [new], [])
+
+
+def test_empty_file_that_is_not_the_newest_never_blocks_the_others(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    a = small_capture(spool / "20261201215000.pcap")
+    empty = spool / "20261201215500.pcap"  # tcpdump was killed before it wrote anything
+    empty.write_bytes(b"")
+    b = small_capture(spool / "20261201220000.pcap", t0=1_700_000_600)
+    c = small_capture(spool / "20261201220500.pcap", t0=1_700_000_900)  # being written
+    found = find_captures([spool])
+    assert found == ([a, b], [c], [empty])
+    r = CliRunner().invoke(main, ["-v", "collect", str(spool)])
+    assert r.exit_code == 0, r.output
+    assert "2 files collected" in r.stdout and "1 still being written" in r.stdout
+    assert f"skipped (empty): {empty}" in r.stderr.splitlines()
+
+
+def test_names_from_strftime_order_the_spool_and_mtime_otherwise(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    older = small_capture(spool / "20261201215850.pcap")
+    newer = small_capture(spool / "20261201215900.pcap", t0=1_700_000_300)
+    _age(newer, 30)  # the clock went back, or the file was copied: the name still tells the order
+    _age(older, 10)
+    assert find_captures([spool]) == ([older], [newer], [])
+    ring = tmp_path / "ring"  # tcpdump -C/-W names: numbers that do not sort in time order
+    ring.mkdir()
+    r1 = small_capture(ring / "trace.pcap1")
+    r0 = small_capture(ring / "trace.pcap0", t0=1_700_000_300)
+    _age(r1, 60)
+    assert find_captures([ring]) == ([r1], [r0], [])
+
+
+@given(
+    kinds=st.lists(st.sampled_from(["capture", "empty", "partial", "text"]), min_size=1, max_size=6),
+    ages=st.lists(st.sampled_from([0, 30, 300, 3600, 7200]), min_size=6, max_size=6),  # clear of settle
+    all_files=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_only_the_newest_file_of_a_spool_can_wait(kinds, ages, all_files):
+    """Whatever the mix of captures, empty files, cut headers and other files, and whatever their
+    times: every older capture is read, only the last name can wait, and nothing is lost silently
+    (each file is read, waiting or ignored)."""
+    header = synth.pcap_bytes([])
+    content = {"capture": header, "empty": b"", "partial": header[:3], "text": b"hello"}
+    with tempfile.TemporaryDirectory() as tmp:
+        spool = Path(tmp)
+        paths = []
+        for i, kind in enumerate(kinds):
+            p = spool / f"2026120121{10 + i}00.pcap"
+            p.write_bytes(content[kind])
+            _age(p, ages[i])
+            paths.append(p)
+        files, deferred, ignored = find_captures([spool], all_files=all_files, settle=600)
+        assert sorted(files + deferred + ignored) == paths
+        candidates = [p for p, k in zip(paths, kinds, strict=True) if k != "text"]
+        assert set(deferred) <= set(candidates[-1:])
+        for p, kind in zip(paths, kinds, strict=True):
+            if kind == "text":
+                assert p in ignored
+            elif p != candidates[-1]:
+                assert p in (ignored if kind == "empty" else files)
+            elif kind in ("empty", "partial"):
+                assert p in deferred
+            else:
+                assert p in (files if all_files or ages[paths.index(p)] >= 600 else deferred)
+
+
+def test_directory_with_only_the_file_being_written(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "20261201215900.pcap").write_bytes(b"")
+    r = CliRunner().invoke(main, ["collect", str(spool)])
+    assert r.exit_code == 0, r.output
+    assert "(1 still being written)" in r.output and "no capture in" not in r.output
+
+
+# ---------------------------------------------------------------- tables a capture has not filled yet (item 9)
+
+
+def _parquet_bytes(store: Path, table: str) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in (store / table).rglob("*.parquet")}
+
+
+def _ledger(store: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (store / "_ledger.jsonl").read_text().splitlines()]
+
+
+def test_collect_table_on_a_capture_collected_before_fills_that_table(tmp_path, write_config):
+    """The issue's commands: a capture collected, `link` added to the config, then
+    `flowdiff collect --table link FILE`: the link table is filled, nothing else changes."""
+    cap = small_capture(tmp_path / "a.pcap")
+    before = write_config('sensor = "s"\n[tables.hosts]\nkeys = ["src"]\n')
+    assert run_cli("collect", str(cap), config=before).exit_code == 0
+    hosts = _parquet_bytes(tmp_path / "store", "hosts")
+    after = write_config('sensor = "s"\n[tables.hosts]\nkeys = ["src"]\n'
+                         '[tables.link]\nkeys = ["ethertype", "src_mac", "dst_mac"]\n')  # fmt: skip
+    r = run_cli("collect", "--table", "link", str(cap), config=after)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("1 file collected, 31 packets,")
+    assert "1 read again for table link" in r.output and "already collected" not in r.output
+    assert _parquet_bytes(tmp_path / "store", "hosts") == hosts
+    ref = parse_config({"sensor": "s", "store": str(tmp_path / "ref"),
+                        "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}}})  # fmt: skip
+    collect([cap], ref)
+    pd.testing.assert_frame_equal(
+        Store(tmp_path / "store").read("link"), Store(tmp_path / "ref").read("link")
+    )
+    assert [(e["tables"], e["records"]) for e in _ledger(tmp_path / "store")] == [
+        (["hosts"], 31),
+        (["link"], 31),
+    ]
+    link = _parquet_bytes(tmp_path / "store", "link")
+    again = run_cli("collect", str(cap), config=after)  # every table filled now
+    assert "1 already collected" in again.output and again.output.startswith("0 files collected")
+    assert _parquet_bytes(tmp_path / "store", "link") == link
+    assert _parquet_bytes(tmp_path / "store", "hosts") == hosts
+    assert len(_ledger(tmp_path / "store")) == 2
+
+
+def test_table_added_to_the_config_is_filled_by_the_next_spool_run(tmp_path):
+    """A renamed copy and a spool re-read: each fills only what its content has not filled."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    caps = [small_capture(spool / f"2026120121{m}00.pcap", t0=1_700_000_000 + 60 * m) for m in (50, 55)]
+    small_capture(spool / "20261201220000.pcap", t0=1_700_004_000)  # being written
+    two = {"hosts": {"keys": ["src"]}, "pairs": {"keys": ["src", "dst", "proto"]}}
+    cfg = parse_config({"sensor": "s", "tables": two})
+    assert collect([spool], cfg).files_ok == 2
+    pairs = _parquet_bytes(tmp_path / "store", "pairs")
+    shutil.copy(caps[0], tmp_path / "renamed.pcap")
+    three = parse_config(
+        {
+            "sensor": "s",
+            "tables": {**two, "services": {"keys": ["client", "server", "proto", "service_port"]}},
+        }
+    )
+    copy = collect([tmp_path / "renamed.pcap"], three)
+    assert [(f.status, f.again, f.tables) for f in copy.files] == [("ok", True, ["services"])]
+    res = collect([spool], three)
+    assert [(Path(f.path).name, f.status, f.tables) for f in res.files] == [
+        (caps[0].name, "known", []), (caps[1].name, "ok", ["services"])
+    ]  # fmt: skip
+    assert _parquet_bytes(tmp_path / "store", "pairs") == pairs
+    ref = parse_config({"sensor": "s", "store": str(tmp_path / "ref"),
+                        "tables": {t: {"keys": list(tc.keys)} for t, tc in three.tables.items()}})  # fmt: skip
+    collect([spool], ref)
+    for t in three.tables:
+        pd.testing.assert_frame_equal(Store(tmp_path / "store").read(t), Store(tmp_path / "ref").read(t))
+
+
+def test_old_ledger_lines_without_tables(tmp_path):
+    """A ledger written before `tables` existed: a table counts as filled when it existed when the
+    capture was collected (its _table.json is older than the entry), so only tables created later
+    are filled from it."""
+    import json
+
+    cap = small_capture(tmp_path / "a.pcap")
+    store = tmp_path / "store"
+    collect([cap], parse_config({"sensor": "s", "tables": {"hosts": {"keys": ["src"]}}}))
+    hour_ago = time.time() - 3600
+    entries = _ledger(store)
+    for e in entries:
+        del e["tables"], e["capture_id"]
+        e["collected_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hour_ago))
+    (store / "_ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    os.utime(store / "hosts" / "_table.json", (hour_ago - 60, hour_ago - 60))
+    hosts = _parquet_bytes(store, "hosts")
+    both = parse_config(
+        {"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}}
+    )
+    res = collect([cap], both)
+    assert [(f.status, f.tables) for f in res.files] == [("ok", ["link"])]
+    assert _parquet_bytes(store, "hosts") == hosts
+    assert int(Store(store).read("link").packets.sum()) == 31
+    assert collect([cap], both).files[0].status == "known"
+
+
+def test_unreadable_capture_stays_reported_once_when_tables_are_added(tmp_path):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all, not even close\n")
+    one = parse_config({"sensor": "s", "tables": {"hosts": {"keys": ["src"]}}})
+    assert collect([bad], one).files_failed == 1
+    two = parse_config(
+        {"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}}
+    )
+    again = collect([bad], two)
+    assert again.files[0].status == "known" and again.errors == [] and again.exit_code == ExitCode.OK
+
+
+def _fill_child(store: str, files: list[str], tables: dict, crash_at: int | None) -> None:
+    if crash_at:
+        os.environ["FLOWDIFF_CRASH_AT"] = str(crash_at)
+    collect(files, parse_config({"store": store, "interval": 60, "sensor": "s", "tables": tables}))
+
+
+def test_kill_minus_9_while_filling_a_new_table_then_rerun_is_exact(tmp_path, monkeypatch):
+    """A capture collected for `services` is read again for `t5` in several parts; killed at every
+    write step of that second read, a re-run still gives exactly one count of every packet (the parts
+    keep the capture's id), and `services` never changes."""
+    monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048)
+    files = [str(synth.write_pcap(tmp_path / "l.pcap", long_frames(minutes=2)))]
+    first = {"services": _PART_TABLES["services"]}
+    ref = tmp_path / "ref"
+    _fill_child(str(ref), files, _PART_TABLES, None)
+    want = Store(ref).read("t5")
+    step = 1
+    while True:
+        store = tmp_path / f"crash{step}"
+        _fill_child(str(store), files, first, None)
+        services = _parquet_bytes(store, "services")
+        child = multiprocessing.get_context("fork").Process(
+            target=_fill_child, args=(str(store), files, _PART_TABLES, step)
+        )
+        child.start()
+        child.join(120)
+        if child.exitcode == 0:
+            break
+        assert child.exitcode == -signal.SIGKILL
+        _fill_child(str(store), files, _PART_TABLES, None)
+        pd.testing.assert_frame_equal(Store(store).read("t5"), want, obj=f"t5 after crash at step {step}")
+        assert _parquet_bytes(store, "services") == services
+        shutil.rmtree(store)
+        step += 1
+    assert step > 5
+
+
+def test_crash_then_a_narrower_run_then_the_full_run_is_exact(tmp_path, monkeypatch):
+    """Killed while reading a capture for two tables, re-run with `--table services` only (the ledger
+    then says: services), then with both: the second table already holds some parts of the crashed
+    read, and the read that fills it now uses the same part ids (the ledger's capture_id), so none
+    counts twice."""
+    monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048)
+    files = [str(synth.write_pcap(tmp_path / "l.pcap", long_frames(minutes=2)))]
+    ref = tmp_path / "ref"
+    _fill_child(str(ref), files, _PART_TABLES, None)
+    want = Store(ref).read("t5")
+    partial_t5 = 0
+    step = 1
+    while True:
+        store = tmp_path / f"crash{step}"
+        child = multiprocessing.get_context("fork").Process(
+            target=_fill_child, args=(str(store), files, _PART_TABLES, step)
+        )
+        child.start()
+        child.join(120)
+        if child.exitcode == 0:
+            break
+        partial_t5 += bool(list((store / "t5").rglob("*.parquet")))
+        _fill_child(str(store), files, {"services": _PART_TABLES["services"]}, None)
+        _fill_child(str(store), files, _PART_TABLES, None)
+        pd.testing.assert_frame_equal(Store(store).read("t5"), want, obj=f"t5 after crash at step {step}")
+        assert [e["tables"] for e in _ledger(store)][-2:] == [["services"], ["t5"]]
+        shutil.rmtree(store)
+        step += 1
+    assert partial_t5 >= 3  # the case that matters happened: t5 held parts of the crashed read
+
+
+# ---------------------------------------------------------------- sub-second overflow (item 11)
+
+
+def _overflow_pcap(path: Path, records: list[tuple[int, int, bytes]], *, nanos: bool, big: bool) -> Path:
+    """A pcap written the way old capture tools did: the sub-second field is stored as given, even
+    when it is 1,000,000 or more (10^9 or more in a nanosecond file)."""
+    import struct
+
+    e = ">" if big else "<"
+    out = [struct.pack(e + "IHHiIII", 0xA1B23C4D if nanos else 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for sec, frac, data in records:
+        out.append(struct.pack(e + "IIII", sec, frac, len(data), len(data)) + data)
+    path.write_bytes(b"".join(out))
+    return path
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["le", "be"])
+@pytest.mark.parametrize("nanos", [False, True], ids=["us", "ns"])
+def test_subsecond_overflow_is_counted_in_the_interval_of_the_plain_sum(tmp_path, t5_config, nanos, big):
+    one = 10**9 if nanos else 10**6  # one second in the file's unit
+    base = 1_700_000_000 // 60 * 60  # an interval boundary
+    frame = synth.udp_frame(
+        "02:00:00:00:00:01", "02:00:00:00:00:02", "192.0.2.1", "192.0.2.2", 1000, 53, b"q"
+    )
+    records = [
+        (base + 58, one - 1, frame),  # 58.999999: the first interval
+        (base + 59, one, frame),  # 59 + 1.0 = 60: the next interval, like libpcap and tshark count it
+        (base + 59, one + one // 2, frame),  # 60.5
+        (base + 20, 0xFFFFFFFF, frame),  # 20 + 4294.967295 s (us) or + 4.294967295 s (ns)
+    ]
+    cap = _overflow_pcap(tmp_path / "old.pcap", records, nanos=nanos, big=big)
+    r = run_cli("collect", str(cap), config=t5_config)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("1 file collected, 4 packets,") and "skipped frames" not in r.output
+    got = store_table(tmp_path / "store").groupby("interval_start").packets.sum()
+    last_ns = (base + 20) * 10**9 + 0xFFFFFFFF * (10**9 // one)
+    assert (last_ns // 10**9 - base) == (24 if nanos else 4314)
+    want = Counter([base, base + 60, base + 60, last_ns // (60 * 10**9) * 60])
+    assert {int(k.timestamp()): int(v) for k, v in got.items()} == dict(want)
+
+
+def test_real_capture_with_nanosecond_overflow_agrees_with_tshark(tmp_path, t5_config):
+    """tcpdump's timestamp_invalid_nano.pcap: two of its three records have a nanosecond field of 10^9
+    and more. All three are counted now. tshark 4.0.17 counts them too, but prints frame.time_epoch
+    with the raw field (1418145370.1000000000, and -1418145370.2147483648 for 2^31, read as signed), so
+    its oracle table puts the third frame in 1925. Its own frame.time_relative (2.147483649 s after the
+    first frame at .999999999) shows that tshark's time for that frame is the plain sum, which is where
+    flowdiff counts it: the oracle row is moved there, every other row must match as it is."""
+    import struct
+
+    capture = DATA / "bad" / "tcpdump__timestamp_invalid_nano.pcap"
+    r = run_cli("collect", str(capture), config=t5_config)
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("1 file collected, 3 packets, 220 bytes,")
+    raw = capture.read_bytes()
+    third = 24 + 2 * (16 + 76)  # the third record header (two 76-byte records before it)
+    sec, frac = struct.unpack_from("<II", raw, third)
+    assert frac == 2**31
+    oracle = oracle_table(capture)
+    wrong = oracle.interval_start.dt.year == 1925
+    assert wrong.sum() == 1
+    oracle.loc[wrong, "interval_start"] = pd.Timestamp((sec + frac // 10**9) // 60 * 60, unit="s", tz="UTC")
+    oracle = oracle.groupby(["interval_start", *T5], as_index=False)[["packets", "bytes"]].sum()
+    pd.testing.assert_frame_equal(normalise(store_table(tmp_path / "store")), normalise(oracle))
+
+
+# ---------------------------------------------------------------- store in the way, exit codes (item 13)
+
+
+def test_store_that_is_a_plain_file_is_one_line(tmp_path, write_config):
+    (tmp_path / "afile").write_text("oops\n")
+    config = write_config('store = "afile"\n')
+    cap = small_capture(tmp_path / "a.pcap")
+    for args in (["collect", str(cap)], ["show", "hosts"], ["tables"]):
+        r = run_cli(*args, config=config)
+        assert r.exit_code == 2, (args, r.output)
+        (line,) = r.output.strip().splitlines()  # the config's folder or the working directory: both here
+        assert line in (
+            f"Error: store {where} is not a folder (a file of that name is in the way): "
+            "set `store` to a folder, or move the file"
+            for where in ("afile", tmp_path / "afile")
+        ), args
+    with pytest.raises(StoreError, match="is not a folder"):
+        Store(tmp_path / "afile").read("hosts")
+    assert (tmp_path / "afile").read_text() == "oops\n"
+
+
+def test_exit_code_is_an_exit_code(tmp_path):
+    good = collect([small_capture(tmp_path / "a.pcap")], parse_config({"sensor": "s"}))
+    assert good.exit_code is ExitCode.OK
+    (tmp_path / "b.pcap").write_bytes(b"garbage garbage garbage")
+    bad = collect([tmp_path / "b.pcap"], parse_config({"sensor": "s"}))
+    assert bad.exit_code is ExitCode.ERROR

@@ -116,6 +116,58 @@ def test_ledger_ignores_torn_line(store):
     assert [e.path for e in store.ledger()] == ["/x.pcap"]
 
 
+def test_ledger_records_sorted_tables_and_keeps_lines_with_unknown_fields(store):
+    store.ledger_append(LedgerEntry("/x.pcap", 10, 1, "ab", 3, "ok", tables=["t", "a", "t"], capture_id="h1"))
+    with open(store.ledger_path, "a") as f:  # a line from a newer flowdiff, with a field unknown here
+        f.write('{"path": "/z.pcap", "size": 5, "mtime_ns": 2, "sha256": null, "records": 0, '
+                '"status": "failed", "future_field": 1}\n')  # fmt: skip
+    entries = store.ledger()
+    assert [(e.path, e.tables, e.capture_id) for e in entries] == [
+        ("/x.pcap", ["a", "t"], "h1"),
+        ("/z.pcap", None, None),
+    ]
+    assert store.tables_filled(entries[0]) == {"a", "t"} and store.tables_filled(entries[1]) == set()
+
+
+def test_old_ledger_lines_count_the_tables_that_existed_then(tmp_path):
+    """Lines written before `tables` existed: a table counts as filled when its definition is older
+    than the entry (plus the second collected_at drops); a table created later was not filled."""
+    import os
+
+    s = Store(tmp_path / "store", "s1")
+    s.ensure_table("old", KEYS, 60)
+    s.ensure_table("new", KEYS, 60)
+    t0 = 1_800_000_000
+    os.utime(s.root / "old" / "_table.json", (t0 - 100, t0 - 100))
+    os.utime(s.root / "new" / "_table.json", (t0 + 3600, t0 + 3600))
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0))
+    entry = LedgerEntry("/x.pcap", 10, 1, "ab", 3, "ok", collected_at=at)
+    assert s.tables_filled(entry) == {"old"}
+    os.utime(s.root / "new" / "_table.json", (t0 + 0.7, t0 + 0.7))  # created in the same second: filled
+    assert s.tables_filled(entry) == {"old", "new"}
+    assert [t for _, t in s.ledger_tables()] == []
+    assert s.tables_filled(LedgerEntry("/x.pcap", 10, 1, None, 0, "failed", collected_at=at)) == set()
+    os.utime(s.root / "new" / "_table.json", (t0 + 3600, t0 + 3600))
+    s.ledger_append(entry)
+    s.ledger_append(LedgerEntry("/y.pcap", 10, 1, "cd", 3, "ok", tables=["old"]))  # a line of this version
+    assert [t for _, t in s.ledger_tables()] == [{"old"}, {"old"}]
+    # a store copied without its times: every definition is younger than every line, none can be
+    # trusted, so every table counts as filled (reading a capture again could count it twice)
+    for t in ("old", "new"):
+        os.utime(s.root / t / "_table.json", (t0 + 7200, t0 + 7200))
+    assert [t for _, t in s.ledger_tables()] == [{"old", "new"}, {"old"}]
+    assert s.tables_filled(entry) == {"old", "new"}
+
+
+def test_store_that_is_a_plain_file_is_refused_by_readers_and_writers(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for make in (lambda: Store(tmp_path / "afile"), lambda: open_store(tmp_path / "afile"),
+                 lambda: Store(tmp_path / "afile", "s1")):  # fmt: skip
+        with pytest.raises(StoreError, match=r"afile is not a folder"):
+            make()
+    assert Store(tmp_path / "not-yet").tables() == []  # a store that does not exist yet is fine
+
+
 def _hold_lock(root, seconds):
     with Store(root, "s").lock():
         time.sleep(seconds)

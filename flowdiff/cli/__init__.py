@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Callable, Iterator
+from typing import IO
 
 import click
 
@@ -59,23 +63,45 @@ def main(verbose: int, config_path: str | None) -> None:
 def collect(paths, config_path, store, interval, tables, all_files, progress) -> None:
     """Read captures (files, directories, globs; pcap, pcapng, .gz) into the count tables.
 
-    Captures already collected are skipped; damaged captures keep every record before the damage.
-    Prints one summary line. Exit status 2 when a capture could not be read at all.
+    Captures already collected are skipped (or read again for tables they have not filled yet);
+    damaged captures keep every record before the damage. A path or glob that names nothing is an
+    error. Prints one summary line; with -v, names the files skipped as not captures. Exit status 2
+    when a capture could not be read at all.
     """
     from flowdiff.collect import collect as run_collect
 
     config = load(config_path, store=store, interval=interval)
     show_bar = sys.stderr.isatty() if progress is None else progress
-    result = run_collect(paths, config, all_files=all_files, tables=tables or None,
-                         progress=_progress_bar() if show_bar else None)  # fmt: skip
+    with _progress_bar(sys.stderr) if show_bar else contextlib.nullcontext() as bar:
+        result = run_collect(paths, config, all_files=all_files, tables=tables or None, progress=bar)
     for f in result.files:
         if f.message:
             click.echo(("Error: " if f.status == "failed" else "Warning: ") + f.message, err=True)
+    if _verbosity() > 0:
+        for path, why in result.ignored_reasons.items():
+            click.echo(f"skipped ({why}): {path}", err=True)
     click.echo(result.summary())
     sys.exit(result.exit_code)
 
 
-def _progress_bar():
+def _verbosity() -> int:
+    """-v count, wherever it was given (before the subcommand, or after it once it is accepted
+    there), or as the logging level says."""
+    ctx = click.get_current_context(silent=True)
+    counts = []
+    while ctx is not None:
+        counts.append(ctx.params.get("verbose") or 0)
+        ctx = ctx.parent
+    if logging.getLogger("flowdiff").isEnabledFor(logging.INFO):
+        counts.append(1)
+    return max(counts, default=0)
+
+
+@contextlib.contextmanager
+def _progress_bar(stream: IO[str]) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar per capture on ``stream``. click hides the terminal's cursor while a bar is
+    drawn and shows it again only when the bar is finished: every bar is finished here, also when
+    collect fails or is interrupted, so the cursor comes back and what follows starts on a new line."""
     state: dict = {}
 
     def update(path: str, done: int, total: int) -> None:
@@ -83,11 +109,16 @@ def _progress_bar():
             if "bar" in state:
                 state["bar"].render_finish()
             state.update(path=path, last=0, bar=click.progressbar(length=max(total, 1), label=path,
-                                                                  file=sys.stderr))  # fmt: skip
+                                                                  file=stream))  # fmt: skip
         state["bar"].update(done - state["last"])
         state["last"] = done
 
-    return update
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].render_finish()
+            stream.flush()
 
 
 @main.command()
@@ -146,7 +177,7 @@ def show(table, config_path, store, since, until, top, by_interval, fmt) -> None
 
 
 # Commands of the other stages live in their own modules and register themselves here.
-for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds"):
+for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds", "status_cmds"):
     try:
         importlib.import_module(f"flowdiff.cli.{_module}").register(main)
     except ModuleNotFoundError as _e:  # pragma: no cover - while a stage is being written

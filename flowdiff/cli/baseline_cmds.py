@@ -128,8 +128,16 @@ def diff(config_path, tables, since, until, fmt, exit_code, dry_run):
     res = run_diff(config, tables=tables or None, since=parse_when(since), until=parse_when(until),
                    record=not dry_run)  # fmt: skip
     _print_diff(res, fmt)
+    if res.report_id and not dry_run:  # the report is archived rendered, and queued with [mail]
+        from flowdiff.deliver import deliver
+
+        d = deliver(res, config)
+        queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
+        if fmt == "table":  # csv/json output stays pure data, even with 2>&1
+            click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
     if exit_code and res.total:
         sys.exit(EXIT_FOUND)
+
 
 @click.group()
 def baseline():
@@ -244,7 +252,7 @@ def _print_tables(frames: dict[str, pd.DataFrame], fmt: str) -> None:
 def _print_diff(res: Any, fmt: str) -> None:
     import pandas as pd
 
-    from flowdiff.diff import row_records
+    from flowdiff.archive import row_records
 
     recs = row_records(res)
     if fmt == "json":

@@ -21,7 +21,7 @@ from flowdiff.baseline import (
 )
 from flowdiff.cli import main as flowdiff_main
 from flowdiff.diff import diff
-from flowdiff.errors import BaselineError
+from flowdiff.errors import BaselineError, LearnRefused
 from flowdiff.state import load_state
 from flowdiff.triage import accept
 
@@ -178,11 +178,12 @@ def test_both_directions_drops_one_way_keys(site):
     assert res.tables["pairs"].below_threshold >= 1
 
 
-def test_learn_with_an_empty_store_freezes_empty_baselines(tmp_path):
+def test_learn_with_an_empty_store_is_refused(tmp_path):
     config = fx.write_config(tmp_path)
-    res = learn(config)
-    assert all(t.rows == 0 and t.intervals == 0 for t in res.tables.values())
-    assert diff(config).total == 0
+    with pytest.raises(LearnRefused, match="hold no intervals yet") as e:
+        learn(config)
+    assert set(e.value.empty) == set(config.tables)
+    assert not config.baselines.exists() or not list(config.baselines.rglob("*.json"))
 
 
 # ------------------------------------------------------------------ CLI
@@ -195,7 +196,14 @@ def test_cli_learn_history_show_diff_rollback(site):
     assert _cli("accept", "hosts", "--where", "src=10.1.0.200").exit_code == 0
     hist = _cli("baseline", "history", "--format", "json")
     recs = [json.loads(x) for x in hist.output.splitlines()]
-    assert [r["version"] for r in recs] == ["v0001", "v0002"] and recs[1]["current"] == "*"
+    # one record per version and table, with the table's learning window
+    assert [(r["version"], r["table"]) for r in recs] == [
+        (v, t) for v in ("v0001", "v0002") for t in fx.TABLES
+    ]
+    assert {r["current"] for r in recs if r["version"] == "v0002"} == {"*"}
+    hosts = next(r for r in recs if r["table"] == "hosts")
+    window = (hosts["since"], hosts["until"], hosts["intervals"])
+    assert window == ("2026-11-02T08:00:00Z", "2026-11-03T08:20:00Z", 2 * fx.INTERVALS)
     shown = _cli("baseline", "show", "--table", "hosts", "--where", "src=10.1.0.0/24", "--format", "csv")
     assert shown.exit_code == 0 and "10.1.0.200" in shown.output and "dhcp" not in shown.output
     d = _cli("baseline", "diff", "v1", "v2")

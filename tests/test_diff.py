@@ -57,7 +57,8 @@ def test_normal_days_give_zero_new_rows(site):
     for n in (1, 2, 3):
         fx.write(site, fx.day(n), f"day{n}")
         res = diff(site)
-        assert res.intervals == fx.INTERVALS * len(site.tables)
+        # a report footer counts intervals, not (table, interval) pairs
+        assert res.intervals == fx.INTERVALS and res.table_intervals == fx.INTERVALS * len(site.tables)
         assert res.total == 0, {t: df.to_dict("records") for t, df in res.rows.items() if len(df)}
         assert res.report_id is None
         assert set(res.rows) == set(site.tables)
@@ -182,7 +183,7 @@ def test_late_capture_for_a_diffed_interval_is_diffed_again(site):
     fx.write(site, fx.anomaly("new_pair", 1, interval=2), "late")
     res = diff(site)
     assert _keys(res, "pairs") == [("10.1.0.10", "10.1.0.53", 17), ("10.1.0.53", "10.1.0.10", 17)]
-    assert res.intervals == len(site.tables)  # only the changed interval, once per table
+    assert res.intervals == 1 and res.table_intervals == len(site.tables)  # the changed interval, per table
     assert diff(site).total == 0
 
 
@@ -240,7 +241,7 @@ def test_neighbour_names_the_nearest_accepted_row(site):
     svc = res.rows["services"].iloc[0]
     assert (
         svc["neighbour"]
-        == "same server and port, other client: client=dhcp server=10.1.0.10 proto=6 service_port=443"
+        == "same server and port, other client: client=dhcp server=10.1.0.10 proto=tcp service_port=443"
     )
     host = res.rows["hosts"].iloc[0]
     assert host["neighbour"].startswith("same network (src /24 or /64): src=10.1.0.")

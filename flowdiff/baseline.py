@@ -547,18 +547,16 @@ def _refusal_text(plans: Mapping[str, _Planned], changes: Mapping[str, tuple[int
     parts = []
     for name, (now, after) in changes.items():
         p = plans[name]
-        if after == 0 and not now:
+        if after == 0:
             th = p.thresholds
-            parts.append(
-                f"table {name}: none of the {p.candidates:,} keys seen in {len(p.chosen):,} intervals meets "
-                f"the thresholds (min_intervals {th['min_intervals']}, min_packets {th['min_packets']}"
-                f"{', both directions' if th['both_directions'] else ''}): keys now 0, after 0"
+            both = ", both directions" if th["both_directions"] else ""
+            why = (
+                f"none of the {p.candidates:,} keys seen in {len(p.chosen):,} intervals meets min_intervals "
+                f"{th['min_intervals']}, min_packets {th['min_packets']}{both}"
             )
         else:
-            parts.append(
-                f"table {name}: keys now {now:,}, after {after:,} ({now - p.kept:,} dropped, "
-                f"{len(p.chosen):,} intervals learned from)"
-            )
+            why = f"{now - p.kept:,} dropped; {len(p.chosen):,} intervals learned from"
+        parts.append(f"table {name}: keys now {now:,}, after {after:,} ({why})")
     return (
         "learn refused, nothing written: it would empty or more than halve a baseline; "
         + "; ".join(parts)

@@ -348,7 +348,8 @@ def commands(
 
 def no_baseline_line(table: str, config: Config) -> str:
     """What diff says about a table that has no baseline yet (once per diff, and in the health alert)."""
-    return f"table {table} has no baseline yet: flowdiff learn --table {shlex.quote(table)}{_config_arg(config)}"
+    learn = f"flowdiff learn --table {shlex.quote(table)}{_config_arg(config)}"
+    return f"table {table} has no baseline yet: {learn}"
 
 
 # ------------------------------------------------------------------ diff

@@ -329,7 +329,8 @@ def test_cli_learn_force_and_the_previous_key_count(site):
 def test_cli_bad_times_and_durations_name_the_option(site):
     out = _cli("diff", "--since", "yesterday")
     assert out.exit_code == 2
-    assert out.output.startswith("Error: --since: 'yesterday' is neither a time") and out.output.count("\n") == 1
+    assert out.output.startswith("Error: --since: 'yesterday' is neither a time")
+    assert out.output.count("\n") == 1
     out = _cli("learn", "--until", "soon")
     assert out.exit_code == 2 and out.output.startswith("Error: --until: 'soon' is neither")
     out = _cli("learn", "--last", "7x")

@@ -416,7 +416,8 @@ def test_cli_table_added_later_is_skipped_while_the_others_are_diffed(tmp_path):
     fx.write(config, fx.day(1) + fx.anomaly("new_host", 1) + fx.anomaly("lldp", 1), "day1")
     out = _run("diff", "--format", "json")
     assert out.exit_code == 0, out.output
-    line = f"table link has no baseline yet: flowdiff learn --table link --config {tmp_path / 'flowdiff.toml'}"
+    cfg = tmp_path / "flowdiff.toml"
+    line = f"table link has no baseline yet: flowdiff learn --table link --config {cfg}"
     assert f"Warning: {line}\n" in out.output and out.output.count("Warning:") == 1
     rows = [json.loads(x) for x in out.output.splitlines() if x.startswith("{")]
     assert {r["table"] for r in rows} == {"hosts", "pairs", "services"}

@@ -339,6 +339,17 @@ def test_cli_bad_times_and_durations_name_the_option(site):
     assert _written(site) == []
 
 
+def test_cli_learn_and_diff_take_store(site, tmp_path):
+    out = _cli("learn", "--store", str(tmp_path / "elsewhere"))
+    assert out.exit_code == 2 and "hold no intervals yet" in out.output
+    assert _cli("learn").exit_code == 0
+    fx.write(site, fx.day(2) + fx.anomaly("new_host", 2), "day2")
+    assert _cli("diff", "--dry-run", "--store", str(tmp_path / "elsewhere")).output == (
+        "no new rows (0 intervals diffed)\n"
+    )
+    assert "== hosts: 1 new" in _cli("diff", "--dry-run").output
+
+
 def test_cli_baseline_show_takes_the_table_as_argument_or_option(site):
     learn(site)
     pos = _cli("baseline", "show", "services", "--format", "json")

@@ -63,6 +63,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "send_async": ("flowdiff.mail", "send_async"),
     "flush_outbox": ("flowdiff.mail", "flush_outbox"),
     "list_outbox": ("flowdiff.mail", "list_outbox"),
+    "deliver": ("flowdiff.deliver", "deliver"),
     # pipeline and demo
     "run": ("flowdiff.pipeline", "run"),
     "watch": ("flowdiff.pipeline", "watch"),

@@ -585,10 +585,10 @@ def learn(
     per table in the config, overridden by the arguments), so a one-packet scan during learning is not
     "normal". Tables not named keep their previous baseline. The intervals learned from count as diffed.
 
-    An empty baseline reports everything, a halved one hundreds of known rows: so learn refuses
-    (:class:`LearnRefused`, nothing written) a window without data for a named table, and, unless
-    ``force``, a new version in which a table would hold no key or lose more than half of its current
-    keys (keys of a baseline learned for another table definition do not count: it is unusable anyway).
+    An empty baseline reports everything, a halved one hundreds of known rows: so, unless ``force``,
+    learn refuses (:class:`LearnRefused`, nothing written) a window without data for a table, and a
+    new version in which a table would hold no key or lose more than half of its current keys (keys of
+    a baseline learned for another table definition do not count: it is unusable anyway).
     """
     selected = config.select_tables(tables)
     if last is not None:
@@ -608,7 +608,7 @@ def learn(
             if not chosen:
                 empty[name] = _no_data_reason(tokens, lo, hi, config.interval)
             windows[name] = (tokens, chosen)
-        if empty:
+        if empty and not force:
             raise LearnRefused(_empty_text(empty, selected), empty=empty)
         plans = {
             name: _plan_table(
@@ -631,9 +631,11 @@ def learn(
         learned: dict[str, LearnedTable] = {}
         diffed: dict[str, dict[pd.Timestamp, str]] = {}
         for name, p in plans.items():
+            since_t = p.chosen[0] if p.chosen else None
+            until_t = p.chosen[-1] + pd.Timedelta(seconds=config.interval) if p.chosen else None
             window = {
-                "since": _iso(p.chosen[0]),
-                "until": _iso(p.chosen[-1] + pd.Timedelta(seconds=config.interval)),
+                "since": _iso(since_t if p.chosen else utc_timestamp(since)),
+                "until": _iso(until_t if p.chosen else utc_timestamp(until)),
                 "intervals": len(p.chosen),
             }
             entry = _store_table(
@@ -646,11 +648,11 @@ def learn(
                 candidates=p.candidates,
                 below_threshold=p.candidates - p.table.num_rows,
                 intervals=len(p.chosen),
-                since=p.chosen[0],
-                until=p.chosen[-1] + pd.Timedelta(seconds=config.interval),
+                since=since_t,
+                until=until_t,
                 hash=entry.hash,
                 keys_before=p.keys_now,
-                forced=name in changes,
+                forced=name in changes or name in empty,
             )
             done = state.diffed(name)
             done.update({s: p.tokens[s] for s in p.chosen})
@@ -711,7 +713,12 @@ def _empty_text(empty: Mapping[str, str], selected: Mapping[str, TableConfig]) -
         if others
         else ""
     )
-    return "learn refused, nothing written: " + "; ".join(parts) + hint
+    return (
+        "learn refused, nothing written: "
+        + "; ".join(parts)
+        + hint
+        + " (--force freezes an empty baseline instead: every row of it will be new)"
+    )
 
 
 def _plural_verb(why: str, n: int) -> str:

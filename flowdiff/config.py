@@ -25,6 +25,20 @@ _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(|b|kb|mb|gb)\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_message_size(value: Any, key: str = "max_message_bytes") -> int:
+    """Bytes from an int or a string like ``5MB``, ``500kB`` (decimal units, like mail servers)."""
+    m = _SIZE_RE.match(value) if isinstance(value, str) else None
+    n = value if isinstance(value, int) and not isinstance(value, bool) else None
+    n = int(m.group(1)) * _SIZE_UNIT[m.group(2).lower()] if m else n
+    if n is None or n < 10_000:
+        raise ConfigError(f"expected a size of at least 10kB like 5MB or 500kB, got {value!r}", key=key)
+    return n
+
+
 def parse_duration(value: Any, key: str = "duration") -> int:
     """Seconds from an int or a string like ``300``, ``5m``, ``7d``, ``2w``."""
     if isinstance(value, bool):
@@ -97,6 +111,7 @@ class Config:
     spool: Path | None = None  # tcpdump spool directory for `flowdiff run` (else --spool)
     settle: int = 600  # the newest capture in a directory counts as closed after this many idle seconds
     max_rows: int = 25  # rows per table in the body of a report (the rest go to the CSV attachment)
+    max_message_bytes: int = 5_000_000  # a report mail never exceeds this (the CSV attachment is cut)
     templates: Path | None = None  # user folder overriding the packaged report templates
     outbox: Path | None = None  # default <reports>/outbox
     mail: MailConfig = field(default_factory=MailConfig)
@@ -148,6 +163,7 @@ def default_tables() -> dict[str, TableConfig]:
 _TOP_KEYS = {
     "store", "baselines", "reports", "interval", "sensor", "networks", "service_ports", "tables",
     "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail",
+    "max_message_bytes",
 }  # fmt: skip
 _TABLE_KEYS = {"keys", "collapse", "ipv6_prefix", "collapse_random_macs", "min_intervals", "min_packets",
                "both_directions"}  # fmt: skip
@@ -207,6 +223,8 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
             kw[key] = parse_duration(raw[key], key)
     if "max_rows" in raw:
         kw["max_rows"] = _int(raw["max_rows"], "max_rows", minimum=1)
+    if "max_message_bytes" in raw:
+        kw["max_message_bytes"] = parse_message_size(raw["max_message_bytes"])
     if "sensor" in raw:
         kw["sensor"] = _sensor(raw["sensor"], "sensor")
     if "service_ports" in raw:

@@ -157,14 +157,13 @@ def run_demo(
 
 
 def _report(out: DemoResult, say: Progress) -> None:
-    from flowdiff.mail import flush_outbox, queue_report
-    from flowdiff.report import archive_report, render_report
+    from flowdiff.deliver import deliver
+    from flowdiff.mail import flush_outbox
 
-    rendered = render_report(out.diff, out.config)
-    out.report_dir = archive_report(rendered, out.diff, out.config)
+    delivery = deliver(out.diff, out.config)
+    out.report_dir, out.message_id = delivery.report_dir, delivery.message_id
     say(f"report: {out.report_dir}")
     if out.config.mail.enabled:
-        out.message_id = queue_report(rendered, out.config).message_id
         out.outbox = flush_outbox(out.config)
 
 

@@ -7,6 +7,8 @@
      +-- BaselineError            no baseline, or a baseline for another table definition
      |    +-- LearnRefused        learn would empty or halve a baseline (nothing written; --force)
      +-- RulesError               a rules file entry that cannot be parsed
+     |    +-- TooBroadError         a triage rule or change that would match every row of a table
+     +-- BadValueError            a --where / accept value that does not fit its field
      +-- ReportError              a report id that does not exist, a template that fails
      +-- MailError                SMTP settings or delivery problems
      +-- LockError                another flowdiff run holds the lock
@@ -72,6 +74,34 @@ class RulesError(FlowdiffError):
     """A rules file or rule that cannot be parsed (names the file and the entry)."""
 
 
+class TooBroadError(RulesError):
+    """A triage command that would write a rule (or a baseline change) matching every possible row of a
+    table: an allow rule would mute the table forever. Refused, saying what it would mute."""
+
+    def __init__(self, kind: str, table: str, fields: str, hint: str = ""):
+        self.kind = kind  # "allow" / "deny" / "accept"
+        self.table = table
+        self.fields = fields  # "src=*"
+        verb = {"allow": "allow", "deny": "deny", "accept": "accept"}.get(kind, kind)
+        hint = hint or (
+            "refused: name the rows more narrowly (a CIDR, a port, a label that is not everything)"
+            if kind != "allow"
+            else "refused: it would mute the table; accept the rows instead, or give a narrower --where"
+        )
+        what = "change" if kind == "accept" else "rule"
+        super().__init__(f"this {what} would {verb} every row of table {table} ({fields}): {hint}")
+
+
+class BadValueError(FlowdiffError):
+    """A value that does not fit its key field (``--where server=300.1.1.1``): names it in one line."""
+
+    def __init__(self, where: str, field: str, value: object, reason: str):
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
+
+
 class ReportError(FlowdiffError):
     """A report id that does not exist, or a template that fails to render."""
 
@@ -82,3 +112,12 @@ class MailError(FlowdiffError):
 
 class LockError(FlowdiffError):
     """Another flowdiff process holds the lock of the store or of a run."""
+
+
+class MailRefusedError(MailError):
+    """The server refused this message for good (SMTP 5xx to MAIL FROM, RCPT TO or DATA): retrying the
+    same bytes cannot help, so the outbox moves it to its failed folder instead of retrying forever."""
+
+    def __init__(self, message: str, *, code: int):
+        super().__init__(message)
+        self.code = code

@@ -8,6 +8,9 @@ Delivery is at-least-once with a stable identity:
    the two files removed, and a delivery record is written to ``<reports>/<report_id>/sent.json``.
 3. A failed attempt is logged in one line and rescheduled with exponential backoff (1 min, 2, 4 ...
    capped at 1 h); messages wait in the outbox for as long as it takes.
+4. A message the server refuses for good (a 5xx reply to MAIL FROM, RCPT TO or DATA, such as 552
+   "message too big") is never retried: it moves to ``<outbox>/failed/<name>.eml`` and ``.json``
+   (state plus ``failed_at``), which is said in one log line; ``drop_message`` removes it.
 
 A crash after the server accepted a message and before its outbox files are removed makes the next
 flush send it again: the recipient then receives the same bytes with the same ``Message-ID``, which
@@ -25,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import email.policy
+import hashlib
 import json
 import logging
 import os
@@ -42,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 
 from flowdiff.config import Config, MailConfig
-from flowdiff.durable import atomic_write_bytes, atomic_write_text, file_lock
-from flowdiff.errors import LockError, MailError
+from flowdiff.durable import atomic_write_bytes, atomic_write_text, file_lock, fsync_dir
+from flowdiff.errors import LockError, MailError, MailRefusedError
+from flowdiff.exitcodes import ExitCode
 from flowdiff.vocab import iso_time, one_line
 
 if TYPE_CHECKING:
@@ -54,6 +59,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 60.0  # seconds before the second attempt
 BACKOFF_MAX = 3600.0  # never wait longer than this between attempts
 FLUSH_LOCK = ".flush.lock"
+FAILED_DIR = "failed"  # <outbox>/failed/<name>.eml + .json: refused for good (the health check reads it)
 SENT_RECORD = "sent.json"  # in <reports>/<report_id>/ once the server accepted the report
 
 
@@ -79,7 +85,7 @@ def build_message(rendered: RenderedReport, mail_config: MailConfig) -> EmailMes
     msg["From"] = _header_value(default_from(mail_config))
     if mail_config.to:
         msg["To"] = ", ".join(_header_value(a) for a in mail_config.to)
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Date"] = _header_value(rendered.date) or formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = _header_value(rendered.message_id)
     if rendered.report_id:
         msg["X-Flowdiff-Report"] = _header_value(rendered.report_id)
@@ -91,7 +97,16 @@ def build_message(rendered: RenderedReport, mail_config: MailConfig) -> EmailMes
     for filename, data, mimetype in rendered.attachments:
         maintype, _, subtype = mimetype.partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
+    _stable_boundaries(msg, rendered.message_id)
     return msg
+
+
+def _stable_boundaries(msg: EmailMessage, seed: str) -> None:
+    """Boundaries derived from the Message-ID instead of random ones, so that rendering the same report
+    again gives the same bytes. ``=_`` cannot occur in base64 or quoted-printable text."""
+    digest = hashlib.sha256(seed.encode("utf-8", "replace")).hexdigest()[:24]
+    for i, part in enumerate(p for p in msg.walk() if p.is_multipart()):
+        part.set_boundary(f"=_flowdiff_{digest}_{i}")
 
 
 def _test_message(config: Config) -> EmailMessage:
@@ -189,10 +204,25 @@ async def send_async(message: EmailMessage | bytes, mail_config: MailConfig) -> 
             tls_context=_tls_context(mc),
         )
     except aiosmtplib.SMTPException as e:
+        code = _permanent_refusal(e)
+        if code is not None:
+            raise MailRefusedError(f"{where}: {_describe(e)}", code=code) from None
         raise MailError(f"{where}: {_describe(e)}") from None
     except (OSError, TimeoutError, ssl.SSLError) as e:
         raise MailError(f"{where}: {_describe(e)}") from None
     return reply
+
+
+def _permanent_refusal(exc: aiosmtplib.SMTPException) -> int | None:
+    """The 5xx code when the server refused this message for good (MAIL FROM, RCPT TO or DATA), None
+    for anything retrying may cure: 4xx, a dropped connection, a failed login (a config problem)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        return codes[0] if codes and all(500 <= c < 600 for c in codes) else None
+    refusals = (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError)
+    if isinstance(exc, refusals) and 500 <= exc.code < 600:
+        return exc.code
+    return None
 
 
 def _in_running_loop() -> bool:
@@ -231,7 +261,9 @@ test_mail.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 @dataclass
 class OutboxEntry:
-    """One waiting message; the state is ``<name>.json`` next to ``<name>.eml``."""
+    """One message of the outbox; the state is ``<name>.json`` next to ``<name>.eml``: in the outbox
+    itself while it waits (``state`` "waiting"), in ``<outbox>/failed/`` once the server refused it
+    for good (``state`` "failed", with ``failed_at``)."""
 
     name: str
     message_id: str
@@ -243,6 +275,8 @@ class OutboxEntry:
     last_attempt: str = ""
     last_error: str = ""
     size: int = 0
+    state: str = "waiting"  # "waiting" | "failed"
+    failed_at: str = ""  # ISO 8601 UTC, when the server refused it for good
 
     def due(self, now: float) -> bool:
         return self.next_attempt <= now
@@ -251,13 +285,22 @@ class OutboxEntry:
 @dataclass
 class OutboxResult:
     sent: list[str] = field(default_factory=list)  # Message-IDs accepted by the server in this flush
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (Message-ID, error) of failed attempts
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (Message-ID, error): attempts to retry
     waiting: list[str] = field(default_factory=list)  # Message-IDs still in the outbox afterwards
     busy: bool = False  # another process was flushing the outbox; nothing was done
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (Message-ID, error): moved to failed/
 
     @property
     def deferred(self) -> bool:
         return bool(self.waiting)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """ERROR when the server refused a message for good in this flush (it will never arrive: the
+        user must act), DEFERRED while messages wait, else OK."""
+        if self.refused:
+            return ExitCode.ERROR
+        return ExitCode.DEFERRED if self.waiting else ExitCode.OK
 
 
 def _now_iso(ts: float | None = None) -> str:
@@ -278,7 +321,7 @@ def _state_path(outbox: Path, name: str) -> Path:
     return outbox / f"{name}.json"
 
 
-def _read_state(outbox: Path, eml: Path) -> OutboxEntry:
+def _read_state(outbox: Path, eml: Path, state: str = "waiting") -> OutboxEntry:
     name = eml.stem
     try:
         raw = json.loads(_state_path(outbox, name).read_text(encoding="utf-8"))
@@ -296,6 +339,7 @@ def _read_state(outbox: Path, eml: Path) -> OutboxEntry:
         )
     entry.name = name
     entry.size = eml.stat().st_size
+    entry.state = state
     return entry
 
 
@@ -305,10 +349,15 @@ def _write_state(outbox: Path, entry: OutboxEntry) -> None:
     atomic_write_text(_state_path(outbox, entry.name), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def enqueue(message: EmailMessage, config: Config) -> OutboxEntry:
-    """Put a message in the outbox (atomically) before any attempt to send it. A message with the
-    same Message-ID already waiting is kept as it is, so re-enqueueing never duplicates."""
+def enqueue(message: EmailMessage | bytes, config: Config) -> OutboxEntry:
+    """Put a message (or its exact bytes) in the outbox, atomically, before any attempt to send it. A
+    message with the same Message-ID already waiting is kept as it is, so re-enqueueing never duplicates."""
     outbox = config.outbox_path
+    if isinstance(message, bytes):
+        data = message
+        message = BytesParser(policy=email.policy.SMTP).parsebytes(data, headersonly=True)
+    else:
+        data = message.as_bytes(policy=email.policy.SMTP)
     mid = str(message.get("Message-ID") or "")
     if not mid:
         raise MailError("a message without Message-ID cannot be queued")
@@ -316,7 +365,9 @@ def enqueue(message: EmailMessage, config: Config) -> OutboxEntry:
     eml = outbox / f"{name}.eml"
     if eml.exists():
         return _read_state(outbox, eml)
-    atomic_write_bytes(eml, message.as_bytes(policy=email.policy.SMTP))
+    # queued again on purpose (`flowdiff notify REPORT_ID`): a refused copy gives way to the new one
+    _remove_entry(outbox / FAILED_DIR, name)
+    atomic_write_bytes(eml, data)
     entry = OutboxEntry(
         name=name,
         message_id=mid,
@@ -329,21 +380,76 @@ def enqueue(message: EmailMessage, config: Config) -> OutboxEntry:
     return entry
 
 
-def list_outbox(config: Config) -> list[OutboxEntry]:
-    """Messages waiting in the outbox, oldest first."""
-    outbox = config.outbox_path
-    if not outbox.is_dir():
+def _entries(folder: Path, state: str) -> list[OutboxEntry]:
+    if not folder.is_dir():
         return []
-    entries = [_read_state(outbox, p) for p in outbox.glob("*.eml") if not p.name.startswith(".")]
+    entries = [_read_state(folder, p, state) for p in folder.glob("*.eml") if not p.name.startswith(".")]
     return sorted(entries, key=lambda e: (e.created, e.name))
 
 
-def _remove_entry(outbox: Path, entry: OutboxEntry) -> None:
+def list_outbox(config: Config) -> list[OutboxEntry]:
+    """Messages waiting in the outbox, oldest first (the refused ones: ``list_failed``)."""
+    return _entries(config.outbox_path, "waiting")
+
+
+def list_failed(config: Config) -> list[OutboxEntry]:
+    """Messages the server refused for good (``<outbox>/failed/``), oldest first. They stay until
+    ``flowdiff outbox drop`` removes them, or ``flowdiff notify REPORT_ID`` queues the report again."""
+    return _entries(config.outbox_path / FAILED_DIR, "failed")
+
+
+def _remove_entry(outbox: Path, entry: OutboxEntry | str) -> None:
     # the .eml goes first: it is the commit point; a leftover .json without .eml is ignored
+    name = entry if isinstance(entry, str) else entry.name
     with contextlib.suppress(FileNotFoundError):
-        (outbox / f"{entry.name}.eml").unlink()
+        (outbox / f"{name}.eml").unlink()
+    with contextlib.suppress(FileNotFoundError):
+        _state_path(outbox, name).unlink()
+
+
+def _move_to_failed(outbox: Path, entry: OutboxEntry, now: float) -> Path:
+    """Park a refused message in ``<outbox>/failed/``: its state first, then the .eml (the commit point:
+    from then on it is failed, no longer waiting), then the waiting state goes."""
+    failed = outbox / FAILED_DIR
+    failed.mkdir(parents=True, exist_ok=True)
+    entry.state, entry.failed_at, entry.next_attempt = "failed", _now_iso(now), 0.0
+    _write_state(failed, entry)
+    os.replace(outbox / f"{entry.name}.eml", failed / f"{entry.name}.eml")
+    fsync_dir(failed)
+    fsync_dir(outbox)
     with contextlib.suppress(FileNotFoundError):
         _state_path(outbox, entry.name).unlink()
+    return failed / f"{entry.name}.eml"
+
+
+def find_message(config: Config, ident: str) -> OutboxEntry:
+    """The waiting or failed message named by its Message-ID (with or without ``<>``), its entry name,
+    or a unique prefix of either. Raises MailError naming what was not found, or what is ambiguous."""
+    entries = list_outbox(config) + list_failed(config)
+    want = ident.strip().strip("<>")
+    if not want:
+        raise MailError("give a Message-ID or outbox entry name (flowdiff outbox list shows them)")
+    exact = [e for e in entries if want in (e.name, e.message_id.strip().strip("<>"))]
+    found = exact or [
+        e for e in entries if e.name.startswith(want) or e.message_id.strip("<>").startswith(want)
+    ]
+    if not found:
+        raise MailError(f"no message {ident!r} in the outbox {config.outbox_path} (flowdiff outbox list)")
+    if len(found) > 1:
+        names = ", ".join(e.message_id for e in found[:5])
+        raise MailError(f"{ident!r} names {len(found)} messages ({names}); give more of the Message-ID")
+    return found[0]
+
+
+def drop_message(config: Config, ident: str, *, wait: float = 10.0) -> OutboxEntry:
+    """Remove one waiting or failed message for good (see ``find_message`` for ``ident``); returns it.
+    Holds the flush lock, so a message is never removed while it is being sent."""
+    outbox = config.outbox_path
+    with file_lock(outbox / FLUSH_LOCK, wait=wait, what="outbox"):
+        entry = find_message(config, ident)
+        _remove_entry(outbox / FAILED_DIR if entry.state == "failed" else outbox, entry)
+    log.info("mail: %s (%s) dropped from the outbox", entry.message_id, entry.state)
+    return entry
 
 
 def _record_delivery(config: Config, entry: OutboxEntry, reply: str) -> None:
@@ -382,6 +488,14 @@ def _attempt(config: Config, entry: OutboxEntry, outbox: Path, now: float) -> Ma
     entry.last_attempt = _now_iso(now)
     try:
         reply = send(data, config.mail)
+    except MailRefusedError as e:
+        entry.last_error = str(e)
+        where = _move_to_failed(outbox, entry, now)
+        log.warning(
+            "mail: %s refused for good (%s); moved to %s (flowdiff outbox drop %s removes it)",
+            entry.message_id, e, where, entry.name,
+        )  # fmt: skip
+        return e
     except MailError as e:
         entry.last_error = str(e)
         entry.next_attempt = now + backoff(entry.attempts)
@@ -420,6 +534,8 @@ def flush_outbox(config: Config, *, force: bool = False, wait: float = 10.0) -> 
                 error = _attempt(config, entry, outbox, now)
                 if error is None:
                     result.sent.append(entry.message_id)
+                elif isinstance(error, MailRefusedError):
+                    result.refused.append((entry.message_id, str(error)))
                 else:
                     result.failed.append((entry.message_id, str(error)))
                     result.waiting.append(entry.message_id)

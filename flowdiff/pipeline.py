@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.config import Config
+from flowdiff.deliver import deliver, unrendered_reports
 from flowdiff.durable import file_lock
 from flowdiff.errors import FlowdiffError
-from flowdiff.mail import OutboxResult, flush_outbox, queue_report
-from flowdiff.report import REPORT_META, archive_report, render_report
+from flowdiff.mail import OutboxResult, flush_outbox
 
 log = logging.getLogger(__name__)
 
@@ -149,19 +149,10 @@ def run(
     return result
 
 
-def unrendered_reports(config: Config) -> list[str]:
-    """Reports archived by diff (``report.json``) that have no rendered report yet, oldest first."""
-    from flowdiff.diff import list_reports
-
-    return [rid for rid in list_reports(config) if not (Path(config.reports) / rid / REPORT_META).exists()]
-
-
 def _deliver(diff_result: Any, config: Config) -> tuple[Path, str | None]:
     """Render and archive one report and, with mail configured, queue it (sending is the flush's job)."""
-    rendered = render_report(diff_result, config)
-    directory = archive_report(rendered, diff_result, config)
-    message_id = queue_report(rendered, config).message_id if config.mail.enabled else None
-    return directory, message_id
+    delivery = deliver(diff_result, config)
+    return delivery.report_dir, delivery.message_id
 
 
 # ---------------------------------------------------------------- watch

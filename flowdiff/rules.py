@@ -17,8 +17,13 @@ The rules file (``rules`` in the config, default ``<baselines>/rules.toml``) hol
 A field value is an exact value, a CIDR (``"10.0.0.0/8"``, address fields), a port or number range
 (``"1024-65535"``), a network label from ``[networks]`` (address fields: matches addresses whose longest
 match has that label, and the label itself after ``collapse``), ``"*"`` (anything), or a list of those
-(any of them). ``proto`` also takes ``tcp``, ``udp``, ``icmp``, ``icmpv6``, ``sctp``; ``ethertype`` takes
-``0x0806``. Other keys of an entry: ``comment``, ``by``, ``created`` (kept for the audit trail).
+(any of them). ``proto`` takes every name of :data:`flowdiff.vocab.PROTOCOLS` (``icmpv6`` and ``ipv6-icmp``
+alike); ``ethertype`` takes ``0x0806``. What each field takes is decided in one place,
+:func:`flowdiff.vocab.parse_spec`, for this file, ``--where`` and ``accept`` alike. Other keys of an entry:
+``comment``, ``by``, ``created`` (kept for the audit trail).
+
+Rules written by the triage commands go through :func:`add_rules`, which refuses a rule matching every
+possible row of a table (:func:`everything_tables`): an allow rule like that mutes the table forever.
 
 Matching is vectorised: each field spec is evaluated once on the distinct values of its column.
 """
@@ -29,7 +34,7 @@ import ipaddress
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,16 +45,23 @@ import pyarrow as pa
 
 from flowdiff.config import Config, TableConfig
 from flowdiff.durable import atomic_write_text
-from flowdiff.errors import BaselineError, RulesError
-from flowdiff.netmap import NetworkMap, parse_addresses
-from flowdiff.schema import ADDRESS_KEYS, is_key_field, key_type
-from flowdiff.vocab import PROTOCOLS, now_iso, proto_number
+from flowdiff.errors import BadValueError, BaselineError, RulesError, TooBroadError
+from flowdiff.netmap import OTHER, NetworkMap, parse_addresses
+from flowdiff.schema import is_key_field, key_type
+from flowdiff.vocab import (
+    ANY,
+    IP_VERSIONS,
+    NUMBER_FIELDS,
+    PROTOCOLS,
+    field_kind,
+    format_value,
+    now_iso,
+    parse_spec,
+)
 
 KINDS = ("allow", "deny")
 META_FIELDS = ("name", "table", "comment", "by", "created")
-ANY = "*"
 PROTO_NAMES = PROTOCOLS  # kept for imports from earlier versions
-_RANGE_RE = re.compile(r"^\s*(\d+|0x[0-9a-fA-F]+)\s*-\s*(\d+|0x[0-9a-fA-F]+)\s*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9_.:/ -]{0,99}$")
 
 __all__ = [
@@ -63,6 +75,13 @@ __all__ = [
     "apply_rules",
     "parse_where",
     "where_mask",
+    "RuleDraft",
+    "add_rules",
+    "guard_rule",
+    "covers_everything",
+    "matches_everything",
+    "everything_tables",
+    "network_labels",
 ]
 
 
@@ -84,8 +103,16 @@ class Rule:
         return all(f in keys for f in self.match)
 
     def describe(self) -> str:
-        fields = " ".join(f"{k}={_spec_text(v)}" for k, v in self.match.items()) or "(any row)"
+        fields = " ".join(f"{k}={_spec_text(k, v)}" for k, v in self.match.items()) or "(any row)"
         return f"{self.kind} {self.name} [{self.table}] {fields}"
+
+    def to_toml(self) -> str:
+        """The entry as it stands in the rules file."""
+        entry: dict[str, Any] = {"name": self.name, "table": self.table, **self.match}
+        entry.update(
+            {k: v for k, v in (("comment", self.comment), ("by", self.by), ("created", self.created)) if v}
+        )
+        return _toml_entry(self.kind, entry)
 
 
 @dataclass
@@ -160,23 +187,30 @@ def _parse_entry(kind: str, i: int, entry: Any, config: Config, where: str) -> R
         if table != ANY and k not in config.tables[table].keys:
             keys = ", ".join(config.tables[table].keys)
             raise RulesError(f"{label}: table {table!r} has no field {k!r} (keys: {keys})")
-        _validate_spec(k, v, label)
+        _validate_spec(k, v, label, network_labels(config.networks))
         match[k] = v
     meta = {k: str(entry.get(k, "")) for k in ("comment", "by", "created")}
     return Rule(kind=kind, name=name, table=table, match=match, **meta)
 
 
-def _validate_spec(fieldname: str, spec: Any, label: str) -> None:
+def network_labels(networks: Mapping[str, str] | NetworkMap | None) -> frozenset[str]:
+    """The labels an address field takes: those of ``[networks]`` and ``other`` (in no network)."""
+    if networks is None:
+        return frozenset({OTHER})
+    if isinstance(networks, NetworkMap):
+        return frozenset(networks.labels)
+    return frozenset(networks.values()) | {OTHER}
+
+
+def _validate_spec(fieldname: str, spec: Any, label: str, labels: Collection[str] | None = None) -> None:
     specs = spec if isinstance(spec, list) else [spec]
     if not specs:
         raise RulesError(f"{label}: {fieldname}: empty list")
     for s in specs:
-        if isinstance(s, bool) or not isinstance(s, int | str):
-            raise RulesError(f'{label}: {fieldname}: expected a value, CIDR, range, label or "*", got {s!r}')
         try:
-            _compile(fieldname, s)
+            parse_spec(fieldname, s, labels)
         except ValueError as e:
-            raise RulesError(f"{label}: {fieldname}: {e}") from None
+            raise RulesError(f"{label}: {fieldname} = {_toml_value(s)}: {e}") from None
 
 
 # ------------------------------------------------------------------ matching
@@ -186,44 +220,10 @@ def _numeric(fieldname: str) -> bool:
     return pa.types.is_integer(key_type(fieldname))
 
 
-def _int(fieldname: str, text: str) -> int:
-    t = text.strip().lower()
-    if fieldname == "proto":
-        return proto_number(t)
-    try:
-        return int(t, 0)
-    except ValueError:
-        raise ValueError(f'{text!r} is not a number, a range like 1024-65535 or "*"') from None
-
-
-def _compile(fieldname: str, spec: Any) -> tuple[str, Any]:
-    """A spec as ``(kind, value)``: any, eq, range, cidr, label."""
-    if spec == ANY:
-        return ("any", None)
-    if _numeric(fieldname):
-        if isinstance(spec, int):
-            return ("eq", spec)
-        m = _RANGE_RE.match(spec)
-        if m:
-            lo, hi = int(m.group(1), 0), int(m.group(2), 0)
-            if lo > hi:
-                raise ValueError(f"empty range {spec!r}")
-            return ("range", (lo, hi))
-        return ("eq", _int(fieldname, spec))
-    spec = str(spec)
-    if fieldname in ADDRESS_KEYS:
-        if "/" in spec:
-            try:
-                return ("cidr", ipaddress.ip_network(spec, strict=False))
-            except ValueError:
-                raise ValueError(f"{spec!r} is not a valid CIDR") from None
-        try:
-            return ("eq", str(ipaddress.ip_address(spec)))
-        except ValueError:
-            return ("label", spec)
-    if fieldname.endswith("_mac"):
-        return ("eq", spec.lower())
-    return ("eq", spec)
+def _compile(fieldname: str, spec: Any, labels: Collection[str] | None = None) -> tuple[str, Any]:
+    """A spec as ``(kind, value)``: any, eq, range, cidr, label (checked by :func:`flowdiff.vocab.parse_spec`,
+    the one place that says what each field takes)."""
+    return parse_spec(fieldname, spec, labels)
 
 
 def field_mask(
@@ -317,8 +317,13 @@ def apply_rules(
 # ------------------------------------------------------------------ --where filters (rule syntax)
 
 
-def parse_where(tc: TableConfig, where: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
-    """``field=value`` strings or a mapping, checked against the table's key fields."""
+def parse_where(
+    tc: TableConfig,
+    where: Mapping[str, Any] | Sequence[str] | None,
+    networks: Mapping[str, str] | NetworkMap | None = None,
+) -> dict[str, Any]:
+    """``field=value`` strings or a mapping, checked against the table's key fields and each value
+    against its field (labels against ``networks`` when given): a bad value is named in one line."""
     if where is None:
         return {}
     items: list[tuple[str, Any]]
@@ -331,23 +336,125 @@ def parse_where(tc: TableConfig, where: Mapping[str, Any] | Sequence[str] | None
                 raise BaselineError(f"--where {w!r}: expected field=value")
             k, v = w.split("=", 1)
             items.append((k.strip(), v.strip()))
+    labels = network_labels(networks) if networks is not None else None
     out: dict[str, Any] = {}
     for k, v in items:
         if k not in tc.keys:
             raise BaselineError(f"table {tc.name!r} has no key field {k!r} (keys: {', '.join(tc.keys)})")
+        check_where(k, v, labels)
         out[k] = v
     return out
 
 
+def check_where(fieldname: str, value: Any, labels: Collection[str] | None = None) -> None:
+    """Raise :class:`BadValueError` (``--where server=300.1.1.1: not an IPv4/IPv6 address ...``)."""
+    specs = value if isinstance(value, list) else [value]
+    for s in specs:
+        try:
+            parse_spec(fieldname, s, labels)
+        except ValueError as e:
+            raise BadValueError(
+                f"--where {fieldname}={_spec_text(fieldname, value)}", fieldname, value, str(e)
+            ) from None
+
+
 def where_mask(df: pd.DataFrame, where: Mapping[str, Any], nmap: NetworkMap | None) -> np.ndarray:
+    """Rows of ``df`` matching every ``--where`` filter (values checked first, labels against ``nmap``)."""
+    labels = network_labels(nmap) if nmap is not None else None
     mask = np.ones(len(df), dtype=bool)
     for k, v in where.items():
-        try:
-            mask &= field_mask(df[k], k, v, nmap)
-        except ValueError as e:
-            raise BaselineError(f"--where {k}={v}: {e}") from None
+        check_where(k, v, labels)
+        mask &= field_mask(df[k], k, v, nmap)
     return mask
 
+
+# ------------------------------------------------------------------ rules that match every row
+
+
+def covers_everything(fieldname: str, spec: Any, networks: Mapping[str, str] | None = None) -> bool:
+    """True when ``spec`` matches every value ``fieldname`` can take: ``*``, a full range (``0-65535``),
+    CIDRs or ``[networks]`` labels that together cover the whole IPv4 and IPv6 space, every label ...
+    A rule whose fields all do this mutes (or floods) a whole table."""
+    specs = spec if isinstance(spec, list) else [spec]
+    compiled = [parse_spec(fieldname, s) for s in specs]
+    if any(kind == "any" for kind, _ in compiled):
+        return True
+    kind = field_kind(fieldname)
+    if kind == "number":
+        return _numbers_covered(fieldname, compiled)
+    if kind in ("address", "net"):
+        cidrs = [v for k, v in compiled if k == "cidr"]
+        labels = {v for k, v in compiled if k == "label"} if kind == "address" else set()
+        return _address_space_covered(cidrs, labels, networks or {})
+    if kind == "label":
+        return network_labels(networks) <= {v for _, v in compiled}
+    return False  # MACs: only "*" matches every MAC
+
+
+def _numbers_covered(fieldname: str, compiled: Sequence[tuple[str, Any]]) -> bool:
+    lo, hi, _ = NUMBER_FIELDS[fieldname]
+    spans = sorted((v, v) if k == "eq" else v for k, v in compiled)
+    if fieldname == "ip_version":
+        return all(any(a <= n <= b for a, b in spans) for n in IP_VERSIONS)
+    nxt = lo
+    for a, b in spans:
+        if a > nxt:
+            return False
+        nxt = max(nxt, b + 1)
+    return nxt > hi
+
+
+def _address_space_covered(
+    cidrs: Sequence[Any], labels: Collection[str], networks: Mapping[str, str]
+) -> bool:
+    """Whether the CIDRs and the addresses whose longest match in ``networks`` carries one of ``labels``
+    (``other``: in no network) together hold every IPv4 and every IPv6 address. The space is cut at every
+    network boundary; inside one piece the longest match is the same everywhere."""
+    nets = [(ipaddress.ip_network(c, strict=False), lab) for c, lab in networks.items()]
+    for version, bits in ((4, 32), (6, 128)):
+        mine = [(int(n.network_address), int(n.broadcast_address)) for n in cidrs if n.version == version]
+        theirs = [
+            (int(n.network_address), int(n.broadcast_address), n.prefixlen, lab)
+            for n, lab in nets
+            if n.version == version
+        ]
+        cuts = {0, 1 << bits}
+        for lo, hi in [*mine, *((a, b) for a, b, _, _ in theirs)]:
+            cuts |= {lo, hi + 1}
+        for start in sorted(cuts)[:-1]:
+            if any(a <= start <= b for a, b in mine):
+                continue
+            inside = [(p, lab) for a, b, p, lab in theirs if a <= start <= b]
+            label = max(inside)[1] if inside else OTHER
+            if label not in labels:
+                return False
+    return True
+
+
+def matches_everything(
+    match: Mapping[str, Any], keys: Sequence[str], networks: Mapping[str, str] | None
+) -> bool:
+    """True when a rule (or a key) with these fields matches every possible row of a table with ``keys``."""
+    return all(covers_everything(k, match[k], networks) for k in keys if k in match)
+
+
+def everything_tables(config: Config, table: str, match: Mapping[str, Any]) -> list[str]:
+    """The tables (of those a rule on ``table`` applies to) of which it would match every possible row."""
+    tables = (
+        config.tables if table == ANY else {table: config.tables[table]} if table in config.tables else {}
+    )
+    return [
+        t
+        for t, tc in tables.items()
+        if all(f in tc.keys for f in match) and matches_everything(match, tc.keys, config.networks)
+    ]
+
+
+def match_text(match: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
+    """``src=* proto=tcp``: the fields of a rule in key order, unnamed key fields shown as ``*``."""
+    names = list(keys) if keys is not None else list(match)
+    names += [k for k in match if k not in names]
+    return " ".join(f"{k}={_spec_text(k, match.get(k, ANY))}" for k in names)
 
 
 # ------------------------------------------------------------------ writing
@@ -362,31 +469,71 @@ def add_rule(
     name: str | None = None,
     comment: str | None = None,
     by: str | None = None,
+    dry_run: bool = False,
 ) -> Rule:
-    """Append an allow/deny entry to the rules file (atomic rewrite; comments and order of the existing
-    file are kept). The whole file is validated before it replaces the old one."""
-    if kind not in KINDS:
-        raise RulesError(f"rule kind must be allow or deny, not {kind!r}")
+    """Append one allow/deny entry to the rules file (see :func:`add_rules`)."""
+    return add_rules(config, [RuleDraft(kind, table, dict(match), name, comment)], by=by, dry_run=dry_run)[0]
+
+
+@dataclass(frozen=True)
+class RuleDraft:
+    """A rule to add: kind, table, fields; the name is made up (``deny-services-3``) when None."""
+
+    kind: str
+    table: str
+    match: dict[str, Any]
+    name: str | None = None
+    comment: str | None = None
+
+
+def add_rules(
+    config: Config, drafts: Sequence[RuleDraft], *, by: str | None = None, dry_run: bool = False
+) -> list[Rule]:
+    """Append allow/deny entries to the rules file in one atomic rewrite (comments and order of the existing
+    file are kept). The whole file is validated before it replaces the old one, and a rule that would
+    match every possible row of a table is refused (:class:`TooBroadError`): all or nothing. With
+    ``dry_run`` the rules are built and checked the same way and nothing is written."""
     current = load_rules(config)
     path = config.rules_path
     old = path.read_text(encoding="utf-8") if path.exists() else _HEADER
-    if name is None:
-        n = 1
-        while f"{kind}-{table}-{n}".replace("*", "any") in current.names:
-            n += 1
-        name = f"{kind}-{table}-{n}".replace("*", "any")
-    elif name in current.names:
-        raise RulesError(f"a rule named {name!r} already exists in {path}")
-    entry: dict[str, Any] = {"name": name, "table": table}
-    entry.update({k: _normalise(k, _plain(v)) for k, v in match.items()})
-    if comment:
-        entry["comment"] = comment
-    entry["by"] = by or _user()
-    entry["created"] = now_iso()
-    text = old.rstrip("\n") + "\n\n" + _toml_entry(kind, entry)
+    names = set(current.names)
+    text = old.rstrip("\n") + "\n"
+    made: list[str] = []
+    for d in drafts:
+        if d.kind not in KINDS:
+            raise RulesError(f"rule kind must be allow or deny, not {d.kind!r}")
+        name = d.name
+        if name is None:
+            n = 1
+            while f"{d.kind}-{d.table}-{n}".replace("*", "any") in names:
+                n += 1
+            name = f"{d.kind}-{d.table}-{n}".replace("*", "any")
+        elif name in names:
+            raise RulesError(f"a rule named {name!r} already exists in {path}")
+        names.add(name)
+        match = {k: _normalise(k, _plain(v)) for k, v in d.match.items()}
+        if d.table != ANY and d.table not in config.tables:
+            raise RulesError(f"no table {d.table!r} in the config (tables: {', '.join(config.tables)})")
+        guard_rule(config, d.kind, d.table, match)
+        entry: dict[str, Any] = {"name": name, "table": d.table, **match}
+        if d.comment:
+            entry["comment"] = d.comment
+        entry["by"] = by or _user()
+        entry["created"] = now_iso()
+        text += "\n" + _toml_entry(d.kind, entry)
+        made.append(name)
     rules = parse_rules(text, config, path=path)
-    atomic_write_text(path, text)
-    return next(r for r in rules.rules if r.name == name)
+    if not dry_run:
+        atomic_write_text(path, text)
+    by_name = {r.name: r for r in rules.rules}
+    return [by_name[n] for n in made]
+
+
+def guard_rule(config: Config, kind: str, table: str, match: Mapping[str, Any]) -> None:
+    """Refuse a rule that would match every possible row of a table (an allow rule mutes the table
+    forever; a deny rule floods it): :class:`TooBroadError` naming the table and the fields."""
+    for t in everything_tables(config, table, match):
+        raise TooBroadError(kind, t, match_text(match, config.tables[t].keys))
 
 
 _HEADER = "# flowdiff rules: [[allow]] rows are normal, [[deny]] rows are always reported (see baselines/README.md)\n"
@@ -401,11 +548,17 @@ def _plain(v: Any) -> Any:
 
 
 def _normalise(fieldname: str, v: Any) -> Any:
-    """Plain numbers of numeric fields are written as TOML integers (``service_port = 23``)."""
+    """Values as people read them and reports print them: plain numbers of numeric fields as TOML integers
+    (``service_port = 23``), protocols by name (``proto = "tcp"``), ethertypes in hex (``"0x0806"``)."""
     if isinstance(v, list):
         return [_normalise(fieldname, x) for x in v]
     if isinstance(v, str) and is_key_field(fieldname) and _numeric(fieldname) and v.strip().isdigit():
-        return int(v.strip())
+        v = int(v.strip())
+    if isinstance(v, str) and fieldname == "proto" and v.strip().lower() in PROTOCOLS:
+        return format_value("proto", PROTOCOLS[v.strip().lower()])  # ipv6-icmp is written icmpv6
+    if isinstance(v, int) and not isinstance(v, bool) and fieldname in ("proto", "ethertype"):
+        text = format_value(fieldname, v)
+        return v if text == str(v) else text
     return v
 
 
@@ -428,9 +581,12 @@ def _toml_entry(kind: str, entry: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _spec_text(v: Any) -> str:
+def _spec_text(fieldname: str, v: Any) -> str:
+    """A spec as one word of a one-line description; numbers through :func:`flowdiff.vocab.format_value`."""
     if isinstance(v, list):
-        return ",".join(str(x) for x in v)
+        return ",".join(_spec_text(fieldname, x) for x in v)
+    if isinstance(v, int) and not isinstance(v, bool) and fieldname in NUMBER_FIELDS:
+        return format_value(fieldname, v)
     return str(v)
 
 

@@ -7,8 +7,10 @@ these functions, so that a value printed in one place is accepted as it is in ev
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,6 +72,154 @@ def format_value(field: str, value: Any) -> str:
     if field == "ethertype":
         return ethertype_text(int(value))
     return str(value)
+
+
+# ------------------------------------------------------------------ key values: what each field takes
+
+ANY = "*"
+RANDOM_MAC = "random"  # what collapse_random_macs stores for a locally administered MAC
+ADDRESS_FIELDS = ("src", "dst", "client", "server")
+MAC_FIELDS = ("src_mac", "dst_mac")
+LABEL_FIELDS = ("src_label", "dst_label", "client_label", "server_label")
+# numeric key fields: (lowest, highest, what a value is) -- the domain a rule or a filter may name
+NUMBER_FIELDS: dict[str, tuple[int, int, str]] = {
+    "proto": (0, 255, "protocol"),
+    "sport": (0, 65535, "port"),
+    "dport": (0, 65535, "port"),
+    "service_port": (0, 65535, "port"),
+    "vlan": (0, 4095, "VLAN id"),
+    "ip_version": (0, 6, "IP version (0, 4 or 6)"),
+    "ethertype": (0, 0xFFFF, "ethertype"),
+    "icmp_type": (0, 255, "ICMP type"),
+    "icmp_code": (0, 255, "ICMP code"),
+    "tcp_flags": (0, 255, "TCP flags value"),
+}
+IP_VERSIONS = (0, 4, 6)
+_NET_FIELD_RE = re.compile(r"^(src|dst|client|server)_net/\d{1,3}$")
+_RANGE_RE = re.compile(r"^\s*([0-9a-zA-Z]+)\s*-\s*([0-9a-zA-Z]+)\s*$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def field_kind(field: str) -> str:
+    """``address``, ``net``, ``label``, ``mac`` or ``number``; ValueError for a name that is no key field."""
+    if field in ADDRESS_FIELDS:
+        return "address"
+    if field in MAC_FIELDS:
+        return "mac"
+    if field in LABEL_FIELDS:
+        return "label"
+    if field in NUMBER_FIELDS:
+        return "number"
+    if _NET_FIELD_RE.match(field):
+        return "net"
+    raise ValueError(f"{field!r} is not a key field")
+
+
+def _field_number(field: str, text: str | int) -> int:
+    lo, hi, what = NUMBER_FIELDS[field]
+    if isinstance(text, int):
+        n = text
+    elif field == "proto":
+        try:
+            return proto_number(text)
+        except ValueError:
+            names = ", ".join(sorted(PROTOCOLS))
+            raise ValueError(f"not a protocol number (0-255), name ({names}) or range like 1-255") from None
+    else:
+        try:
+            n = int(str(text).strip(), 0)
+        except ValueError:
+            raise ValueError(
+                f"not a number: expected {what} ({_domain(field)}), a range like "
+                f'{_example_range(field)} or "*"'
+            ) from None
+    if not lo <= n <= hi or (field == "ip_version" and n not in IP_VERSIONS):
+        article = "an" if what[0].lower() in "aeiou" else "a"
+        raise ValueError(f"not {article} {what} ({_domain(field)})")
+    return n
+
+
+def _domain(field: str) -> str:
+    lo, hi, _ = NUMBER_FIELDS[field]
+    if field == "ip_version":
+        return "0, 4 or 6"
+    if field == "ethertype":
+        return "0x0000-0xffff"
+    return f"{lo}-{hi}"
+
+
+def _example_range(field: str) -> str:
+    return {"ethertype": "0x0800-0x08ff", "vlan": "100-199"}.get(field, "1024-65535")
+
+
+def parse_spec(field: str, spec: Any, labels: Collection[str] | None = None) -> tuple[str, Any]:
+    """One value spec of a key field, checked against the field, as ``(kind, value)``: ``any``, ``eq``,
+    ``range`` (lo, hi), ``cidr`` (an ip_network) or ``label``.
+
+    The one place that says which values a field takes: the rules file, ``--where`` and ``accept`` all
+    come here, so a value is accepted or refused alike everywhere. ``labels`` are the ``[networks]``
+    labels (with ``other``); when None, an address field takes any other word as a label (matching
+    time, after validation). Stored canonical values are valid: labels, IPv6 prefixes, ``random``.
+    Raises ValueError with a message that does not repeat the value (callers prefix ``field=value``)."""
+    if isinstance(spec, bool) or not isinstance(spec, int | str):
+        raise ValueError('expected a value, CIDR, range, label or "*"')
+    if spec == ANY:
+        return ("any", None)
+    kind = field_kind(field)
+    if kind == "number":
+        if isinstance(spec, str):
+            m = _RANGE_RE.match(spec)
+            if m and not (field == "proto" and spec.strip().lower() in PROTOCOLS):
+                lo, hi = _field_number(field, m.group(1)), _field_number(field, m.group(2))
+                if lo > hi:
+                    raise ValueError(f"empty range {spec}")
+                return ("range", (lo, hi))
+        return ("eq", _field_number(field, spec))
+    if isinstance(spec, int):
+        raise ValueError(_expected(kind, labels))
+    text = spec.strip()
+    if kind in ("address", "net") and "/" in text:
+        try:
+            return ("cidr", ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError("not a valid CIDR") from None
+    if kind == "address":
+        try:
+            return ("eq", str(ipaddress.ip_address(text)))
+        except ValueError:
+            pass
+        if text and (labels is None or text in labels):
+            return ("label", text)
+        raise ValueError(_expected(kind, labels))
+    if kind == "mac":
+        t = text.lower()
+        if t == RANDOM_MAC:
+            return ("eq", t)
+        if _MAC_RE.match(t):
+            return ("eq", t.replace("-", ":"))
+        raise ValueError(_expected(kind, labels))
+    if kind == "label" and (labels is None or text in labels):
+        return ("eq", text)
+    raise ValueError(_expected(kind, labels))
+
+
+def _expected(kind: str, labels: Collection[str] | None) -> str:
+    known = f" (labels: {', '.join(sorted(labels))})" if labels else ""
+    return {
+        "address": f"not an IPv4/IPv6 address, CIDR or [networks] label{known}",
+        "net": "not a network prefix like 10.1.2.0/24 or 2001:db8::/64",
+        "mac": f"not a MAC address (like 00:16:3e:00:00:0a) or {RANDOM_MAC}",
+        "label": f"not a [networks] label{known}",
+    }[kind]
+
+
+def check_value(field: str, spec: Any, labels: Collection[str] | None = None) -> None:
+    """Raise ValueError when ``spec`` (or any item of a list of specs) is not a value of ``field``."""
+    specs = spec if isinstance(spec, list) else [spec]
+    if not specs:
+        raise ValueError("empty list")
+    for s in specs:
+        parse_spec(field, s, labels)
 
 
 def _utc(ts: Any) -> datetime | None:

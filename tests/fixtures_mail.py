@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shlex
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowdiff.diff import ROW_COLUMNS, DiffResult
 
@@ -69,5 +72,52 @@ def make_result(
         since=T0,
         until=T0 + pd.Timedelta(minutes=15),
         intervals=6,
+        sensor=sensor,
+    )
+
+
+def big_result(n: int, report_id: str = "20261130T010000Z-big400", *, sensor: str = "sensor1") -> DiffResult:
+    """``n`` new rows in ``services`` (and 3 in ``hosts``), built column-wise: the huge-report case
+    (issue 8 item 6 had 388,873 rows) without a Python loop per row."""
+    i = np.arange(n, dtype=np.int64)
+    octets = [pc.cast(pa.array(v), pa.string()) for v in (i // 65536 % 256, i // 256 % 256, i % 256)]
+    clients = pc.binary_join_element_wise("10", *octets, ".")
+    where = pc.binary_join_element_wise(
+        "client=",
+        clients,
+        " server=192.0.2.1 proto=tcp service_port=",
+        pc.cast(pa.array(1024 + i % 60000), pa.string()),
+        "",
+    )
+    df = pd.DataFrame(
+        {
+            "client": clients.to_pandas(),
+            "server": "192.0.2.1",
+            "proto": np.full(n, 6, dtype=np.uint8),
+            "service_port": (1024 + i % 60000).astype(np.uint16),
+            "interval_start": T0 + pd.to_timedelta((i % 12) * 300, unit="s"),
+            "first_seen": T0 + pd.to_timedelta(i % 3600, unit="s"),
+            "last_seen": T0 + pd.to_timedelta(i % 3600 + 60, unit="s"),
+            "packets": (i % 97 + 1).astype(np.uint64),
+            "bytes": ((n - i) // 4 * 61 + 61).astype(np.uint64),  # ties of 4: ordered by packets, key
+            "reason": "new",
+            "neighbour": "",
+            "accept_cmd": pc.binary_join_element_wise(
+                "flowdiff accept services --where ", where, ""
+            ).to_pandas(),
+            "deny_cmd": pc.binary_join_element_wise("flowdiff deny services --where ", where, "").to_pandas(),
+        }
+    )
+    df["row"] = np.arange(1, n + 1, dtype=np.int64)
+    addresses = [("198.51.100.1",), ("198.51.100.2",), ("198.51.100.3",)]
+    hosts = table_frame(report_id, "hosts", HOSTS, addresses, first_row=n + 1)
+    return DiffResult(
+        report_id=report_id,
+        rows={"services": df, "hosts": hosts},
+        keys={"services": SERVICES, "hosts": HOSTS},
+        baseline_versions={"services": "v3-9f2c", "hosts": "v1-77aa"},
+        since=T0,
+        until=T0 + pd.Timedelta(hours=1),
+        intervals=12,
         sensor=sensor,
     )

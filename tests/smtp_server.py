@@ -2,7 +2,8 @@
 
 Modes: plain, STARTTLS (required) and implicit TLS, each with a certificate issued by a throw-away
 ``trustme`` CA whose PEM file is handed to flowdiff as ``mail.cafile``; optional AUTH (PLAIN/LOGIN)
-against one user name and password. Import the fixtures from this module in a test file:
+against one user name and password; a size limit (``size_limit``: aiosmtpd answers 552 above it) or a
+refusal of every message (``refuse``: the reply to DATA). Import the fixtures from this module in a test file:
 ``from smtp_server import smtp_plain, smtp_tls, ...`` (pytest puts tests/ on sys.path).
 """
 
@@ -52,8 +53,13 @@ class Inbox:
 
     messages: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    refuse: str | None = None  # a reply such as "552 5.3.4 ..." given to DATA instead of accepting
+    refused: int = 0  # messages answered with ``refuse``
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
+        if self.refuse:
+            self.refused += 1
+            return self.refuse
         with self.cond:
             self.messages.append(
                 Received(
@@ -93,6 +99,7 @@ class SMTPServer:
     cafile: Path | None
     auth: _Authenticator | None
     controller: Controller | None = None
+    size_limit: int | None = None  # SIZE advertised and enforced by aiosmtpd (552 above it)
 
     def mail_kwargs(self) -> dict:
         """Keyword arguments for flowdiff.config.MailConfig that reach this server."""
@@ -128,10 +135,20 @@ def _make_controller(srv: SMTPServer) -> Controller:
         kw.update(ssl_context=tls_ctx)
     if srv.auth is not None:
         kw.update(authenticator=srv.auth, auth_required=True, auth_require_tls=srv.mode != "none")
+    if srv.size_limit is not None:
+        kw.update(data_size_limit=srv.size_limit)
     return Controller(srv.inbox, hostname="127.0.0.1", port=srv.port, ready_timeout=5.0, **kw)
 
 
-def make_server(tmp_path: Path, mode: str = "none", *, auth: bool = False, start: bool = True) -> SMTPServer:
+def make_server(
+    tmp_path: Path,
+    mode: str = "none",
+    *,
+    auth: bool = False,
+    start: bool = True,
+    size_limit: int | None = None,
+    refuse: str | None = None,
+) -> SMTPServer:
     cafile = None
     cert = None
     if mode != "none":
@@ -139,7 +156,8 @@ def make_server(tmp_path: Path, mode: str = "none", *, auth: bool = False, start
         cert = ca.issue_cert("127.0.0.1", "localhost")
         cafile = tmp_path / "smtp-test-ca.pem"
         ca.cert_pem.write_to_path(str(cafile))
-    srv = SMTPServer(mode, free_port(), Inbox(), cafile, _Authenticator(USER, PASSWORD) if auth else None)
+    srv = SMTPServer(mode, free_port(), Inbox(refuse=refuse), cafile,
+                     _Authenticator(USER, PASSWORD) if auth else None, size_limit=size_limit)  # fmt: skip
     srv._cert = cert  # type: ignore[attr-defined]
     if start:
         srv.start()
@@ -172,5 +190,21 @@ def smtp_implicit(tmp_path):
 def smtp_down(tmp_path):
     """A server that is not running yet (connection refused); ``.start()`` brings it up on the same port."""
     srv = make_server(tmp_path, "none", start=False)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def smtp_refusing(tmp_path):
+    """A server that answers every DATA with a permanent refusal (552, like a size limit)."""
+    srv = make_server(tmp_path, "none", refuse="552 5.3.4 Message size exceeds fixed maximum message size")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def smtp_small(tmp_path):
+    """A server that takes messages of at most 300 kB (aiosmtpd's own SIZE check: 552 above it)."""
+    srv = make_server(tmp_path, "none", size_limit=300_000)
     yield srv
     srv.stop()

@@ -254,10 +254,16 @@ def test_cli_learn_with_an_inverted_window_is_refused_and_writes_nothing(site):
     assert diff(site).total == 0
 
 
-def test_learn_window_without_data_is_refused_even_with_force(site):
+def test_learn_window_without_data_is_refused_unless_forced(site):
     with pytest.raises(LearnRefused, match=r"no interval in the window 2030-01-01T00:00:00Z \.\. end") as e:
-        learn(site, since="2030-01-01", force=True)
+        learn(site, since="2030-01-01")
     assert set(e.value.empty) == set(site.tables) and _written(site) == []
+    assert "--force freezes an empty baseline instead" in str(e.value)
+    # forced: an empty baseline on purpose (every row is new from now on)
+    res = learn(site, tables=["hosts"], since="2030-01-01", force=True)
+    hosts = res.tables["hosts"]
+    assert (hosts.rows, hosts.intervals, hosts.forced, hosts.since) == (0, 0, True, None)
+    assert get_version(site).tables["hosts"].window["since"] == "2030-01-01T00:00:00Z"
 
 
 def test_learn_of_a_table_without_data_names_it_and_the_way_out(site, tmp_path):
@@ -269,7 +275,7 @@ def test_learn_of_a_table_without_data_names_it_and_the_way_out(site, tmp_path):
     assert str(e.value) == (
         "learn refused, nothing written: table t5 holds no intervals yet (collect captures for it first); "
         "to learn the other tables only: flowdiff learn --table hosts --table pairs --table services "
-        "--table link"
+        "--table link (--force freezes an empty baseline instead: every row of it will be new)"
     )
 
 

@@ -19,6 +19,7 @@ from smtp_server import PASSWORD
 
 import flowdiff.mail as mail
 from flowdiff.config import Config, MailConfig
+from flowdiff.deliver import deliver
 from flowdiff.durable import file_lock
 from flowdiff.errors import MailError
 from flowdiff.mail import (
@@ -33,7 +34,7 @@ from flowdiff.mail import (
     send_async,
     test_mail,
 )
-from flowdiff.report import archive_report, render_report
+from flowdiff.report import render_report
 
 # the real SMTP server fixtures (tests/smtp_server.py)
 smtp_down = smtp_server.smtp_down
@@ -54,9 +55,8 @@ def parse(data: bytes):
 
 def report_into_outbox(config: Config, result=None):
     result = result or make_result(services=7, hosts=2)
-    rendered = render_report(result, config)
-    archive_report(rendered, result, config)
-    return result, rendered, queue_report(rendered, config)
+    delivery = deliver(result, config)  # render -> archive -> queue: the one delivery path
+    return result, delivery.rendered, delivery
 
 
 def check_report_message(msg, result, rendered, config: Config) -> None:
@@ -76,8 +76,9 @@ def check_report_message(msg, result, rendered, config: Config) -> None:
     for _, row in result.rows["hosts"].iterrows():
         assert row["accept_cmd"] in text and row["src"] in html
     attachments = list(msg.iter_attachments())
-    assert [a.get_filename() for a in attachments] == [f"services-{result.report_id}.csv"]
-    csv = pd.read_csv(io.BytesIO(attachments[0].get_payload(decode=True)))
+    assert [a.get_filename() for a in attachments] == [f"services-{result.report_id}.csv.gz"]
+    assert attachments[0].get_content_type() == "application/gzip"
+    csv = pd.read_csv(io.BytesIO(attachments[0].get_payload(decode=True)), compression="gzip")
     assert sorted(csv["client"]) == sorted(result.rows["services"]["client"])
 
 
@@ -359,8 +360,11 @@ def test_cli_outbox_list_and_retry(smtp_down, tmp_path):
     assert r.exit_code == 3 and "not sent" in r.output
     r = CliRunner().invoke(cli(), ["outbox", "--config", str(cfg)])
     assert r.exit_code == 0
-    assert rendered.message_id in r.output and "1 attempt(s)" in r.output and "Connect" in r.output
+    assert rendered.message_id in r.output and "waiting" in r.output and "Connect" in r.output
     assert r.output == CliRunner().invoke(cli(), ["outbox", "list", "--config", str(cfg)]).output
+    r = CliRunner().invoke(cli(), ["outbox", "list", "--format", "json", "--config", str(cfg)])
+    (row,) = [json.loads(line) for line in r.output.splitlines()]
+    assert row["state"] == "waiting" and row["attempts"] == 1 and row["message_id"] == rendered.message_id
     smtp_down.start()
     r = CliRunner().invoke(cli(), ["outbox", "retry", "--config", str(cfg)])
     assert r.exit_code == 0 and f"sent {rendered.message_id}" in r.output

@@ -14,6 +14,7 @@ import pytest
 from fixtures_mail import make_result
 
 from flowdiff.config import Config, MailConfig
+from flowdiff.deliver import deliver
 from flowdiff.errors import ReportError
 from flowdiff.report import (
     REPORT_EML,
@@ -98,10 +99,12 @@ def test_flood_control_caps_rows_and_attaches_all_of_them_as_csv(tmp_path):
     largest_hidden = hidden.iloc[0]
     assert f"client={largest_hidden['client']} " in r.text  # named in the summary
     # one CSV, for the table that overflowed, holding every row of it
-    assert [a[0] for a in r.attachments] == [f"services-{result.report_id}.csv"]
+    assert [a[0] for a in r.attachments] == [f"services-{result.report_id}.csv.gz"]
     name, data, mime = r.attachments[0]
-    assert mime == "text/csv" and name in r.text and name in r.html
-    csv = pd.read_csv(io.BytesIO(data))
+    assert mime == "application/gzip" and name in r.text and name in r.html
+    assert f"all {len(services)} rows are in the attachment {name}" in r.text
+    assert r.attached_rows == {"services": len(services)}
+    csv = pd.read_csv(io.BytesIO(data), compression="gzip")
     assert len(csv) == len(services)
     assert sorted(csv["bytes"]) == sorted(int(b) for b in services["bytes"])
     assert set(csv["accept_cmd"]) == set(services["accept_cmd"])
@@ -170,13 +173,39 @@ def test_archive_writes_every_file_atomically_without_mail(tmp_path):
     assert d == tmp_path / "reports" / result.report_id
     assert (d / REPORT_TEXT).read_text(encoding="utf-8") == r.text
     assert (d / REPORT_HTML).read_text(encoding="utf-8") == r.html
+    assert r.attachments[0][0].endswith(".csv.gz")
     assert (d / r.attachments[0][0]).read_bytes() == r.attachments[0][1]
     meta = json.loads((d / REPORT_META).read_text(encoding="utf-8"))
     assert meta["message_id"] == r.message_id and meta["total"] == result.total
     assert meta["counts"] == result.counts()
-    eml = email.message_from_bytes((d / REPORT_EML).read_bytes(), policy=email.policy.default)
-    assert eml["Message-ID"] == r.message_id and eml["Subject"] == r.subject
+    assert not (d / REPORT_EML).exists()  # the message is built by flowdiff.deliver, not by report
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_deliver_archives_the_message_too_without_mail(tmp_path):
+    result = make_result(services=12)
+    config = cfg(tmp_path, max_rows=3)
+    d = deliver(result, config)
+    assert d.report_dir == tmp_path / "reports" / result.report_id and d.message_id is None
+    assert (d.report_dir / REPORT_TEXT).read_text(encoding="utf-8") == d.rendered.text
+    eml = email.message_from_bytes((d.report_dir / REPORT_EML).read_bytes(), policy=email.policy.default)
+    assert eml["Message-ID"] == d.rendered.message_id and eml["Subject"] == d.rendered.subject
+    assert d.message_bytes == (d.report_dir / REPORT_EML).stat().st_size
+    assert not (tmp_path / "reports" / "outbox").exists()  # no [mail]: nothing queued
+
+
+def test_report_does_not_import_mail():
+    """report renders (jinja2), mail sends (SMTP): neither imports the other (issue 9 item 2)."""
+    import ast
+
+    import flowdiff.mail
+    import flowdiff.report
+
+    for module, other in ((flowdiff.report, "flowdiff.mail"), (flowdiff.mail, "jinja2")):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m == other or m.startswith(other + ".") for m in imported), (module.__name__, other)
 
 
 def test_archive_refuses_a_report_id_that_escapes_the_folder(tmp_path):

@@ -191,6 +191,13 @@ def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run):
     for line in res.skipped.values():
         click.echo(f"Warning: {line}", err=True)
     _print_diff(res, fmt)
+    if res.report_id and not dry_run:  # the report is archived rendered, and queued with [mail]
+        from flowdiff.deliver import deliver
+
+        d = deliver(res, config)
+        queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
+        if fmt == "table":  # csv/json output stays pure data, even with 2>&1
+            click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
     sys.exit(res.exit_code(exit_code))
 
 
@@ -342,7 +349,7 @@ def _print_tables(frames: dict[str, pd.DataFrame], fmt: str) -> None:
 def _print_diff(res: Any, fmt: str) -> None:
     import pandas as pd
 
-    from flowdiff.diff import row_records
+    from flowdiff.archive import row_records
 
     recs = row_records(res)
     if fmt == "json":

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import click
 
-from flowdiff.cli.common import EXIT_ERROR, config_option, handle_errors, load
+from flowdiff.cli.common import EXIT_ERROR, config_option, format_option, handle_errors, load
 from flowdiff.errors import MailError
-
-EXIT_DEFERRED = 3
 
 
 def register(main: click.Group) -> None:
@@ -22,19 +19,6 @@ def register(main: click.Group) -> None:
     main.add_command(watch_cmd)
 
 
-def _unsent_reports(config) -> list[str]:
-    """Archived reports not delivered (no sent.json) and not waiting in the outbox, oldest first."""
-    from flowdiff.diff import list_reports
-    from flowdiff.mail import SENT_RECORD, list_outbox
-
-    waiting = {e.report_id for e in list_outbox(config)}
-    return [
-        rid
-        for rid in list_reports(config)
-        if rid not in waiting and not (Path(config.reports) / rid / SENT_RECORD).exists()
-    ]
-
-
 @click.command()
 @click.argument("report_ids", nargs=-1)
 @config_option
@@ -42,38 +26,45 @@ def _unsent_reports(config) -> list[str]:
 def notify(report_ids, config_path) -> None:
     """Mail the reports that `flowdiff diff` produced and that were not sent yet.
 
-    Without REPORT_IDS, every archived report that was neither delivered nor is waiting in the
-    outbox; a REPORT_ID named explicitly is sent even if it was sent before (same Message-ID). Each report is rendered, archived (report.html, report.txt, message.eml) and queued in the
-    outbox; then the outbox is flushed. Exit status 3 when a message could not be sent yet.
+    Without REPORT_IDS, every archived report that was neither delivered, nor is waiting in the outbox,
+    nor was refused by the server; a REPORT_ID named explicitly is sent even if it was sent (or refused)
+    before, with the same Message-ID. Each report is rendered, archived (report.txt, report.html,
+    message.eml) and queued in the outbox; then the outbox is flushed.
+
+    Without [mail] nothing can be sent: the reports not rendered yet (or those named) are still rendered
+    and archived, and one line says that mail is not configured. Exit status: 0 done (or nothing to
+    send), 2 reports that cannot be mailed (no [mail]) or a message refused by the server for good,
+    3 a message waits in the outbox (server down).
     """
-    from flowdiff.diff import load_report
-    from flowdiff.mail import flush_outbox, queue_report
-    from flowdiff.report import archive_report, render_report
+    from flowdiff.deliver import notify as run_notify
 
     config = load(config_path)
-    if not config.mail.enabled:
-        raise MailError("mail is not configured: set [mail] host and to")
-    ids = list(report_ids) or _unsent_reports(config)
-    for rid in ids:
-        result = load_report(config, rid)
-        if not result.total:
-            click.echo(f"report {rid}: no new rows, nothing to send")
-            continue
-        rendered = render_report(result, config)
-        archive_report(rendered, result, config)
-        entry = queue_report(rendered, config)
-        click.echo(f"report {rid}: queued as {entry.message_id}")
-    res = flush_outbox(config)
-    _echo_flush(res)
-    if res.deferred:
-        sys.exit(EXIT_DEFERRED)
+    res = run_notify(config, list(report_ids) or None)
+    for rid in res.empty:
+        click.echo(f"report {rid}: no new rows, nothing to send")
+    for d in res.delivered:
+        what = f"queued as {d.message_id}" if d.message_id else f"archived in {d.report_dir}"
+        cut = " (attachment cut to fit max_message_bytes)" if d.cut else ""
+        click.echo(f"report {d.rendered.report_id}: {what}{cut}")
+    if res.outbox is not None:
+        _echo_flush(res.outbox, config)
+    elif res.unsent:
+        n = len(res.unsent)
+        click.echo(f"Error: mail is not configured (set [mail] host and to): {n} report{'s' if n != 1 else ''} "
+                   f"not mailed, archived in {config.reports}", err=True)  # fmt: skip
+    else:
+        click.echo("nothing to send (mail is not configured)")
+    sys.exit(res.exit_code)
 
 
-def _echo_flush(res) -> None:
+def _echo_flush(res, config) -> None:
     for mid in res.sent:
         click.echo(f"sent {mid}")
     for mid, error in res.failed:
         click.echo(f"Warning: {mid} not sent: {error}", err=True)
+    for mid, error in res.refused:
+        click.echo(f"Warning: {mid} refused by the server for good, moved to {config.outbox_path / 'failed'} "
+                   f"(flowdiff outbox drop ID removes it): {error}", err=True)  # fmt: skip
     if res.busy:
         click.echo("Warning: another flowdiff process is sending the outbox", err=True)
 
@@ -81,59 +72,87 @@ def _echo_flush(res) -> None:
 @click.group(invoke_without_command=True)
 @click.pass_context
 @config_option
+@format_option
 @handle_errors
-def outbox(ctx, config_path) -> None:
-    """Messages waiting to be sent (lists them when no subcommand is given).
+def outbox(ctx, config_path, fmt) -> None:
+    """Messages waiting to be sent, and those the server refused (lists them when no subcommand is given).
 
     A report enters the outbox before the first attempt and leaves it only after the server accepted
-    it; failed attempts are retried by every `flowdiff run` with backoff (1 min doubling up to 1 h).
+    it; failed attempts are retried by every `flowdiff run` with backoff (1 min doubling up to 1 h). A
+    message the server refuses for good (5xx, e.g. 552 too big) moves to the outbox's failed/ folder.
     """
     if ctx.invoked_subcommand is None:
-        ctx.invoke(outbox_list, config_path=config_path)
+        ctx.invoke(outbox_list, config_path=config_path, fmt=fmt)
+
+
+_OUTBOX_COLUMNS = ["state", "message_id", "subject", "report_id", "created", "attempts", "next_attempt",
+                   "failed_at", "size", "last_error"]  # fmt: skip
 
 
 @outbox.command("list")
 @config_option
+@format_option
 @handle_errors
-def outbox_list(config_path) -> None:
-    """List the waiting messages: Message-ID, subject, attempts, next attempt, last error."""
-    from flowdiff.mail import list_outbox
+def outbox_list(config_path, fmt) -> None:
+    """List the waiting and the failed messages: state, Message-ID, subject, attempts, next attempt,
+    size, last error."""
+    import pandas as pd
+
+    from flowdiff.cli.common import format_frame
+    from flowdiff.mail import list_failed, list_outbox
 
     config = load(config_path)
-    entries = list_outbox(config)
-    if not entries:
+    entries = list_outbox(config) + list_failed(config)
+    if not entries and fmt == "table":
         click.echo("outbox is empty")
         return
+    rows = [{**{k: getattr(e, k) for k in _OUTBOX_COLUMNS}, "next_attempt": _next(e)} for e in entries]
+    df = pd.DataFrame(rows, columns=_OUTBOX_COLUMNS)
+    if fmt == "table":
+        df["subject"] = [s if len(s) <= 40 else s[:39] + "…" for s in df["subject"]]
+        df["last_error"] = [s if len(s) <= 60 else s[:59] + "…" for s in df["last_error"]]
+    if len(df) or fmt != "json":
+        click.echo(format_frame(df, fmt))
+
+
+def _next(entry) -> str:
     from flowdiff.vocab import iso_time
 
-    for e in entries:
-        nxt = (
-            iso_time(e.next_attempt)
-            if e.attempts
-            else "now"
-        )
-        click.echo(f"{e.message_id}  {e.subject}")
-        click.echo(f"    queued {e.created}, {e.attempts} attempt(s), next {nxt}, {e.size:,} bytes")
-        if e.last_error:
-            click.echo(f"    last error: {e.last_error}")
+    if entry.state == "failed":
+        return ""
+    return iso_time(entry.next_attempt) or "now" if entry.attempts else "now"
+
+
+@outbox.command("drop")
+@click.argument("message")
+@config_option
+@handle_errors
+def outbox_drop(message, config_path) -> None:
+    """Remove one message (waiting or failed) from the outbox for good. MESSAGE is its Message-ID, its
+    entry name, or a unique prefix of either (`flowdiff outbox list` shows them)."""
+    from flowdiff.mail import drop_message
+
+    config = load(config_path)
+    e = drop_message(config, message)
+    click.echo(f"dropped {e.state} message {e.message_id} ({e.subject}; {e.attempts} attempt(s))")
 
 
 @outbox.command("retry")
 @config_option
 @handle_errors
 def outbox_retry(config_path) -> None:
-    """Try every waiting message now, ignoring the backoff. Exit status 3 when some still wait."""
+    """Try every waiting message now, ignoring the backoff (failed ones stay: `flowdiff notify
+    REPORT_ID` queues a report again). Exit status 3 when some still wait, 2 when one was refused."""
     from flowdiff.mail import flush_outbox
 
     config = load(config_path)
     if not config.mail.enabled:
         raise MailError("mail is not configured: set [mail] host and to")
     res = flush_outbox(config, force=True)
-    _echo_flush(res)
-    if not res.sent and not res.failed and not res.busy:
+    _echo_flush(res, config)
+    if not res.sent and not res.failed and not res.refused and not res.busy:
         click.echo("outbox is empty")
-    if res.deferred:
-        sys.exit(EXIT_DEFERRED)
+    sys.exit(res.exit_code)
 
 
 @click.command("test-mail")

@@ -590,7 +590,7 @@ def learn(
     new version in which a table would hold no key or lose more than half of its current keys (keys of
     a baseline learned for another table definition do not count: it is unusable anyway).
     """
-    selected = config.select_tables(tables)
+    selected = config.select_tables(list(tables) if tables else None)
     if last is not None:
         _last_seconds(last)  # a bad --last is a usage error, before any lock or read
     store = Store(config.store)

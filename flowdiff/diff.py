@@ -424,7 +424,7 @@ def diff(
     last learn) is skipped with one line in ``result.skipped`` while the others are diffed: a new table
     must never blind the old ones. A baseline learned for another definition of a table stays an error."""
     record = record and not dry_run
-    selected = config.select_tables(tables)
+    selected = config.select_tables(list(tables) if tables else None)
     ctx = lock(config) if record else contextlib.nullcontext()
     with ctx:
         state = load_state(config)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from flowdiff.config import Config
 from flowdiff.durable import atomic_write_parquet, atomic_write_text, fsync_dir
 from flowdiff.errors import ReportError
+from flowdiff.exitcodes import ExitCode
 from flowdiff.schema import TIMESTAMP, key_type
 from flowdiff.vocab import iso_time, now_iso, utc_timestamp
 
@@ -79,13 +80,20 @@ class DiffResult:
     baseline_versions: dict[str, str]  # table -> baseline version id used
     since: pd.Timestamp | None  # span of the intervals diffed (UTC), None when there were none
     until: pd.Timestamp | None
-    intervals: int = 0  # number of (table, interval) pairs diffed
+    intervals: int = 0  # number of distinct intervals diffed (what a report footer counts)
     sensor: str = ""
     extra: dict = field(default_factory=dict)
+    table_intervals: int = 0  # number of (table, interval) pairs diffed
+    skipped: dict[str, str] = field(default_factory=dict)  # table -> one line: why it was not diffed
 
     @property
     def total(self) -> int:
         return sum(len(df) for df in self.rows.values())
+
+    def exit_code(self, exit_on_new: bool = False) -> ExitCode:
+        """NEW_ROWS when rows were found and the caller asked for it (``--exit-code``), else OK. A
+        table skipped for want of a baseline is a warning (and a health alert in ``run``), not a failure."""
+        return ExitCode.NEW_ROWS if exit_on_new and self.total else ExitCode.OK
 
     def counts(self) -> dict[str, int]:
         return {t: len(df) for t, df in self.rows.items() if len(df)}
@@ -183,6 +191,8 @@ def write_report_tmp(config: Config, result: DiffResult) -> None:
         "since": _json_value(result.since) if result.since is not None else None,
         "until": _json_value(result.until) if result.until is not None else None,
         "intervals": result.intervals,
+        "table_intervals": result.table_intervals,
+        "skipped": result.skipped,
         "baseline_versions": result.baseline_versions,
         "keys": {t: list(k) for t, k in result.keys.items()},
         "counts": result.counts(),
@@ -237,8 +247,9 @@ def load_report(config: Config, report_id: str) -> DiffResult:
         rows[t] = typed_rows(sub, k) if len(sub) else empty_rows(k)
     return DiffResult(
         report_id=report_id, rows=rows, keys=keys, baseline_versions=meta.get("baseline_versions", {}),
-        since=utc_timestamp(meta.get("since")), until=utc_timestamp(meta.get("until")), intervals=meta.get("intervals", 0),
-        sensor=meta.get("sensor", ""),
+        since=utc_timestamp(meta.get("since")), until=utc_timestamp(meta.get("until")),
+        intervals=meta.get("intervals", 0), table_intervals=meta.get("table_intervals", 0),
+        sensor=meta.get("sensor", ""), skipped=meta.get("skipped", {}),
     )  # fmt: skip
 
 

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from flowdiff.canon import FINGERPRINT, aggregate, canonicalise, definition, key_hashes
 from flowdiff.config import Config, TableConfig, parse_duration
 from flowdiff.durable import atomic_write_parquet, atomic_write_text
-from flowdiff.errors import BaselineError, StoreError
+from flowdiff.errors import BaselineError, ConfigError, LearnRefused, StoreError
+from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
 from flowdiff.rules import parse_where, where_mask
 from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
@@ -64,6 +65,8 @@ __all__ = [
     "LearnResult",
     "KeysAdded",
     "VersionDiff",
+    "Versions",
+    "BaselineRows",
     "learn",
     "add_keys",
     "history",
@@ -118,6 +121,11 @@ class Version:
     def number(self) -> int:
         return int(self.id[1:])
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """A version written (rollback) or read is a success."""
+        return ExitCode.OK
+
 
 @dataclass
 class LearnedTable:
@@ -129,6 +137,8 @@ class LearnedTable:
     since: pd.Timestamp | None
     until: pd.Timestamp | None
     hash: str
+    keys_before: int | None = None  # keys of the previous baseline of this table (None: none comparable)
+    forced: bool = False  # learned with force although it empties or more than halves the table
 
 
 @dataclass
@@ -136,6 +146,11 @@ class LearnResult:
     version: str
     parent: str | None
     tables: dict[str, LearnedTable]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """A refused learn raises (LearnRefused, exit 2); a version written is a success."""
+        return ExitCode.OK
 
 
 @dataclass
@@ -151,6 +166,11 @@ class KeysAdded:
     def total(self) -> int:
         return sum(len(df) for df in self.added.values())
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """Keys added, or nothing to add: both are a success (a refusal raises)."""
+        return ExitCode.OK
+
 
 @dataclass
 class VersionDiff:
@@ -162,6 +182,11 @@ class VersionDiff:
     @property
     def total(self) -> int:
         return sum(len(d) for d in self.added.values()) + sum(len(d) for d in self.removed.values())
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Comparing two versions succeeds whether or not they differ."""
+        return ExitCode.OK
 
 
 # ------------------------------------------------------------------ store
@@ -392,9 +417,7 @@ def _window(
     lo = utc_timestamp(since)
     hi = utc_timestamp(until)
     if last is not None:
-        secs = parse_duration(last, "last")
-        if secs <= 0:
-            raise BaselineError("--last must be a positive duration like 7d")
+        secs = _last_seconds(last)
         end = hi if hi is not None else (starts[-1] + pd.Timedelta(seconds=interval) if starts else None)
         if end is not None:
             lo = end - pd.Timedelta(seconds=secs) if lo is None else max(lo, end - pd.Timedelta(seconds=secs))
@@ -402,8 +425,26 @@ def _window(
     return chosen, lo, hi
 
 
-def _learn_table(store: Store, tc: TableConfig, starts: list[pd.Timestamp], nmap: NetworkMap,
-                 min_intervals: int, min_packets: int, both: bool) -> tuple[pd.DataFrame, int]:  # fmt: skip
+def _last_seconds(last: Any) -> int:
+    """``last`` (the ``--last`` flag) in seconds; the error names the option, as the user typed it."""
+    try:
+        secs = parse_duration(last, "last")
+    except ConfigError:
+        raise BaselineError(f"--last: {last!r} is not a duration (like 90s, 30m, 12h, 7d or 2w)") from None
+    if secs <= 0:
+        raise BaselineError(f"--last: {last!r} must be a positive duration like 7d")
+    return secs
+
+
+def _learn_table(
+    store: Store,
+    tc: TableConfig,
+    starts: list[pd.Timestamp],
+    nmap: NetworkMap,
+    min_intervals: int,
+    min_packets: int,
+    both: bool,
+) -> tuple[pd.DataFrame, int]:
     """Per-key evidence over the window: (rows meeting the thresholds, candidates before thresholds)."""
     keys = list(tc.keys)
     parts: list[pd.DataFrame] = []
@@ -426,8 +467,16 @@ def _learn_table(store: Store, tc: TableConfig, starts: list[pd.Timestamp], nmap
     return allrows[ok].reset_index(drop=True), candidates
 
 
-_SWAP = {"src": "dst", "dst": "src", "sport": "dport", "dport": "sport", "src_mac": "dst_mac", "dst_mac": "src_mac",
-         "src_label": "dst_label", "dst_label": "src_label"}  # fmt: skip
+_SWAP = {
+    "src": "dst",
+    "dst": "src",
+    "sport": "dport",
+    "dport": "sport",
+    "src_mac": "dst_mac",
+    "dst_mac": "src_mac",
+    "src_label": "dst_label",
+    "dst_label": "src_label",
+}
 
 
 def _both_directions(df: pd.DataFrame, keys: list[str]) -> np.ndarray:
@@ -439,6 +488,80 @@ def _both_directions(df: pd.DataFrame, keys: list[str]) -> np.ndarray:
     rev["_hit"] = True
     m = df[keys].merge(rev, on=keys, how="left")
     return m["_hit"].fillna(False).to_numpy(dtype=bool)
+
+
+@dataclass
+class _Planned:
+    """One table of a learn, computed but not written yet (the refusal rules look at all of them first)."""
+
+    tc: TableConfig
+    tokens: dict[pd.Timestamp, str]
+    chosen: list[pd.Timestamp]
+    table: pa.Table
+    candidates: int
+    thresholds: dict[str, Any]
+    keys_now: int | None = None  # keys of the current baseline (None: none, or another definition)
+    kept: int = 0  # of those, keys the new version keeps
+
+
+def _no_data_reason(tokens: Mapping[pd.Timestamp, str], lo: Any, hi: Any, interval: int) -> str:
+    """Why a table's window holds no interval, in words a user can act on."""
+    if not tokens:
+        return "holds no intervals yet (collect captures for it first)"
+    first, last = min(tokens), max(tokens) + pd.Timedelta(seconds=interval)
+    stored = f"the store holds {_iso(first)} .. {_iso(last)}"
+    if lo is not None and hi is not None and lo >= hi:
+        return f"has an empty window: since {_iso(lo)} is not before until {_iso(hi)} ({stored})"
+    return f"has no interval in the window {_iso(lo) or 'start'} .. {_iso(hi) or 'end'} ({stored})"
+
+
+def _kept_keys(config: Config, entry: TableEntry, table: pa.Table) -> int:
+    """How many keys of the baseline ``entry`` are also in the new rows ``table`` (by fingerprint)."""
+    n1 = table[FINGERPRINT[0]].to_numpy()
+    n2 = table[FINGERPRINT[1]].to_numpy()
+    index = pd.Index(n1)
+    multi = None if index.is_unique else pd.MultiIndex.from_arrays([n1, n2])
+    kept = 0
+    for h1, h2 in iter_fingerprints(config, entry):
+        if multi is not None:
+            kept += int(pd.MultiIndex.from_arrays([h1, h2]).isin(multi).sum())
+            continue
+        pos = index.get_indexer(h1)
+        hit = pos >= 0
+        kept += int(np.count_nonzero(n2[pos[hit]] == h2[hit]))
+    return kept
+
+
+def _refusals(plans: Mapping[str, _Planned]) -> dict[str, tuple[int, int]]:
+    """Tables whose new version would hold no key, or lose more than half of its current keys."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, p in plans.items():
+        after = p.table.num_rows
+        now = p.keys_now or 0
+        if after == 0 or (now and (now - p.kept) * 2 > now):
+            out[name] = (now, after)
+    return out
+
+
+def _refusal_text(plans: Mapping[str, _Planned], changes: Mapping[str, tuple[int, int]]) -> str:
+    parts = []
+    for name, (now, after) in changes.items():
+        p = plans[name]
+        if after == 0:
+            th = p.thresholds
+            both = ", both directions" if th["both_directions"] else ""
+            why = (
+                f"none of the {p.candidates:,} keys seen in {len(p.chosen):,} intervals meets min_intervals "
+                f"{th['min_intervals']}, min_packets {th['min_packets']}{both}"
+            )
+        else:
+            why = f"{now - p.kept:,} dropped; {len(p.chosen):,} intervals learned from"
+        parts.append(f"table {name}: keys now {now:,}, after {after:,} ({why})")
+    return (
+        "learn refused, nothing written: it would empty or more than halve a baseline; "
+        + "; ".join(parts)
+        + ". Check the window and the thresholds, or add --force"
+    )
 
 
 def learn(
@@ -453,6 +576,7 @@ def learn(
     min_packets: int | None = None,
     both_directions: bool | None = None,
     reason: str | None = None,
+    force: bool = False,
 ) -> LearnResult:
     """Freeze, per table, the keys seen in the window into a new baseline version.
 
@@ -460,55 +584,149 @@ def learn(
     evidence: seen in at least ``min_intervals`` intervals and ``min_packets`` packets (defaults 2 and 2,
     per table in the config, overridden by the arguments), so a one-packet scan during learning is not
     "normal". Tables not named keep their previous baseline. The intervals learned from count as diffed.
+
+    An empty baseline reports everything, a halved one hundreds of known rows: so, unless ``force``,
+    learn refuses (:class:`LearnRefused`, nothing written) a window without data for a table, and a
+    new version in which a table would hold no key or lose more than half of its current keys (keys of
+    a baseline learned for another table definition do not count: it is unusable anyway).
     """
-    selected = config.select_tables(tables)
+    selected = config.select_tables(list(tables) if tables else None)
+    if last is not None:
+        _last_seconds(last)  # a bad --last is a usage error, before any lock or read
     store = Store(config.store)
     nmap = NetworkMap(config.networks)
     with lock(config):
         state = load_state(config)
         parent = state.version
         base_tables: dict[str, TableEntry] = dict(get_version(config).tables) if parent else {}
-        next_id = _next_id(config)
-        learned: dict[str, LearnedTable] = {}
-        diffed: dict[str, dict[pd.Timestamp, str]] = {}
+        windows: dict[str, tuple[dict[pd.Timestamp, str], list[pd.Timestamp]]] = {}
+        empty: dict[str, str] = {}
         for name, tc in selected.items():
             _check_store_keys(store, tc)
             tokens = store.interval_tokens(name) if store.table_keys(name) else {}
             chosen, lo, hi = _window(sorted(tokens), config.interval, since, until, last)
-            mi = min_intervals if min_intervals is not None else tc.min_intervals
-            mp = min_packets if min_packets is not None else tc.min_packets
-            both = both_directions if both_directions is not None else tc.both_directions
-            try:
-                rows, candidates = _learn_table(store, tc, chosen, nmap, mi, mp, both)
-            except StoreError as e:
-                raise BaselineError(f"cannot learn table {name!r}: {e}") from None
-            table = _to_baseline_table(rows, tc.keys)
+            if not chosen:
+                empty[name] = _no_data_reason(tokens, lo, hi, config.interval)
+            windows[name] = (tokens, chosen)
+        if empty and not force:
+            raise LearnRefused(_empty_text(empty, selected), empty=empty)
+        plans = {
+            name: _plan_table(
+                config,
+                store,
+                tc,
+                nmap,
+                windows[name],
+                base_tables.get(name),
+                min_intervals=min_intervals,
+                min_packets=min_packets,
+                both_directions=both_directions,
+            )
+            for name, tc in selected.items()
+        }
+        changes = _refusals(plans)
+        if changes and not force:
+            raise LearnRefused(_refusal_text(plans, changes), changes=changes)
+        next_id = _next_id(config)
+        learned: dict[str, LearnedTable] = {}
+        diffed: dict[str, dict[pd.Timestamp, str]] = {}
+        for name, p in plans.items():
+            since_t = p.chosen[0] if p.chosen else None
+            until_t = p.chosen[-1] + pd.Timedelta(seconds=config.interval) if p.chosen else None
             window = {
-                "since": _iso(chosen[0]) if chosen else _iso(lo),
-                "until": _iso(chosen[-1] + pd.Timedelta(seconds=config.interval)) if chosen else _iso(hi),
-                "intervals": len(chosen),
+                "since": _iso(since_t if p.chosen else utc_timestamp(since)),
+                "until": _iso(until_t if p.chosen else utc_timestamp(until)),
+                "intervals": len(p.chosen),
             }
-            thresholds = {"min_intervals": mi, "min_packets": mp, "both_directions": both}
-            entry = _store_table(config, tc, table, window=window, thresholds=thresholds, created_in=next_id)
+            entry = _store_table(
+                config, p.tc, p.table, window=window, thresholds=p.thresholds, created_in=next_id
+            )
             base_tables[name] = entry
             learned[name] = LearnedTable(
-                table=name, rows=table.num_rows, candidates=candidates, below_threshold=candidates - table.num_rows,
-                intervals=len(chosen), since=chosen[0] if chosen else None,
-                until=chosen[-1] + pd.Timedelta(seconds=config.interval) if chosen else None, hash=entry.hash,
-            )  # fmt: skip
+                table=name,
+                rows=p.table.num_rows,
+                candidates=p.candidates,
+                below_threshold=p.candidates - p.table.num_rows,
+                intervals=len(p.chosen),
+                since=since_t,
+                until=until_t,
+                hash=entry.hash,
+                keys_before=p.keys_now,
+                forced=name in changes or name in empty,
+            )
             done = state.diffed(name)
-            done.update({s: tokens[s] for s in chosen})
+            done.update({s: p.tokens[s] for s in p.chosen})
             diffed[name] = done
             log.info(
                 "learned %s: %d keys of %d seen in %d intervals",
                 name,
-                table.num_rows,
-                candidates,
-                len(chosen),
+                p.table.num_rows,
+                p.candidates,
+                len(p.chosen),
             )
         v = _write_version(config, parent, "learn", reason or _learn_reason(learned), by, base_tables)
         commit_state(config, state, version=v.id, diffed=diffed)
     return LearnResult(version=v.id, parent=parent, tables=learned)
+
+
+def _plan_table(
+    config: Config,
+    store: Store,
+    tc: TableConfig,
+    nmap: NetworkMap,
+    window: tuple[dict[pd.Timestamp, str], list[pd.Timestamp]],
+    current: TableEntry | None,
+    *,
+    min_intervals: int | None,
+    min_packets: int | None,
+    both_directions: bool | None,
+) -> _Planned:
+    tokens, chosen = window
+    mi = min_intervals if min_intervals is not None else tc.min_intervals
+    mp = min_packets if min_packets is not None else tc.min_packets
+    both = both_directions if both_directions is not None else tc.both_directions
+    try:
+        rows, candidates = _learn_table(store, tc, chosen, nmap, mi, mp, both)
+    except StoreError as e:
+        raise BaselineError(f"cannot learn table {tc.name!r}: {e}") from None
+    table = _to_baseline_table(rows, tc.keys)
+    thresholds = {"min_intervals": mi, "min_packets": mp, "both_directions": both}
+    plan = _Planned(tc, tokens, chosen, table, candidates, thresholds)
+    if current is not None and dict(current.definition) == definition(tc):
+        plan.keys_now = current.rows
+        plan.kept = _kept_keys(config, current, table) if current.rows and table.num_rows else 0
+    return plan
+
+
+def _empty_text(empty: Mapping[str, str], selected: Mapping[str, TableConfig]) -> str:
+    """One line for every table without data in the window (tables with the same reason together)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in empty.items():
+        by_reason.setdefault(why, []).append(name)
+    parts = [
+        f"table{'s' if len(names) > 1 else ''} {', '.join(names)} {_plural_verb(why, len(names))}"
+        for why, names in by_reason.items()
+    ]
+    others = [n for n in selected if n not in empty]
+    hint = (
+        "; to learn the other tables only: flowdiff learn " + " ".join(f"--table {n}" for n in others)
+        if others
+        else ""
+    )
+    return (
+        "learn refused, nothing written: "
+        + "; ".join(parts)
+        + hint
+        + " (--force freezes an empty baseline instead: every row of it will be new)"
+    )
+
+
+def _plural_verb(why: str, n: int) -> str:
+    if n > 1:
+        for one, many in (("holds ", "hold "), ("has ", "have ")):
+            if why.startswith(one):
+                return many + why[len(one) :]
+    return why
 
 
 def _learn_reason(learned: Mapping[str, LearnedTable]) -> str:
@@ -518,8 +736,6 @@ def _learn_reason(learned: Mapping[str, LearnedTable]) -> str:
 def _next_id(config: Config) -> str:
     ids = _version_ids(config)
     return f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
-
-
 
 # ------------------------------------------------------------------ adding keys (accept)
 
@@ -597,28 +813,51 @@ def anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str])
     return left.iloc[np.sort(kept)].reset_index(drop=True)
 
 
-
 # ------------------------------------------------------------------ history, show, diff, rollback
 
 
-def history(config: Config) -> list[Version]:
-    """Every version, oldest first."""
-    return [get_version(config, v) for v in _version_ids(config)]
+class Versions(list):
+    """Baseline versions, oldest first (what :func:`history` returns: a list with an exit code)."""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
+
+class BaselineRows(dict):
+    """Table -> baseline rows (what :func:`show` returns: a dict with an exit code)."""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK
+
+
+def history(config: Config, *, tables: Sequence[str] | None = None) -> Versions:
+    """Every version, oldest first; with ``tables`` each version lists only those of its tables."""
+    out = Versions()
+    for vid in _version_ids(config):
+        v = get_version(config, vid)
+        if tables:
+            kept = {t: e for t, e in v.tables.items() if t in tables}
+            v = Version(v.id, v.parent, v.created_at, v.by, v.action, v.reason, kept)
+        out.append(v)
+    return out
 
 
 def show(
     config: Config,
-    table: str | None = None,
+    tables: str | Sequence[str] | None = None,
     *,
     version: str | int | None = None,
     where: Mapping[str, Any] | Sequence[str] | None = None,
     limit: int | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Baseline rows per table (filters in rule syntax: exact, CIDR, range, label), by packets descending."""
+) -> BaselineRows:
+    """Baseline rows per table (filters in rule syntax: exact, CIDR, range, label), by packets descending.
+    ``tables``: one name or several (``--table``, repeatable); every table of the version when None."""
     v = get_version(config, version)
-    names = [table] if table else list(v.tables)
+    names = [tables] if isinstance(tables, str) else list(dict.fromkeys(tables or v.tables))
     nmap = NetworkMap(config.networks)
-    out: dict[str, pd.DataFrame] = {}
+    out = BaselineRows()
     for t in names:
         entry = v.tables.get(t)
         if entry is None:
@@ -693,8 +932,6 @@ def _frame(t: pa.Table) -> pd.DataFrame:
     return t.drop_columns(drop).to_pandas(coerce_temporal_nanoseconds=False)
 
 
-
-
 _iso = iso_time
 _now_iso = now_iso
 
@@ -704,10 +941,3 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return os.environ.get("USER", "unknown")
-
-
-# ------------------------------------------------------------------ deny / ignore (rules from rows)
-
-REPORT_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-
-

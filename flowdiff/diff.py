@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from flowdiff.rules import RuleSet, apply_rules, load_rules
 from flowdiff.schema import INTERVAL, key_type
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
-from flowdiff.vocab import utc_timestamp
+from flowdiff.vocab import format_value, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +311,8 @@ def neighbours(
         todo = np.flatnonzero(rv & (pos >= 0))
         vals = best[keys].to_numpy(dtype=object)[pos[todo]]
         out[todo] = [
-            f"{s.label}: " + " ".join(f"{k}={v}" for k, v in zip(keys, r, strict=True)) for r in vals
+            f"{s.label}: " + " ".join(f"{k}={format_value(k, v)}" for k, v in zip(keys, r, strict=True))
+            for r in vals
         ]
     return out
 
@@ -321,26 +321,35 @@ def neighbours(
 
 
 def _config_arg(config: Config) -> str:
+    """`` --config /absolute/path`` whenever a config file was used (also ./flowdiff.toml or
+    $FLOWDIFF_CONFIG): a command pasted from a report, in another directory or another shell, must act
+    on the same store and baselines."""
     src = config.source
     if src is None:
         return ""
-    with contextlib.suppress(OSError):
-        if Path(src).resolve() == Path("flowdiff.toml").resolve() and not os.environ.get("FLOWDIFF_CONFIG"):
-            return ""
     return f" --config {shlex.quote(str(Path(src).resolve()))}"
 
 
 def commands(
     rows: pd.DataFrame, table: str, keys: Sequence[str], config: Config
 ) -> tuple[list[str], list[str]]:
-    """The exact accept and deny command for each row (every key field given, shell-quoted)."""
+    """The exact accept and deny command for each row (every key field given, values as the report
+    prints them, ``proto=tcp``, ``ethertype=0x0800``; shell-quoted)."""
     cfg = _config_arg(config)
     acc, den = [], []
     for vals in rows[list(keys)].itertuples(index=False, name=None):
-        where = " ".join(f"--where {shlex.quote(f'{k}={v}')}" for k, v in zip(keys, vals, strict=True))
+        where = " ".join(
+            f"--where {shlex.quote(f'{k}={format_value(k, v)}')}" for k, v in zip(keys, vals, strict=True)
+        )
         acc.append(f"flowdiff accept {shlex.quote(table)} {where}{cfg}")
         den.append(f"flowdiff deny {shlex.quote(table)} {where}{cfg}")
     return acc, den
+
+
+def no_baseline_line(table: str, config: Config) -> str:
+    """What diff says about a table that has no baseline yet (once per diff, and in the health alert)."""
+    learn = f"flowdiff learn --table {shlex.quote(table)}{_config_arg(config)}"
+    return f"table {table} has no baseline yet: {learn}"
 
 
 # ------------------------------------------------------------------ diff
@@ -401,20 +410,30 @@ def diff(
     tables: Sequence[str] | None = None,
     since: Any = None,
     until: Any = None,
+    dry_run: bool = False,
     record: bool = True,
     now: datetime | None = None,
 ) -> DiffResult:
     """Compare the stored intervals not yet diffed with the current baseline and the rules.
 
-    With ``record`` the new rows are archived as a report (``reports/<id>/rows.parquet``, ``rows.json``,
-    ``report.json``) and the diff state is updated, all or nothing; without it nothing is written and the
-    same rows come back next time (a dry run)."""
-    selected = config.select_tables(tables)
+    The new rows are archived as a report (``reports/<id>/rows.parquet``, ``rows.json``, ``report.json``)
+    and the diff state is updated, all or nothing; with ``dry_run`` (or ``record=False``) nothing is
+    written and the same rows come back next time.
+
+    A table of the config that the current baseline does not hold yet (added to the config after the
+    last learn) is skipped with one line in ``result.skipped`` while the others are diffed: a new table
+    must never blind the old ones. A baseline learned for another definition of a table stays an error."""
+    record = record and not dry_run
+    selected = config.select_tables(list(tables) if tables else None)
     ctx = lock(config) if record else contextlib.nullcontext()
     with ctx:
         state = load_state(config)
         finish_pending_report(config, state.last_report)
         version = get_version(config)
+        skipped = {name: no_baseline_line(name, config) for name in selected if name not in version.tables}
+        for line in skipped.values():
+            log.info("%s", line)
+        selected = {name: tc for name, tc in selected.items() if name not in skipped}
         entries = {name: baseline_entry(config, tc, version)[1] for name, tc in selected.items()}
         rules = load_rules(config)
         nmap = NetworkMap(config.networks)
@@ -423,12 +442,10 @@ def diff(
         diffed: dict[str, dict[pd.Timestamp, str]] = {}
         reported_new: dict[str, tuple[Sequence[str], pd.DataFrame]] = {}
         spans: list[pd.Timestamp] = []
-        n_intervals = 0
         for name, tc in selected.items():
             tokens = store.interval_tokens(name) if store.table_keys(name) else {}
             done = state.diffed(name)
             pending = _pending(tokens, done, since, until)
-            n_intervals += len(pending)
             spans += pending
             cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store)
             reported = state.reported(name, tc.keys)
@@ -438,33 +455,43 @@ def diff(
             diffed[name] = done
         rows = _finish_rows(config, selected, entries, found)
         total = sum(len(df) for df in rows.values())
-        report_id = None
-        if record:
-            if total:
-                report_id = new_report_id(now, state.last_report)
-                for name, tc in selected.items():
-                    if len(found[name]):
-                        reported_new[name] = (
-                            tc.keys, _update_reported(state.reported(name, tc.keys), found[name], tc.keys, report_id)
-                        )  # fmt: skip
-            result = _result(config, report_id, rows, selected, version.id, spans, n_intervals)
-            if report_id:
-                write_report_tmp(config, result)
-            commit_state(config, state, diffed=diffed, reported=reported_new, last_report=report_id)
-            if report_id:
-                publish_report(config, report_id)
+        result = _result(config, rows, selected, version.id, spans, skipped)
+        if not record:
             return result
-    return _result(config, None, rows, selected, version.id, spans, n_intervals)
+        if total:
+            result.report_id = new_report_id(now, state.last_report)
+            for name, tc in selected.items():
+                if len(found[name]):
+                    prior = state.reported(name, tc.keys)
+                    updated = _update_reported(prior, found[name], tc.keys, result.report_id)
+                    reported_new[name] = (tc.keys, updated)
+            write_report_tmp(config, result)
+        commit_state(config, state, diffed=diffed, reported=reported_new, last_report=result.report_id)
+        if result.report_id:
+            publish_report(config, result.report_id)
+        return result
 
 
-def _result(config: Config, report_id: str | None, rows: dict[str, pd.DataFrame], selected: dict[str, TableConfig],
-            version: str, spans: list[pd.Timestamp], n: int) -> DiffResult:  # fmt: skip
+def _result(
+    config: Config,
+    rows: dict[str, pd.DataFrame],
+    selected: dict[str, TableConfig],
+    version: str,
+    spans: list[pd.Timestamp],
+    skipped: dict[str, str],
+) -> DiffResult:
     return DiffResult(
-        report_id=report_id, rows=rows, keys={t: tc.keys for t, tc in selected.items()},
-        baseline_versions={t: version for t in selected}, since=min(spans) if spans else None,
-        until=max(spans) + pd.Timedelta(seconds=config.interval) if spans else None, intervals=n,
+        report_id=None,
+        rows=rows,
+        keys={t: tc.keys for t, tc in selected.items()},
+        baseline_versions={t: version for t in selected},
+        since=min(spans) if spans else None,
+        until=max(spans) + pd.Timedelta(seconds=config.interval) if spans else None,
+        intervals=len(set(spans)),
+        table_intervals=len(spans),
         sensor=config.sensor_name,
-    )  # fmt: skip
+        skipped=dict(skipped),
+    )
 
 
 def _diff_table(config: Config, tc: TableConfig, entry: TableEntry, pending: list[pd.Timestamp], rules: RuleSet,

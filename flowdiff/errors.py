@@ -5,6 +5,7 @@
      +-- CaptureError             a capture file that cannot be read at all (names file and offset)
      +-- StoreError               the Parquet store is missing, unreadable or locked
      +-- BaselineError            no baseline, or a baseline for another table definition
+     |    +-- LearnRefused        learn would empty or halve a baseline (nothing written; --force)
      +-- RulesError               a rules file entry that cannot be parsed
      |    +-- TooBroadError         a triage rule or change that would match every row of a table
      +-- BadValueError            a --where / accept value that does not fit its field
@@ -50,6 +51,23 @@ class StoreError(FlowdiffError):
 
 class BaselineError(FlowdiffError):
     """No baseline yet, an unknown version, or a baseline learned for another table definition."""
+
+
+class LearnRefused(BaselineError):
+    """learn refused, nothing written: a window without data (``empty``: table -> why), or a new version
+    that would hold no key of a table or drop more than half of its keys (``changes``: table ->
+    (keys now, keys after)); the latter is allowed with ``force``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        empty: dict[str, str] | None = None,
+        changes: dict[str, tuple[int, int]] | None = None,
+    ):
+        self.empty = dict(empty or {})
+        self.changes = dict(changes or {})
+        super().__init__(message)
 
 
 class RulesError(FlowdiffError):

@@ -57,7 +57,8 @@ def test_normal_days_give_zero_new_rows(site):
     for n in (1, 2, 3):
         fx.write(site, fx.day(n), f"day{n}")
         res = diff(site)
-        assert res.intervals == fx.INTERVALS * len(site.tables)
+        # a report footer counts intervals, not (table, interval) pairs
+        assert res.intervals == fx.INTERVALS and res.table_intervals == fx.INTERVALS * len(site.tables)
         assert res.total == 0, {t: df.to_dict("records") for t, df in res.rows.items() if len(df)}
         assert res.report_id is None
         assert set(res.rows) == set(site.tables)
@@ -182,7 +183,7 @@ def test_late_capture_for_a_diffed_interval_is_diffed_again(site):
     fx.write(site, fx.anomaly("new_pair", 1, interval=2), "late")
     res = diff(site)
     assert _keys(res, "pairs") == [("10.1.0.10", "10.1.0.53", 17), ("10.1.0.53", "10.1.0.10", 17)]
-    assert res.intervals == len(site.tables)  # only the changed interval, once per table
+    assert res.intervals == 1 and res.table_intervals == len(site.tables)  # the changed interval, per table
     assert diff(site).total == 0
 
 
@@ -240,7 +241,7 @@ def test_neighbour_names_the_nearest_accepted_row(site):
     svc = res.rows["services"].iloc[0]
     assert (
         svc["neighbour"]
-        == "same server and port, other client: client=dhcp server=10.1.0.10 proto=6 service_port=443"
+        == "same server and port, other client: client=dhcp server=10.1.0.10 proto=tcp service_port=443"
     )
     host = res.rows["hosts"].iloc[0]
     assert host["neighbour"].startswith("same network (src /24 or /64): src=10.1.0.")
@@ -401,3 +402,110 @@ def test_learned_baseline_finds_nothing_in_its_own_data(site):
     res = diff(site, record=False)
     # only the one-packet scan (below the thresholds) shows
     assert res.counts() == {"hosts": 1, "pairs": 1, "services": 1, "link": 1}
+
+
+# ------------------------------------------------------------------ a table added later (issue 8 item 9)
+
+
+def test_cli_table_added_later_is_skipped_while_the_others_are_diffed(tmp_path):
+    three = {k: v for k, v in fx.TABLES.items() if k != "link"}
+    config = fx.write_config(tmp_path, tables=three)
+    fx.write(config, fx.day(0), "day0")
+    assert _run("learn").exit_code == 0
+    config = fx.write_config(tmp_path)  # the user adds [tables.link] to flowdiff.toml
+    fx.write(config, fx.day(1) + fx.anomaly("new_host", 1) + fx.anomaly("lldp", 1), "day1")
+    out = _run("diff", "--format", "json")
+    assert out.exit_code == 0, out.output
+    cfg = tmp_path / "flowdiff.toml"
+    line = f"table link has no baseline yet: flowdiff learn --table link --config {cfg}"
+    assert f"Warning: {line}\n" in out.output and out.output.count("Warning:") == 1
+    rows = [json.loads(x) for x in out.output.splitlines() if x.startswith("{")]
+    assert {r["table"] for r in rows} == {"hosts", "pairs", "services"}
+    assert ("hosts", "10.1.0.77") in {(r["table"], r.get("src")) for r in rows}
+    res = load_report(config, rows[0]["report_id"])
+    assert res.skipped == {"link": line} and "link" not in res.rows
+    # the command in the warning works while the other tables keep their baseline
+    learned = _run(*shlex.split(line.split(": ", 1)[1])[1:])
+    assert learned.exit_code == 0, learned.output
+    assert learned.output.startswith("link ") and "baseline v0002 (parent v0001)" in learned.output
+    v2 = __import__("flowdiff.baseline", fromlist=["get_version"]).get_version(config)
+    assert list(v2.tables) == ["hosts", "pairs", "services", "link"]
+    fx.write(config, fx.day(2) + fx.anomaly("lldp", 2), "day2")
+    again = _run("diff", "--format", "json")
+    assert again.exit_code == 0 and "Warning" not in again.output
+    # the LLDP frame was in link's learning window once only: below the thresholds, so still new
+    assert [json.loads(x)["table"] for x in again.output.splitlines()] == ["link"]
+
+
+def test_run_diffs_the_tables_that_have_a_baseline(tmp_path):
+    from flowdiff.pipeline import run
+
+    three = {k: v for k, v in fx.TABLES.items() if k != "link"}
+    config = fx.write_config(tmp_path, tables=three)
+    fx.write(config, fx.day(0), "day0")
+    learn(config)
+    config = fx.write_config(tmp_path)
+    fx.write(config, fx.day(1) + fx.anomaly("new_host", 1), "day1")
+    out = _run("run")  # the cron job: the other tables are diffed, a report is archived
+    assert out.exit_code == 0, out.output
+    assert "report " in out.output and "Error" not in out.output
+    fx.write(config, fx.day(2) + fx.anomaly("new_pair", 2), "day2")
+    res = run(config)
+    assert list(res.diff.skipped) == ["link"] and res.diff.skipped["link"].startswith("table link has no")
+    assert res.new_rows and set(res.diff.counts()) == {"pairs", "services"}
+
+
+def test_a_baseline_for_another_definition_is_still_an_error(site, tmp_path):
+    tables = {k: dict(v) for k, v in fx.TABLES.items()}
+    tables["link"]["collapse_random_macs"] = False
+    changed = fx.write_config(tmp_path, tables=tables)
+    with pytest.raises(BaselineError, match="link.*another table definition"):
+        diff(changed)
+
+
+# ------------------------------------------------------------------ pasted commands (issue 8 item 7)
+
+
+def test_commands_in_a_report_carry_the_config_and_work_from_another_directory(site, tmp_path, monkeypatch):
+    from flowdiff.report import render_report
+
+    fx.write(site, fx.day(1) + fx.anomaly("new_service", 1) + fx.anomaly("new_host", 1), "day1")
+    res = diff(site)
+    cfg = f"--config {tmp_path / 'flowdiff.toml'}"
+    services = res.rows["services"]
+    svc = services[services["service_port"] == 8080].iloc[0]
+    assert svc["accept_cmd"] == (
+        "flowdiff accept services --where client=dhcp --where server=10.1.0.25 --where proto=tcp "
+        f"--where service_port=8080 {cfg}"
+    )
+    text = render_report(res, site).text
+    assert "client=dhcp server=10.1.0.25 proto=tcp service_port=8080" in text
+    assert "proto=6" not in text and "--where proto=tcp" in text
+    assert f"{fx.INTERVALS} intervals from" in text  # the footer counts intervals, not table-intervals
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = _run(*shlex.split(svc["accept_cmd"])[1:])
+    assert out.exit_code == 0, out.output
+    deny = _run(*shlex.split(res.rows["hosts"]["deny_cmd"].iloc[0])[1:])
+    assert deny.exit_code == 0, deny.output
+    assert not (elsewhere / "baselines").exists() and not (elsewhere / "store").exists()
+    fx.write(site, fx.day(2) + fx.anomaly("new_service", 2) + fx.anomaly("new_host", 2), "day2")
+    again = diff(site)
+    assert 8080 not in set(again.rows["services"]["service_port"])  # accepted
+    assert [r.startswith("deny-rule ") for r in again.rows["hosts"]["reason"]] == [True]
+
+
+def test_link_commands_print_ethertypes_as_every_command_takes_them(site):
+    fx.write(site, fx.day(1) + fx.anomaly("lldp", 1), "day1")
+    res = diff(site)
+    cmd = res.rows["link"]["accept_cmd"].iloc[0]
+    assert "--where ethertype=0x88cc" in cmd
+    assert _run(*shlex.split(cmd)[1:]).exit_code == 0
+    assert _run("diff", "--format", "json").output == ""
+
+
+def test_cli_no_new_rows_counts_intervals(site):
+    fx.write(site, fx.day(1), "day1")
+    out = _run("diff")
+    assert out.exit_code == 0 and out.output == f"no new rows ({fx.INTERVALS} intervals diffed)\n"

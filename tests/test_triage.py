@@ -160,7 +160,7 @@ def test_accepting_a_key_that_every_row_has_is_refused(tmp_path):
         networks={"0.0.0.0/0": "internet", "::/0": "internet"},
         tables={"hosts": {"keys": ["src"], "collapse": ["internet"]}},
     )
-    learn(config)
+    learn(config, force=True)  # an empty baseline on purpose (learn refuses one without --force)
     fx.write(config, fx.scan(1), "scan")
     res = diff(config)
     assert res.rows["hosts"]["src"].tolist() == ["internet"]

@@ -1,7 +1,8 @@
-"""Commands of the learn/diff stage: learn, diff, accept, deny, ignore and the ``baseline`` group.
+"""Commands of the learn/diff stage: learn, diff and the ``baseline`` group (history, show, diff, rollback).
 
-Each command parses its options, makes one library call (flowdiff.baseline, flowdiff.diff, flowdiff.triage) and formats
-the result. Exit status: 0 ok; ``diff --exit-code`` 1 when new rows were found; 2 on errors.
+Each command parses its options, makes one library call (flowdiff.baseline, flowdiff.diff) and formats the
+result; the exit status is the result's ``exit_code`` (0 ok; ``diff --exit-code`` 1 when new rows were found),
+errors exit 2 through ``handle_errors``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from flowdiff.cli.common import (
-    EXIT_FOUND,
     config_option,
     format_frame,
     format_option,
@@ -33,22 +33,9 @@ def _where_option(help_text: str):
     return click.option("--where", "where", multiple=True, metavar="FIELD=VALUE", help=help_text)
 
 
-def _split_target(target: str, rows: tuple[str, ...]) -> tuple[str | None, list[int] | None, str | None]:
-    """``REPORT_ID [ROW ...]`` or ``TABLE``: returns (report_id, rows, table)."""
-    from flowdiff.archive import is_report_id
-
-    if is_report_id(target):
-        try:
-            nums = [int(r) for r in rows]
-        except ValueError:
-            raise click.BadParameter(
-                f"row numbers are integers, got {' '.join(rows)!r}", param_hint="ROW"
-            ) from None
-        return target, nums or None, None
-    if rows:
-        raise click.BadParameter(f"{target!r} is a table name; give filters with --where, not rows",
-                                 param_hint="ROW")  # fmt: skip
-    return None, None, target
+_store_option = click.option(
+    "--store", type=click.Path(file_okay=False), help="Store directory (config key `store`)."
+)
 
 
 def _ts(t: Any) -> str:
@@ -57,6 +44,7 @@ def _ts(t: Any) -> str:
 
 @click.command()
 @config_option
+@_store_option
 @click.option(
     "--table", "tables", multiple=True, help="Learn only this table (repeatable); others keep theirs."
 )
@@ -64,8 +52,10 @@ def _ts(t: Any) -> str:
     "--since", help="Learn from intervals starting at or after this time (ISO, UTC) or age (7d)."
 )
 @click.option("--until", help="Learn from intervals starting before this time or age.")
-@click.option("--last", help="Learn from the last DURATION of stored data (e.g. 7d), counted back from the "
-                             "newest interval.")  # fmt: skip
+@click.option(
+    "--last",
+    help="Learn from the last DURATION of stored data (e.g. 7d), counted back from the newest interval.",
+)
 @click.option(
     "--min-intervals",
     type=click.IntRange(min=1),
@@ -83,50 +73,123 @@ def _ts(t: Any) -> str:
 )
 @click.option("--by", help="Who learned it (default: the user name).")
 @click.option("--reason", help="Why (kept in the baseline history).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Learn even when a table would keep no key or lose more than half of its keys.",
+)
+@format_option
 @handle_errors
 def learn(
-    config_path, tables, since, until, last, min_intervals, min_packets, both_directions, by, reason
+    config_path,
+    store,
+    tables,
+    since,
+    until,
+    last,
+    min_intervals,
+    min_packets,
+    both_directions,
+    by,
+    reason,
+    force,
+    fmt,
 ):
     """Freeze the keys seen in the store into a new baseline version.
 
     With no window options every stored interval is learned from; those intervals then count as
-    already diffed.
+    already diffed. Refused (exit 2, nothing written) when the window holds no data for a table, or,
+    unless --force, when a table would keep no key or lose more than half of its current keys.
     """
     from flowdiff.baseline import learn as run_learn
 
-    config = load(config_path)
+    config = load(config_path, store=store)
     res = run_learn(
-        config, tables=tables or None, since=parse_when(since), until=parse_when(until), last=last, by=by,
-        min_intervals=min_intervals, min_packets=min_packets, both_directions=both_directions, reason=reason,
-    )  # fmt: skip
+        config,
+        tables=tables or None,
+        since=parse_when(since, option="--since"),
+        until=parse_when(until, option="--until"),
+        last=last,
+        by=by,
+        min_intervals=min_intervals,
+        min_packets=min_packets,
+        both_directions=both_directions,
+        reason=reason,
+        force=force,
+    )
+    if fmt != "table":
+        _print_learn_records(res, fmt)
+        sys.exit(res.exit_code)
     for t, lt in res.tables.items():
+        before = "" if lt.keys_before is None else f", {lt.keys_before:,} before"
+        forced = " (forced)" if lt.forced else ""
         click.echo(
             f"{t:<12} {lt.rows:>9,} keys frozen ({lt.candidates:,} seen, {lt.below_threshold:,} below the "
-            f"thresholds) from {lt.intervals:,} intervals {_ts(lt.since)} .. {_ts(lt.until)}"
+            f"thresholds{before}) from {lt.intervals:,} intervals {_ts(lt.since)} .. {_ts(lt.until)}{forced}"
         )
     click.echo(f"baseline {res.version} (parent {res.parent or 'none'})")
+    sys.exit(res.exit_code)
+
+
+def _print_learn_records(res: Any, fmt: str) -> None:
+    import pandas as pd
+
+    recs = [
+        {
+            "version": res.version,
+            "parent": res.parent or "",
+            "table": t,
+            "keys": lt.rows,
+            "keys_before": lt.keys_before,
+            "seen": lt.candidates,
+            "below_threshold": lt.below_threshold,
+            "intervals": lt.intervals,
+            "since": _ts(lt.since),
+            "until": _ts(lt.until),
+            "forced": lt.forced,
+        }
+        for t, lt in res.tables.items()
+    ]
+    df = pd.DataFrame(recs)
+    df["keys_before"] = df["keys_before"].astype("Int64")
+    click.echo(format_frame(df, fmt))
+
 
 @click.command()
 @config_option
+@_store_option
 @click.option("--table", "tables", multiple=True, help="Diff only this table (repeatable).")
 @click.option("--since", help="Only intervals starting at or after this time (ISO, UTC) or age (2h).")
 @click.option("--until", help="Only intervals starting before this time or age.")
-@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True,
-              help="json: JSON Lines, one object per new row.")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=_FORMATS,
+    default="table",
+    show_default=True,
+    help="json: JSON Lines, one object per new row.",
+)
 @click.option("--exit-code", is_flag=True, help="Exit with 1 when new rows were found (like git diff).")
 @click.option("--dry-run", is_flag=True, help="Show what is new without recording a report or the state.")
 @handle_errors
-def diff(config_path, tables, since, until, fmt, exit_code, dry_run):
+def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run):
     """Show the rows of the intervals not diffed yet that are not in the baseline (or hit a deny rule).
 
     Each new key is reported once; the report is archived under the reports directory and every row
-    carries the exact accept/deny command.
+    carries the exact accept/deny command. A table without a baseline yet is skipped with a warning.
     """
     from flowdiff.diff import diff as run_diff
 
-    config = load(config_path)
-    res = run_diff(config, tables=tables or None, since=parse_when(since), until=parse_when(until),
-                   record=not dry_run)  # fmt: skip
+    config = load(config_path, store=store)
+    res = run_diff(
+        config,
+        tables=tables or None,
+        since=parse_when(since, option="--since"),
+        until=parse_when(until, option="--until"),
+        dry_run=dry_run,
+    )
+    for line in res.skipped.values():
+        click.echo(f"Warning: {line}", err=True)
     _print_diff(res, fmt)
     if res.report_id and not dry_run:  # the report is archived rendered, and queued with [mail]
         from flowdiff.deliver import deliver
@@ -135,20 +198,25 @@ def diff(config_path, tables, since, until, fmt, exit_code, dry_run):
         queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
         if fmt == "table":  # csv/json output stays pure data, even with 2>&1
             click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
-    if exit_code and res.total:
-        sys.exit(EXIT_FOUND)
+    sys.exit(res.exit_code(exit_code))
 
 
 @click.group()
 def baseline():
     """Inspect and manage baseline versions (history, show, diff, rollback)."""
 
+
+_VERSION_FIELDS = ("current", "version", "parent", "created_at", "by", "action", "reason")
+
+
 @baseline.command()
 @config_option
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
 @format_option
 @handle_errors
-def history(config_path, fmt):
-    """List every baseline version, oldest first; the current one is marked with *."""
+def history(config_path, tables, fmt):
+    """List every baseline version, oldest first (the current one is marked with *): who, when, why,
+    and per table its keys and learning window (since, until, intervals)."""
     import pandas as pd
 
     from flowdiff.baseline import current_version
@@ -156,32 +224,58 @@ def history(config_path, fmt):
 
     config = load(config_path)
     cur = current_version(config)
-    recs = [
-        {"current": "*" if v.id == cur else "", "version": v.id, "parent": v.parent or "", "created_at": v.created_at,
-         "by": v.by, "action": v.action, "rows": ", ".join(f"{t} {e.rows}" for t, e in v.tables.items()),
-         "reason": v.reason}
-        for v in run_history(config)
-    ]  # fmt: skip
+    versions = run_history(config, tables=tables or None)
+    recs = []
+    for v in versions:
+        head = {
+            "current": "*" if v.id == cur else "",
+            "version": v.id,
+            "parent": v.parent or "",
+            "created_at": v.created_at,
+            "by": v.by,
+            "action": v.action,
+            "reason": v.reason,
+        }
+        # one row per table of the version; in the table view its version fields only on the first
+        for i, (t, e) in enumerate(v.tables.items()):
+            shown = head if i == 0 or fmt != "table" else dict.fromkeys(head, "")
+            recs.append({**shown, "table": t, "keys": e.rows, **_window_fields(e.window)})
     if not recs and fmt == "table":
         click.echo("no baseline yet: run `flowdiff learn`")
-        return
-    click.echo(format_frame(pd.DataFrame(recs), fmt))
+        sys.exit(versions.exit_code)
+    cols = [c for c in _VERSION_FIELDS if c != "reason"] + ["table", "keys", "since", "until", "intervals"]
+    click.echo(format_frame(pd.DataFrame(recs, columns=[*cols, "reason"]), fmt))
+    sys.exit(versions.exit_code)
+
+
+def _window_fields(window: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "since": window.get("since") or "",
+        "until": window.get("until") or "",
+        "intervals": int(window.get("intervals") or 0),
+    }
+
 
 @baseline.command()
+@click.argument("table_arg", metavar="[TABLE]", required=False)
 @config_option
-@click.option("--table", help="Only this table.")
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable; same as TABLE).")
 @click.option("--version", "version", help="Version to show (default: the current one).")
 @_where_option("Only rows matching (exact, CIDR, range or label; repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows per table.")
 @format_option
 @handle_errors
-def show(config_path, table, version, where, limit, fmt):
-    """List what a baseline holds, biggest keys first."""
+def show(table_arg, config_path, tables, version, where, limit, fmt):
+    """List what a baseline holds, biggest keys first: every table, or TABLE (flowdiff baseline show
+    services)."""
     from flowdiff.baseline import show as run_show
 
     config = load(config_path)
-    res = run_show(config, table, version=version, where=list(where) or None, limit=limit)
+    names = [*([table_arg] if table_arg else []), *tables]
+    res = run_show(config, names or None, version=version, where=list(where) or None, limit=limit)
     _print_tables(res, fmt)
+    sys.exit(res.exit_code)
+
 
 @baseline.command(name="diff")
 @click.argument("v1")
@@ -197,7 +291,7 @@ def diff_cmd(v1, v2, config_path, tables, fmt):
     from flowdiff.baseline import diff_versions
 
     config = load(config_path)
-    res = diff_versions(config, v1, v2, tables or None)
+    res = diff_versions(config, v1, v2, tables=tables or None)
     frames: dict[str, pd.DataFrame] = {}
     for t in dict.fromkeys([*res.added, *res.removed]):
         parts = []
@@ -209,8 +303,10 @@ def diff_cmd(v1, v2, config_path, tables, fmt):
         frames[t] = df[["change", *[c for c in df.columns if c != "change"]]]
     if not frames and fmt == "table":
         click.echo(f"{res.v1} and {res.v2} hold the same keys")
-        return
-    _print_tables(frames, fmt)
+    else:
+        _print_tables(frames, fmt)
+    sys.exit(res.exit_code)
+
 
 @baseline.command()
 @click.argument("version")
@@ -225,6 +321,7 @@ def rollback(version, config_path, reason, by):
     config = load(config_path)
     v = run_rollback(config, version, by=by, reason=reason)
     click.echo(f"baseline {v.id} (parent {v.parent}) = content of {version}: {v.reason}")
+    sys.exit(v.exit_code)
 
 
 def register(main: click.Group) -> None:
@@ -264,7 +361,8 @@ def _print_diff(res: Any, fmt: str) -> None:
             click.echo(pd.DataFrame(recs, dtype=object).to_csv(index=False).rstrip("\n"))
         return
     if not recs:
-        click.echo(f"no new rows ({res.intervals} table intervals diffed)")
+        n = res.intervals
+        click.echo(f"no new rows ({n} interval{'s' if n != 1 else ''} diffed)")
         return
     for t, df in res.rows.items():
         if not len(df):

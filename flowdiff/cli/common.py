@@ -115,8 +115,27 @@ def setup_logging(verbose: int) -> None:
         root.setLevel(min(root.level, level))
 
 
-def parse_when(value: str | None, *, now: Any = None) -> Any:
-    """``--since``/``--until``: an ISO time (UTC unless it says otherwise) or an age like ``2h``/``7d``."""
+class OptionError(click.ClickException):
+    """A bad option value: ``Error: --since: ...`` on one line (no usage text), exit status 2."""
+
+    exit_code = int(ExitCode.ERROR)
+
+
+def _option_name(value: str) -> str | None:
+    """The option of the running command that holds ``value`` (``--since``), for the error line."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and ctx.params.get(param.name or "") == value:
+            return max(param.opts, key=len)
+    return None
+
+
+def parse_when(value: str | None, *, now: Any = None, option: str | None = None) -> Any:
+    """``--since``/``--until``: an ISO time (UTC unless it says otherwise) or an age like ``2h``/``7d``.
+    A value that is neither is an OptionError naming the option (``option``, else found in the
+    running command)."""
     import pandas as pd
 
     from flowdiff.config import parse_duration
@@ -129,8 +148,13 @@ def parse_when(value: str | None, *, now: Any = None) -> Any:
         try:
             t = pd.Timestamp(value)
         except ValueError:
-            raise click.BadParameter(
-                f"{value!r} is neither a time (2026-11-30T12:00) nor an age (2h, 7d)"
+            t = None
+        if t is None or t is pd.NaT:
+            name = option or _option_name(value)
+            where = f"{name}: " if name else ""
+            raise OptionError(
+                f"{where}{value!r} is neither a time (2026-11-30T12:00, UTC unless it says otherwise) "
+                "nor an age (90s, 30m, 2h, 7d, 2w)"
             ) from None
         return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     now = pd.Timestamp.now(tz="UTC") if now is None else now

@@ -96,8 +96,9 @@ def _generate(path: Path, packets: int, full_size: bool, seed: int, rate: int) -
     with open(path.with_suffix(".partial"), "wb") as out:
         for i, first in enumerate(range(0, packets, piece)):
             n = min(piece, packets - first)
-            part = synthetic_bulk(tmp, n, full_size=full_size, seed=seed, start=START + i * secs,
-                                  duration=max(n / rate, 1e-9))  # fmt: skip
+            part = synthetic_bulk(
+                tmp, n, full_size=full_size, seed=seed, start=START + i * secs, duration=max(n / rate, 1e-9)
+            )
             wire += part.wire_bytes
             with open(tmp, "rb") as f:  # streamed: this process stays small (see measure())
                 if i:
@@ -137,8 +138,19 @@ def run_collect(info: BulkInfo, workdir: Path, tag: str) -> tuple[Run, Path]:
     shutil.rmtree(store, ignore_errors=True)
     cfg = workdir / "bench.toml"
     cfg.write_text(CONFIG)
-    cmd = [sys.executable, "-m", "flowdiff", "collect", "--config", str(cfg), "--store", str(store), "--all",
-           "--no-progress", str(info.path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowdiff",
+        "collect",
+        "--config",
+        str(cfg),
+        "--store",
+        str(store),
+        "--all",
+        "--no-progress",
+        str(info.path),
+    ]
     run, out = measure(cmd, "flowdiff collect", info.packets, info.file_bytes)
     return run, store
 
@@ -186,20 +198,26 @@ def check_store(store: Path, info: BulkInfo) -> tuple[str, int]:
     nbytes = int(t["bytes"].to_numpy().sum())
     ok = packets == info.packets and nbytes == info.wire_bytes
     verdict = "OK" if ok else "MISMATCH"
-    line = (f"{verdict}: {t.num_rows:,} rows, {packets:,} packets, {nbytes:,} bytes "
-            f"(capture: {info.packets:,} packets, {info.wire_bytes:,} wire bytes)")  # fmt: skip
+    line = (
+        f"{verdict}: {t.num_rows:,} rows, {packets:,} packets, {nbytes:,} bytes "
+        f"(capture: {info.packets:,} packets, {info.wire_bytes:,} wire bytes)"
+    )
     return line, t.num_rows
 
 
-HEADER = (f"  {'':<34} {'packets':>11} {'seconds':>8} {'Mpps':>7} {'MB/s':>7} {'rows/s':>9} "
-          f"{'peak RSS MB':>11} {'x dpkt':>7}")  # fmt: skip
+HEADER = (
+    f"  {'':<34} {'packets':>11} {'seconds':>8} {'Mpps':>7} {'MB/s':>7} {'rows/s':>9} "
+    f"{'peak RSS MB':>11} {'x dpkt':>7}"
+)
 
 
 def fmt_run(r: Run, dpkt: Run | None) -> str:
     rows = f"{r.rows / r.seconds:>9,.0f}" if r.rows else f"{'':>9}"
     ratio = f"{r.mpps / dpkt.mpps:>6.1f}x" if dpkt is not None and r is not dpkt else f"{'':>7}"
-    return (f"  {r.label:<34} {r.packets:>11,} {r.seconds:>8.2f} {r.mpps:>7.3f} {r.mbps:>7.1f} {rows} "
-            f"{r.max_rss / 2**20:>11,.0f} {ratio}")  # fmt: skip
+    return (
+        f"  {r.label:<34} {r.packets:>11,} {r.seconds:>8.2f} {r.mpps:>7.3f} {r.mbps:>7.1f} {rows} "
+        f"{r.max_rss / 2**20:>11,.0f} {ratio}"
+    )
 
 
 def main() -> None:
@@ -211,14 +229,26 @@ def main() -> None:
         "--full-size", action="store_true", help="whole frames instead of header-only (snaplen 96)"
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rate", type=int, default=BUSY_RATE,
-                    help=f"packets per second of the capture (default {BUSY_RATE:,}: a busy span port, "
-                         "5M packets span about 4 minutes)")  # fmt: skip
-    ap.add_argument("--sparse-rate", type=int, default=SPARSE_RATE,
-                    help=f"also collect a long, sparse capture of the same size at this rate (default "
-                         f"{SPARSE_RATE}: 5M packets span one hour; 0: skip)")  # fmt: skip
-    ap.add_argument("--dpkt-packets", type=int, default=500_000,
-                    help="records the dpkt loop reads (it is ~30x slower; its rate is per packet)")  # fmt: skip
+    ap.add_argument(
+        "--rate",
+        type=int,
+        default=BUSY_RATE,
+        help=f"packets per second of the capture (default {BUSY_RATE:,}: a busy span port, "
+        "5M packets span about 4 minutes)",
+    )
+    ap.add_argument(
+        "--sparse-rate",
+        type=int,
+        default=SPARSE_RATE,
+        help=f"also collect a long, sparse capture of the same size at this rate (default "
+        f"{SPARSE_RATE}: 5M packets span one hour; 0: skip)",
+    )
+    ap.add_argument(
+        "--dpkt-packets",
+        type=int,
+        default=500_000,
+        help="records the dpkt loop reads (it is ~30x slower; its rate is per packet)",
+    )
     ap.add_argument(
         "--no-flatness", action="store_true", help="skip the memory-flatness runs on 5x smaller captures"
     )
@@ -248,9 +278,11 @@ def main() -> None:
     kind = "full-size" if args.full_size else "header-only, snaplen 96"
     infos = {rate: get(args.packets, rate) for rate in rates}
     for rate, info in infos.items():
-        print(f"capture @{rate:,} pps: {info.packets:,} packets over {info.packets / rate:,.0f} s, "
-              f"{info.file_bytes / 1e6:,.1f} MB file, {info.wire_bytes / 1e9:,.2f} GB on the wire ({kind}), "
-              "20,000 flows")  # fmt: skip
+        print(
+            f"capture @{rate:,} pps: {info.packets:,} packets over {info.packets / rate:,.0f} s, "
+            f"{info.file_bytes / 1e6:,.1f} MB file, {info.wire_bytes / 1e9:,.2f} GB on the wire ({kind}), "
+            "20,000 flows"
+        )
 
     run_collect(get(20_000, args.rate, args.seed + 1), work, "warmup")  # fills the numba cache, as cron would
     stores.append(work / "store-warmup")
@@ -271,8 +303,10 @@ def main() -> None:
     for r in runs:
         print(fmt_run(r, dpkt_run))
     if dpkt_run.packets < args.packets:
-        print(f"  (the dpkt loop read the first {dpkt_run.packets:,} packets; its rate is per packet and would "
-              f"take ~{args.packets / dpkt_run.packets * dpkt_run.seconds:,.0f} s for all of them)")  # fmt: skip
+        print(
+            f"  (the dpkt loop read the first {dpkt_run.packets:,} packets; its rate is per packet and would "
+            f"take ~{args.packets / dpkt_run.packets * dpkt_run.seconds:,.0f} s for all of them)"
+        )
     print()
     for line in checks:
         print(line)
@@ -283,9 +317,11 @@ def main() -> None:
             small_run, small_store = run_collect(get(small_n, rate), work, f"r{rate}-small")
             stores.append(small_store)
             ratio = big.max_rss / small_run.max_rss
-            print(f"memory flatness @{rate:,} pps: peak RSS {small_run.max_rss / 2**20:,.0f} MB for "
-                  f"{small_n:,} packets ({small_run.mpps:.3f} Mpps), {big.max_rss / 2**20:,.0f} MB for "
-                  f"{args.packets:,} (x{ratio:.2f} for 5x the packets)")  # fmt: skip
+            print(
+                f"memory flatness @{rate:,} pps: peak RSS {small_run.max_rss / 2**20:,.0f} MB for "
+                f"{small_n:,} packets ({small_run.mpps:.3f} Mpps), {big.max_rss / 2**20:,.0f} MB for "
+                f"{args.packets:,} (x{ratio:.2f} for 5x the packets)"
+            )
 
     if not args.keep:
         for store in stores:

@@ -53,24 +53,42 @@ def setup(root: Path, rows: int, baseline: int, new_frac: float) -> dict:
     from flowdiff.state import commit_state, load_state, lock
     from flowdiff.store import Store
 
-    config = parse_config({
-        "store": str(root / "store"), "baselines": str(root / "baselines"), "reports": str(root / "reports"),
-        "sensor": "bench", "interval": 300, "tables": {"services": {"keys": list(KEYS)}},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "store": str(root / "store"),
+            "baselines": str(root / "baselines"),
+            "reports": str(root / "reports"),
+            "sensor": "bench",
+            "interval": 300,
+            "tables": {"services": {"keys": list(KEYS)}},
+        }
+    )
     tc = config.tables["services"]
     t = time.perf_counter()
     ids = np.arange(baseline, dtype=np.int64)
     cols = _keys(ids)
     n = len(ids)
     ts = pa.array(np.full(n, np.datetime64(T0.rstrip("Z"), "us")), pa.timestamp("us", tz="UTC"))
-    base = pa.table({
-        **cols, "first_seen": ts, "last_seen": ts, "intervals": pa.array(np.full(n, 2, np.uint32)),
-        "packets": pa.array(np.full(n, 10, np.uint64)), "bytes": pa.array(np.full(n, 1000, np.uint64)),
-    })  # fmt: skip
+    base = pa.table(
+        {
+            **cols,
+            "first_seen": ts,
+            "last_seen": ts,
+            "intervals": pa.array(np.full(n, 2, np.uint32)),
+            "packets": pa.array(np.full(n, 10, np.uint64)),
+            "bytes": pa.array(np.full(n, 1000, np.uint64)),
+        }
+    )
     base = baseline_table(base, KEYS)
     with lock(config):
-        entry = _store_table(config, tc, base, window={"since": None, "until": None, "intervals": 0},
-                             thresholds={}, created_in="v0001")  # fmt: skip
+        entry = _store_table(
+            config,
+            tc,
+            base,
+            window={"since": None, "until": None, "intervals": 0},
+            thresholds={},
+            created_in="v0001",
+        )
         v = _write_version(config, None, "learn", "benchmark", "bench", {"services": entry})
         commit_state(config, load_state(config), version=v.id)
     del base, cols
@@ -84,10 +102,16 @@ def setup(root: Path, rows: int, baseline: int, new_frac: float) -> dict:
     ids = np.concatenate([known, fresh])
     m = len(ids)
     start = pa.array(np.full(m, np.datetime64(T0.rstrip("Z"), "us")), pa.timestamp("us", tz="UTC"))
-    interval = pa.table({
-        "interval_start": start, **_keys(ids), "packets": pa.array(rng.integers(1, 1000, m).astype(np.uint64)),
-        "bytes": pa.array(rng.integers(60, 10**6, m).astype(np.uint64)), "first_seen": start, "last_seen": start,
-    })  # fmt: skip
+    interval = pa.table(
+        {
+            "interval_start": start,
+            **_keys(ids),
+            "packets": pa.array(rng.integers(1, 1000, m).astype(np.uint64)),
+            "bytes": pa.array(rng.integers(60, 10**6, m).astype(np.uint64)),
+            "first_seen": start,
+            "last_seen": start,
+        }
+    )
     store = Store(config.store, "bench")
     store.ensure_table("services", KEYS, config.interval)
     store.write_interval_rows("services", KEYS, interval.cast(table_schema(KEYS)), "bench-interval")
@@ -112,10 +136,16 @@ def run(root: Path) -> dict:
     from flowdiff.config import parse_config
     from flowdiff.diff import diff
 
-    config = parse_config({
-        "store": str(root / "store"), "baselines": str(root / "baselines"), "reports": str(root / "reports"),
-        "sensor": "bench", "interval": 300, "tables": {"services": {"keys": list(KEYS)}},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "store": str(root / "store"),
+            "baselines": str(root / "baselines"),
+            "reports": str(root / "reports"),
+            "sensor": "bench",
+            "interval": 300,
+            "tables": {"services": {"keys": list(KEYS)}},
+        }
+    )
     t = time.perf_counter()
     res = diff(config)
     secs = time.perf_counter() - t
@@ -147,10 +177,12 @@ def main() -> None:
             sys.exit(out.stderr)
         res = json.loads(out.stdout.strip().splitlines()[-1])
     ok = res["new_rows"] == info["expected_new"]
-    print(f"diff of one interval with {args.rows:,} rows against a {args.baseline:,}-key baseline: "
-          f"{res['diff_s']} s, peak RSS {res['peak_rss_mb']} MB, {res['new_rows']:,} new rows "
-          f"({'as expected' if ok else 'EXPECTED ' + str(info['expected_new'])}); "
-          f"setup {info['setup_baseline_s']} s + {info['setup_interval_s']} s")  # fmt: skip
+    print(
+        f"diff of one interval with {args.rows:,} rows against a {args.baseline:,}-key baseline: "
+        f"{res['diff_s']} s, peak RSS {res['peak_rss_mb']} MB, {res['new_rows']:,} new rows "
+        f"({'as expected' if ok else 'EXPECTED ' + str(info['expected_new'])}); "
+        f"setup {info['setup_baseline_s']} s + {info['setup_interval_s']} s"
+    )
     if not ok:
         sys.exit(1)
 

@@ -145,10 +145,35 @@ def _finalize(h):
 
 @njit(cache=True, nogil=True)
 def _ingest(
-    index, rows, used, base, newest, start, ts_ns, wirelen, status, ethertype, src_mac, dst_mac, vlan, ip_version,
-    src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_type, icmp_code, tcp_flags,
-    wm, interval_ns, count_mask, status_counts,
-):  # fmt: skip
+    index,
+    rows,
+    used,
+    base,
+    newest,
+    start,
+    ts_ns,
+    wirelen,
+    status,
+    ethertype,
+    src_mac,
+    dst_mac,
+    vlan,
+    ip_version,
+    src_hi,
+    src_lo,
+    dst_hi,
+    dst_lo,
+    proto,
+    sport,
+    dport,
+    icmp_type,
+    icmp_code,
+    tcp_flags,
+    wm,
+    interval_ns,
+    count_mask,
+    status_counts,
+):
     """Hash frames ``start..`` into the fine rows; rows ``base..used`` are in the index, ``newest``
     is the newest interval number seen. Stops early (returning the state reached) when the rows are
     full or the index half full, so that the caller can grow them and resume."""
@@ -250,9 +275,17 @@ def _ingest(
                 break
             row = rows[r]
             if (
-                row[0] == h and row[1] == k0 and row[2] == k1 and row[3] == k2 and row[4] == k3
-                and row[5] == k4 and row[6] == k5 and row[7] == k6 and row[8] == k7 and row[9] == k8
-            ):  # fmt: skip
+                row[0] == h
+                and row[1] == k0
+                and row[2] == k1
+                and row[3] == k2
+                and row[4] == k3
+                and row[5] == k4
+                and row[6] == k5
+                and row[7] == k6
+                and row[8] == k7
+                and row[9] == k8
+            ):
                 row[10] += _ONE
                 row[11] += _U(wirelen[i])
                 if tsf < row[12]:
@@ -633,9 +666,18 @@ def _roles_for_rows(
 
     syn = (cols[5] ^ _SIGN).view(np.int64)
     return client_is_src(
-        field("ip_version"), cols[0], cols[1], cols[2], cols[3], field("proto"), field("sport"),
-        field("dport"), field("icmp_type"), syn, service_ports,
-    )[:n]  # fmt: skip
+        field("ip_version"),
+        cols[0],
+        cols[1],
+        cols[2],
+        cols[3],
+        field("proto"),
+        field("sport"),
+        field("dport"),
+        field("icmp_type"),
+        syn,
+        service_ports,
+    )[:n]
 
 
 def _syn_columns(rows: np.ndarray, sel: np.ndarray) -> np.ndarray:
@@ -692,9 +734,17 @@ def client_is_src(
         return np.ascontiguousarray(a, dtype=np.uint64)
 
     _syn_roles(
-        u(ip_version), u(src_hi), u(src_lo), u(sport), u(dst_hi), u(dst_lo), u(dport), u(proto),
-        np.ascontiguousarray(syn_ts, dtype=np.int64), out,
-    )  # fmt: skip
+        u(ip_version),
+        u(src_hi),
+        u(src_lo),
+        u(sport),
+        u(dst_hi),
+        u(dst_lo),
+        u(dport),
+        u(proto),
+        np.ascontiguousarray(syn_ts, dtype=np.int64),
+        out,
+    )
     return out
 
 
@@ -802,12 +852,35 @@ class Aggregator:
         interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
         while True:
             start, self._used, self._base, self._newest = _ingest(
-                self._index, self._rows, self._used, self._base, self._newest, start, cols["ts_ns"], cols["wirelen"], cols["status"],
-                cols["ethertype"], cols["src_mac"], cols["dst_mac"], cols["vlan"], cols["ip_version"],
-                cols["src_hi"], cols["src_lo"], cols["dst_hi"], cols["dst_lo"], cols["proto"], cols["sport"],
-                cols["dport"], cols["icmp_type"], cols["icmp_code"], cols["tcp_flags"],
-                self._wm, interval_ns, self._count_mask, self._status_counts,
-            )  # fmt: skip
+                self._index,
+                self._rows,
+                self._used,
+                self._base,
+                self._newest,
+                start,
+                cols["ts_ns"],
+                cols["wirelen"],
+                cols["status"],
+                cols["ethertype"],
+                cols["src_mac"],
+                cols["dst_mac"],
+                cols["vlan"],
+                cols["ip_version"],
+                cols["src_hi"],
+                cols["src_lo"],
+                cols["dst_hi"],
+                cols["dst_lo"],
+                cols["proto"],
+                cols["sport"],
+                cols["dport"],
+                cols["icmp_type"],
+                cols["icmp_code"],
+                cols["tcp_flags"],
+                self._wm,
+                interval_ns,
+                self._count_mask,
+                self._status_counts,
+            )
             if start >= n:
                 break
             self._grow()
@@ -1007,8 +1080,11 @@ class Aggregator:
         if joint is None:
             if what == "addresses":
                 ver = fine.ip_version
-                words = [np.concatenate([ver, ver]), np.concatenate([fine.src_hi, fine.dst_hi]),
-                         np.concatenate([fine.src_lo, fine.dst_lo])]  # fmt: skip
+                words = [
+                    np.concatenate([ver, ver]),
+                    np.concatenate([fine.src_hi, fine.dst_hi]),
+                    np.concatenate([fine.src_lo, fine.dst_lo]),
+                ]
                 joint = _text_ranking(
                     words, lambda w: address_array(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
                 )

@@ -69,7 +69,6 @@ def is_report_id(text: str) -> bool:
     return bool(REPORT_ID_RE.match(text))
 
 
-
 @dataclass
 class DiffResult:
     """What one diff found. ``rows`` has an entry (maybe empty, full schema) for every diffed table."""
@@ -99,8 +98,6 @@ class DiffResult:
         return {t: len(df) for t, df in self.rows.items() if len(df)}
 
 
-
-
 def empty_rows(keys: Sequence[str]) -> pd.DataFrame:
     """A zero-row frame with the full DiffResult row schema of a table."""
     return _row_schema(keys).empty_table().to_pandas(coerce_temporal_nanoseconds=False)
@@ -119,7 +116,6 @@ def typed_rows(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     schema = _row_schema(keys)
     t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
     return t.to_pandas(coerce_temporal_nanoseconds=False)
-
 
 
 def new_report_id(now: datetime | None = None, last: str | None = None) -> str:
@@ -246,11 +242,14 @@ def load_report(config: Config, report_id: str) -> DiffResult:
         sub = df[df["table"] == t]
         rows[t] = typed_rows(sub, k) if len(sub) else empty_rows(k)
     return DiffResult(
-        report_id=report_id, rows=rows, keys=keys, baseline_versions=meta.get("baseline_versions", {}),
-        since=utc_timestamp(meta.get("since")), until=utc_timestamp(meta.get("until")),
-        intervals=meta.get("intervals", 0), table_intervals=meta.get("table_intervals", 0),
-        sensor=meta.get("sensor", ""), skipped=meta.get("skipped", {}),
-    )  # fmt: skip
-
-
-
+        report_id=report_id,
+        rows=rows,
+        keys=keys,
+        baseline_versions=meta.get("baseline_versions", {}),
+        since=utc_timestamp(meta.get("since")),
+        until=utc_timestamp(meta.get("until")),
+        intervals=meta.get("intervals", 0),
+        table_intervals=meta.get("table_intervals", 0),
+        sensor=meta.get("sensor", ""),
+        skipped=meta.get("skipped", {}),
+    )

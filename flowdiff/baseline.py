@@ -245,27 +245,48 @@ def get_version(config: Config, version: str | int | None = None) -> Version:
         raise BaselineError(f"{path}: unreadable baseline manifest: {e}") from None
     tables = {t: TableEntry(table=t, **e) for t, e in raw["tables"].items()}
     return Version(
-        id=raw["id"], parent=raw.get("parent"), created_at=raw["created_at"], by=raw["by"],
-        action=raw["action"], reason=raw.get("reason", ""), tables=tables,
-    )  # fmt: skip
+        id=raw["id"],
+        parent=raw.get("parent"),
+        created_at=raw["created_at"],
+        by=raw["by"],
+        action=raw["action"],
+        reason=raw.get("reason", ""),
+        tables=tables,
+    )
 
 
 def current_version(config: Config) -> str | None:
     return load_state(config).version
 
 
-def _write_version(config: Config, parent: str | None, action: str, reason: str, by: str | None,
-                   tables: Mapping[str, TableEntry]) -> Version:  # fmt: skip
+def _write_version(
+    config: Config,
+    parent: str | None,
+    action: str,
+    reason: str,
+    by: str | None,
+    tables: Mapping[str, TableEntry],
+) -> Version:
     ids = _version_ids(config)
     vid = f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
     v = Version(
-        id=vid, parent=parent, created_at=_now_iso(), by=by or _user(), action=action, reason=reason or "",
+        id=vid,
+        parent=parent,
+        created_at=_now_iso(),
+        by=by or _user(),
+        action=action,
+        reason=reason or "",
         tables=dict(tables),
-    )  # fmt: skip
+    )
     doc = {
-        "id": v.id, "parent": v.parent, "created_at": v.created_at, "by": v.by, "action": v.action,
-        "reason": v.reason, "tables": {t: e.to_json() for t, e in v.tables.items()},
-    }  # fmt: skip
+        "id": v.id,
+        "parent": v.parent,
+        "created_at": v.created_at,
+        "by": v.by,
+        "action": v.action,
+        "reason": v.reason,
+        "tables": {t: e.to_json() for t, e in v.tables.items()},
+    }
     path = _versions_dir(config) / f"{vid}.json"
     if path.exists():  # pragma: no cover - the lock makes this impossible
         raise BaselineError(f"{path} already exists; another flowdiff changed the baseline concurrently")
@@ -316,14 +337,27 @@ def baseline_table(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     return t.cast(schema)
 
 
-def _store_table(config: Config, tc: TableConfig, table: pa.Table, *, window: dict[str, Any],
-                 thresholds: dict[str, Any], created_in: str) -> TableEntry:  # fmt: skip
+def _store_table(
+    config: Config,
+    tc: TableConfig,
+    table: pa.Table,
+    *,
+    window: dict[str, Any],
+    thresholds: dict[str, Any],
+    created_in: str,
+) -> TableEntry:
     digest = _content_hash(table)
     rel = f"data/{tc.name}/{digest.split(':', 1)[1][:32]}.parquet"
     entry = TableEntry(
-        table=tc.name, file=rel, hash=digest, rows=table.num_rows, definition=definition(tc), window=window,
-        thresholds=thresholds, created_in=created_in,
-    )  # fmt: skip
+        table=tc.name,
+        file=rel,
+        hash=digest,
+        rows=table.num_rows,
+        definition=definition(tc),
+        window=window,
+        thresholds=thresholds,
+        created_in=created_in,
+    )
     path = config.baselines / rel
     if not path.exists():
         meta = {_META_KEY: json.dumps({"table": tc.name, **entry.to_json()}).encode()}
@@ -391,8 +425,14 @@ def iter_fingerprints(
             yield key_hashes(t, keys)
 
 
-def iter_baseline(config: Config, entry: TableEntry, columns: Sequence[str] | None = None,
-                  batch_rows: int = 1 << 21, *, dictionary: bool = False) -> Iterator[pa.Table]:  # fmt: skip
+def iter_baseline(
+    config: Config,
+    entry: TableEntry,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = 1 << 21,
+    *,
+    dictionary: bool = False,
+) -> Iterator[pa.Table]:
     """The baseline rows in batches: diff never holds a large baseline in memory at once. With
     ``dictionary`` string columns come back dictionary-encoded where the file stores them so (few distinct
     servers, labels, ports as text): hashing then touches each distinct string once per batch."""
@@ -737,6 +777,7 @@ def _next_id(config: Config) -> str:
     ids = _version_ids(config)
     return f"v{(int(ids[-1][1:]) + 1 if ids else 1):04d}"
 
+
 # ------------------------------------------------------------------ adding keys (accept)
 
 
@@ -767,8 +808,14 @@ def add_keys(
         already[t] = len(new_rows) - len(fresh)
         if len(fresh):
             merged = pd.concat([base, fresh], ignore_index=True)
-            new_tables[t] = _store_table(config, tc, _to_baseline_table(merged, keys), window=entry.window,
-                                         thresholds=entry.thresholds, created_in=next_id)  # fmt: skip
+            new_tables[t] = _store_table(
+                config,
+                tc,
+                _to_baseline_table(merged, keys),
+                window=entry.window,
+                thresholds=entry.thresholds,
+                created_in=next_id,
+            )
             added[t] = fresh[keys].reset_index(drop=True)
     if not added:
         return KeysAdded(version=None, parent=version.id, added={}, already=already)

@@ -235,8 +235,9 @@ def column_hashes(table: pa.Table, columns: Sequence[str]) -> dict[str, tuple[np
     return out
 
 
-def combine_hashes(hashes: Mapping[str, tuple[np.ndarray, np.ndarray]], columns: Sequence[str],
-                   n: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def combine_hashes(
+    hashes: Mapping[str, tuple[np.ndarray, np.ndarray]], columns: Sequence[str], n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Fingerprint of the tuple ``columns`` (order matters) from per-column hashes."""
     h1 = np.full(n, _SEED1, dtype=np.uint64)
     h2 = np.full(n, _SEED2, dtype=np.uint64)

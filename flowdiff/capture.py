@@ -672,8 +672,13 @@ class _Outputs:
 
 def _make_outputs(key) -> list[np.ndarray]:
     n = key[1]
-    return [np.empty(n, np.int64), np.empty(n, np.uint32), np.empty(n, np.uint32), np.empty(n, np.int64),
-            np.empty(n, np.uint16)]  # fmt: skip
+    return [
+        np.empty(n, np.int64),
+        np.empty(n, np.uint32),
+        np.empty(n, np.uint32),
+        np.empty(n, np.int64),
+        np.empty(n, np.uint16),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -148,8 +148,9 @@ class CollectResult:
         extra = []
         if again := self.files_again:
             tables = sorted({t for f in again for t in f.tables})
-            extra.append(f"{len(again)} read again for table{'s' if len(tables) != 1 else ''} "
-                         f"{', '.join(tables)}")  # fmt: skip
+            extra.append(
+                f"{len(again)} read again for table{'s' if len(tables) != 1 else ''} {', '.join(tables)}"
+            )
         if self.files_known:
             extra.append(f"{self.files_known} already collected")
         if self.deferred:
@@ -383,10 +384,21 @@ def _collect_one(
     if ident is not None and not set(tables) - known.filled[ident]:
         return FileResult(str(path), "known")
 
-    def entry(sha: str | None, records: int, status: str, message: str, filled: list[str],
-              capture_id: str | None) -> LedgerEntry:  # fmt: skip
-        return LedgerEntry(key[0], key[1], key[2], sha, records, status, message, sensor=config.sensor,
-                           tables=filled, capture_id=capture_id)  # fmt: skip
+    def entry(
+        sha: str | None, records: int, status: str, message: str, filled: list[str], capture_id: str | None
+    ) -> LedgerEntry:
+        return LedgerEntry(
+            key[0],
+            key[1],
+            key[2],
+            sha,
+            records,
+            status,
+            message,
+            sensor=config.sensor,
+            tables=filled,
+            capture_id=capture_id,
+        )
 
     fr = FileResult(str(path), "ok")
     try:
@@ -398,8 +410,9 @@ def _collect_one(
             if sha is not None and sha in known.filled:  # the same capture under another name or mtime
                 ident, capture_id = sha, known.ids.get(sha, capture_id)
                 if not set(tables) - known.filled[sha]:
-                    store.ledger_append(entry(sha, 0, "ok", "same content as a capture already collected",
-                                              [], capture_id))  # fmt: skip
+                    store.ledger_append(
+                        entry(sha, 0, "ok", "same content as a capture already collected", [], capture_id)
+                    )
                     known.add(key, sha, (), capture_id)
                     fr.status = "known"
                     return fr
@@ -407,8 +420,9 @@ def _collect_one(
             fr.again = True
             tables = {n: tc for n, tc in tables.items() if n not in known.filled[ident]}
         fr.tables = sorted(tables)
-        agg = Aggregator(tables, interval=config.interval, networks=config.networks,
-                         service_ports=config.service_ports)  # fmt: skip
+        agg = Aggregator(
+            tables, interval=config.interval, networks=config.networks, service_ports=config.service_ports
+        )
         parts = _PartWriter(store, tables, capture_id, fr, result)
         try:
             fr.bytes = _read_all(reader, agg, parts, st.st_size, progress)
@@ -474,8 +488,14 @@ class _PartWriter:
 
     _AHEAD = 2
 
-    def __init__(self, store: Store, tables: dict[str, TableConfig], capture_id: str, fr: FileResult,
-                 result: CollectResult):  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        tables: dict[str, TableConfig],
+        capture_id: str,
+        fr: FileResult,
+        result: CollectResult,
+    ):
         self.store, self.tables, self.capture_id = store, tables, capture_id
         self.fr, self.result = fr, result
         self.parts = 0
@@ -555,8 +575,9 @@ def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int
         worker.join()
 
 
-def _read_all(reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total: int,
-              progress: Progress | None) -> int:  # fmt: skip
+def _read_all(
+    reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total: int, progress: Progress | None
+) -> int:
     wire = 0
     for packets, nbytes in _decoded(reader):
         agg.add(packets)

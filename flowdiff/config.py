@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,18 @@ DEFAULT_CONFIG_NAME = "flowdiff.toml"
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNIT = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-              "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+_SIZE_UNIT = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 HEARTBEATS = ("off", "daily")
 
 
@@ -165,7 +176,7 @@ class Config:
             raise ConfigError("must be a positive number of seconds", key="interval")
         return replace(self, **changes)
 
-    def select_tables(self, names: list[str] | tuple[str, ...] | None) -> dict[str, TableConfig]:
+    def select_tables(self, names: Sequence[str] | None) -> dict[str, TableConfig]:
         """The tables named (all when ``names`` is empty); unknown names are an error."""
         if not names:
             return dict(self.tables)
@@ -191,10 +202,30 @@ _TOP_KEYS = {
     "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail", "stale_after", "min_free",
     "max_message_bytes",
 }  # fmt: skip
-_TABLE_KEYS = {"keys", "collapse", "ipv6_prefix", "collapse_random_macs", "min_intervals", "min_packets",
-               "both_directions"}  # fmt: skip
-_MAIL_KEYS = {"host", "port", "tls", "verify", "cafile", "username", "password_env", "password_file", "from",
-              "to", "timeout", "sensor", "heartbeat"}  # fmt: skip
+_TABLE_KEYS = {
+    "keys",
+    "collapse",
+    "ipv6_prefix",
+    "collapse_random_macs",
+    "min_intervals",
+    "min_packets",
+    "both_directions",
+}
+_MAIL_KEYS = {
+    "host",
+    "port",
+    "tls",
+    "verify",
+    "cafile",
+    "username",
+    "password_env",
+    "password_file",
+    "from",
+    "to",
+    "timeout",
+    "sensor",
+    "heartbeat",
+}
 _FOLDER_KEYS = ("store", "baselines", "reports", "spool", "outbox")  # must be folders when they exist
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 

@@ -243,10 +243,28 @@ def _ppp_to_ethertype(proto):
 
 @numba.njit(**_JIT)
 def _decode_batch(
-    buf, offset, caplen, linktype, kinds,
-    status, ethertype, src_mac, dst_mac, vlan, ip_version,
-    src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_type, icmp_code, tcp_flags,
-):  # fmt: skip
+    buf,
+    offset,
+    caplen,
+    linktype,
+    kinds,
+    status,
+    ethertype,
+    src_mac,
+    dst_mac,
+    vlan,
+    ip_version,
+    src_hi,
+    src_lo,
+    dst_hi,
+    dst_lo,
+    proto,
+    sport,
+    dport,
+    icmp_type,
+    icmp_code,
+    tcp_flags,
+):
     n = offset.shape[0]
     blen = buf.shape[0]
     z = np.uint64(0)
@@ -781,8 +799,21 @@ def decode(batch: Any) -> dict[str, np.ndarray]:
             np.ascontiguousarray(batch.caplen, dtype=np.uint32),
             np.ascontiguousarray(batch.linktype, dtype=np.uint16),
             _KIND_TABLE,
-            out["status"], out["ethertype"], out["src_mac"], out["dst_mac"], out["vlan"], out["ip_version"],
-            out["src_hi"], out["src_lo"], out["dst_hi"], out["dst_lo"], out["proto"], out["sport"],
-            out["dport"], out["icmp_type"], out["icmp_code"], out["tcp_flags"],
-        )  # fmt: skip
+            out["status"],
+            out["ethertype"],
+            out["src_mac"],
+            out["dst_mac"],
+            out["vlan"],
+            out["ip_version"],
+            out["src_hi"],
+            out["src_lo"],
+            out["dst_hi"],
+            out["dst_lo"],
+            out["proto"],
+            out["sport"],
+            out["dport"],
+            out["icmp_type"],
+            out["icmp_code"],
+            out["tcp_flags"],
+        )
     return {name: out[name] for name in PACKET_FIELDS}

@@ -59,8 +59,19 @@ from flowdiff.vocab import format_value, utc_timestamp
 log = logging.getLogger(__name__)
 
 # DiffResult and the report archive live in flowdiff.archive; their names stay importable from here.
-__all__ = ["ROW_COLUMNS", "DiffResult", "diff", "find_new", "neighbours", "commands", "empty_rows", "list_reports",
-           "load_report", "report_dir", "row_records"]  # fmt: skip
+__all__ = [
+    "ROW_COLUMNS",
+    "DiffResult",
+    "diff",
+    "find_new",
+    "neighbours",
+    "commands",
+    "empty_rows",
+    "list_reports",
+    "load_report",
+    "report_dir",
+    "row_records",
+]
 
 _CHUNK_INTERVALS = 12  # intervals per anti-join pass: bounds memory when many intervals wait
 _BATCH_ROWS = 1 << 20  # baseline rows per streamed batch
@@ -147,11 +158,15 @@ def find_new(
     out = (
         sub.groupby([*keys, "reason"], sort=False, observed=True, dropna=False)
         .agg(
-            interval_start=(INTERVAL, "min"), first_seen=("first_seen", "min"), last_seen=("last_seen", "max"),
-            packets=("packets", "sum"), bytes=("bytes", "sum"), last_interval=(INTERVAL, "max"),
+            interval_start=(INTERVAL, "min"),
+            first_seen=("first_seen", "min"),
+            last_seen=("last_seen", "max"),
+            packets=("packets", "sum"),
+            bytes=("bytes", "sum"),
+            last_interval=(INTERVAL, "max"),
         )
         .reset_index()
-    )  # fmt: skip
+    )
     return out[cols]
 
 
@@ -358,9 +373,10 @@ def no_baseline_line(table: str, config: Config) -> str:
 def _pending(tokens: dict[pd.Timestamp, str], done: dict[pd.Timestamp, str], since: Any, until: Any) -> list:
     lo, hi = utc_timestamp(since), utc_timestamp(until)
     return [
-        s for s, tok in tokens.items()
+        s
+        for s, tok in tokens.items()
         if done.get(s) != tok and (lo is None or s >= lo) and (hi is None or s < hi)
-    ]  # fmt: skip
+    ]
 
 
 def _suppress_reported(
@@ -494,8 +510,15 @@ def _result(
     )
 
 
-def _diff_table(config: Config, tc: TableConfig, entry: TableEntry, pending: list[pd.Timestamp], rules: RuleSet,
-                nmap: NetworkMap, store: Any) -> pd.DataFrame:  # fmt: skip
+def _diff_table(
+    config: Config,
+    tc: TableConfig,
+    entry: TableEntry,
+    pending: list[pd.Timestamp],
+    rules: RuleSet,
+    nmap: NetworkMap,
+    store: Any,
+) -> pd.DataFrame:
     parts = []
     for i in range(0, len(pending), _CHUNK_INTERVALS):
         raw = store.read_intervals(tc.name, tc.keys, pending[i : i + _CHUNK_INTERVALS])
@@ -510,16 +533,23 @@ def _diff_table(config: Config, tc: TableConfig, entry: TableEntry, pending: lis
     return (
         allp.groupby([*tc.keys, "reason"], sort=False, observed=True, dropna=False)
         .agg(
-            interval_start=("interval_start", "min"), first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"), packets=("packets", "sum"), bytes=("bytes", "sum"),
+            interval_start=("interval_start", "min"),
+            first_seen=("first_seen", "min"),
+            last_seen=("last_seen", "max"),
+            packets=("packets", "sum"),
+            bytes=("bytes", "sum"),
             last_interval=("last_interval", "max"),
         )
         .reset_index()
-    )  # fmt: skip
+    )
 
 
-def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict[str, TableEntry],
-                 found: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:  # fmt: skip
+def _finish_rows(
+    config: Config,
+    selected: dict[str, TableConfig],
+    entries: dict[str, TableEntry],
+    found: dict[str, pd.DataFrame],
+) -> dict[str, pd.DataFrame]:
     """Sort, number, add neighbour and commands; every table gets a full-schema frame."""
     out: dict[str, pd.DataFrame] = {}
     row_no = 1
@@ -545,5 +575,3 @@ def _finish_rows(config: Config, selected: dict[str, TableConfig], entries: dict
         row_no += len(cand)
         out[name] = typed_rows(cand, keys)
     return out
-
-

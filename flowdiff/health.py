@@ -121,15 +121,18 @@ def load_state(config: Config) -> HealthState:
     """The recorded state; an unreadable file is treated as empty (problems are then found again)."""
     try:
         raw = json.loads(health_path(config).read_text(encoding="utf-8"))
-        problems = [Problem(**{k: v for k, v in p.items() if k in Problem.__dataclass_fields__})
-                    for p in raw.get("problems", [])]  # fmt: skip
+        problems = [
+            Problem(**{k: v for k, v in p.items() if k in Problem.__dataclass_fields__})
+            for p in raw.get("problems", [])
+        ]
     except FileNotFoundError:
         return HealthState()
     except (OSError, ValueError, TypeError, AttributeError) as e:
         log.warning("health: %s unreadable (%s); starting afresh", health_path(config), e)
         return HealthState()
-    return HealthState({p.ident: p for p in problems}, str(raw.get("last_heartbeat") or ""),
-                       str(raw.get("spool") or ""))  # fmt: skip
+    return HealthState(
+        {p.ident: p for p in problems}, str(raw.get("last_heartbeat") or ""), str(raw.get("spool") or "")
+    )
 
 
 def save_state(config: Config, state: HealthState) -> None:
@@ -222,8 +225,11 @@ def _stale_spool(obs: Observation, config: Config, spool: Any, now: float) -> No
     path, mtime = found
     age = now - mtime
     if age >= config.stale_after:
-        obs.add("stale-spool", str(d), f"no new capture in {d} for {_ago(age)} (newest: {path.name}, "
-                                       f"{iso_time(mtime)})")  # fmt: skip
+        obs.add(
+            "stale-spool",
+            str(d),
+            f"no new capture in {d} for {_ago(age)} (newest: {path.name}, {iso_time(mtime)})",
+        )
 
 
 def _file_stamp(path: str) -> str:
@@ -269,8 +275,12 @@ def _no_baseline(obs: Observation, config: Config, diff: Any, previous: HealthSt
         version = "?"
     if version is None:
         intervals, days = collected_span(config)
-        obs.add("no-baseline", "", f"no baseline yet: {intervals} interval{'s' if intervals != 1 else ''} "
-                                   f"collected ({days:.1f} days); flowdiff learn is due")  # fmt: skip
+        obs.add(
+            "no-baseline",
+            "",
+            f"no baseline yet: {intervals} interval{'s' if intervals != 1 else ''} "
+            f"collected ({days:.1f} days); flowdiff learn is due",
+        )
         return
     if diff is None:  # not diffed in this pass: what was known about single tables stays
         for p in previous.problems.values():
@@ -302,8 +312,12 @@ def _store(obs: Observation, config: Config, error: BaseException | None) -> Non
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(near).free
             if free < config.min_free:
-                obs.add("store", "disk", f"only {_size(free)} free on the disk of {config.store} "
-                                         f"(min_free {_size(config.min_free)})")  # fmt: skip
+                obs.add(
+                    "store",
+                    "disk",
+                    f"only {_size(free)} free on the disk of {config.store} "
+                    f"(min_free {_size(config.min_free)})",
+                )
     if error is not None:
         text = str(error) if not isinstance(error, OSError) else _os_error(error)
         obs.add("store", "run", f"the last pass failed: {text}")
@@ -345,8 +359,11 @@ def _outbox_failed(obs: Observation, config: Config) -> None:
     for name, meta in failed_messages(config):
         subject = meta.get("subject") or name
         why = meta.get("last_error") or meta.get("error") or "refused by the server"
-        obs.add("outbox-failed", name, f"message {meta.get('message_id') or name} ({subject}) was refused "
-                                       f"for good: {why}")  # fmt: skip
+        obs.add(
+            "outbox-failed",
+            name,
+            f"message {meta.get('message_id') or name} ({subject}) was refused for good: {why}",
+        )
 
 
 # ---------------------------------------------------------------- comparing, recording, mailing
@@ -400,9 +417,9 @@ def check(
         except OSError as e:  # the outbox cannot be written: the lines are still shown
             result.save_error = f"outbox: {_os_error(e)}"
             log.warning("health: cannot queue the health mail: %s", result.save_error)
-    spool_changed = spool is not None and state.spool != str(Path(spool).absolute())
-    if spool_changed:
-        state.spool = str(Path(spool).absolute())
+    spool_changed = False
+    if spool is not None and state.spool != (spool_path := str(Path(spool).absolute())):
+        state.spool, spool_changed = spool_path, True
     if result.changed or result.heartbeat or spool_changed:
         try:
             save_state(config, state)
@@ -446,14 +463,25 @@ def _queue_mails(config: Config, result: HealthResult, stamp: str) -> None:
                 f"{kind}: {opened[0].message}" if len(opened) == 1 else f"{kind}: {len(opened)} problems"
             )
             body = "\n".join(f"- {p.message}\n  since {p.since}" for p in opened)
-            result.queued.append(_queue(config, kind, subject, f"{body}\n\n{_hint(config, kind)}\n",
-                                        f"{kind}.open.{stamp}.{_digest(opened)}"))  # fmt: skip
+            result.queued.append(
+                _queue(
+                    config,
+                    kind,
+                    subject,
+                    f"{body}\n\n{_hint(config, kind)}\n",
+                    f"{kind}.open.{stamp}.{_digest(opened)}",
+                )
+            )
         if cleared:
-            subject = (f"{kind} cleared: {cleared[0].message}" if len(cleared) == 1
-                       else f"{kind} cleared: {len(cleared)} problems")  # fmt: skip
+            subject = (
+                f"{kind} cleared: {cleared[0].message}"
+                if len(cleared) == 1
+                else f"{kind} cleared: {len(cleared)} problems"
+            )
             body = "\n".join(f"- cleared: {p.message}\n  open since {p.since}" for p in cleared)
-            result.queued.append(_queue(config, kind, subject, body + "\n",
-                                        f"{kind}.cleared.{stamp}.{_digest(cleared)}"))  # fmt: skip
+            result.queued.append(
+                _queue(config, kind, subject, body + "\n", f"{kind}.cleared.{stamp}.{_digest(cleared)}")
+            )
 
 
 def _hint(config: Config, kind: str) -> str:
@@ -474,8 +502,11 @@ def _heartbeat_subject(open_problems: list[Problem]) -> str:
 
 
 def _heartbeat_body(open_problems: list[Problem], summary: str) -> str:
-    head = ("All quiet: no health problem is open.\n" if not open_problems else
-            "Open health problems:\n" + "\n".join(f"- {p.kind}: {p.message}" for p in open_problems) + "\n")  # fmt: skip
+    head = (
+        "All quiet: no health problem is open.\n"
+        if not open_problems
+        else "Open health problems:\n" + "\n".join(f"- {p.kind}: {p.message}" for p in open_problems) + "\n"
+    )
     return head + ("\n" + summary.rstrip("\n") + "\n" if summary else "")
 
 

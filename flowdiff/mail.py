@@ -493,8 +493,11 @@ def _attempt(config: Config, entry: OutboxEntry, outbox: Path, now: float) -> Ma
         where = _move_to_failed(outbox, entry, now)
         log.warning(
             "mail: %s refused for good (%s); moved to %s (flowdiff outbox drop %s removes it)",
-            entry.message_id, e, where, entry.name,
-        )  # fmt: skip
+            entry.message_id,
+            e,
+            where,
+            entry.name,
+        )
         return e
     except MailError as e:
         entry.last_error = str(e)
@@ -502,8 +505,11 @@ def _attempt(config: Config, entry: OutboxEntry, outbox: Path, now: float) -> Ma
         _write_state(outbox, entry)
         log.warning(
             "mail: attempt %d for %s failed: %s; next attempt at %s",
-            entry.attempts, entry.message_id, e, _now_iso(entry.next_attempt),
-        )  # fmt: skip
+            entry.attempts,
+            entry.message_id,
+            e,
+            _now_iso(entry.next_attempt),
+        )
         return e
     _remove_entry(outbox, entry)
     _record_delivery(config, entry, reply)

@@ -59,7 +59,12 @@ log = logging.getLogger(__name__)
 
 RUN_LOCK = ".run.lock"
 MAX_PASS_DELAY = 60.0  # watch: longest wait before retrying a pass that failed
-EXIT_OK, EXIT_NEW, EXIT_ERROR, EXIT_DEFERRED = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR, ExitCode.DEFERRED
+EXIT_OK, EXIT_NEW, EXIT_ERROR, EXIT_DEFERRED = (
+    ExitCode.OK,
+    ExitCode.NEW_ROWS,
+    ExitCode.ERROR,
+    ExitCode.DEFERRED,
+)
 
 
 @dataclass
@@ -92,7 +97,7 @@ class RunResult:
         return self.mail_enabled and self.outbox.deferred
 
     def exit_code(self, exit_on_new: bool = False) -> ExitCode:
-        if self.collect is not None and getattr(self.collect, "files_failed", 0):
+        if self.collect is not None and self.collect.files_failed:
             return ExitCode.ERROR
         if self.deferred:
             return ExitCode.DEFERRED
@@ -112,7 +117,7 @@ class RunResult:
 
     def _main_line(self) -> str:
         parts = []
-        if self.new_rows:
+        if self.new_rows and self.diff is not None:
             counts = ", ".join(
                 f"{t} {n}" for t, n in sorted(self.diff.counts().items(), key=lambda kv: -kv[1])
             )
@@ -159,7 +164,7 @@ def run(
             with contextlib.suppress(FlowdiffError, OSError):
                 result.outbox = flush_outbox(config)
             with contextlib.suppress(AttributeError):
-                e.health = result.health  # type: ignore[attr-defined]  # for the CLI's lines
+                e.health = result.health  # type: ignore[union-attr]  # for the CLI's lines
             raise
         result.health = _health(config, spool, result)
         result.outbox = flush_outbox(config)
@@ -167,11 +172,19 @@ def run(
     return result
 
 
-def _health(config: Config, spool: Any, result: RunResult, error: BaseException | None = None) -> HealthResult:
+def _health(
+    config: Config, spool: Any, result: RunResult, error: BaseException | None = None
+) -> HealthResult:
     """The health check of a pass; a failing check is logged, never fatal (the pass did its work)."""
     try:
-        return check_health(config, spool, collect=result.collect, diff=result.diff, error=error,
-                            summary=lambda: _status_text(config, spool))  # fmt: skip
+        return check_health(
+            config,
+            spool,
+            collect=result.collect,
+            diff=result.diff,
+            error=error,
+            summary=lambda: _status_text(config, spool),
+        )
     except Exception as e:  # noqa: BLE001 - health must not break the pass it watches
         log.exception("health check failed")
         return HealthResult(save_error=f"health check failed: {e}")
@@ -183,7 +196,9 @@ def _status_text(config: Config, spool: Any) -> str:
     return status(config, spool).text()
 
 
-def health_pass(config: Config, spool: str | os.PathLike | None = None, *, lock_wait: float = 0.0) -> HealthResult | None:
+def health_pass(
+    config: Config, spool: str | os.PathLike | None = None, *, lock_wait: float = 0.0
+) -> HealthResult | None:
     """A health check and outbox flush without collecting (watch between rotations: a capture that stops
     arriving is noticed although no pass runs). None when a pass holds the lock."""
     try:
@@ -332,7 +347,7 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
         log.info("watch: signal %d, stopping after the current pass", signum)
         stop.set()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)

@@ -12,7 +12,9 @@ Three layers of columns exist:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -128,11 +130,11 @@ def key_type(name: str) -> pa.DataType:
     raise KeyError(name)
 
 
-def is_ip_table(keys: list[str] | tuple[str, ...]) -> bool:
+def is_ip_table(keys: Sequence[str]) -> bool:
     return any(k in IP_ONLY or parse_net_key(k) is not None for k in keys)
 
 
-def table_schema(keys: list[str] | tuple[str, ...]) -> pa.Schema:
+def table_schema(keys: Sequence[str]) -> pa.Schema:
     """Schema of a count table's Parquet files (without the hive ``sensor`` partition column)."""
     fields = [pa.field(INTERVAL, TIMESTAMP, nullable=False)]
     fields += [pa.field(k, key_type(k), nullable=False) for k in keys]
@@ -140,7 +142,7 @@ def table_schema(keys: list[str] | tuple[str, ...]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def empty_frame(keys: list[str] | tuple[str, ...]):
+def empty_frame(keys: Sequence[str]) -> Any:
     """A zero-row pandas DataFrame with the full dtypes of a count table (never ``None``)."""
     return table_schema(keys).empty_table().to_pandas()
 

@@ -160,5 +160,3 @@ def _gc_state(config: Config, state: State) -> None:
         if f"state/{p.name}" not in keep:
             with contextlib.suppress(OSError):
                 p.unlink()
-
-

@@ -60,21 +60,41 @@ class Status:
             ("sensor", self.sensor),
             ("spool", self.spool or "-"),
             ("last capture", f"{human_time(cap['time'])}  {cap['path']}" if cap else "-"),
-            ("last collected", f"{human_time(col['collected_at'])}  {col['path']} ({col['status']})" if col else "-"),
-            ("last interval", f"{human_time(self.last_interval)}  ({self.intervals} in the store)"
-             if self.last_interval else "-"),
-            ("baseline", f"{base['version']}, learned {human_time(base['created_at'])} "
-             f"({_age(base['age_seconds'])} ago)" if base else "none yet (flowdiff learn)"),
-            ("last report", f"{rep['id']}, {rep['rows']} rows, {'sent' if rep['sent'] else 'not sent'}"
-             if rep else "-"),
+            (
+                "last collected",
+                f"{human_time(col['collected_at'])}  {col['path']} ({col['status']})" if col else "-",
+            ),
+            (
+                "last interval",
+                f"{human_time(self.last_interval)}  ({self.intervals} in the store)"
+                if self.last_interval
+                else "-",
+            ),
+            (
+                "baseline",
+                f"{base['version']}, learned {human_time(base['created_at'])} "
+                f"({_age(base['age_seconds'])} ago)"
+                if base
+                else "none yet (flowdiff learn)",
+            ),
+            (
+                "last report",
+                f"{rep['id']}, {rep['rows']} rows, {'sent' if rep['sent'] else 'not sent'}" if rep else "-",
+            ),
             ("outbox", f"{self.outbox_waiting} waiting, {self.outbox_failed} failed"),
-            ("health", "ok" if self.healthy else f"{len(self.problems)} problem"
-             f"{'s' if len(self.problems) != 1 else ''} open"),
-        ]  # fmt: skip
+            (
+                "health",
+                "ok"
+                if self.healthy
+                else f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''} open",
+            ),
+        ]
         width = max(len(k) for k, _ in rows) + 1
         out = [f"{k + ':':<{width}} {v}" for k, v in rows]
-        out += [f"  {p.kind}: {p.message} (since {human_time(p.since) if p.since else 'now'})"
-                for p in self.problems]  # fmt: skip
+        out += [
+            f"  {p.kind}: {p.message} (since {human_time(p.since) if p.since else 'now'})"
+            for p in self.problems
+        ]
         return out
 
     def text(self) -> str:
@@ -97,8 +117,11 @@ def status(config: Config, spool: str | os.PathLike | None = None, *, now: float
     spool = spool if spool is not None else config.spool
     if spool is None:
         spool = load_state(config).spool or None
-    st = Status(sensor=config.sensor_name, checked_at=iso_time(now) or "",
-                spool=str(spool) if spool is not None else None)  # fmt: skip
+    st = Status(
+        sensor=config.sensor_name,
+        checked_at=iso_time(now) or "",
+        spool=str(spool) if spool is not None else None,
+    )
     _captures(st, config, spool)
     _intervals(st, config)
     _baseline(st, config, now)
@@ -176,8 +199,12 @@ def _report(st: Status, config: Config) -> None:
     except (OSError, ValueError):
         meta = {}
     rows = sum((meta.get("counts") or {}).values()) if isinstance(meta.get("counts"), dict) else 0
-    st.last_report = {"id": ids[-1], "created_at": meta.get("created_at"), "rows": rows,
-                      "sent": (d / SENT_RECORD).exists()}  # fmt: skip
+    st.last_report = {
+        "id": ids[-1],
+        "created_at": meta.get("created_at"),
+        "rows": rows,
+        "sent": (d / SENT_RECORD).exists(),
+    }
 
 
 def _outbox(st: Status, config: Config) -> None:

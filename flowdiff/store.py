@@ -105,8 +105,6 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
         return None
 
 
-
-
 class Store:
     """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor."""
 
@@ -598,7 +596,7 @@ def _reaggregate(table: pa.Table, keys: Sequence[str], schema: pa.Schema) -> pa.
                 "last_seen_max": "last_seen",
             }.get(n, n)
             for n in agg.column_names
-        ]  # fmt: skip
+        ]
     )
     return _sort(agg.select(schema.names).cast(schema), keys)
 

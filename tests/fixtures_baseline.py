@@ -56,8 +56,15 @@ INTERVALS = 4  # per generated day: enough for the 2-interval evidence threshold
 
 def config_toml(root: Path, extra: str = "", tables: dict | None = None) -> str:
     """The same config as TOML text (for CLI tests, which read ./flowdiff.toml)."""
-    lines = [f'store = "{root / "store"}"', f'baselines = "{root / "baselines"}"', f'reports = "{root / "reports"}"',
-             f"interval = {INTERVAL_S}", f'sensor = "{SENSOR}"', extra, "[networks]"]  # fmt: skip
+    lines = [
+        f'store = "{root / "store"}"',
+        f'baselines = "{root / "baselines"}"',
+        f'reports = "{root / "reports"}"',
+        f"interval = {INTERVAL_S}",
+        f'sensor = "{SENSOR}"',
+        extra,
+        "[networks]",
+    ]
     lines += [f'"{cidr}" = "{label}"' for cidr, label in NETWORKS.items()]
     for name, spec in (tables or TABLES).items():
         lines.append(f"[tables.{name}]")
@@ -94,22 +101,60 @@ def make_config(root: Path, **overrides) -> Config:
     return parse_config(raw, base=root)
 
 
-def _flow(rows: list[dict], t: pd.Timestamp, src: str, dst: str, proto: int, sport: int, dport: int,
-          src_mac: str, dst_mac: str, packets: int, nbytes: int, client: str | None = None,
-          server: str | None = None, service_port: int | None = None, ethertype: int | None = None) -> None:  # fmt: skip
+def _flow(
+    rows: list[dict],
+    t: pd.Timestamp,
+    src: str,
+    dst: str,
+    proto: int,
+    sport: int,
+    dport: int,
+    src_mac: str,
+    dst_mac: str,
+    packets: int,
+    nbytes: int,
+    client: str | None = None,
+    server: str | None = None,
+    service_port: int | None = None,
+    ethertype: int | None = None,
+) -> None:
     """One direction of traffic in one interval."""
     if ethertype is None:
         ethertype = 0x86DD if ":" in src else 0x0800
-    rows.append(dict(
-        interval_start=t, src=src, dst=dst, proto=proto, sport=sport, dport=dport, src_mac=src_mac,
-        dst_mac=dst_mac, ethertype=ethertype, client=client or src, server=server or dst,
-        service_port=service_port if service_port is not None else dport, packets=packets, bytes=nbytes,
-        first_seen=t + pd.Timedelta(seconds=1), last_seen=t + pd.Timedelta(seconds=INTERVAL_S - 1),
-    ))  # fmt: skip
+    rows.append(
+        dict(
+            interval_start=t,
+            src=src,
+            dst=dst,
+            proto=proto,
+            sport=sport,
+            dport=dport,
+            src_mac=src_mac,
+            dst_mac=dst_mac,
+            ethertype=ethertype,
+            client=client or src,
+            server=server or dst,
+            service_port=service_port if service_port is not None else dport,
+            packets=packets,
+            bytes=nbytes,
+            first_seen=t + pd.Timedelta(seconds=1),
+            last_seen=t + pd.Timedelta(seconds=INTERVAL_S - 1),
+        )
+    )
 
 
-def _conversation(rows: list[dict], t: pd.Timestamp, client: str, cmac: str, server: str, smac: str, proto: int,
-                  port: int, rng: random.Random, packets: int = 4) -> None:  # fmt: skip
+def _conversation(
+    rows: list[dict],
+    t: pd.Timestamp,
+    client: str,
+    cmac: str,
+    server: str,
+    smac: str,
+    proto: int,
+    port: int,
+    rng: random.Random,
+    packets: int = 4,
+) -> None:
     eph = rng.randint(32768, 60999)
     _flow(rows, t, client, server, proto, eph, port, cmac, smac, packets, 80 * packets, client, server, port)
     _flow(rows, t, server, client, proto, port, eph, smac, cmac, packets, 900 * packets, client, server, port)
@@ -128,8 +173,10 @@ def day(n: int, intervals: int = INTERVALS) -> list[dict]:
     # DHCP: each client gets another lease every day; IPv6: new temporary address; phones: new MAC
     pool = rng.sample(range(100, 200), N_CLIENTS)
     clients = [(f"10.2.0.{pool[i]}", _random_mac(rng)) for i in range(N_CLIENTS)]
-    v6 = [(f"2001:db8:1::{rng.randrange(1, 1 << 16):x}:{rng.randrange(1, 1 << 16):x}", _random_mac(rng))
-          for _ in range(N_V6)]  # fmt: skip
+    v6 = [
+        (f"2001:db8:1::{rng.randrange(1, 1 << 16):x}:{rng.randrange(1, 1 << 16):x}", _random_mac(rng))
+        for _ in range(N_V6)
+    ]
     rows: list[dict] = []
     for i in range(intervals):
         t = start + pd.Timedelta(seconds=INTERVAL_S * i)
@@ -193,10 +240,16 @@ def tables_of(flows: Iterable[dict], config: Config) -> dict[str, pd.DataFrame]:
     for name, tc in config.tables.items():
         keys = list(tc.keys)
         part = df if name == "link" else df[df["ethertype"].isin([0x0800, 0x86DD])]
-        g = part.groupby([INTERVAL, *keys], sort=True).agg(
-            packets=("packets", "sum"), bytes=("bytes", "sum"), first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"),
-        ).reset_index()  # fmt: skip
+        g = (
+            part.groupby([INTERVAL, *keys], sort=True)
+            .agg(
+                packets=("packets", "sum"),
+                bytes=("bytes", "sum"),
+                first_seen=("first_seen", "min"),
+                last_seen=("last_seen", "max"),
+            )
+            .reset_index()
+        )
         out[name] = g
     return out
 

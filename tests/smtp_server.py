@@ -103,8 +103,14 @@ class SMTPServer:
 
     def mail_kwargs(self) -> dict:
         """Keyword arguments for flowdiff.config.MailConfig that reach this server."""
-        kw = dict(host="127.0.0.1", port=self.port, tls=self.mode, from_addr="flowdiff@sensor.test",
-                  to=("ops@example.test", "noc@example.test"), timeout=5.0)  # fmt: skip
+        kw = dict(
+            host="127.0.0.1",
+            port=self.port,
+            tls=self.mode,
+            from_addr="flowdiff@sensor.test",
+            to=("ops@example.test", "noc@example.test"),
+            timeout=5.0,
+        )
         if self.cafile:
             kw["cafile"] = str(self.cafile)
         if self.auth:
@@ -156,8 +162,14 @@ def make_server(
         cert = ca.issue_cert("127.0.0.1", "localhost")
         cafile = tmp_path / "smtp-test-ca.pem"
         ca.cert_pem.write_to_path(str(cafile))
-    srv = SMTPServer(mode, free_port(), Inbox(refuse=refuse), cafile,
-                     _Authenticator(USER, PASSWORD) if auth else None, size_limit=size_limit)  # fmt: skip
+    srv = SMTPServer(
+        mode,
+        free_port(),
+        Inbox(refuse=refuse),
+        cafile,
+        _Authenticator(USER, PASSWORD) if auth else None,
+        size_limit=size_limit,
+    )
     srv._cert = cert  # type: ignore[attr-defined]
     if start:
         srv.start()

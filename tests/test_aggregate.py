@@ -106,11 +106,13 @@ def services(p: dict[str, np.ndarray], **kw) -> list[tuple]:
 def test_syn_sender_is_client_even_against_the_port_rule():
     # the client happens to use port 80, the server listens on 5000: only the SYN tells
     c, s = "10.0.0.1", "10.0.0.2"
-    p = packets([
-        {"t": 1, "src": c, "dst": s, "sport": 80, "dport": 5000, "tcp_flags": SYN},
-        {"t": 2, "src": s, "dst": c, "sport": 5000, "dport": 80, "tcp_flags": SYN | ACK},
-        {"t": 3, "src": c, "dst": s, "sport": 80, "dport": 5000, "tcp_flags": ACK},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"t": 1, "src": c, "dst": s, "sport": 80, "dport": 5000, "tcp_flags": SYN},
+            {"t": 2, "src": s, "dst": c, "sport": 5000, "dport": 80, "tcp_flags": SYN | ACK},
+            {"t": 3, "src": c, "dst": s, "sport": 80, "dport": 5000, "tcp_flags": ACK},
+        ]
+    )
     assert services(p) == [(c, s, 6, 5000)]
 
 
@@ -139,10 +141,12 @@ def test_syn_knowledge_spans_chunks_and_intervals():
 
 def test_first_syn_wins_when_both_sides_sent_one():
     a, b = "10.0.0.1", "10.0.0.2"
-    p = packets([
-        {"t": 2, "src": b, "dst": a, "sport": 7000, "dport": 6000, "tcp_flags": SYN},
-        {"t": 1, "src": a, "dst": b, "sport": 6000, "dport": 7000, "tcp_flags": SYN},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"t": 2, "src": b, "dst": a, "sport": 7000, "dport": 6000, "tcp_flags": SYN},
+            {"t": 1, "src": a, "dst": b, "sport": 6000, "dport": 7000, "tcp_flags": SYN},
+        ]
+    )
     assert services(p) == [(a, b, 6, 7000)]
 
 
@@ -177,23 +181,27 @@ def test_port_rule_without_syn(sport, dport, service_ports, client_is_src, servi
 
 def test_equal_ports_both_directions_give_two_rows():
     a, b = "10.0.0.1", "10.0.0.2"
-    p = packets([
-        {"src": a, "dst": b, "sport": 500, "dport": 500, "proto": 17},
-        {"src": b, "dst": a, "sport": 500, "dport": 500, "proto": 17},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"src": a, "dst": b, "sport": 500, "dport": 500, "proto": 17},
+            {"src": b, "dst": a, "sport": 500, "dport": 500, "proto": 17},
+        ]
+    )
     assert services(p) == [(a, b, 17, 500), (b, a, 17, 500)]
 
 
 def test_icmp_echo_roles():
     h, r, gw = "10.0.0.1", "8.8.8.8", "10.0.0.254"
-    p = packets([
-        {"src": h, "dst": r, "proto": 1, "icmp_type": 8},  # echo request
-        {"src": r, "dst": h, "proto": 1, "icmp_type": 0},  # echo reply: its sender is the server
-        {"src": gw, "dst": h, "proto": 1, "icmp_type": 3, "icmp_code": 1},  # unreachable: sender = client
-        {"src": "2001:db8::1", "dst": "2001:db8::2", "proto": 58, "icmp_type": 128},
-        {"src": "2001:db8::2", "dst": "2001:db8::1", "proto": 58, "icmp_type": 129},
-        {"src": h, "dst": r, "proto": 47},  # GRE: sender = client, no port
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"src": h, "dst": r, "proto": 1, "icmp_type": 8},  # echo request
+            {"src": r, "dst": h, "proto": 1, "icmp_type": 0},  # echo reply: its sender is the server
+            {"src": gw, "dst": h, "proto": 1, "icmp_type": 3, "icmp_code": 1},  # unreachable: sender = client
+            {"src": "2001:db8::1", "dst": "2001:db8::2", "proto": 58, "icmp_type": 128},
+            {"src": "2001:db8::2", "dst": "2001:db8::1", "proto": 58, "icmp_type": 129},
+            {"src": h, "dst": r, "proto": 47},  # GRE: sender = client, no port
+        ]
+    )
     assert services(p) == sorted(
         [(h, r, 1, 0), (gw, h, 1, 0), ("2001:db8::1", "2001:db8::2", 58, 0), (h, r, 47, 0)]
     )
@@ -232,25 +240,34 @@ def test_client_ephemeral_ports_never_key_services(syn_seen):
 
 
 def test_labels_longest_prefix_ipv4_and_ipv6():
-    p = packets([
-        {"src": "10.1.0.7", "dst": "10.1.0.8", "sport": 40000, "dport": 25},
-        {"src": "10.2.0.1", "dst": "8.8.8.8", "sport": 40000, "dport": 53, "proto": 17},
-        {"src": "2001:db8:1::5", "dst": "2001:db8:1::6", "sport": 40000, "dport": 22},
-        {"src": "2001:db8:2::1", "dst": "fe80::1", "sport": 40000, "dport": 22},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"src": "10.1.0.7", "dst": "10.1.0.8", "sport": 40000, "dport": 25},
+            {"src": "10.2.0.1", "dst": "8.8.8.8", "sport": 40000, "dport": 53, "proto": 17},
+            {"src": "2001:db8:1::5", "dst": "2001:db8:1::6", "sport": 40000, "dport": 22},
+            {"src": "2001:db8:2::1", "dst": "fe80::1", "sport": 40000, "dport": 22},
+        ]
+    )
     t = aggregate(p, {"l": ("src_label", "dst_label")}, interval=60, networks=NETWORKS)["l"]
-    assert sorted(rows_of(t, "src_label", "dst_label")) == sorted([
-        ("mailhost", "dmz"), ("corp", "internet"), ("v6host", "v6lab"), ("v6corp", "other"),
-    ])  # fmt: skip
+    assert sorted(rows_of(t, "src_label", "dst_label")) == sorted(
+        [
+            ("mailhost", "dmz"),
+            ("corp", "internet"),
+            ("v6host", "v6lab"),
+            ("v6corp", "other"),
+        ]
+    )
     t = aggregate(p, {"l": ("client_label", "server_label")}, interval=60)["l"]
     assert set(rows_of(t, "client_label", "server_label")) == {("other", "other")}
 
 
 def test_net_keys():
-    p = packets([
-        {"src": "2001:db8:1:2:3::4", "dst": "2001:db8:1:2:ffff::1", "sport": 40000, "dport": 443},
-        {"src": "2001:db8:1:2:3::5", "dst": "2001:db8:7::1", "sport": 40001, "dport": 443},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"src": "2001:db8:1:2:3::4", "dst": "2001:db8:1:2:ffff::1", "sport": 40000, "dport": 443},
+            {"src": "2001:db8:1:2:3::5", "dst": "2001:db8:7::1", "sport": 40001, "dport": 443},
+        ]
+    )
     keys = ("src_net/24", "src_net/64", "server_net/120", "client_net/48")
     t = aggregate(p, {"n": keys}, interval=60)["n"]
     assert rows_of(t, *keys, "packets") == [
@@ -266,13 +283,27 @@ def test_net_keys():
 
 
 def test_non_ip_frames_counted_by_link_tables_only():
-    p = packets([
-        {"t": 1, "src_mac": 0xAABBCCDDEEFF, "dst_mac": 0xFFFFFFFFFFFF, "status": DecodeStatus.NOT_IP, "wirelen": 60},
-        {"t": 2, "src_mac": 0x001122334455, "status": DecodeStatus.BAD_IP, "ethertype": 0x800, "wirelen": 70},
-        {"t": 3, "status": DecodeStatus.UNKNOWN_LINKTYPE, "wirelen": 1000},
-        {"t": 4, "status": DecodeStatus.TRUNCATED_LINK, "wirelen": 1000},
-        {"t": 5, "src": "10.0.0.1", "dst": "10.0.0.2", "wirelen": 80},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {
+                "t": 1,
+                "src_mac": 0xAABBCCDDEEFF,
+                "dst_mac": 0xFFFFFFFFFFFF,
+                "status": DecodeStatus.NOT_IP,
+                "wirelen": 60,
+            },
+            {
+                "t": 2,
+                "src_mac": 0x001122334455,
+                "status": DecodeStatus.BAD_IP,
+                "ethertype": 0x800,
+                "wirelen": 70,
+            },
+            {"t": 3, "status": DecodeStatus.UNKNOWN_LINKTYPE, "wirelen": 1000},
+            {"t": 4, "status": DecodeStatus.TRUNCATED_LINK, "wirelen": 1000},
+            {"t": 5, "src": "10.0.0.1", "dst": "10.0.0.2", "wirelen": 80},
+        ]
+    )
     p["ethertype"][0] = 0x88CC
     agg = Aggregator(dict(DEFAULT_TABLES), interval=60)
     agg.add(p)
@@ -306,9 +337,14 @@ def test_empty_input_gives_empty_tables_with_full_schema():
 
 
 def test_interval_start_and_timestamps_are_exact():
-    p = packets([
-        {"t": 0}, {"t": 299.999999999}, {"t": 300}, {"t": -0.000001},
-    ])  # fmt: skip
+    p = packets(
+        [
+            {"t": 0},
+            {"t": 299.999999999},
+            {"t": 300},
+            {"t": -0.000001},
+        ]
+    )
     p["ts_ns"][:] = [1_767_225_600 * NS, 1_767_225_899_999_999_999, 1_767_225_900 * NS, -1000]
     t = aggregate(p, {"h": ("src",)}, interval=300)["h"]
     d = t.to_pydict()
@@ -410,8 +446,19 @@ def reference(
     """pandas DataFrames, one per table, computed without any of flowdiff's machinery."""
     df = pd.DataFrame({k: v.tolist() for k, v in p.items()})
     ok = df["status"] == DecodeStatus.OK
-    for col in ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport", "dport", "icmp_type",
-                "icmp_code", "tcp_flags"):  # fmt: skip
+    for col in (
+        "ip_version",
+        "src_hi",
+        "src_lo",
+        "dst_hi",
+        "dst_lo",
+        "proto",
+        "sport",
+        "dport",
+        "icmp_type",
+        "icmp_code",
+        "tcp_flags",
+    ):
         df.loc[~ok, col] = 0
     df["src_n"] = [
         (h << 64) | lo if v == 6 else lo for v, h, lo in zip(df.ip_version, df.src_hi, df.src_lo, strict=True)

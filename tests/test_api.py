@@ -19,10 +19,12 @@ def test_all_is_honest():
         if name != "__version__":
             assert obj.__doc__, f"flowdiff.{name} has no docstring"
     public = {
-        n for n in dir(flowdiff)
-        if not n.startswith("_") and n not in ("annotations", "importlib", "Any")
+        n
+        for n in dir(flowdiff)
+        if not n.startswith("_")
+        and n not in ("annotations", "importlib", "Any")
         and not isinstance(getattr(flowdiff, n), types.ModuleType)  # submodules, e.g. flowdiff.demo
-    }  # fmt: skip
+    }
     assert public <= set(flowdiff.__all__), public - set(flowdiff.__all__)
     with pytest.raises(AttributeError):
         flowdiff.no_such_name  # noqa: B018
@@ -45,9 +47,15 @@ def test_import_is_light():
 
 def test_store_api_on_a_collected_capture(tmp_path):
     frames = synth.tcp_session(
-        1_700_000_000 * 10**9, client_mac="02:00:00:00:00:01", server_mac="02:00:00:00:00:02",
-        client="192.0.2.7", server="192.0.2.25", cport=51000, sport=25, exchanges=[(True, b"HELO\r\n")],
-    )  # fmt: skip
+        1_700_000_000 * 10**9,
+        client_mac="02:00:00:00:00:01",
+        server_mac="02:00:00:00:00:02",
+        client="192.0.2.7",
+        server="192.0.2.25",
+        cport=51000,
+        sport=25,
+        exchanges=[(True, b"HELO\r\n")],
+    )
     cap = synth.write_pcap(tmp_path / "a.pcap", frames)
     config = flowdiff.parse_config({"store": str(tmp_path / "store"), "sensor": "nb"})
     result = flowdiff.collect([cap], config)

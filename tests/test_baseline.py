@@ -108,7 +108,9 @@ def test_versions_are_immutable_files_with_metadata(site):
     assert meta["window"]["intervals"] == 2 * fx.INTERVALS
     hist = history(site)
     assert [(v.id, v.parent, v.action, v.by) for v in hist] == [
-        ("v0001", None, "learn", hist[0].by), ("v0002", "v0001", "accept", "bob")]  # fmt: skip
+        ("v0001", None, "learn", hist[0].by),
+        ("v0002", "v0001", "accept", "bob"),
+    ]
     assert hist[0].reason == "first week" and "new web server" in hist[1].reason
     # no temp files anywhere in the baselines directory
     assert not [p for p in site.baselines.rglob("*") if p.name.endswith(".tmp")]
@@ -134,8 +136,11 @@ def test_accept_by_table_where_and_exact_key(site):
 
 def test_show_filters_and_diff_versions(site):
     learn(site)
-    accept(site, table="services", where={"client": "10.9.9.9", "server": "10.1.0.25", "proto": "6",
-                                          "service_port": "587"})  # fmt: skip
+    accept(
+        site,
+        table="services",
+        where={"client": "10.9.9.9", "server": "10.1.0.25", "proto": "6", "service_port": "587"},
+    )
     shown = show(site, "services", where=["service_port=500-600"])["services"]
     assert list(shown["client"]) == ["10.9.9.9"]
     d = diff_versions(site, 1, "v2")
@@ -164,8 +169,11 @@ def test_definition_change_is_refused_until_relearned(site, tmp_path):
     with pytest.raises(BaselineError, match=r"services.*another table definition.*collapse"):
         diff(changed)
     with pytest.raises(BaselineError, match="another table definition"):
-        accept(changed, table="services", where={"client": "1.2.3.4", "server": "10.1.0.25", "proto": 6,
-                                                 "service_port": 25})  # fmt: skip
+        accept(
+            changed,
+            table="services",
+            where={"client": "1.2.3.4", "server": "10.1.0.25", "proto": 6, "service_port": 25},
+        )
     learn(changed, tables=["services"])
     assert diff(changed).total == 0
 

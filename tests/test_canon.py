@@ -29,8 +29,12 @@ def _frame(**cols) -> pd.DataFrame:
 
 def test_collapse_turns_a_pool_into_its_label_and_adds_up():
     tc = TableConfig("services", ("client", "server", "proto", "service_port"), collapse=("dhcp",))
-    df = _frame(client=["10.2.0.17", "10.2.0.99", "10.1.0.5"], server=["10.1.0.10"] * 3,
-                proto=np.array([6, 6, 6], np.uint8), service_port=np.array([443, 443, 443], np.uint16))  # fmt: skip
+    df = _frame(
+        client=["10.2.0.17", "10.2.0.99", "10.1.0.5"],
+        server=["10.1.0.10"] * 3,
+        proto=np.array([6, 6, 6], np.uint8),
+        service_port=np.array([443, 443, 443], np.uint16),
+    )
     out = canonicalise(df, tc, NETS)
     assert sorted(out["client"]) == ["10.1.0.5", "dhcp"]
     pool = out[out["client"] == "dhcp"].iloc[0]
@@ -55,8 +59,14 @@ def test_collapse_applies_before_the_ipv6_prefix():
 
 
 def test_random_macs_collapse_but_group_and_global_macs_stay():
-    macs = ["da:00:00:00:00:01", "02:11:22:33:44:55", "00:16:3e:00:00:01", "ff:ff:ff:ff:ff:ff",
-            "33:33:00:00:00:01", "01:80:c2:00:00:0e"]  # fmt: skip
+    macs = [
+        "da:00:00:00:00:01",
+        "02:11:22:33:44:55",
+        "00:16:3e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "33:33:00:00:00:01",
+        "01:80:c2:00:00:0e",
+    ]
     assert random_mac_mask(np.array(macs, dtype=object)).tolist() == [True, True, False, False, False, False]
     tc = TableConfig("link", ("ethertype", "src_mac", "dst_mac"))
     df = _frame(ethertype=np.array([0x800] * 6, np.uint16), src_mac=macs, dst_mac=["ff:ff:ff:ff:ff:ff"] * 6)
@@ -88,8 +98,13 @@ def test_definition_names_every_setting_that_changes_keys():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.sampled_from(["10.2.0.1", "10.2.0.2", "10.1.0.1", "2001:db8::1", "2001:db8::2",
-                                 "2001:db8:1::9"]), min_size=1, max_size=40))  # fmt: skip
+@given(
+    st.lists(
+        st.sampled_from(["10.2.0.1", "10.2.0.2", "10.1.0.1", "2001:db8::1", "2001:db8::2", "2001:db8:1::9"]),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_canonicalise_keeps_totals_and_is_idempotent(addresses):
     tc = TableConfig("hosts", ("src",), collapse=("dhcp",), ipv6_prefix=64)
     df = _frame(src=addresses).drop_duplicates("src")
@@ -97,14 +112,19 @@ def test_canonicalise_keeps_totals_and_is_idempotent(addresses):
     twice = canonicalise(once, tc, NETS)
     assert int(once["packets"].sum()) == int(df["packets"].sum())
     assert not once.duplicated(["interval_start", "src"]).any()
-    pd.testing.assert_frame_equal(once.sort_values("src").reset_index(drop=True),
-                                  twice.sort_values("src").reset_index(drop=True))  # fmt: skip
+    pd.testing.assert_frame_equal(
+        once.sort_values("src").reset_index(drop=True), twice.sort_values("src").reset_index(drop=True)
+    )
 
 
 def test_fingerprints_are_distinct_for_distinct_keys():
     n = 200_000
-    t = pa.table({"a": pa.array([f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]),
-                  "p": pa.array(np.arange(n) % 7, pa.uint16())})  # fmt: skip
+    t = pa.table(
+        {
+            "a": pa.array([f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]),
+            "p": pa.array(np.arange(n) % 7, pa.uint16()),
+        }
+    )
     h1, h2 = key_hashes(t, ["a", "p"])
     assert len(np.unique(h1)) == n and len(np.unique(h2)) == n
     # column order is part of the key

@@ -352,8 +352,9 @@ def test_pcap_subsecond_overflow_carries_into_the_seconds(tmp_path, nanos, big):
     unit = 1 if nanos else 1000
     recs_in = [(10, limit - 1, b"a", 1), (11, limit, b"b", 1), (12, 0xFFFFFFFF, b"c", 1), (13, 0, b"d", 1)]
     for modified in [False, True] if not nanos else [False]:
-        recs, stats, _ = read_all(write(tmp_path, "t.pcap", pcap_file(recs_in, nanos=nanos, big=big,
-                                                                       modified=modified)))  # fmt: skip
+        recs, stats, _ = read_all(
+            write(tmp_path, "t.pcap", pcap_file(recs_in, nanos=nanos, big=big, modified=modified))
+        )
         assert [r[0] for r in recs] == [b"a", b"b", b"c", b"d"]
         assert [r[3] for r in recs] == [
             10 * 10**9 + (limit - 1) * unit,

@@ -119,10 +119,15 @@ def small_frames(*, t0: int = 1_700_000_000, clients: int = 3) -> list[synth.Fra
     frames = []
     for i in range(clients):
         frames += synth.tcp_session(
-            (t0 + 40 * i) * 10**9, client_mac="02:00:00:00:00:01", server_mac="00:00:5e:00:53:01",
-            client=f"192.0.2.{10 + i}", server="198.51.100.25", cport=40000 + i, sport=25,
+            (t0 + 40 * i) * 10**9,
+            client_mac="02:00:00:00:00:01",
+            server_mac="00:00:5e:00:53:01",
+            client=f"192.0.2.{10 + i}",
+            server="198.51.100.25",
+            cport=40000 + i,
+            sport=25,
             exchanges=[(True, b"EHLO x\r\n"), (False, b"250 ok\r\n")],
-        )  # fmt: skip
+        )
     frames.append(
         synth.Frame((t0 + 5) * 10**9, synth.arp_frame("02:00:00:00:00:01", "192.0.2.10", "192.0.2.1"))
     )
@@ -425,9 +430,14 @@ def test_memory_is_flat_as_the_capture_grows():
             if f.ts_ns >= t_end:
                 break
             raw = np.frombuffer(f.data, dtype=np.uint8)
-            batch = RecordBatch(raw, np.zeros(1, np.int64), np.array([len(raw)], np.uint32),
-                                np.array([len(raw)], np.uint32), np.array([f.ts_ns], np.int64),
-                                np.ones(1, np.uint16))  # fmt: skip
+            batch = RecordBatch(
+                raw,
+                np.zeros(1, np.int64),
+                np.array([len(raw)], np.uint32),
+                np.array([len(raw)], np.uint32),
+                np.array([f.ts_ns], np.int64),
+                np.ones(1, np.uint16),
+            )
             agg.add(decode(batch))
             if agg.closed_intervals():
                 drained += sum(t.num_rows for t in agg.drain().values())
@@ -453,8 +463,10 @@ def test_kill_minus_9_at_every_step_of_a_capture_drained_in_parts(tmp_path, monk
     monkeypatch.setattr(
         importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048
     )  # inherited by fork
-    files = [synth.write_pcap(tmp_path / f"l{i}.pcap", long_frames(t0=1_700_000_040 + 90 * i, minutes=2))
-             for i in range(2)]  # fmt: skip
+    files = [
+        synth.write_pcap(tmp_path / f"l{i}.pcap", long_frames(t0=1_700_000_040 + 90 * i, minutes=2))
+        for i in range(2)
+    ]
     ref = tmp_path / "ref"
     _collect_parts_child(str(ref), [str(f) for f in files], None)
     want = {t: Store(ref).read(t) for t in _PART_TABLES}
@@ -762,15 +774,22 @@ def test_collect_table_on_a_capture_collected_before_fills_that_table(tmp_path, 
     before = write_config('sensor = "s"\n[tables.hosts]\nkeys = ["src"]\n')
     assert run_cli("collect", str(cap), config=before).exit_code == 0
     hosts = _parquet_bytes(tmp_path / "store", "hosts")
-    after = write_config('sensor = "s"\n[tables.hosts]\nkeys = ["src"]\n'
-                         '[tables.link]\nkeys = ["ethertype", "src_mac", "dst_mac"]\n')  # fmt: skip
+    after = write_config(
+        'sensor = "s"\n[tables.hosts]\nkeys = ["src"]\n'
+        '[tables.link]\nkeys = ["ethertype", "src_mac", "dst_mac"]\n'
+    )
     r = run_cli("collect", "--table", "link", str(cap), config=after)
     assert r.exit_code == 0, r.output
     assert r.output.startswith("1 file collected, 31 packets,")
     assert "1 read again for table link" in r.output and "already collected" not in r.output
     assert _parquet_bytes(tmp_path / "store", "hosts") == hosts
-    ref = parse_config({"sensor": "s", "store": str(tmp_path / "ref"),
-                        "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}}})  # fmt: skip
+    ref = parse_config(
+        {
+            "sensor": "s",
+            "store": str(tmp_path / "ref"),
+            "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}},
+        }
+    )
     collect([cap], ref)
     pd.testing.assert_frame_equal(
         Store(tmp_path / "store").read("link"), Store(tmp_path / "ref").read("link")
@@ -808,11 +827,17 @@ def test_table_added_to_the_config_is_filled_by_the_next_spool_run(tmp_path):
     assert [(f.status, f.again, f.tables) for f in copy.files] == [("ok", True, ["services"])]
     res = collect([spool], three)
     assert [(Path(f.path).name, f.status, f.tables) for f in res.files] == [
-        (caps[0].name, "known", []), (caps[1].name, "ok", ["services"])
-    ]  # fmt: skip
+        (caps[0].name, "known", []),
+        (caps[1].name, "ok", ["services"]),
+    ]
     assert _parquet_bytes(tmp_path / "store", "pairs") == pairs
-    ref = parse_config({"sensor": "s", "store": str(tmp_path / "ref"),
-                        "tables": {t: {"keys": list(tc.keys)} for t, tc in three.tables.items()}})  # fmt: skip
+    ref = parse_config(
+        {
+            "sensor": "s",
+            "store": str(tmp_path / "ref"),
+            "tables": {t: {"keys": list(tc.keys)} for t, tc in three.tables.items()},
+        }
+    )
     collect([spool], ref)
     for t in three.tables:
         pd.testing.assert_frame_equal(Store(tmp_path / "store").read(t), Store(tmp_path / "ref").read(t))

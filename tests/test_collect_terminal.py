@@ -29,8 +29,15 @@ def _on_a_terminal(args: list[str], cwd: Path, timeout: float = 120) -> tuple[in
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flowdiff", *args], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=cwd, env=env, close_fds=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowdiff", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+    )
     os.close(slave)
     out = b""
     deadline = time.monotonic() + timeout
@@ -59,9 +66,16 @@ def _captures(directory: Path, n: int) -> list[Path]:
     out = []
     for i in range(n):
         frames = synth.udp_exchange(
-            (1_700_000_000 + 60 * i) * 10**9, client_mac="02:00:00:00:00:01", server_mac="02:00:00:00:00:02",
-            client="192.0.2.1", server="192.0.2.53", cport=40000 + i, sport=53, request=b"q", response=b"a",
-        )  # fmt: skip
+            (1_700_000_000 + 60 * i) * 10**9,
+            client_mac="02:00:00:00:00:01",
+            server_mac="02:00:00:00:00:02",
+            client="192.0.2.1",
+            server="192.0.2.53",
+            cport=40000 + i,
+            sport=53,
+            request=b"q",
+            response=b"a",
+        )
         out.append(synth.write_pcap(directory / f"2026120121{50 + i}00.pcap", frames))
     return out
 

@@ -154,8 +154,12 @@ def test_every_relative_path_in_a_config_file_is_relative_to_its_folder(tmp_path
     os.chdir(other)
     c = load_config(cfg)
     assert (c.store, c.baselines, c.reports) == (site / "data/store", site / "data/baselines", site / "out")
-    assert (c.spool, c.outbox_path, c.rules_path, c.templates) == (site / "spool", site / "box",
-                                                                    site / "rules.toml", site / "tpl")  # fmt: skip
+    assert (c.spool, c.outbox_path, c.rules_path, c.templates) == (
+        site / "spool",
+        site / "box",
+        site / "rules.toml",
+        site / "tpl",
+    )
     assert c.networks == {"10.0.0.0/8": "lan"}
     assert (c.mail.cafile, c.mail.password_file) == (str(site / "ca.pem"), str(site / "pw"))
 
@@ -181,8 +185,16 @@ def test_the_readme_cron_line_run_from_home_uses_the_site_store(tmp_path, data_d
     shutil.copy(data_dir / "tcpdump__LINKTYPE_IPV4.pcap", cap)
     os.utime(cap, (time.time() - 3000, time.time() - 3000))  # closed 50 min ago
     (site / "flowdiff.toml").write_text('sensor = "s1"\nreports = "reports"\n')
-    cmd = [sys.executable, "-m", "flowdiff", "run", "--config", str(site / "flowdiff.toml"),
-           "--spool", str(site / "spool")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "flowdiff",
+        "run",
+        "--config",
+        str(site / "flowdiff.toml"),
+        "--spool",
+        str(site / "spool"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

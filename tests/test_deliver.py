@@ -36,8 +36,13 @@ smtp_small = smtp_server.smtp_small
 
 
 def config_for(server, tmp_path: Path, **kw) -> Config:
-    return Config(reports=tmp_path / "reports", sensor="sensor1", max_rows=4, mail=MailConfig(**server.mail_kwargs()),
-                  **kw)  # fmt: skip
+    return Config(
+        reports=tmp_path / "reports",
+        sensor="sensor1",
+        max_rows=4,
+        mail=MailConfig(**server.mail_kwargs()),
+        **kw,
+    )
 
 
 def write_config(tmp_path: Path, server=None, **extra) -> Path:
@@ -45,8 +50,14 @@ def write_config(tmp_path: Path, server=None, **extra) -> Path:
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     if server is not None:
         kw = server.mail_kwargs()
-        lines += ["[mail]", f'host = "{kw["host"]}"', f"port = {kw['port']}", f'tls = "{kw["tls"]}"',
-                  f'from = "{kw["from_addr"]}"', "to = [" + ", ".join(f'"{a}"' for a in kw["to"]) + "]"]  # fmt: skip
+        lines += [
+            "[mail]",
+            f'host = "{kw["host"]}"',
+            f"port = {kw['port']}",
+            f'tls = "{kw["tls"]}"',
+            f'from = "{kw["from_addr"]}"',
+            "to = [" + ", ".join(f'"{a}"' for a in kw["to"]) + "]",
+        ]
     path = tmp_path / "flowdiff.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -70,8 +81,12 @@ def archive_diff_report(config: Config, result) -> None:
 
 
 def test_deliver_twice_rewrites_the_same_files_and_keeps_one_outbox_entry(tmp_path):
-    config = Config(reports=tmp_path / "reports", sensor="s", max_rows=3,
-                    mail=MailConfig(host="127.0.0.1", to=("a@b.test",)))  # fmt: skip
+    config = Config(
+        reports=tmp_path / "reports",
+        sensor="s",
+        max_rows=3,
+        mail=MailConfig(host="127.0.0.1", to=("a@b.test",)),
+    )
     result = make_result(services=9)
     first = deliver(result, config)
     files = {p.name: p.read_bytes() for p in first.report_dir.iterdir()}
@@ -143,8 +158,10 @@ def test_max_message_bytes_too_small_for_any_attachment_still_delivers(tmp_path)
     assert "rows.parquet" in d.rendered.text
 
 
-@pytest.mark.parametrize(("value", "expected"), [(2_000_000, 2_000_000), ("5MB", 5_000_000), ("500kB", 500_000),
-                                                 ("300 kb", 300_000)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(2_000_000, 2_000_000), ("5MB", 5_000_000), ("500kB", 500_000), ("300 kb", 300_000)],
+)
 def test_max_message_bytes_config(value, expected):
     assert parse_config({"max_message_bytes": value}).max_message_bytes == expected
 

@@ -95,8 +95,11 @@ def test_cli_rerun_in_the_same_workdir_names_the_same_anomalies(demo):
     for anomaly in demo.scenario.anomalies:
         assert anomaly.name in text and anomaly.description in text
     # the rows printed are the rows of the first run: a rerun is stable
-    printed = {ln.split()[0] + " " + " ".join(w for w in ln.split() if "=" in w)
-               for ln in text.splitlines() if "=" in ln and not ln.startswith("Explore")}  # fmt: skip
+    printed = {
+        ln.split()[0] + " " + " ".join(w for w in ln.split() if "=" in w)
+        for ln in text.splitlines()
+        if "=" in ln and not ln.startswith("Explore")
+    }
     want = {
         f.row.table + " " + " ".join(f"{k}={format_value(k, v)}" for k, v in f.row.key) for f in demo.findings
     }
@@ -115,8 +118,17 @@ def test_refuses_a_directory_it_did_not_make(tmp_path):
 
 
 def test_only_mail_and_report_settings_can_be_overridden(tmp_path):
-    sc = Scenario(directory=tmp_path, start=SCENARIO_START, days=7, rotate=3600, seed=0, normal_files=(),
-                  last_day_files=(), anomalies=(), packets=0)  # fmt: skip
+    sc = Scenario(
+        directory=tmp_path,
+        start=SCENARIO_START,
+        days=7,
+        rotate=3600,
+        seed=0,
+        normal_files=(),
+        last_day_files=(),
+        anomalies=(),
+        packets=0,
+    )
     cfg = demo_config(sc, tmp_path, {"max_rows": 5, "mail": None})
     assert cfg.max_rows == 5 and cfg.store == tmp_path.resolve() / "store" and not cfg.mail.enabled
     assert set(cfg.tables) == set(sc.tables) and cfg.networks == sc.networks

@@ -77,7 +77,7 @@ def test_normal_days_give_zero_new_rows(site):
                 "pairs": [("10.1.0.10", "10.1.0.53", 17), ("10.1.0.53", "10.1.0.10", 17)],
                 "services": [("10.1.0.10", "10.1.0.53", 17, 53)],
             },
-        ),  # fmt: skip
+        ),
         ("lldp", {"link": [(0x88CC, "00:1b:21:aa:bb:cc", "01:80:c2:00:00:0e")]}),
     ],
 )
@@ -277,10 +277,17 @@ def test_cli_json_lines_contract_and_exit_codes(site):
     objs = [json.loads(line) for line in out.output.splitlines()]
     assert [o["table"] for o in objs] == ["services", "link"]
     svc = objs[0]
-    assert {k: svc[k] for k in ("client", "server", "proto", "service_port", "packets", "bytes", "reason")} == {
-        "client": "dhcp", "server": "10.1.0.25", "proto": 6, "service_port": 8080, "packets": 8, "bytes": 3920,
+    assert {
+        k: svc[k] for k in ("client", "server", "proto", "service_port", "packets", "bytes", "reason")
+    } == {
+        "client": "dhcp",
+        "server": "10.1.0.25",
+        "proto": 6,
+        "service_port": 8080,
+        "packets": 8,
+        "bytes": 3920,
         "reason": "new",
-    }  # fmt: skip
+    }
     assert svc["interval_start"] == "2026-11-03T08:05:00Z" and svc["first_seen"] == "2026-11-03T08:05:01Z"
     assert objs[1]["ethertype"] == 0x88CC
     # nothing new: no output at all, exit 0 even with --exit-code
@@ -318,8 +325,17 @@ def test_cli_ignore_from_report_wildcards_the_client(site):
     # another client of that service (not from the DHCP pool): allowed by the wildcard
     rows: list[dict] = []
     t = fx.DAY0 + pd.Timedelta(days=2)
-    fx._conversation(rows, t, "10.1.0.99", "00:16:3e:00:00:63", "10.1.0.25", fx.SERVER_MAC["10.1.0.25"], 6, 8080,
-                     __import__("random").Random(1))  # fmt: skip
+    fx._conversation(
+        rows,
+        t,
+        "10.1.0.99",
+        "00:16:3e:00:00:63",
+        "10.1.0.25",
+        fx.SERVER_MAC["10.1.0.25"],
+        6,
+        8080,
+        __import__("random").Random(1),
+    )
     fx.write(site, fx.day(2) + rows, "day2")
     assert diff(site, tables=["services"]).total == 0
     assert _keys(diff(site, tables=["hosts"]), "hosts") == [("10.1.0.99",)]
@@ -352,7 +368,7 @@ def test_key_hashes_ignore_chunking_and_slicing():
         ),
         min_size=1,
         max_size=30,
-    ),  # fmt: skip
+    ),
     st.lists(
         st.tuples(st.sampled_from(["10.0.0.1", "10.0.0.9", "2001:db8::1"]), st.integers(0, 3)), max_size=10
     ),
@@ -360,15 +376,23 @@ def test_key_hashes_ignore_chunking_and_slicing():
 def test_find_new_equals_a_plain_anti_join(rows, base):
     tc = TableConfig(name="t", keys=("src", "proto"))
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
-    df = pd.DataFrame({"interval_start": [t0 + pd.Timedelta(minutes=5 * (i % 3)) for i in range(len(rows))],
-                       "src": [r[0] for r in rows], "proto": np.array([r[1] for r in rows], np.uint8),
-                       "packets": np.array([r[2] for r in rows], np.uint64),
-                       "bytes": np.array([r[2] * 100 for r in rows], np.uint64)})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "interval_start": [t0 + pd.Timedelta(minutes=5 * (i % 3)) for i in range(len(rows))],
+            "src": [r[0] for r in rows],
+            "proto": np.array([r[1] for r in rows], np.uint8),
+            "packets": np.array([r[2] for r in rows], np.uint64),
+            "bytes": np.array([r[2] * 100 for r in rows], np.uint64),
+        }
+    )
     df["first_seen"] = df["interval_start"]
     df["last_seen"] = df["interval_start"]
     df = df.groupby(["interval_start", "src", "proto"], as_index=False).agg(
-        packets=("packets", "sum"), bytes=("bytes", "sum"), first_seen=("first_seen", "min"),
-        last_seen=("last_seen", "max"))  # fmt: skip
+        packets=("packets", "sum"),
+        bytes=("bytes", "sum"),
+        first_seen=("first_seen", "min"),
+        last_seen=("last_seen", "max"),
+    )
     bt = pa.table(
         {
             "src": pa.array([b[0] for b in base], pa.string()),

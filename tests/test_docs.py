@@ -56,9 +56,16 @@ def test_readme_store_one_liners_run(tmp_path):
     from flowdiff.demo import frames as synth
 
     frames = synth.udp_exchange(
-        1_700_000_000 * 10**9, client_mac="02:00:00:00:00:01", server_mac="02:00:00:00:00:02",
-        client="192.0.2.1", server="192.0.2.53", cport=40000, sport=53, request=b"q", response=b"a",
-    )  # fmt: skip
+        1_700_000_000 * 10**9,
+        client_mac="02:00:00:00:00:01",
+        server_mac="02:00:00:00:00:02",
+        client="192.0.2.1",
+        server="192.0.2.53",
+        cport=40000,
+        sport=53,
+        request=b"q",
+        response=b"a",
+    )
     collect([synth.write_pcap(tmp_path / "a.pcap", frames)], parse_config({"sensor": "doc"}))
     section = README.split("## The store", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)

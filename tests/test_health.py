@@ -117,8 +117,10 @@ def test_capture_errors_once_per_file(site, smtp_plain, tmp_path):
     res = run(config, spool)
     assert res.collect.files_failed == 1
     lines = hlines(res)
-    assert lines == [f"health capture-errors: {bad} at byte 20: reserved bits set in the pcap link-type field "
-                     "(0x00300000): unknown format extension"]  # fmt: skip
+    assert lines == [
+        f"health capture-errors: {bad} at byte 20: reserved bits set in the pcap link-type field "
+        "(0x00300000): unknown format extension"
+    ]
     (msg,) = health_mails(smtp_plain, 1)
     assert msg["X-Flowdiff-Health"] == "capture-errors"
     assert msg["Subject"].startswith("[flowdiff demo] health: capture-errors: ")
@@ -222,12 +224,22 @@ def test_outbox_failed_open_while_a_refused_message_is_there(site, smtp_plain, t
     failed = config.outbox_path / "failed"
     failed.mkdir(parents=True)
     (failed / "r1@demo.flowdiff.eml").write_bytes(b"Subject: big report\r\n\r\nbody\r\n")
-    (failed / "r1@demo.flowdiff.json").write_text(json.dumps({
-        "message_id": "<r1@demo.flowdiff>", "subject": "[flowdiff demo] 388873 new rows",
-        "last_error": "552 5.3.4 Message size exceeds fixed limit"}))  # fmt: skip
+    (failed / "r1@demo.flowdiff.json").write_text(
+        json.dumps(
+            {
+                "message_id": "<r1@demo.flowdiff>",
+                "subject": "[flowdiff demo] 388873 new rows",
+                "last_error": "552 5.3.4 Message size exceeds fixed limit",
+            }
+        )
+    )
     res = run(config, None)
-    assert hlines(res) == [("health outbox-failed: message <r1@demo.flowdiff> ([flowdiff demo] 388873 new rows) "
-                             "was refused for good: 552 5.3.4 Message size exceeds fixed limit")]  # fmt: skip
+    assert hlines(res) == [
+        (
+            "health outbox-failed: message <r1@demo.flowdiff> ([flowdiff demo] 388873 new rows) "
+            "was refused for good: 552 5.3.4 Message size exceeds fixed limit"
+        )
+    ]
     (msg,) = health_mails(smtp_plain, 1)
     assert msg["X-Flowdiff-Health"] == "outbox-failed" and "outbox drop" in msg.get_content()
     assert run(config, None).summary() == ""
@@ -278,9 +290,11 @@ def test_watch_notices_a_spool_going_quiet_between_rotations(site, tmp_path, cap
     stop = threading.Event()
     passes = []
     caplog.set_level(logging.INFO, logger="flowdiff")
-    thread = threading.Thread(target=watch, args=(config, spool),
-                              kwargs={"poll": 0.05, "retry_every": 0.2, "stop_event": stop,
-                                      "on_pass": passes.append})  # fmt: skip
+    thread = threading.Thread(
+        target=watch,
+        args=(config, spool),
+        kwargs={"poll": 0.05, "retry_every": 0.2, "stop_event": stop, "on_pass": passes.append},
+    )
     thread.start()
     try:
         deadline = time.time() + 30

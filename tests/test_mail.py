@@ -329,9 +329,16 @@ def cli():
 
 def write_mail_config(tmp_path: Path, server, **extra) -> Path:
     kw = server.mail_kwargs()
-    lines = [f'reports = "{tmp_path / "reports"}"', 'sensor = "sensor1"', "[mail]", f'host = "{kw["host"]}"',
-             f"port = {kw['port']}", f'tls = "{kw["tls"]}"', f'from = "{kw["from_addr"]}"',
-             "to = [" + ", ".join(f'"{a}"' for a in kw["to"]) + "]"]  # fmt: skip
+    lines = [
+        f'reports = "{tmp_path / "reports"}"',
+        'sensor = "sensor1"',
+        "[mail]",
+        f'host = "{kw["host"]}"',
+        f"port = {kw['port']}",
+        f'tls = "{kw["tls"]}"',
+        f'from = "{kw["from_addr"]}"',
+        "to = [" + ", ".join(f'"{a}"' for a in kw["to"]) + "]",
+    ]
     lines += [f'{k} = "{v}"' for k, v in extra.items()]
     path = tmp_path / "flowdiff.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -52,11 +52,31 @@ def _reference_label(addr: str) -> str:
 
 def test_longest_prefix_ipv4_and_ipv6_mixed():
     nm = NetworkMap(NETWORKS)
-    addrs = ["10.1.0.7", "10.1.0.8", "10.2.3.4", "8.8.8.8", "2001:db8:1::5", "2001:db8:1::6",
-             "2001:db8:1::1:0", "2001:db8:2::1", "2001:db9::1", "fe80::1"]  # fmt: skip
+    addrs = [
+        "10.1.0.7",
+        "10.1.0.8",
+        "10.2.3.4",
+        "8.8.8.8",
+        "2001:db8:1::5",
+        "2001:db8:1::6",
+        "2001:db8:1::1:0",
+        "2001:db8:2::1",
+        "2001:db9::1",
+        "fe80::1",
+    ]
     got = nm.labels_for_ints(*_ints(addrs))
-    assert list(got) == ["mailhost", "dmz", "corp", "internet", "v6host", "v6tiny", "v6lab", "v6corp",
-                         "other", "other"]  # fmt: skip
+    assert list(got) == [
+        "mailhost",
+        "dmz",
+        "corp",
+        "internet",
+        "v6host",
+        "v6tiny",
+        "v6lab",
+        "v6corp",
+        "other",
+        "other",
+    ]
     assert list(nm.labels_for_text(addrs)) == list(got)
 
 

@@ -94,8 +94,11 @@ def test_run_mails_one_digest_for_an_anomaly_and_nothing_for_a_normal_day(site, 
 
     res = run(config, spool_with(site["anomalous"].last_day_files, tmp_path / "spool"))
     expected = site["anomalous"].expected_rows()
-    found = {(t, tuple(zip(res.diff.keys[t], r, strict=True)))
-             for t, df in res.diff.rows.items() for r in df[list(res.diff.keys[t])].itertuples(index=False)}  # fmt: skip
+    found = {
+        (t, tuple(zip(res.diff.keys[t], r, strict=True)))
+        for t, df in res.diff.rows.items()
+        for r in df[list(res.diff.keys[t])].itertuples(index=False)
+    }
     assert {(e.table, e.key) for e in expected} <= found
     assert res.exit_code() == EXIT_OK and res.exit_code(exit_on_new=True) == EXIT_NEW
     assert res.outbox.sent == [res.message_id] and not res.deferred
@@ -176,8 +179,10 @@ def test_run_before_any_baseline_only_collects(site, tmp_path):
     assert res.no_baseline and res.diff is None and res.collect.files_ok == 3
     assert res.exit_code(exit_on_new=True) == EXIT_OK
     # not silent: one line saying how much is collected and that learning is due (daily, not every pass)
-    assert res.summary() == "health no-baseline: no baseline yet: 12 intervals collected (0.5 days); " \
-                            "flowdiff learn is due"
+    assert (
+        res.summary() == "health no-baseline: no baseline yet: 12 intervals collected (0.5 days); "
+        "flowdiff learn is due"
+    )
     assert run(config, tmp_path / "spool").summary() == ""
 
 
@@ -202,8 +207,9 @@ def test_watch_mails_within_seconds_of_rotation_and_survives_a_bad_capture(site,
     os.utime(broken, (0, 0))
     stop = threading.Event()
     passes = []
-    thread = threading.Thread(target=watch, args=(config, spool),
-                              kwargs={"poll": 0.1, "stop_event": stop, "on_pass": passes.append})  # fmt: skip
+    thread = threading.Thread(
+        target=watch, args=(config, spool), kwargs={"poll": 0.1, "stop_event": stop, "on_pass": passes.append}
+    )
     thread.start()
     try:
         deadline = time.time() + 30
@@ -235,9 +241,11 @@ def test_watch_retries_a_failed_pass(site, tmp_path, caplog):
     stop = threading.Event()
     passes = []
     with file_lock(run_lock_path(config), wait=0):  # a long cron run holds the lock
-        thread = threading.Thread(target=watch, args=(config, tmp_path / "spool"),
-                                  kwargs={"poll": 0.05, "stop_event": stop, "lock_wait": 0.2,
-                                          "on_pass": passes.append})  # fmt: skip
+        thread = threading.Thread(
+            target=watch,
+            args=(config, tmp_path / "spool"),
+            kwargs={"poll": 0.05, "stop_event": stop, "lock_wait": 0.2, "on_pass": passes.append},
+        )
         thread.start()
         time.sleep(0.6)
         assert passes == []
@@ -256,9 +264,22 @@ def test_sigterm_stops_the_watch_cleanly(site, tmp_path):
     spool = tmp_path / "spool"
     spool.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowdiff", "watch", str(spool), "--config", str(config_file), "--poll", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flowdiff",
+            "watch",
+            str(spool),
+            "--config",
+            str(config_file),
+            "--poll",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.time() + 30
         while time.time() < deadline and not lock.exists():  # the start-up pass has begun
@@ -309,8 +330,14 @@ def write_config(site, tmp_path: Path, server=None) -> Path:
     lines = [f"{k} = {_toml(v)}" for k, v in raw.items()] + ["stale_after = 0"]
     if server is not None:
         kw = server.mail_kwargs()
-        lines += ["[mail]", f"host = {_toml(kw['host'])}", f"port = {kw['port']}", 'tls = "none"',
-                  f"from = {_toml(kw['from_addr'])}", f"to = {_toml(kw['to'])}"]  # fmt: skip
+        lines += [
+            "[mail]",
+            f"host = {_toml(kw['host'])}",
+            f"port = {kw['port']}",
+            'tls = "none"',
+            f"from = {_toml(kw['from_addr'])}",
+            f"to = {_toml(kw['to'])}",
+        ]
     for name, spec in tables.items():
         lines += [f"[tables.{name}]", *(f"{k} = {_toml(v)}" for k, v in spec.items())]
     path = tmp_path / "flowdiff.toml"

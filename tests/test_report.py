@@ -62,8 +62,10 @@ def test_bodies_show_every_row_sorted_by_bytes_with_exact_commands(tmp_path):
     for table, df in result.rows.items():
         ordered = df.sort_values("bytes", ascending=False)
         for body in (r.text, r.html):
-            positions = [body.find(str(cmd).replace("'", "&#39;") if body is r.html else cmd)
-                         for cmd in ordered["accept_cmd"]]  # fmt: skip
+            positions = [
+                body.find(str(cmd).replace("'", "&#39;") if body is r.html else cmd)
+                for cmd in ordered["accept_cmd"]
+            ]
             assert all(p >= 0 for p in positions), (table, positions)
             assert positions == sorted(positions), f"{table} rows are not sorted by bytes"
         for _, row in ordered.iterrows():

@@ -46,10 +46,14 @@ def test_merge_adds_counts_and_keeps_min_max(store):
         "t", KEYS, rows(("10:00", "10.0.0.1", 6, 2, 100, "10:00:05", "10:00:30")), "cap-a"
     )
     store.write_interval_rows(
-        "t", KEYS,
-        rows(("10:00", "10.0.0.1", 6, 3, 50, "10:00:01", "10:00:20"), ("10:00", "10.0.0.2", 17, 1, 60, "10:00:02", "10:00:02")),
+        "t",
+        KEYS,
+        rows(
+            ("10:00", "10.0.0.1", 6, 3, 50, "10:00:01", "10:00:20"),
+            ("10:00", "10.0.0.2", 17, 1, 60, "10:00:02", "10:00:02"),
+        ),
         "cap-b",
-    )  # fmt: skip
+    )
     df = store.read("t")
     one = df[df.src == "10.0.0.1"].iloc[0]
     assert (one.packets, one.bytes) == (5, 150)
@@ -83,11 +87,15 @@ def test_dtypes_and_direct_readers(store):
 
 def test_read_filters_and_empty(store):
     store.write_interval_rows(
-        "t", KEYS,
-        rows(("10:00", "a", 6, 1, 1, "10:00:00", "10:00:00"), ("10:05", "b", 6, 1, 1, "10:05:00", "10:05:00"),
-             ("10:10", "a", 17, 1, 1, "10:10:00", "10:10:00")),
+        "t",
+        KEYS,
+        rows(
+            ("10:00", "a", 6, 1, 1, "10:00:00", "10:00:00"),
+            ("10:05", "b", 6, 1, 1, "10:05:00", "10:05:00"),
+            ("10:10", "a", 17, 1, 1, "10:10:00", "10:10:00"),
+        ),
         "x",
-    )  # fmt: skip
+    )
     assert store.read("t", since="2026-11-30 10:05").src.tolist() == ["b", "a"]
     assert store.read("t", until="2026-11-30 10:05").src.tolist() == ["a"]
     assert store.read("t", where={"src": "a", "proto": [17]}).proto.tolist() == [17]
@@ -119,8 +127,10 @@ def test_ledger_ignores_torn_line(store):
 def test_ledger_records_sorted_tables_and_keeps_lines_with_unknown_fields(store):
     store.ledger_append(LedgerEntry("/x.pcap", 10, 1, "ab", 3, "ok", tables=["t", "a", "t"], capture_id="h1"))
     with open(store.ledger_path, "a") as f:  # a line from a newer flowdiff, with a field unknown here
-        f.write('{"path": "/z.pcap", "size": 5, "mtime_ns": 2, "sha256": null, "records": 0, '
-                '"status": "failed", "future_field": 1}\n')  # fmt: skip
+        f.write(
+            '{"path": "/z.pcap", "size": 5, "mtime_ns": 2, "sha256": null, "records": 0, '
+            '"status": "failed", "future_field": 1}\n'
+        )
     entries = store.ledger()
     assert [(e.path, e.tables, e.capture_id) for e in entries] == [
         ("/x.pcap", ["a", "t"], "h1"),
@@ -161,8 +171,11 @@ def test_old_ledger_lines_count_the_tables_that_existed_then(tmp_path):
 
 def test_store_that_is_a_plain_file_is_refused_by_readers_and_writers(tmp_path):
     (tmp_path / "afile").write_text("x")
-    for make in (lambda: Store(tmp_path / "afile"), lambda: open_store(tmp_path / "afile"),
-                 lambda: Store(tmp_path / "afile", "s1")):  # fmt: skip
+    for make in (
+        lambda: Store(tmp_path / "afile"),
+        lambda: open_store(tmp_path / "afile"),
+        lambda: Store(tmp_path / "afile", "s1"),
+    ):
         with pytest.raises(StoreError, match=r"afile is not a folder"):
             make()
     assert Store(tmp_path / "not-yet").tables() == []  # a store that does not exist yet is fine
@@ -197,10 +210,14 @@ def test_open_store_reads_all_sensors(tmp_path):
 
 
 row_strategy = st.tuples(
-    st.sampled_from(["10:00", "10:01", "10:02"]), st.sampled_from(["a", "b", "c"]), st.sampled_from([6, 17]),
-    st.integers(1, 1000), st.integers(1, 10**6), st.sampled_from(["10:00:00", "10:00:10"]),
+    st.sampled_from(["10:00", "10:01", "10:02"]),
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([6, 17]),
+    st.integers(1, 1000),
+    st.integers(1, 10**6),
+    st.sampled_from(["10:00:00", "10:00:10"]),
     st.sampled_from(["10:00:20", "10:00:30"]),
-)  # fmt: skip
+)
 
 
 @settings(max_examples=25, deadline=None)

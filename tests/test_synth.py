@@ -67,9 +67,17 @@ def _valid_checksums(eth: dpkt.ethernet.Ethernet) -> bool:
 
 def test_tcp_frame_fields_and_checksums():
     raw = synth.tcp_frame(
-        "00:11:22:33:44:55", "66:77:88:99:aa:bb", "192.0.2.1", "198.51.100.2", 40000, 25,
-        synth.TCP_PSH | synth.TCP_ACK, b"EHLO x\r\n", seq=7, ack=9,
-    )  # fmt: skip
+        "00:11:22:33:44:55",
+        "66:77:88:99:aa:bb",
+        "192.0.2.1",
+        "198.51.100.2",
+        40000,
+        25,
+        synth.TCP_PSH | synth.TCP_ACK,
+        b"EHLO x\r\n",
+        seq=7,
+        ack=9,
+    )
     eth = dpkt.ethernet.Ethernet(raw)
     assert eth.src == bytes.fromhex("001122334455") and eth.dst == bytes.fromhex("66778899aabb")
     ip = eth.data
@@ -124,8 +132,12 @@ def test_vlan_stack_icmp_arp_lldp():
     )
     a = reply.data
     assert isinstance(a, dpkt.arp.ARP) and a.op == 2
-    assert (a.sha, a.spa, a.tha, a.tpa) == (bytes.fromhex("000000000002"), bytes([10, 0, 0, 2]),
-                                            bytes.fromhex("000000000001"), bytes([10, 0, 0, 1]))  # fmt: skip
+    assert (a.sha, a.spa, a.tha, a.tpa) == (
+        bytes.fromhex("000000000002"),
+        bytes([10, 0, 0, 2]),
+        bytes.fromhex("000000000001"),
+        bytes([10, 0, 0, 1]),
+    )
 
     lldp = synth.lldp_frame("00:00:00:00:00:09", "ge-0/0/1")
     eth = dpkt.ethernet.Ethernet(lldp)
@@ -136,10 +148,17 @@ def test_vlan_stack_icmp_arp_lldp():
 
 def test_tcp_session_handshake_and_sequence_numbers():
     frames = synth.tcp_session(
-        T0, client_mac="00:00:00:00:00:01", server_mac="00:00:00:00:00:02", client="10.0.0.1", server="10.0.0.2",
-        cport=50000, sport=22, exchanges=[(False, b"SSH-2.0-x\r\n"), (True, b"SSH-2.0-y\r\n")], rtt_ns=10_000_000,
+        T0,
+        client_mac="00:00:00:00:00:01",
+        server_mac="00:00:00:00:00:02",
+        client="10.0.0.1",
+        server="10.0.0.2",
+        cport=50000,
+        sport=22,
+        exchanges=[(False, b"SSH-2.0-x\r\n"), (True, b"SSH-2.0-y\r\n")],
+        rtt_ns=10_000_000,
         isn=(100, 900),
-    )  # fmt: skip
+    )
     segs = [dpkt.ethernet.Ethernet(f.data).data.data for f in frames]
     assert [s.flags for s in segs] == [0x02, 0x12, 0x10, 0x18, 0x10, 0x18, 0x10, 0x11, 0x11, 0x10]
     assert [f.ts_ns - T0 for f in frames] == [i * 5_000_000 for i in range(10)]
@@ -157,10 +176,21 @@ def test_tcp_session_handshake_and_sequence_numbers():
 @pytest.mark.parametrize("compress", [False, True])
 def test_write_pcap_round_trip(tmp_path, nanosecond, byteorder, compress):
     frames = [
-        Frame(T0 + i * 1_001, synth.tcp_frame("00:00:00:00:00:01", "00:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
-                                              1000 + i, 80, synth.TCP_ACK, b"x" * (i * 50)))
+        Frame(
+            T0 + i * 1_001,
+            synth.tcp_frame(
+                "00:00:00:00:00:01",
+                "00:00:00:00:00:02",
+                "10.0.0.1",
+                "10.0.0.2",
+                1000 + i,
+                80,
+                synth.TCP_ACK,
+                b"x" * (i * 50),
+            ),
+        )
         for i in range(5)
-    ]  # fmt: skip
+    ]
     path = tmp_path / ("a.pcap.gz" if compress else "a.pcap")
     synth.write_pcap(
         path, frames, nanosecond=nanosecond, byteorder=byteorder, snaplen=96, linktype=1, compress=compress
@@ -192,8 +222,15 @@ def test_write_pcap_keeps_explicit_wire_length_and_linktype(tmp_path):
 
 @pytest.mark.parametrize("tsresol", [6, 9, 0x80 | 20])
 def test_write_pcapng_single_interface_read_by_dpkt(tmp_path, tsresol):
-    frames = [Frame(T0 + i * 2_000_000, synth.udp_frame("00:00:00:00:00:01", "00:00:00:00:00:02", "10.0.0.1",
-                                                        "10.0.0.2", 4000 + i, 53, b"q" * 30)) for i in range(3)]  # fmt: skip
+    frames = [
+        Frame(
+            T0 + i * 2_000_000,
+            synth.udp_frame(
+                "00:00:00:00:00:01", "00:00:00:00:00:02", "10.0.0.1", "10.0.0.2", 4000 + i, 53, b"q" * 30
+            ),
+        )
+        for i in range(3)
+    ]
     path = synth.write_pcapng(tmp_path / "a.pcapng", frames, interfaces=[Interface(1, 128, tsresol, "eth0")])
     with open(path, "rb") as f:
         reader = dpkt.pcapng.Reader(f)

@@ -28,8 +28,13 @@ from flowdiff.cli.common import (
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowdiff")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file for the command (also accepted after the command name).")  # fmt: skip
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file for the command (also accepted after the command name).",
+)
 def main(verbose: int, config_path: str | None) -> None:
     """flowdiff: count tables from packet captures, a frozen baseline of normal traffic,
     and a report of every row that is new.
@@ -55,9 +60,13 @@ def main(verbose: int, config_path: str | None) -> None:
     "--interval", type=click.IntRange(min=1), help="Interval length in seconds (config key `interval`)."
 )
 @click.option("--table", "tables", multiple=True, help="Collect only this table (repeatable).")
-@click.option("--all", "all_files", is_flag=True,
-              help="Also read the newest capture of each directory (normally left for the next run, "
-                   "because tcpdump may still be writing it).")  # fmt: skip
+@click.option(
+    "--all",
+    "all_files",
+    is_flag=True,
+    help="Also read the newest capture of each directory (normally left for the next run, "
+    "because tcpdump may still be writing it).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
 @handle_errors
 def collect(paths, config_path, store, interval, tables, all_files, progress) -> None:
@@ -108,8 +117,11 @@ def _progress_bar(stream: IO[str]) -> Iterator[Callable[[str, int, int], None]]:
         if state.get("path") != path:
             if "bar" in state:
                 state["bar"].render_finish()
-            state.update(path=path, last=0, bar=click.progressbar(length=max(total, 1), label=path,
-                                                                  file=stream))  # fmt: skip
+            state.update(
+                path=path,
+                last=0,
+                bar=click.progressbar(length=max(total, 1), label=path, file=stream),  # type: ignore[call-overload]
+            )
         state["bar"].update(done - state["last"])
         state["last"] = done
 

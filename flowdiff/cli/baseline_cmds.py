@@ -48,9 +48,7 @@ def _ts(t: Any) -> str:
 @click.option(
     "--table", "tables", multiple=True, help="Learn only this table (repeatable); others keep theirs."
 )
-@click.option(
-    "--since", help="Learn from intervals starting at or after this time (ISO, UTC) or age (7d)."
-)
+@click.option("--since", help="Learn from intervals starting at or after this time (ISO, UTC) or age (7d).")
 @click.option("--until", help="Learn from intervals starting before this time or age.")
 @click.option(
     "--last",

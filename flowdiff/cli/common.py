@@ -17,6 +17,7 @@ from flowdiff.exitcodes import ExitCode
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR
 
+
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: int) -> None:
     if value:
         setup_logging(value)

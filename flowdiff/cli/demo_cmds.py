@@ -18,8 +18,13 @@ def register(main: click.Group) -> None:
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(file_okay=False), default="demo", show_default=True,
-              help="Directory for the captures, store, baselines and reports (rebuilt on every run).")  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default="demo",
+    show_default=True,
+    help="Directory for the captures, store, baselines and reports (rebuilt on every run).",
+)
 @config_option
 @handle_errors
 def demo(workdir, config_path) -> None:
@@ -37,8 +42,11 @@ def demo(workdir, config_path) -> None:
     user = load(config_path)
     overrides = {k: getattr(user, k) for k in OVERRIDABLE if getattr(user, k) is not None}
     show = sys.stderr.isatty()
-    result = run_demo(Path(workdir), config_overrides=overrides,
-                      progress=(lambda line: click.echo(f"  .. {line}", err=True)) if show else None)  # fmt: skip
+    result = run_demo(
+        Path(workdir),
+        config_overrides=overrides,
+        progress=(lambda line: click.echo(f"  .. {line}", err=True)) if show else None,
+    )
     click.echo(format_summary(result))
     sys.exit(0 if result.ok else EXIT_MISMATCH)
 
@@ -65,8 +73,11 @@ def _size(n: float) -> str:
 def format_summary(result) -> str:
     """The demo's findings for a human: stages, then each injected anomaly with the rows it caused."""
     sc = result.scenario
-    lines = [f"flowdiff demo: {sc.days} normal days of a small mail enclave, then a day with "
-             f"{len(sc.anomalies)} anomalies ({_rel(result.workdir)})", ""]  # fmt: skip
+    lines = [
+        f"flowdiff demo: {sc.days} normal days of a small mail enclave, then a day with "
+        f"{len(sc.anomalies)} anomalies ({_rel(result.workdir)})",
+        "",
+    ]
     c = result.collect
     every = f"{sc.rotate // 3600} h" if sc.rotate % 3600 == 0 else f"{sc.rotate} s"
     lines.append(

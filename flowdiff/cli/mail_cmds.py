@@ -50,8 +50,11 @@ def notify(report_ids, config_path) -> None:
         _echo_flush(res.outbox, config)
     elif res.unsent:
         n = len(res.unsent)
-        click.echo(f"Error: mail is not configured (set [mail] host and to): {n} report{'s' if n != 1 else ''} "
-                   f"not mailed, archived in {config.reports}", err=True)  # fmt: skip
+        click.echo(
+            f"Error: mail is not configured (set [mail] host and to): {n} report{'s' if n != 1 else ''} "
+            f"not mailed, archived in {config.reports}",
+            err=True,
+        )
     else:
         click.echo("nothing to send (mail is not configured)")
     sys.exit(res.exit_code)
@@ -63,8 +66,11 @@ def _echo_flush(res, config) -> None:
     for mid, error in res.failed:
         click.echo(f"Warning: {mid} not sent: {error}", err=True)
     for mid, error in res.refused:
-        click.echo(f"Warning: {mid} refused by the server for good, moved to {config.outbox_path / 'failed'} "
-                   f"(flowdiff outbox drop ID removes it): {error}", err=True)  # fmt: skip
+        click.echo(
+            f"Warning: {mid} refused by the server for good, moved to {config.outbox_path / 'failed'} "
+            f"(flowdiff outbox drop ID removes it): {error}",
+            err=True,
+        )
     if res.busy:
         click.echo("Warning: another flowdiff process is sending the outbox", err=True)
 
@@ -85,8 +91,18 @@ def outbox(ctx, config_path, fmt) -> None:
         ctx.invoke(outbox_list, config_path=config_path, fmt=fmt)
 
 
-_OUTBOX_COLUMNS = ["state", "message_id", "subject", "report_id", "created", "attempts", "next_attempt",
-                   "failed_at", "size", "last_error"]  # fmt: skip
+_OUTBOX_COLUMNS = [
+    "state",
+    "message_id",
+    "subject",
+    "report_id",
+    "created",
+    "attempts",
+    "next_attempt",
+    "failed_at",
+    "size",
+    "last_error",
+]
 
 
 @outbox.command("list")
@@ -170,9 +186,12 @@ def test_mail_cmd(config_path) -> None:
 
 @click.command("run")
 @config_option
-@click.option("--spool", type=click.Path(file_okay=False, exists=True),
-              help="tcpdump spool directory: collect its closed captures first (default: config key `spool`; "
-                   "without either: diff, report, send).")  # fmt: skip
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False, exists=True),
+    help="tcpdump spool directory: collect its closed captures first (default: config key `spool`; "
+    "without either: diff, report, send).",
+)
 @click.option(
     "--all",
     "all_files",
@@ -180,8 +199,14 @@ def test_mail_cmd(config_path) -> None:
     help="Also collect the newest capture, which tcpdump may still be writing.",
 )
 @click.option("--exit-code", "exit_on_new", is_flag=True, help="Exit status 1 when new rows were found.")
-@click.option("--wait", "lock_wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds to wait for an overlapping run to finish before giving up (exit 2).")  # fmt: skip
+@click.option(
+    "--wait",
+    "lock_wait",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for an overlapping run to finish before giving up (exit 2).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (the report is still mailed).")
 @handle_errors
 def run_cmd(config_path, spool, all_files, exit_on_new, lock_wait, quiet) -> None:
@@ -213,8 +238,13 @@ def run_cmd(config_path, spool, all_files, exit_on_new, lock_wait, quiet) -> Non
 @click.command("watch")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @config_option
-@click.option("--poll", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-              help="Seconds between looks at the directory.")  # fmt: skip
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between looks at the directory.",
+)
 @handle_errors
 def watch_cmd(directory, config_path, poll) -> None:
     """Run a pass as soon as tcpdump closes a rotated capture in DIRECTORY, until SIGTERM.

@@ -16,11 +16,20 @@ def register(main: click.Group) -> None:
 
 @click.command("status")
 @config_option
-@click.option("--spool", type=click.Path(file_okay=False),
-              help="tcpdump spool directory to look at (default: config key `spool`, else the spool "
-                   "that the last `run` or `watch` looked at).")  # fmt: skip
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="Output: aligned lines for people, or one JSON object for monitoring systems.")  # fmt: skip
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False),
+    help="tcpdump spool directory to look at (default: config key `spool`, else the spool "
+    "that the last `run` or `watch` looked at).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: aligned lines for people, or one JSON object for monitoring systems.",
+)
 @handle_errors
 def status_cmd(config_path, spool, fmt) -> None:
     """The sensor on one screen: last capture, last interval, baseline, last report, outbox, health.

@@ -227,23 +227,46 @@ class _Day:
         if server is None or cip is None:
             raise ValueError(f"{client.mac} or the resolver has no IPv6 address")
         self.frames += udp_exchange(
-            t, client_mac=client.mac, server_mac=RESOLVER.mac, client=cip, server=server,
-            cport=self.eph(), sport=53, request=query, response=answer, rtt_ns=18_000_000,
-        )  # fmt: skip
+            t,
+            client_mac=client.mac,
+            server_mac=RESOLVER.mac,
+            client=cip,
+            server=server,
+            cport=self.eph(),
+            sport=53,
+            request=query,
+            response=answer,
+            rtt_ns=18_000_000,
+        )
         if upstream if upstream is not None else self.rng.random() < 0.5:
             self.frames += udp_exchange(
-                t + 500_000, client_mac=RESOLVER.mac, server_mac=ROUTER.mac, client=RESOLVER.ip,
-                server=UPSTREAM_DNS[int(self.rng.integers(0, 2))], cport=self.eph(), sport=53,
-                request=query, response=answer, rtt_ns=15_000_000,
-            )  # fmt: skip
+                t + 500_000,
+                client_mac=RESOLVER.mac,
+                server_mac=ROUTER.mac,
+                client=RESOLVER.ip,
+                server=UPSTREAM_DNS[int(self.rng.integers(0, 2))],
+                cport=self.eph(),
+                sport=53,
+                request=query,
+                response=answer,
+                rtt_ns=15_000_000,
+            )
 
     def session(self, t: int, client: tuple[str, str], server: tuple[str, str], port: int, ex: list) -> None:
         """TCP conversation; ``client``/``server`` are (MAC at the capture point, address)."""
         isn = (int(self.rng.integers(0, 2**32)), int(self.rng.integers(0, 2**32)))
         self.frames += tcp_session(
-            t, client_mac=client[0], server_mac=server[0], client=client[1], server=server[1],
-            cport=self.eph(), sport=port, exchanges=ex, rtt_ns=int(self.rng.integers(2, 60)) * 1_000_000, isn=isn,
-        )  # fmt: skip
+            t,
+            client_mac=client[0],
+            server_mac=server[0],
+            client=client[1],
+            server=server[1],
+            cport=self.eph(),
+            sport=port,
+            exchanges=ex,
+            rtt_ns=int(self.rng.integers(2, 60)) * 1_000_000,
+            isn=isn,
+        )
 
     def arp(self, t: int, asker: _Host, target: _Host, asker_ip: str | None = None) -> None:
         ip_a = asker_ip or asker.ip
@@ -306,10 +329,17 @@ def _normal_day(day: _Day, dhcp_ips: list[str], v6_addr: str) -> None:
         for host in (MAILHOST, RESOLVER):
             t = day.t0 + h * 3600 * NS + int(rng.integers(60, 3500)) * NS
             day.frames += udp_exchange(
-                t, client_mac=host.mac, server_mac=ROUTER.mac, client=host.ip,
-                server=NTP_SERVERS[int(rng.integers(0, 3))], cport=day.eph(), sport=123,
-                request=_ntp(3), response=_ntp(4), rtt_ns=25_000_000,
-            )  # fmt: skip
+                t,
+                client_mac=host.mac,
+                server_mac=ROUTER.mac,
+                client=host.ip,
+                server=NTP_SERVERS[int(rng.integers(0, 3))],
+                cport=day.eph(),
+                sport=123,
+                request=_ntp(3),
+                response=_ntp(4),
+                rtt_ns=25_000_000,
+            )
     arp_pairs = [(h, ROUTER) for h in (MAILHOST, RESOLVER, ADMIN, *workstations)]
     arp_pairs += [(ROUTER, h) for h in (MAILHOST, RESOLVER, ADMIN, *workstations)]
     arp_pairs += [(h, t) for h in (ADMIN, *workstations) for t in (MAILHOST, RESOLVER)]
@@ -378,29 +408,42 @@ def _inject_anomalies(day: _Day) -> tuple[Anomaly, ...]:
     irc = [(True, b"NICK mx01\r\nUSER mx01 0 * :mx\r\n"), (False, b":irc 001 mx01 :Welcome\r\n")]
     irc += [(True, b"JOIN #ops\r\n"), (False, b":mx01 JOIN #ops\r\n")]
     day.session(t + 40 * 1_000_000, mail, (ROUTER.mac, "198.51.100.77"), 6667, irc)
-    out.append(Anomaly(
-        "mail-outbound", "the mail server opens a connection to an IRC server on the internet (tcp/6667)", ts(t),
-        (ExpectedRow.of("services", client=MAILHOST.ip, server="internet", proto=PROTO_TCP, service_port=6667),),
-    ))  # fmt: skip
+    out.append(
+        Anomaly(
+            "mail-outbound",
+            "the mail server opens a connection to an IRC server on the internet (tcp/6667)",
+            ts(t),
+            (
+                ExpectedRow.of(
+                    "services", client=MAILHOST.ip, server="internet", proto=PROTO_TCP, service_port=6667
+                ),
+            ),
+        )
+    )
 
     t = at(11, 5)
     day.arp(t, NEW_TALKER, RESOLVER)
     for i in range(3):
         day.dns(t + (5 + i * 600) * NS, NEW_TALKER, "pool.ntp.org", upstream=False)
-    out.append(Anomaly(
-        "new-talker", f"a device never seen before ({NEW_TALKER.ip}, {NEW_TALKER.mac}) appears and uses the resolver",
-        ts(t),
-        (
-            ExpectedRow.of("hosts", src=NEW_TALKER.ip),
-            ExpectedRow.of("pairs", src=NEW_TALKER.ip, dst=RESOLVER.ip, proto=PROTO_UDP),
-            ExpectedRow.of("pairs", src=RESOLVER.ip, dst=NEW_TALKER.ip, proto=PROTO_UDP),
-            ExpectedRow.of("services", client=NEW_TALKER.ip, server=RESOLVER.ip, proto=PROTO_UDP, service_port=53),
-            ExpectedRow.of("link", ethertype=ETH_ARP, src_mac=NEW_TALKER.mac, dst_mac=BROADCAST),
-            ExpectedRow.of("link", ethertype=ETH_ARP, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
-            ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=NEW_TALKER.mac, dst_mac=RESOLVER.mac),
-            ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
-        ),
-    ))  # fmt: skip
+    out.append(
+        Anomaly(
+            "new-talker",
+            f"a device never seen before ({NEW_TALKER.ip}, {NEW_TALKER.mac}) appears and uses the resolver",
+            ts(t),
+            (
+                ExpectedRow.of("hosts", src=NEW_TALKER.ip),
+                ExpectedRow.of("pairs", src=NEW_TALKER.ip, dst=RESOLVER.ip, proto=PROTO_UDP),
+                ExpectedRow.of("pairs", src=RESOLVER.ip, dst=NEW_TALKER.ip, proto=PROTO_UDP),
+                ExpectedRow.of(
+                    "services", client=NEW_TALKER.ip, server=RESOLVER.ip, proto=PROTO_UDP, service_port=53
+                ),
+                ExpectedRow.of("link", ethertype=ETH_ARP, src_mac=NEW_TALKER.mac, dst_mac=BROADCAST),
+                ExpectedRow.of("link", ethertype=ETH_ARP, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
+                ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=NEW_TALKER.mac, dst_mac=RESOLVER.mac),
+                ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
+            ),
+        )
+    )
 
     t = at(15, 32)
     ex = [(False, b"\xff\xfd\x18\xff\xfd\x20"), (True, b"\xff\xfc\x18\xff\xfc\x20"), (False, b"login: ")]
@@ -411,20 +454,32 @@ def _inject_anomalies(day: _Day) -> tuple[Anomaly, ...]:
         (False, b"Login incorrect\r\n"),
     ]
     day.session(t, (ROUTER.mac, "203.0.113.66"), mail, 23, ex)
-    out.append(Anomaly(
-        "telnet", "someone on the internet logs in to the mail server with telnet (tcp/23)", ts(t),
-        (ExpectedRow.of("services", client="internet", server=MAILHOST.ip, proto=PROTO_TCP, service_port=23),),
-    ))  # fmt: skip
+    out.append(
+        Anomaly(
+            "telnet",
+            "someone on the internet logs in to the mail server with telnet (tcp/23)",
+            ts(t),
+            (
+                ExpectedRow.of(
+                    "services", client="internet", server=MAILHOST.ip, proto=PROTO_TCP, service_port=23
+                ),
+            ),
+        )
+    )
 
     t = at(19, 10)
     odd_mac = WORKSTATION_MACS[2]
     for i in range(5):
         payload = b"FDX-TEST" + struct.pack("!I", i) + b"\0" * 40
         day.frames.append(Frame(t + i * 2 * NS, ethernet(odd_mac, BROADCAST, ODD_ETHERTYPE, payload)))
-    out.append(Anomaly(
-        "odd-ethertype", f"a workstation ({odd_mac}) broadcasts frames of ethertype 0x{ODD_ETHERTYPE:04x}", ts(t),
-        (ExpectedRow.of("link", ethertype=ODD_ETHERTYPE, src_mac=odd_mac, dst_mac=BROADCAST),),
-    ))  # fmt: skip
+    out.append(
+        Anomaly(
+            "odd-ethertype",
+            f"a workstation ({odd_mac}) broadcasts frames of ethertype 0x{ODD_ETHERTYPE:04x}",
+            ts(t),
+            (ExpectedRow.of("link", ethertype=ODD_ETHERTYPE, src_mac=odd_mac, dst_mac=BROADCAST),),
+        )
+    )
     return tuple(out)
 
 
@@ -437,12 +492,21 @@ def _daily_addresses(rng: np.random.Generator) -> tuple[list[str], str]:
 
 def _scenario_roles() -> dict[str, str]:
     roles = {
-        ROUTER.ip: "router", ROUTER.mac: "router", MAILHOST.ip: "mail server", MAILHOST.mac: "mail server",
-        RESOLVER.ip: "DNS resolver", RESOLVER.mac: "DNS resolver", str(RESOLVER.ip6): "DNS resolver (IPv6)",
-        ADMIN.ip: "admin workstation", ADMIN.mac: "admin workstation", VPN_CLIENT: "VPN client",
-        LAPTOP6_MAC: "IPv6 laptop", f"{LAPTOP6_PREFIX}::/64": "IPv6 laptop (temporary addresses)",
-        "dhcp": "DHCP pool (workstations)", "internet": "the internet",
-    }  # fmt: skip
+        ROUTER.ip: "router",
+        ROUTER.mac: "router",
+        MAILHOST.ip: "mail server",
+        MAILHOST.mac: "mail server",
+        RESOLVER.ip: "DNS resolver",
+        RESOLVER.mac: "DNS resolver",
+        str(RESOLVER.ip6): "DNS resolver (IPv6)",
+        ADMIN.ip: "admin workstation",
+        ADMIN.mac: "admin workstation",
+        VPN_CLIENT: "VPN client",
+        LAPTOP6_MAC: "IPv6 laptop",
+        f"{LAPTOP6_PREFIX}::/64": "IPv6 laptop (temporary addresses)",
+        "dhcp": "DHCP pool (workstations)",
+        "internet": "the internet",
+    }
     roles.update({m: f"workstation {i + 1}" for i, m in enumerate(WORKSTATION_MACS)})
     return roles
 
@@ -486,10 +550,18 @@ def enclave_scenario(
         packets += len(day.frames)
         (last if d == days else normal).extend(written)
     return Scenario(
-        directory=directory, start=start, days=days, rotate=rotate, seed=seed, normal_files=tuple(normal),
-        last_day_files=tuple(last), anomalies=anomalies, packets=packets, roles=_scenario_roles(),
+        directory=directory,
+        start=start,
+        days=days,
+        rotate=rotate,
+        seed=seed,
+        normal_files=tuple(normal),
+        last_day_files=tuple(last),
+        anomalies=anomalies,
+        packets=packets,
+        roles=_scenario_roles(),
         interval=interval,
-    )  # fmt: skip
+    )
 
 
 def _write_rotated(directory: Path, frames: list[Frame], rotate: int, snaplen: int) -> list[Path]:

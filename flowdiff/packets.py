@@ -1,0 +1,893 @@
+"""Drill-down: the packets behind one row of a count table, for Wireshark or as one line each.
+
+Triage needs evidence: a report row says "20 packets, 1.2 kB"; this module finds exactly those packets
+again in the captures they were counted from.
+
+Which captures. Every interval file of the store records which captures fed it (the ``sources`` of
+``flowdiff.store``), and the ledger says where each capture was and what it looked like (path, size,
+mtime, content hash). So the captures are known exactly, not guessed from file names: a capture on disk
+is recognised by the id collect gave it; a ledger capture that is gone or changed since it was collected
+is *named* (a triage that silently skips a capture would show less than the row counted). Ledger
+entries are visited in modification-time order from the window's start (a capture cannot hold a packet
+newer than its last write), and the walk stops once every source is accounted for or a capture on
+disk begins after the window.
+
+How packets are matched. Exactly as they were counted: the compiled decoder gives per-packet columns,
+the key fields are computed per packet with the aggregator's own rules (which frames a table counts,
+IP fields as 0 on non-IP frames, ``client_is_src`` for the client/server roles, with the TCP SYNs of the
+whole capture as context) and compared in the table's canonical form (``canon.canon_values`` on the
+distinct values only, then gathered). Nothing runs per packet in Python except for the packets that
+matched: dpkt decodes those for the one-line summaries.
+
+Limits: a report remembers the span of the intervals it diffed, not each one; a row is searched in
+``[first_seen, last_seen]`` within that span. Captures collected after the report was made are not
+searched (they may have added to an interval since); they are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowdiff.config import Config, TableConfig
+from flowdiff.errors import ConfigError, FlowdiffError, ReportError, StoreError
+from flowdiff.exitcodes import ExitCode
+from flowdiff.schema import ADDRESS_KEYS, INTERVAL, KEY_FIELDS, DecodeStatus, is_ip_table, parse_net_key
+from flowdiff.store import LedgerEntry, Store
+
+__all__ = [
+    "Packet",
+    "MissingCapture",
+    "PacketsResult",
+    "find_packets",
+    "write_pcap",
+    "describe",
+    "parse_where",
+]
+
+_NS = 1_000_000_000
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_ROLE_KEYS = ("client", "server", "service_port", "client_label", "server_label")
+_IP_INT_FIELDS = ("proto", "sport", "dport", "icmp_type", "icmp_code", "tcp_flags", "ip_version")
+_PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmpv6": 58, "sctp": 132}
+_PROTO_TEXT = {v: k for k, v in _PROTO_NAMES.items()}
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One matched frame: what a pcap record needs, plus the fast path's fields (for the summary line
+    when dpkt cannot walk the frame's link layer)."""
+
+    ts_ns: int
+    linktype: int
+    data: bytes  # the captured bytes (may be shorter than ``wirelen``: header-only captures)
+    wirelen: int
+    capture: str
+    fields: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def field_map(self) -> dict[str, int]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class MissingCapture:
+    """A capture the ledger says fed the window that cannot be searched now."""
+
+    path: str
+    reason: str  # "no longer on disk", "changed since it was collected (...)", ...
+    collected_at: str = ""
+
+    def __str__(self) -> str:
+        when = f" (collected {self.collected_at})" if self.collected_at else ""
+        return f"{self.path}: {self.reason}{when}; its packets cannot be shown"
+
+
+@dataclass
+class PacketsResult:
+    """What a drill-down found. ``exit_code`` is ERROR when captures fed the window but none of them
+    could be searched (``error`` says which), OK otherwise (missing captures are in ``missing``)."""
+
+    table: str
+    key: dict[str, list[Any]]  # field -> accepted values
+    packets: list[Packet]
+    searched: list[str]  # captures read
+    missing: list[MissingCapture] = field(default_factory=list)
+    unaccounted: int = 0  # captures that fed the window with no ledger entry left to name them
+    late: list[str] = field(default_factory=list)  # collected after the report: not searched
+    report_id: str | None = None
+    row: int | None = None
+    expected_packets: int | None = None  # the row's counts (report mode)
+    expected_bytes: int | None = None
+    since: Any = None  # the time window searched (UTC pandas Timestamps, None = open)
+    until: Any = None
+
+    @property
+    def matched(self) -> int:
+        return len(self.packets)
+
+    @property
+    def bytes(self) -> int:
+        return sum(p.wirelen for p in self.packets)
+
+    @property
+    def linktypes(self) -> list[int]:
+        return sorted({p.linktype for p in self.packets})
+
+    @property
+    def error(self) -> str | None:
+        if self.searched or not (self.missing or self.unaccounted):
+            return None
+        n = len(self.missing) + self.unaccounted
+        names = ", ".join(f"{m.path} ({m.reason})" for m in self.missing)
+        return (f"none of the {n} capture{'s' if n != 1 else ''} that fed {self._what()} can be read any more"
+                + (f": {names}" if names else ""))  # fmt: skip
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.ERROR if self.error else ExitCode.OK
+
+    def _what(self) -> str:
+        if self.report_id is not None:
+            return f"report {self.report_id} row {self.row}"
+        return f"table {self.table} in that window"
+
+    def key_text(self) -> str:
+        return " ".join(f"{k}={'|'.join(_value_text(k, v) for v in vals)}" for k, vals in self.key.items())
+
+    def warnings(self) -> list[str]:
+        """One line per capture that could not be searched, and one if the counts disagree."""
+        out = [str(m) for m in self.missing]
+        if self.unaccounted:
+            out.append(f"{self.unaccounted} more capture{'s' if self.unaccounted != 1 else ''} fed "
+                       f"{self._what()} but {'are' if self.unaccounted != 1 else 'is'} neither in the ledger "
+                       "nor on disk; their packets cannot be shown")  # fmt: skip
+        if self.late:
+            out.append(f"{len(self.late)} capture{'s' if len(self.late) != 1 else ''} collected after the "
+                       f"report also fed these intervals and {'were' if len(self.late) != 1 else 'was'} not "
+                       f"searched: {', '.join(self.late)}")  # fmt: skip
+        complete = not self.missing and not self.unaccounted
+        if (
+            self.expected_packets is not None
+            and complete
+            and (self.matched != self.expected_packets or self.bytes != self.expected_bytes)
+        ):
+            out.append(f"found {self.matched:,} packets ({self.bytes:,} bytes), the row counts "
+                       f"{self.expected_packets:,} ({self.expected_bytes:,} bytes)")  # fmt: skip
+        return out
+
+    def summary(self) -> str:
+        what = f"report {self.report_id} row {self.row}, " if self.report_id is not None else ""
+        counts = f"{self.matched:,} packet{'s' if self.matched != 1 else ''}, {self.bytes:,} bytes"
+        if self.expected_packets is not None:
+            counts += f" (the row counts {self.expected_packets:,}, {self.expected_bytes:,} bytes)"
+        n_missing = len(self.missing) + self.unaccounted
+        caps = f"{len(self.searched)} capture{'s' if len(self.searched) != 1 else ''} searched"
+        caps += f", {n_missing} missing" if n_missing else ""
+        return f"{counts}: {what}{self.table} {self.key_text()}; {caps}"
+
+    def lines(self) -> Iterator[str]:
+        """One tcpdump-like line per packet (dpkt decodes each)."""
+        for p in self.packets:
+            yield describe(p)
+
+
+# ------------------------------------------------------------------ the API
+
+
+def find_packets(
+    config: Config,
+    report_id: str | None = None,
+    row: int | None = None,
+    table: str | None = None,
+    where: Mapping[str, Any] | Sequence[str] | None = None,
+    since: Any = None,
+    until: Any = None,
+) -> PacketsResult:
+    """The packets behind row ``row`` of report ``report_id``, or behind the key ``where`` of ``table``
+    (``{"client": "internet"}`` or ``["client=internet"]``; a value matches the raw or the canonical
+    form) with ``since <= t < until``. Raises ReportError (bad report or row), ConfigError (unknown
+    table or field, bad value), StoreError (unreadable store)."""
+    import pandas as pd
+
+    if report_id is not None:
+        if table is not None or where:
+            raise ReportError("give either a report row or --table/--where, not both")
+        if row is None:
+            raise ReportError(f"which row of report {report_id}? (give its number)")
+        tc, values, row_info = _report_row(config, report_id, int(row))
+        created = row_info["created_at"]
+        interval_ns = config.interval * _NS
+        first_ns = _ns(row_info["first_seen"])
+        last_ns = _ns(row_info["last_seen"]) + 1000  # stored in microseconds: the whole last one
+        until_ns = _ns(row_info["until"]) if row_info["until"] is not None else last_ns
+        lo, hi = first_ns, min(last_ns, until_ns)
+        start = _ns(row_info["interval_start"])
+        end = min(until_ns, (last_ns - 1) // interval_ns * interval_ns + interval_ns)
+        canonical_only = True
+        expected = (int(row_info["packets"]), int(row_info["bytes"]))
+    else:
+        if table is None or not where:
+            raise ReportError("give a report id and a row, or --table with at least one --where FIELD=VALUE")
+        tc = _table_config(config, table)
+        values = parse_where(where, tc)
+        created = None
+        lo = _ns(since) if since is not None else _INT64_MIN
+        hi = _ns(until) if until is not None else _INT64_MAX
+        interval_ns = config.interval * _NS
+        start = lo // interval_ns * interval_ns if since is not None else None
+        end = hi if until is not None else None
+        canonical_only = False
+        expected = None
+    store = Store(config.store)
+    feeders, missing, unaccounted, late = _captures_for(store, tc.name, start, end, created)
+    matcher = _Matcher(tc, values, config, canonical_only=canonical_only, lo=lo, hi=hi)
+    found: list[Packet] = []
+    searched: list[str] = []
+    for entry in feeders:
+        try:
+            found += matcher.scan(entry.path)
+        except FlowdiffError as e:  # unreadable now although the ledger says it was fine
+            missing.append(MissingCapture(entry.path, f"cannot be read: {e}", entry.collected_at))
+            continue
+        searched.append(entry.path)
+    found.sort(key=lambda p: p.ts_ns)
+    ts = lambda v: None if v in (None, _INT64_MIN, _INT64_MAX) else pd.Timestamp(v, unit="ns", tz="UTC")  # noqa: E731
+    return PacketsResult(
+        table=tc.name, key=values, packets=found, searched=searched, missing=missing, unaccounted=unaccounted,
+        late=late, report_id=report_id, row=row, expected_packets=expected[0] if expected else None,
+        expected_bytes=expected[1] if expected else None, since=ts(lo), until=ts(hi),
+    )  # fmt: skip
+
+
+def write_pcap(result: PacketsResult, path: str | os.PathLike) -> str:
+    """Write the packets for Wireshark, atomically: a pcap with their link type, or a pcapng (one
+    interface per link type) when they come from links of different types. Returns "pcap" or "pcapng"."""
+    from flowdiff.durable import atomic_write_bytes
+
+    linktypes = result.linktypes or [1]
+    if len(linktypes) == 1:
+        data, kind = _pcap_bytes(result.packets, linktypes[0]), "pcap"
+    else:
+        data, kind = _pcapng_bytes(result.packets, linktypes), "pcapng"
+    atomic_write_bytes(Path(path), data)
+    return kind
+
+
+def parse_where(where: Mapping[str, Any] | Sequence[str], tc: TableConfig) -> dict[str, list[Any]]:
+    """``FIELD=VALUE`` filters -> field -> accepted values, each checked against the table's key fields
+    (a field given twice accepts either value). Integer fields take decimal, hex (``0x0806``) or, for
+    ``proto``, a name (``tcp``)."""
+    items: list[tuple[str, Any]] = []
+    if isinstance(where, Mapping):
+        for k, v in where.items():
+            items += [(k, x) for x in (v if isinstance(v, list | tuple | set) else [v])]
+    else:
+        for w in where:
+            name, sep, value = str(w).partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"expected FIELD=VALUE, got {w!r}", key="where")
+            items.append((name.strip(), value.strip()))
+    out: dict[str, list[Any]] = {}
+    for name, value in items:
+        if name not in tc.keys:
+            raise ConfigError(
+                f"table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})", key="where"
+            )
+        out.setdefault(name, []).append(_typed_value(name, value))
+    return out
+
+
+def _typed_value(name: str, value: Any) -> Any:
+    if name in KEY_FIELDS and KEY_FIELDS[name] != KEY_FIELDS["src"]:  # an integer field
+        if isinstance(value, int | np.integer):
+            v = int(value)
+        else:
+            text = str(value).strip().lower()
+            try:
+                v = _PROTO_NAMES[text] if name == "proto" and text in _PROTO_NAMES else int(text, 0)
+            except ValueError:
+                raise ConfigError(f"{name}={value!r} is not a number", key="where") from None
+        bits = KEY_FIELDS[name].bit_width
+        if not 0 <= v < (1 << bits):
+            raise ConfigError(f"{name}={value!r} is out of range (0-{(1 << bits) - 1})", key="where")
+        return v
+    text = str(value).strip()
+    if name in ADDRESS_KEYS:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(text))  # canonical text, as stored
+        except ValueError:
+            try:
+                return str(ipaddress.ip_network(text, strict=False))  # an ipv6_prefix form
+            except ValueError:
+                return text  # a [networks] label after collapse, or "random"
+    if name in ("src_mac", "dst_mac"):
+        return text.lower().replace("-", ":")
+    return text
+
+
+# ------------------------------------------------------------------ report rows
+
+
+def _table_config(config: Config, table: str) -> TableConfig:
+    try:
+        return config.select_tables([table])[table]
+    except ConfigError:
+        raise ConfigError(
+            f"no table named {table!r} (tables: {', '.join(config.tables)})", key="table"
+        ) from None
+
+
+def _report_row(config: Config, report_id: str, row: int) -> tuple[TableConfig, dict[str, list[Any]], dict]:
+    from flowdiff.diff import load_report, report_dir
+
+    res = load_report(config, report_id)
+    for table, df in res.rows.items():
+        hit = df[df["row"] == row]
+        if not len(hit):
+            continue
+        rec = hit.iloc[0]
+        keys = tuple(res.keys[table])
+        tc = config.tables.get(table)
+        if tc is None:
+            raise ReportError(f"report {report_id}: table {table!r} is no longer in the config")
+        if tuple(tc.keys) != keys:
+            raise ReportError(f"report {report_id}: table {table!r} had keys {list(keys)}, the config now says "
+                              f"{list(tc.keys)}")  # fmt: skip
+        values = {k: [_typed_value(k, rec[k])] for k in keys}
+        try:
+            meta = json.loads((report_dir(config, report_id) / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = {}
+        info = {c: rec[c] for c in (INTERVAL, "first_seen", "last_seen", "packets", "bytes")}
+        info.update(until=res.until, created_at=meta.get("created_at"))
+        return tc, values, info
+    total = res.total
+    raise ReportError(
+        f"report {report_id} has no row {row}" + (f" (rows 1-{total})" if total else " (no rows)")
+    )
+
+
+def _ns(t: Any) -> int:
+    import pandas as pd
+
+    ts = pd.Timestamp(t)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value)
+
+
+# ------------------------------------------------------------------ which captures
+
+
+def _sources(store: Store, table: str, start: int | None, end: int | None) -> set[str] | None:
+    """Capture ids that fed ``table`` in the intervals ``[start, end)`` (None: a file without the record)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from flowdiff.store import _SOURCES_KEY
+
+    since = pd.Timestamp(start, unit="ns", tz="UTC") if start is not None else None
+    until = pd.Timestamp(end, unit="ns", tz="UTC") if end is not None else None
+    ids: set[str] = set()
+    for p in store.files(table, since, until):
+        try:
+            meta = pq.ParquetFile(p).schema_arrow.metadata or {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{p}: unreadable interval file: {e}") from None
+        if _SOURCES_KEY not in meta:
+            return None
+        ids.update(s.rsplit("#", 1)[0] for s in json.loads(meta[_SOURCES_KEY]))
+    return ids
+
+
+def _captures_for(
+    store: Store, table: str, start: int | None, end: int | None, created: str | None
+) -> tuple[list[LedgerEntry], list[MissingCapture], int, list[str]]:
+    """(captures to search, captures that fed the window but cannot be searched, how many more fed it
+    without a ledger entry to name, captures collected after ``created``)."""
+    if store.table_keys(table) is None:
+        raise StoreError(f"no table {table!r} in store {store.root}")
+    ids = _sources(store, table, start, end)
+    if ids is not None and not ids:
+        return [], [], 0, []
+    entries: dict[str, LedgerEntry] = {}
+    for e in store.ledger():
+        if e.status in ("ok", "damaged") and e.records > 0:
+            entries[e.path] = e  # the latest entry of a path wins
+    ordered = sorted(entries.values(), key=lambda e: (e.mtime_ns, e.path))
+    lower = (start - _NS) if start is not None else _INT64_MIN  # mtime: a second of file system slack
+    recent = [e for e in ordered if e.mtime_ns >= lower]
+    older = [e for e in reversed(ordered) if e.mtime_ns < lower]
+    remaining = set(ids) if ids is not None else None
+    feeders: list[LedgerEntry] = []
+    gone: list[MissingCapture] = []
+
+    def visit(e: LedgerEntry, *, may_stop: bool) -> bool:
+        """False when the walk can stop."""
+        problem = _check_unchanged(e)
+        if problem is not None:
+            gone.append(MissingCapture(e.path, problem, e.collected_at))
+            return True
+        if remaining is None:  # an old store without per-file sources: by time alone
+            first = _first_ts(e.path)
+            if end is not None and first is not None and first >= end:
+                return not may_stop
+            feeders.append(e)
+            return True
+        hit = _matching_id(e, remaining)
+        if hit is not None:
+            feeders.append(e)
+            remaining.discard(hit)
+            return bool(remaining)
+        if may_stop and end is not None:
+            first = _first_ts(e.path)
+            if first is not None and first >= end:  # on disk and later than the window: so are the rest
+                return False
+        return True
+
+    for e in recent:
+        if remaining is not None and not remaining:
+            break
+        if not visit(e, may_stop=True):
+            break
+    # captures whose modification time is older than their packets (copied with old times, clock steps):
+    # only while some source is still unexplained
+    for e in older:
+        if remaining is None or len(remaining) <= len(gone):
+            break
+        visit(e, may_stop=False)
+    if remaining is None:
+        missing, unaccounted = gone, 0
+    else:
+        missing = gone[: len(remaining)]  # the nearest in time to the window: the likeliest ones
+        unaccounted = len(remaining) - len(missing)
+    late = [e.path for e in feeders if created and e.collected_at and e.collected_at > created]
+    feeders = [e for e in feeders if e.path not in late]
+    return feeders, missing, unaccounted, late
+
+
+def _check_unchanged(e: LedgerEntry) -> str | None:
+    """None when the capture is on disk as collected, else why it cannot be searched."""
+    try:
+        st = os.stat(e.path)
+    except FileNotFoundError:
+        return "no longer on disk"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if st.st_size != e.size:
+        return f"changed since it was collected (size {e.size:,} -> {st.st_size:,} bytes)"
+    if st.st_mtime_ns != e.mtime_ns:
+        from flowdiff.capture import content_sha256
+
+        try:
+            same = e.sha256 is not None and content_sha256(e.path) == e.sha256
+        except OSError as err:
+            return f"cannot be read ({err.strerror})"
+        if not same:
+            when = datetime.fromtimestamp(st.st_mtime_ns / _NS, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return f"changed since it was collected (modified {when})"
+    return None
+
+
+def _matching_id(e: LedgerEntry, ids: set[str]) -> str | None:
+    """The id under which collect stored this capture's parts, if it is one of ``ids``: its content hash
+    (when a capture of the same size was known), else the hash of its size, first and last MiB."""
+    if e.sha256 and e.sha256 in ids:
+        return e.sha256
+    from flowdiff.collect import _capture_id
+
+    try:
+        cid = _capture_id(Path(e.path), e.size, (set(), set(), set()))[0]
+    except FlowdiffError:
+        return None
+    return cid if cid in ids else None
+
+
+def _first_ts(path: str) -> int | None:
+    from flowdiff.capture import open_capture
+
+    try:
+        batches = open_capture(path).batches(1 << 16, threaded=False)
+        try:
+            b = next(batches, None)
+        finally:
+            batches.close()
+    except FlowdiffError:
+        return None
+    return int(b.ts_ns.min()) if b is not None and len(b) else None
+
+
+# ------------------------------------------------------------------ matching
+
+
+class _Matcher:
+    """Selects the packets of one key in one capture, vectorised per chunk (see the module docstring)."""
+
+    def __init__(self, tc: TableConfig, values: dict[str, list[Any]], config: Config, *, canonical_only: bool,
+                 lo: int, hi: int):  # fmt: skip
+        from flowdiff.netmap import NetworkMap
+
+        self.tc = tc
+        self.values = values
+        self.nmap = NetworkMap(config.networks)
+        self.service_ports = np.array(sorted(set(config.service_ports)), dtype=np.uint64)
+        self.canonical_only = canonical_only
+        self.lo, self.hi = lo, hi
+        self.counted = (
+            [DecodeStatus.OK] if is_ip_table(tc.keys) else [DecodeStatus.OK, DecodeStatus.NOT_IP, DecodeStatus.BAD_IP]
+        )  # fmt: skip
+        self.role_keys = [k for k in values if _is_role_key(k)]
+        self.plain_keys = [k for k in values if not _is_role_key(k)]
+
+    # -- per capture
+    def scan(self, path: str) -> list[Packet]:
+        from flowdiff.capture import open_capture
+        from flowdiff.decode import decode
+
+        reader = open_capture(path)
+        cands: list[dict[str, np.ndarray]] = []
+        syns: list[dict[str, np.ndarray]] = []
+        for batch in reader.batches():
+            pk = decode(batch)
+            _zero_non_ip(pk)
+            if self.role_keys:
+                syns.append(self._syn_context(pk))
+            sel = np.flatnonzero(
+                np.isin(pk["status"], self.counted) & (pk["ts_ns"] >= self.lo) & (pk["ts_ns"] < self.hi)
+            )
+            for k in self.plain_keys:
+                if not len(sel):
+                    break
+                sel = sel[self._match(k, {f: a[sel] for f, a in pk.items()})]
+            cols = {f: a[sel] for f, a in pk.items()}
+            for k in self.role_keys:
+                if not len(sel):
+                    break
+                m_src, m_dst = self._sides(k, cols)
+                keep = m_src | m_dst
+                sel, cols = sel[keep], {f: a[keep] for f, a in cols.items()}
+                cols[f"_{k}_src"], cols[f"_{k}_dst"] = m_src[keep], m_dst[keep]
+            if not len(sel):
+                continue
+            cols["linktype"] = np.asarray(batch.linktype, dtype=np.uint16)[sel]
+            cols["_data"], cols["_off"] = _gather_bytes(batch, sel)
+            cands.append(cols)
+        if not cands:
+            return []
+        c = _concat(cands)
+        final = np.ones(len(c["ts_ns"]), dtype=bool)
+        if self.role_keys:
+            cis = self._roles(c, _concat(syns) if syns else None)
+            for k in self.role_keys:
+                final &= self._role_match(k, c, cis)
+        return _packets(c, np.flatnonzero(final), path)
+
+    # -- key fields
+    def _match(self, key: str, cols: Mapping[str, np.ndarray]) -> np.ndarray:
+        want = self.values[key]
+        net = parse_net_key(key)
+        if net is not None or key in ("src", "dst", "src_label", "dst_label"):
+            side = (net.base if net else key).split("_")[0]
+            return self._side_match(key, side, cols)
+        if key in ("src_mac", "dst_mac"):
+            return self._distinct_match(key, cols[key], lambda u: _mac_text(u))
+        return np.isin(cols[key].astype(np.int64), np.asarray(want, dtype=np.int64))
+
+    def _side_match(self, key: str, side: str, cols: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Does the address of ``side`` (src or dst) give ``key``'s wanted value? ``key`` is an address
+        (compared canonicalised), a ``*_label`` or a ``*_net/N`` field of either side or role."""
+        ver, hi, lo = cols["ip_version"], cols[f"{side}_hi"], cols[f"{side}_lo"]
+        net = parse_net_key(key)
+        if net is not None:
+            from flowdiff.netmap import network_text
+
+            prefix = net.prefix
+            return self._triple_match(key, ver, hi, lo, lambda v, h, l_: network_text(v, h, l_, prefix), None)
+        if key.endswith("_label"):
+            return self._triple_match(key, ver, hi, lo, self.nmap.labels_for_ints, None)
+        from flowdiff.netmap import address_text
+
+        return self._triple_match(key, ver, hi, lo, address_text, "src")
+
+    def _triple_match(self, key, ver, hi, lo, fmt, canon_as) -> np.ndarray:
+        if not len(ver):
+            return np.zeros(0, dtype=bool)
+        trip = np.ascontiguousarray(
+            np.stack([ver.astype(np.uint64), hi.astype(np.uint64), lo.astype(np.uint64)], 1)
+        )
+        uniq, inv = np.unique(trip, axis=0, return_inverse=True)
+        text = np.asarray(fmt(uniq[:, 0], uniq[:, 1], uniq[:, 2]), dtype=object)
+        return self._wanted(key, text, canon_as)[inv.reshape(-1)]
+
+    def _distinct_match(self, key: str, values: np.ndarray, fmt) -> np.ndarray:
+        uniq, inv = np.unique(values, return_inverse=True)
+        return self._wanted(key, np.asarray(fmt(uniq), dtype=object), key)[inv.reshape(-1)]
+
+    def _wanted(self, key: str, text: np.ndarray, canon_as: str | None) -> np.ndarray:
+        """Which distinct values match: their canonical form (and, for --where, their raw form)."""
+        from flowdiff.canon import canon_values
+
+        want = np.asarray([str(v) for v in self.values[key]], dtype=object)
+        canon = canon_values(canon_as, text, self.tc, self.nmap) if canon_as else text
+        hit = np.isin(canon, want)
+        if not self.canonical_only:
+            hit |= np.isin(text, want)
+        return hit
+
+    # -- client / server roles
+    def _sides(self, key: str, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Whether the wanted value of a role key is the source's or the destination's (before roles)."""
+        if key == "service_port":
+            want = np.asarray(self.values[key], dtype=np.int64)
+            tcpudp = (cols["proto"] == 6) | (cols["proto"] == 17)
+            zero = bool((want == 0).any())
+            return (np.where(tcpudp, np.isin(cols["sport"].astype(np.int64), want), zero),
+                    np.where(tcpudp, np.isin(cols["dport"].astype(np.int64), want), zero))  # fmt: skip
+        return self._side_match(key, "src", cols), self._side_match(key, "dst", cols)
+
+    def _syn_context(self, pk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """SYNs without ACK of the whole capture that could belong to a wanted connection: the first SYN
+        decides a connection's roles, wherever it lies (collect remembers SYNs across intervals too)."""
+        syn = (pk["status"] == DecodeStatus.OK) & (pk["proto"] == 6) & ((pk["tcp_flags"] & 0x12) == 0x02)
+        sel = np.flatnonzero(syn)
+        cols = {f: pk[f][sel] for f in ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport",
+                                        "dport", "icmp_type", "ts_ns")}  # fmt: skip
+        keep = np.ones(len(sel), dtype=bool)
+        for k in self.role_keys:
+            m_src, m_dst = self._sides(k, cols)
+            keep &= m_src | m_dst
+        return {f: a[keep] for f, a in cols.items()}
+
+    def _roles(self, c: Mapping[str, np.ndarray], ctx: Mapping[str, np.ndarray] | None) -> np.ndarray:
+        from flowdiff.aggregate import client_is_src
+
+        n = len(c["ts_ns"])
+        is_syn = (c["proto"] == 6) & ((c["tcp_flags"] & 0x12) == 0x02)
+        syn_ts = np.where(is_syn, c["ts_ns"], _INT64_MAX).astype(np.int64)
+        names = ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport", "dport", "icmp_type")
+        cols = {f: np.asarray(c[f]) for f in names}
+        if ctx is not None and len(ctx["ts_ns"]):
+            cols = {f: np.concatenate([cols[f], np.asarray(ctx[f], dtype=cols[f].dtype)]) for f in names}
+            syn_ts = np.concatenate([syn_ts, ctx["ts_ns"].astype(np.int64)])
+        u = {f: cols[f].astype(np.uint64) for f in names}
+        return client_is_src(u["ip_version"], u["src_hi"], u["src_lo"], u["dst_hi"], u["dst_lo"], u["proto"],
+                             u["sport"], u["dport"], u["icmp_type"], syn_ts, self.service_ports)[:n]  # fmt: skip
+
+    def _role_match(self, key: str, c: Mapping[str, np.ndarray], cis: np.ndarray) -> np.ndarray:
+        m_src, m_dst = c[f"_{key}_src"], c[f"_{key}_dst"]
+        if key == "service_port":  # the server's port: the destination's when the source is the client
+            return np.where(cis, m_dst, m_src)
+        client_side = key.startswith("client")
+        return np.where(cis, m_src, m_dst) if client_side else np.where(cis, m_dst, m_src)
+
+
+def _is_role_key(key: str) -> bool:
+    return key in _ROLE_KEYS or key.startswith(("client_net/", "server_net/"))
+
+
+def _zero_non_ip(pk: dict[str, np.ndarray]) -> None:
+    """The aggregator reads IP fields as 0 on frames without a decoded IP header (link tables count them)."""
+    bad = pk["status"] != DecodeStatus.OK
+    if bad.any():
+        for f in ("src_hi", "src_lo", "dst_hi", "dst_lo", *_IP_INT_FIELDS):
+            pk[f] = np.where(bad, 0, pk[f]).astype(pk[f].dtype)
+
+
+def _mac_text(macs: np.ndarray) -> np.ndarray:
+    from flowdiff.netmap import mac_text
+
+    return mac_text(macs)
+
+
+def _gather_bytes(batch: Any, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The captured bytes of records ``sel`` as one array plus offsets (no Python loop)."""
+    off = np.asarray(batch.offset, dtype=np.int64)[sel]
+    cap = np.asarray(batch.caplen, dtype=np.int64)[sel]
+    bounds = np.zeros(len(sel) + 1, dtype=np.int64)
+    np.cumsum(cap, out=bounds[1:])
+    idx = np.repeat(off - bounds[:-1], cap) + np.arange(bounds[-1], dtype=np.int64)
+    return np.asarray(batch.buf)[idx], bounds
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, np.ndarray] = {}
+    for f in parts[0]:
+        if f == "_off":
+            shifts = np.cumsum([0] + [len(p["_data"]) for p in parts[:-1]])
+            out[f] = np.concatenate(
+                [parts[0][f][:1]] + [p[f][1:] + s for p, s in zip(parts, shifts, strict=True)]
+            )
+        else:
+            out[f] = np.concatenate([p[f] for p in parts])
+    return out
+
+
+_SUMMARY_FIELDS = ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport", "dport", "tcp_flags",
+                   "icmp_type", "ethertype", "src_mac", "dst_mac")  # fmt: skip
+
+
+def _packets(c: Mapping[str, np.ndarray], idx: np.ndarray, path: str) -> list[Packet]:
+    """Python objects for the matched packets only."""
+    data, off = c["_data"], c["_off"]
+    out = []
+    for i in idx.tolist():
+        fields = tuple((f, int(c[f][i])) for f in _SUMMARY_FIELDS)
+        out.append(Packet(int(c["ts_ns"][i]), int(c["linktype"][i]), data[off[i] : off[i + 1]].tobytes(),
+                          int(c["wirelen"][i]), path, fields))  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _pcap_bytes(packets: Iterable[Packet], linktype: int) -> bytes:
+    packets = list(packets)
+    nanos = any(p.ts_ns % 1000 for p in packets)
+    magic, div = (0xA1B23C4D, 1) if nanos else (0xA1B2C3D4, 1000)
+    snaplen = max([262144, *(len(p.data) for p in packets)])
+    out = [struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for p in packets:
+        sec, frac = divmod(p.ts_ns, _NS)
+        out.append(struct.pack("<IIII", sec, frac // div, len(p.data), p.wirelen))
+        out.append(p.data)
+    return b"".join(out)
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack("<II", kind, n) + body + struct.pack("<I", n)
+
+
+def _pcapng_bytes(packets: Iterable[Packet], linktypes: list[int]) -> bytes:
+    """One section; an interface per link type, time stamps in nanoseconds (if_tsresol 9)."""
+    out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    tsresol = struct.pack("<HHB", 9, 1, 9) + b"\0" * 3 + struct.pack("<HH", 0, 0)
+    for lt in linktypes:
+        out.append(_block(1, struct.pack("<HHI", lt, 0, 0) + tsresol))
+    iface = {lt: i for i, lt in enumerate(linktypes)}
+    for p in packets:
+        ts = p.ts_ns & 0xFFFFFFFFFFFFFFFF
+        body = struct.pack("<IIIII", iface[p.linktype], ts >> 32, ts & 0xFFFFFFFF, len(p.data), p.wirelen)
+        out.append(_block(6, body + p.data))
+    return b"".join(out)
+
+
+# ------------------------------------------------------------------ one line per packet
+
+
+_TCP_FLAGS = (
+    (0x02, "S"),
+    (0x01, "F"),
+    (0x04, "R"),
+    (0x08, "P"),
+    (0x20, "U"),
+    (0x40, "E"),
+    (0x80, "W"),
+    (0x10, "."),
+)
+_ICMP_TYPES = {0: "echo-reply", 3: "unreachable", 5: "redirect", 8: "echo-request", 11: "time-exceeded",
+               128: "echo-request", 129: "echo-reply", 133: "router-solicitation", 134: "router-advertisement",
+               135: "neighbor-solicitation", 136: "neighbor-advertisement"}  # fmt: skip
+
+
+def describe(p: Packet) -> str:
+    """``2024-03-11 15:32:00.123456 203.0.113.66:40123 > 10.20.0.10:23 tcp 74 [S]``: time, endpoints,
+    protocol, length on the wire, TCP flags or ICMP type. dpkt decodes the frame; link types dpkt does not
+    know fall back to the fields the fast path decoded."""
+    sec, ns = divmod(p.ts_ns, _NS)
+    when = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ns // 1000:06d}"
+    body = _dpkt_line(p) or _fields_line(p.field_map)
+    return f"{when} {body.replace('{len}', str(p.wirelen))}"
+
+
+def _dpkt_line(p: Packet) -> str | None:
+    import dpkt
+
+    try:
+        l3, macs, etype = _dpkt_link(p.linktype, p.data)
+    except (dpkt.UnpackError, dpkt.NeedData, struct.error, ValueError, IndexError, KeyError):
+        return None
+    if l3 is None:
+        return None
+    if isinstance(l3, dpkt.ip.IP | dpkt.ip6.IP6):
+        v6 = isinstance(l3, dpkt.ip6.IP6)
+        fam = socket.AF_INET6 if v6 else socket.AF_INET
+        src, dst = socket.inet_ntop(fam, l3.src), socket.inet_ntop(fam, l3.dst)
+        proto = l3.p
+        l4 = l3.data
+        if isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP):
+            s, d = (f"[{src}]" if v6 else src), (f"[{dst}]" if v6 else dst)
+            extra = f" [{_flags(l4.flags)}]" if isinstance(l4, dpkt.tcp.TCP) else ""
+            return f"{s}:{l4.sport} > {d}:{l4.dport} {_proto(proto)} {{len}}{extra}"
+        if isinstance(l4, dpkt.icmp.ICMP | dpkt.icmp6.ICMP6):
+            return f"{src} > {dst} {_proto(proto)} {{len}} {_ICMP_TYPES.get(l4.type, f'type {l4.type}')}"
+        return f"{src} > {dst} {_proto(proto)} {{len}}"
+    if isinstance(l3, dpkt.arp.ARP):
+        spa, tpa = socket.inet_ntoa(l3.spa), socket.inet_ntoa(l3.tpa)
+        what = f"who-has {tpa} tell {spa}" if l3.op == 1 else f"{spa} is-at {_mac(l3.sha)}"
+        return f"{_mac(macs[0])} > {_mac(macs[1])} arp {{len}} {what}" if macs else f"arp {{len}} {what}"
+    if macs:
+        return f"{_mac(macs[0])} > {_mac(macs[1])} ethertype 0x{etype:04x} {{len}}"
+    return None
+
+
+def _dpkt_link(linktype: int, data: bytes) -> tuple[Any, tuple[bytes, bytes] | None, int]:
+    """(layer-3 object or None, (src MAC, dst MAC) or None, ethertype) with dpkt's own link decoders."""
+    import dpkt
+    import dpkt.arp
+    import dpkt.icmp6
+    import dpkt.loopback
+    import dpkt.sll
+    import dpkt.sll2
+
+    if linktype == 1:
+        eth = dpkt.ethernet.Ethernet(data)
+        return eth.data if not isinstance(eth.data, bytes) else None, (eth.src, eth.dst), eth.type
+    if linktype == 113:
+        sll = dpkt.sll.SLL(data)
+        return (None if isinstance(sll.data, bytes) else sll.data), None, sll.ethtype
+    if linktype == 276:
+        sll2 = dpkt.sll2.SLL2(data)
+        return (None if isinstance(sll2.data, bytes) else sll2.data), None, sll2.ptype
+    if linktype in (0, 108):
+        lo = dpkt.loopback.Loopback(data)
+        return (None if isinstance(lo.data, bytes) else lo.data), None, 0
+    if linktype in (101, 12, 14, 228, 229) and data:
+        ver = data[0] >> 4
+        if ver == 4:
+            return dpkt.ip.IP(data), None, 0x0800
+        if ver == 6:
+            return dpkt.ip6.IP6(data), None, 0x86DD
+    return None, None, 0
+
+
+def _fields_line(f: Mapping[str, int]) -> str:
+    from flowdiff.netmap import address_text, mac_text
+
+    if f.get("ip_version"):
+        v = np.array([f["ip_version"]])
+        src = address_text(v, np.array([f["src_hi"]], np.uint64), np.array([f["src_lo"]], np.uint64))[0]
+        dst = address_text(v, np.array([f["dst_hi"]], np.uint64), np.array([f["dst_lo"]], np.uint64))[0]
+        if f["proto"] in (6, 17):
+            extra = f" [{_flags(f['tcp_flags'])}]" if f["proto"] == 6 else ""
+            return f"{src}:{f['sport']} > {dst}:{f['dport']} {_proto(f['proto'])} {{len}}{extra}"
+        return f"{src} > {dst} {_proto(f['proto'])} {{len}}"
+    macs = mac_text(np.array([f.get("src_mac", 0), f.get("dst_mac", 0)], dtype=np.uint64))
+    return f"{macs[0]} > {macs[1]} ethertype 0x{f.get('ethertype', 0):04x} {{len}}"
+
+
+def _flags(bits: int) -> str:
+    return "".join(c for b, c in _TCP_FLAGS if bits & b) or "none"
+
+
+def _proto(p: int) -> str:
+    return _PROTO_TEXT.get(int(p), f"proto {int(p)}")
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _value_text(key: str, v: Any) -> str:
+    if key == "ethertype" and isinstance(v, int):
+        return f"0x{v:04x}"
+    return str(v)

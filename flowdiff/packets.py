@@ -133,8 +133,8 @@ class PacketsResult:
             return None
         n = len(self.missing) + self.unaccounted
         names = ", ".join(f"{m.path} ({m.reason})" for m in self.missing)
-        return (f"none of the {n} capture{'s' if n != 1 else ''} that fed {self._what()} can be read any more"
-                + (f": {names}" if names else ""))  # fmt: skip
+        which = f"none of the {n} captures that fed" if n != 1 else "the capture that fed"
+        return f"{which} {self._what()} can be read any more" + (f": {names}" if names else "")
 
     @property
     def exit_code(self) -> ExitCode:
@@ -199,8 +199,8 @@ def find_packets(
 ) -> PacketsResult:
     """The packets behind row ``row`` of report ``report_id``, or behind the key ``where`` of ``table``
     (``{"client": "internet"}`` or ``["client=internet"]``; a value matches the raw or the canonical
-    form) with ``since <= t < until``. Raises ReportError (bad report or row), ConfigError (unknown
-    table or field, bad value), StoreError (unreadable store)."""
+    form) with ``since <= t < until``. Raises ReportError (bad report, row or --where filter), ConfigError (unknown
+    table), StoreError (unreadable store)."""
     import pandas as pd
 
     if report_id is not None:
@@ -223,7 +223,7 @@ def find_packets(
         if table is None or not where:
             raise ReportError("give a report id and a row, or --table with at least one --where FIELD=VALUE")
         tc = _table_config(config, table)
-        values = parse_where(where, tc)
+        values = parse_where(where, tc, labels=config.networks.values())
         created = None
         lo = _ns(since) if since is not None else _INT64_MIN
         hi = _ns(until) if until is not None else _INT64_MAX
@@ -267,10 +267,14 @@ def write_pcap(result: PacketsResult, path: str | os.PathLike) -> str:
     return kind
 
 
-def parse_where(where: Mapping[str, Any] | Sequence[str], tc: TableConfig) -> dict[str, list[Any]]:
+def parse_where(
+    where: Mapping[str, Any] | Sequence[str], tc: TableConfig, labels: Iterable[str] = ()
+) -> dict[str, list[Any]]:
     """``FIELD=VALUE`` filters -> field -> accepted values, each checked against the table's key fields
     (a field given twice accepts either value). Integer fields take decimal, hex (``0x0806``) or, for
-    ``proto``, a name (``tcp``)."""
+    ``proto``, a name (``tcp``); addresses an address, a prefix or a ``[networks]`` label; MACs a MAC or
+    ``random``. A value that no packet could ever have is refused, naming it: a typo must not read as
+    "no packets"."""
     items: list[tuple[str, Any]] = []
     if isinstance(where, Mapping):
         for k, v in where.items():
@@ -279,16 +283,52 @@ def parse_where(where: Mapping[str, Any] | Sequence[str], tc: TableConfig) -> di
         for w in where:
             name, sep, value = str(w).partition("=")
             if not sep or not name.strip():
-                raise ConfigError(f"expected FIELD=VALUE, got {w!r}", key="where")
+                raise ReportError(f"--where: expected FIELD=VALUE, got {w!r}")
             items.append((name.strip(), value.strip()))
     out: dict[str, list[Any]] = {}
     for name, value in items:
         if name not in tc.keys:
-            raise ConfigError(
-                f"table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})", key="where"
+            raise ReportError(
+                f"--where: table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})", key="where"
             )
-        out.setdefault(name, []).append(_typed_value(name, value))
+        typed = _typed_value(name, value)
+        _check_value(name, typed, set(labels))
+        out.setdefault(name, []).append(typed)
     return out
+
+
+def _check_value(name: str, value: Any, labels: set[str]) -> None:
+    import ipaddress
+
+    from flowdiff.canon import RANDOM_MAC
+    from flowdiff.netmap import OTHER
+
+    if name in ADDRESS_KEYS or name in ("src_label", "dst_label", "client_label", "server_label"):
+        try:
+            ipaddress.ip_network(str(value), strict=False)
+            if not name.endswith("_label"):
+                return
+        except ValueError:
+            pass
+        if value in labels or value == OTHER:
+            return
+        kind = (
+            "a [networks] label" if name.endswith("_label") else "an address, a prefix or a [networks] label"
+        )
+        known = ", ".join(sorted(labels | {OTHER}))
+        raise ReportError(f"--where {name}={value!r} is not {kind} (labels: {known})")
+    if name in ("src_mac", "dst_mac") and value != RANDOM_MAC:
+        parts = str(value).split(":")
+        if len(parts) != 6 or not all(len(x) == 2 and all(c in "0123456789abcdef" for c in x) for x in parts):
+            raise ReportError(
+                f"--where {name}={value!r} is not a MAC address (aa:bb:cc:dd:ee:ff) or 'random'"
+            )
+    net = parse_net_key(name)
+    if net is not None:
+        try:
+            ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            raise ReportError(f"--where {name}={value!r} is not a network (10.1.2.0/24)") from None
 
 
 def _typed_value(name: str, value: Any) -> Any:
@@ -300,10 +340,10 @@ def _typed_value(name: str, value: Any) -> Any:
             try:
                 v = _PROTO_NAMES[text] if name == "proto" and text in _PROTO_NAMES else int(text, 0)
             except ValueError:
-                raise ConfigError(f"{name}={value!r} is not a number", key="where") from None
+                raise ReportError(f"--where {name}={value!r} is not a number") from None
         bits = KEY_FIELDS[name].bit_width
         if not 0 <= v < (1 << bits):
-            raise ConfigError(f"{name}={value!r} is out of range (0-{(1 << bits) - 1})", key="where")
+            raise ReportError(f"--where {name}={value!r} is out of range (0-{(1 << bits) - 1})")
         return v
     text = str(value).strip()
     if name in ADDRESS_KEYS:

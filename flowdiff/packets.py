@@ -199,8 +199,8 @@ def find_packets(
 ) -> PacketsResult:
     """The packets behind row ``row`` of report ``report_id``, or behind the key ``where`` of ``table``
     (``{"client": "internet"}`` or ``["client=internet"]``; a value matches the raw or the canonical
-    form) with ``since <= t < until``. Raises ReportError (bad report, row or --where filter), ConfigError (unknown
-    table), StoreError (unreadable store)."""
+    form) with ``since <= t < until``. Raises ReportError (bad report, row or --where filter),
+    ConfigError (unknown table), StoreError (unreadable store)."""
     import pandas as pd
 
     if report_id is not None:
@@ -289,7 +289,7 @@ def parse_where(
     for name, value in items:
         if name not in tc.keys:
             raise ReportError(
-                f"--where: table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})", key="where"
+                f"--where: table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})"
             )
         typed = _typed_value(name, value)
         _check_value(name, typed, set(labels))

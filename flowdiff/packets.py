@@ -133,8 +133,9 @@ class PacketsResult:
             return None
         n = len(self.missing) + self.unaccounted
         names = ", ".join(f"{m.path} ({m.reason})" for m in self.missing)
-        which = f"none of the {n} captures that fed" if n != 1 else "the capture that fed"
-        return f"{which} {self._what()} can be read any more" + (f": {names}" if names else "")
+        what = (f"none of the {n} captures that fed {self._what()} can be read any more" if n != 1
+                else f"the capture that fed {self._what()} can no longer be read")  # fmt: skip
+        return what + (f": {names}" if names else "")
 
     @property
     def exit_code(self) -> ExitCode:

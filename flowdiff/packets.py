@@ -632,29 +632,55 @@ class _Matcher:
 
     def _side_match(self, key: str, side: str, cols: Mapping[str, np.ndarray]) -> np.ndarray:
         """Does the address of ``side`` (src or dst) give ``key``'s wanted value? ``key`` is an address
-        (compared canonicalised), a ``*_label`` or a ``*_net/N`` field of either side or role."""
-        ver, hi, lo = cols["ip_version"], cols[f"{side}_hi"], cols[f"{side}_lo"]
+        (compared canonicalised), a ``*_label`` or a ``*_net/N`` field of either side or role. Compared
+        as integers over the whole chunk; text is made only for the few candidates left."""
+        ver = cols["ip_version"].astype(np.uint64)
+        hi, lo = cols[f"{side}_hi"].astype(np.uint64), cols[f"{side}_lo"].astype(np.uint64)
+        out = np.zeros(len(ver), dtype=bool)
         net = parse_net_key(key)
-        if net is not None:
-            from flowdiff.netmap import network_text
+        for want in self.values[key]:
+            if net is not None:
+                out |= _in_network(str(want), ver, hi, lo, net.prefix, exact_prefix=True)
+            elif key.endswith("_label"):
+                labels = self.nmap.labels
+                if want in labels:
+                    out |= self.nmap.codes_for_ints(ver, hi, lo) == labels.index(want)
+            else:
+                out |= self._address_is(str(want), ver, hi, lo)
+        return out
 
-            prefix = net.prefix
-            return self._triple_match(key, ver, hi, lo, lambda v, h, l_: network_text(v, h, l_, prefix), None)
-        if key.endswith("_label"):
-            return self._triple_match(key, ver, hi, lo, self.nmap.labels_for_ints, None)
+    def _address_is(self, want: str, ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Addresses whose canonical form (``canon.canon_values``) is ``want``, or (``--where``) whose
+        raw text is. Candidates first, by integers: the address itself, the addresses inside a prefix
+        (``ipv6_prefix``), or those the ``[networks]`` map labels ``want`` (``collapse``)."""
+        import ipaddress
+
+        try:
+            one = ipaddress.ip_network(want, strict=False)
+        except ValueError:
+            one = None
+        if one is not None:
+            cand = _in_network(want, ver, hi, lo, one.prefixlen, exact_prefix=False)
+        elif want in self.tc.collapse and want in self.nmap.labels:
+            # canon_values' own rule: an address whose label is collapsed becomes the label
+            return self.nmap.codes_for_ints(ver, hi, lo) == self.nmap.labels.index(want)
+        else:
+            return np.zeros(len(ver), dtype=bool)  # no address has this canonical or raw form
+        idx = np.flatnonzero(cand)
+        if not len(idx):
+            return cand
+        from flowdiff.aggregate import _group_triples
+        from flowdiff.canon import canon_values
         from flowdiff.netmap import address_text
 
-        return self._triple_match(key, ver, hi, lo, address_text, "src")
-
-    def _triple_match(self, key, ver, hi, lo, fmt, canon_as) -> np.ndarray:
-        if not len(ver):
-            return np.zeros(0, dtype=bool)
-        trip = np.ascontiguousarray(
-            np.stack([ver.astype(np.uint64), hi.astype(np.uint64), lo.astype(np.uint64)], 1)
-        )
-        uniq, inv = np.unique(trip, axis=0, return_inverse=True)
-        text = np.asarray(fmt(uniq[:, 0], uniq[:, 1], uniq[:, 2]), dtype=object)
-        return self._wanted(key, text, canon_as)[inv.reshape(-1)]
+        empty = np.zeros(0, dtype=np.uint64)
+        inv, uniq = _group_triples(ver[idx], hi[idx], lo[idx], empty, empty, empty)
+        text = address_text(uniq[:, 0], uniq[:, 1], uniq[:, 2])
+        ok = canon_values("src", text, self.tc, self.nmap) == want
+        if not self.canonical_only:
+            ok |= text == want
+        cand[idx] = ok[inv]
+        return cand
 
     def _distinct_match(self, key: str, values: np.ndarray, fmt) -> np.ndarray:
         uniq, inv = np.unique(values, return_inverse=True)
@@ -722,6 +748,26 @@ def _is_role_key(key: str) -> bool:
     return key in _ROLE_KEYS or key.startswith(("client_net/", "server_net/"))
 
 
+def _in_network(text: str, ver: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int, *,
+                exact_prefix: bool) -> np.ndarray:  # fmt: skip
+    """Addresses inside the network ``text`` (an address is its own /32 or /128). With ``exact_prefix``
+    (a ``*_net/N`` key) the network must also be written with the key's prefix (IPv4 clamped to 32)."""
+    import ipaddress
+
+    from flowdiff.netmap import mask_address
+
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return np.zeros(len(ver), dtype=bool)
+    if exact_prefix and net.prefixlen != min(prefix, 32 if net.version == 4 else 128):
+        return np.zeros(len(ver), dtype=bool)
+    mhi, mlo, _, _ = mask_address(ver, hi, lo, net.prefixlen)
+    value = int(net.network_address)
+    nhi, nlo = np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
+    return (ver == net.version) & (mhi == nhi) & (mlo == nlo)
+
+
 def _zero_non_ip(pk: dict[str, np.ndarray]) -> None:
     """The aggregator reads IP fields as 0 on frames without a decoded IP header (link tables count them)."""
     bad = pk["status"] != DecodeStatus.OK
@@ -768,11 +814,14 @@ _SUMMARY_FIELDS = ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto"
 def _packets(c: Mapping[str, np.ndarray], idx: np.ndarray, path: str) -> list[Packet]:
     """Python objects for the matched packets only."""
     data, off = c["_data"], c["_off"]
+    cols = [c[f][idx].tolist() for f in _SUMMARY_FIELDS]
+    starts, ends = off[idx].tolist(), off[idx + 1].tolist()
+    ts, lt, wire = c["ts_ns"][idx].tolist(), c["linktype"][idx].tolist(), c["wirelen"][idx].tolist()
+    blob = data.tobytes()
     out = []
-    for i in idx.tolist():
-        fields = tuple((f, int(c[f][i])) for f in _SUMMARY_FIELDS)
-        out.append(Packet(int(c["ts_ns"][i]), int(c["linktype"][i]), data[off[i] : off[i + 1]].tobytes(),
-                          int(c["wirelen"][i]), path, fields))  # fmt: skip
+    for i in range(len(idx)):
+        fields = tuple(zip(_SUMMARY_FIELDS, (col[i] for col in cols), strict=True))
+        out.append(Packet(ts[i], lt[i], blob[starts[i] : ends[i]], wire[i], path, fields))
     return out
 
 

@@ -482,14 +482,18 @@ def _captures_for(
                 return False
         return True
 
-    for e in recent:
+    stop = len(recent)
+    for i, e in enumerate(recent):
         if remaining is not None and not remaining:
+            stop = i
             break
         if not visit(e, may_stop=True):
+            stop = i + 1
             break
-    # captures whose modification time is older than their packets (copied with old times, clock steps):
-    # only while some source is still unexplained
-    for e in older:
+    # Captures out of time order: collected late (copied in from elsewhere), or with a modification time
+    # older than their packets (copied with old times, clock steps). Visited only while some source of the
+    # window is still unexplained by the captures found gone.
+    for e in [*recent[stop:], *older]:
         if remaining is None or len(remaining) <= len(gone):
             break
         visit(e, may_stop=False)

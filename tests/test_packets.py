@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -413,3 +414,27 @@ def test_help_stays_fast():
     code = "import sys; from flowdiff.cli import main; print('pandas' in sys.modules, 'dpkt' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_path):
+    """A late capture adds to the row's interval after the report: the row's packets stay the row's."""
+    dst = _copy_site(site, tmp_path)
+    cfg = dst / "site" / "flowdiff.toml"
+    report = site["report"]
+    row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
+    t = int(row["first_seen"].timestamp()) * 10**9 + 60 * 10**9  # same interval, a minute later
+    frames = synth.tcp_session(t, client_mac=synth.ROUTER.mac, server_mac=synth.MAILHOST.mac, client="203.0.113.99",
+                               server=synth.MAILHOST.ip, cport=41000, sport=23)  # fmt: skip
+    late = synth.write_pcap(dst / "late.pcap", frames)
+    time.sleep(1.1)  # collected in a later second than the report was made
+    collect([str(late)], load_config(cfg))
+    r = _cli(report.report_id, str(row["row"]), "--config", str(cfg))
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == row["packets"] and "203.0.113.99" not in r.stdout
+    (warning,) = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
+    assert "collected after the report" in warning and str(late.resolve()) in warning
+    # without a report, the late capture counts like any other
+    r = _cli("--table", "services", "--where", "client=internet", "--where", f"server={synth.MAILHOST.ip}",
+             "--where", "service_port=23", "--config", str(cfg))  # fmt: skip
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == row["packets"] + len(frames)
+    assert f"{len(site['scenario'].files) + 1} captures searched" in r.stderr

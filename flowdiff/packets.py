@@ -202,40 +202,20 @@ def find_packets(
     (``{"client": "internet"}`` or ``["client=internet"]``; a value matches the raw or the canonical
     form) with ``since <= t < until``. Raises ReportError (bad report, row or --where filter),
     ConfigError (unknown table), StoreError (unreadable store)."""
-    import pandas as pd
-
     if report_id is not None:
         if table is not None or where:
             raise ReportError("give either a report row or --table/--where, not both")
         if row is None:
             raise ReportError(f"which row of report {report_id}? (give its number)")
-        tc, values, row_info = _report_row(config, report_id, int(row))
-        created = row_info["created_at"]
-        interval_ns = config.interval * _NS
-        first_ns = _ns(row_info["first_seen"])
-        last_ns = _ns(row_info["last_seen"]) + 1000  # stored in microseconds: the whole last one
-        until_ns = _ns(row_info["until"]) if row_info["until"] is not None else last_ns
-        lo, hi = first_ns, min(last_ns, until_ns)
-        start = _ns(row_info["interval_start"])
-        end = min(until_ns, (last_ns - 1) // interval_ns * interval_ns + interval_ns)
-        canonical_only = True
-        expected = (int(row_info["packets"]), int(row_info["bytes"]))
+        q = _row_query(config, report_id, int(row))
     else:
         if table is None or not where:
             raise ReportError("give a report id and a row, or --table with at least one --where FIELD=VALUE")
-        tc = _table_config(config, table)
-        values = parse_where(where, tc, labels=config.networks.values())
-        created = None
-        lo = _ns(since) if since is not None else _INT64_MIN
-        hi = _ns(until) if until is not None else _INT64_MAX
-        interval_ns = config.interval * _NS
-        start = lo // interval_ns * interval_ns if since is not None else None
-        end = hi if until is not None else None
-        canonical_only = False
-        expected = None
-    store = Store(config.store)
-    feeders, missing, unaccounted, late = _captures_for(store, tc.name, start, end, created)
-    matcher = _Matcher(tc, values, config, canonical_only=canonical_only, lo=lo, hi=hi)
+        q = _where_query(config, table, where, since, until)
+    feeders, missing, unaccounted, late = _captures_for(
+        Store(config.store), q.tc.name, q.start, q.end, q.created
+    )
+    matcher = _Matcher(q.tc, q.values, config, canonical_only=q.report_id is not None, lo=q.lo, hi=q.hi)
     found: list[Packet] = []
     searched: list[str] = []
     for entry in feeders:
@@ -246,12 +226,56 @@ def find_packets(
             continue
         searched.append(entry.path)
     found.sort(key=lambda p: p.ts_ns)
-    ts = lambda v: None if v in (None, _INT64_MIN, _INT64_MAX) else pd.Timestamp(v, unit="ns", tz="UTC")  # noqa: E731
     return PacketsResult(
-        table=tc.name, key=values, packets=found, searched=searched, missing=missing, unaccounted=unaccounted,
-        late=late, report_id=report_id, row=row, expected_packets=expected[0] if expected else None,
-        expected_bytes=expected[1] if expected else None, since=ts(lo), until=ts(hi),
+        table=q.tc.name, key=q.values, packets=found, searched=searched, missing=missing, unaccounted=unaccounted,
+        late=late, report_id=q.report_id, row=row, expected_packets=q.expected[0] if q.expected else None,
+        expected_bytes=q.expected[1] if q.expected else None, since=_utc(q.lo), until=_utc(q.hi),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Query:
+    """What to look for: a key of a table, packets with ``lo <= ts < hi`` (ns), in the intervals
+    ``[start, end)`` (None: open), from captures collected by ``created`` (report mode)."""
+
+    tc: TableConfig
+    values: dict[str, list[Any]]
+    lo: int
+    hi: int
+    start: int | None
+    end: int | None
+    created: str | None = None
+    report_id: str | None = None
+    expected: tuple[int, int] | None = None  # the row's packets and bytes
+
+
+def _row_query(config: Config, report_id: str, row: int) -> _Query:
+    """A report row is searched in ``[first_seen, last_seen]`` within the span of the report's intervals."""
+    tc, values, info = _report_row(config, report_id, row)
+    interval_ns = config.interval * _NS
+    first_ns = _ns(info["first_seen"])
+    last_ns = _ns(info["last_seen"]) + 1000  # stored in microseconds: the whole last one
+    until_ns = _ns(info["until"]) if info["until"] is not None else last_ns
+    end = min(until_ns, (last_ns - 1) // interval_ns * interval_ns + interval_ns)
+    return _Query(tc, values, first_ns, min(last_ns, until_ns), _ns(info[INTERVAL]), end,
+                  created=info["created_at"], report_id=report_id,
+                  expected=(int(info["packets"]), int(info["bytes"])))  # fmt: skip
+
+
+def _where_query(config: Config, table: str, where: Any, since: Any, until: Any) -> _Query:
+    tc = _table_config(config, table)
+    values = parse_where(where, tc, labels=config.networks.values())
+    lo = _ns(since) if since is not None else _INT64_MIN
+    hi = _ns(until) if until is not None else _INT64_MAX
+    interval_ns = config.interval * _NS
+    start = lo // interval_ns * interval_ns if since is not None else None
+    return _Query(tc, values, lo, hi, start, hi if until is not None else None)
+
+
+def _utc(v: int) -> Any:
+    import pandas as pd
+
+    return None if v in (_INT64_MIN, _INT64_MAX) else pd.Timestamp(v, unit="ns", tz="UTC")
 
 
 def write_pcap(result: PacketsResult, path: str | os.PathLike) -> str:

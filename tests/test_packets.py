@@ -267,6 +267,22 @@ def test_where_mode_matches_the_store_canonical_and_raw(site, tmp_path):
     assert all(line.split()[2].startswith(raw + ":") for line in r.stdout.splitlines())
 
 
+def test_where_mode_with_an_ipv6_prefix_takes_every_temporary_address(site):
+    config = load_config(site["config_path"])
+    day = site["scenario"].last_day
+    since, until = day.strftime("%Y-%m-%dT00:00"), site["scenario"].last_day_end.strftime("%Y-%m-%dT00:00")
+    prefix = f"{synth.LAPTOP6_PREFIX}::/64"  # ipv6_prefix = 64: the laptop's temporary addresses are one key
+    want = _store_total(config, "pairs", since, until, True, src=prefix)
+    assert want[0] > 0
+    r = _cli("--table", "pairs", "--where", f"src={prefix}", "--since", since, "--until", until,
+             "--config", str(site["config_path"]))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == want[0] and all(
+        line.split()[2].startswith(f"[{synth.LAPTOP6_PREFIX}:") for line in lines
+    )
+
+
 def test_where_mode_refuses_bad_filters(site):
     cfg = str(site["config_path"])
     r = _cli("--table", "hosts", "--where", "src=not-an-ip", "--config", cfg)

@@ -228,6 +228,8 @@ def test_bad_report_id_and_row_are_one_line_errors(site):
     assert len(r.stderr.strip().splitlines()) == 1
     r = _cli("20990101T000000Z-000000", "1", "--config", str(site["config_path"]))
     assert r.exit_code == 2 and "Error: no report" in r.stderr
+    r = _cli("services", "--config", str(site["config_path"]))
+    assert r.exit_code == 2 and "not a report id" in r.output and "--table services" in r.output
     with pytest.raises(ReportError):
         find_packets(load_config(site["config_path"]), report_id=report.report_id, row=999)
 

@@ -40,6 +40,12 @@ def packets(report_id, row, config_path, table, where, since, until, write_path)
     """
     from flowdiff.packets import find_packets, write_pcap
 
+    if report_id is not None and not table and not where:
+        from flowdiff.baseline import is_report_id
+
+        if not is_report_id(report_id):
+            raise click.UsageError(f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "
+                                   f"packets of a table give --table {report_id} --where FIELD=VALUE")  # fmt: skip
     if report_id is not None and (table or where):
         raise click.UsageError("give either REPORT_ID ROW or --table/--where, not both")
     if report_id is not None and row is None:

@@ -40,22 +40,7 @@ def packets(report_id, row, config_path, table, where, since, until, write_path)
     """
     from flowdiff.packets import find_packets, write_pcap
 
-    if report_id is not None and not table and not where:
-        from flowdiff.baseline import is_report_id
-
-        if not is_report_id(report_id):
-            raise click.UsageError(f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "
-                                   f"packets of a table give --table {report_id} --where FIELD=VALUE")  # fmt: skip
-    if report_id is not None and (table or where):
-        raise click.UsageError("give either REPORT_ID ROW or --table/--where, not both")
-    if report_id is not None and row is None:
-        raise click.UsageError(
-            f"which row of report {report_id}? Give its number: flowdiff packets {report_id} ROW"
-        )
-    if report_id is None and not (table and where):
-        raise click.UsageError("give REPORT_ID ROW, or --table T with at least one --where FIELD=VALUE")
-    if report_id is not None and (since or until):
-        raise click.UsageError("--since/--until go with --table/--where; a report row has its own time span")
+    _check_args(report_id, row, table, where, since, until)
     config = load(config_path)
     result = find_packets(config, report_id=report_id, row=row, table=table, where=list(where) or None,
                           since=parse_when(since), until=parse_when(until))  # fmt: skip
@@ -73,3 +58,23 @@ def packets(report_id, row, config_path, table, where, since, until, write_path)
             click.echo(line)
         click.echo(result.summary(), err=True)
     sys.exit(result.exit_code)
+
+
+def _check_args(report_id, row, table, where, since, until) -> None:
+    """A report row, or a table key: never a mix, never half of one."""
+    if report_id is not None and not table and not where:
+        from flowdiff.baseline import is_report_id
+
+        if not is_report_id(report_id):
+            raise click.UsageError(f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "
+                                   f"packets of a table give --table {report_id} --where FIELD=VALUE")  # fmt: skip
+    if report_id is not None and (table or where):
+        raise click.UsageError("give either REPORT_ID ROW or --table/--where, not both")
+    if report_id is not None and row is None:
+        raise click.UsageError(
+            f"which row of report {report_id}? Give its number: flowdiff packets {report_id} ROW"
+        )
+    if report_id is None and not (table and where):
+        raise click.UsageError("give REPORT_ID ROW, or --table T with at least one --where FIELD=VALUE")
+    if report_id is not None and (since or until):
+        raise click.UsageError("--since/--until go with --table/--where; a report row has its own time span")

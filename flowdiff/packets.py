@@ -112,6 +112,7 @@ class PacketsResult:
     row: int | None = None
     expected_packets: int | None = None  # the row's counts (report mode)
     expected_bytes: int | None = None
+    show_macs: bool = False  # the table is keyed by MACs: lines show them for IP packets too
     since: Any = None  # the time window searched (UTC pandas Timestamps, None = open)
     until: Any = None
 
@@ -183,7 +184,7 @@ class PacketsResult:
     def lines(self) -> Iterator[str]:
         """One tcpdump-like line per packet (dpkt decodes each)."""
         for p in self.packets:
-            yield describe(p)
+            yield describe(p, macs=self.show_macs)
 
 
 # ------------------------------------------------------------------ the API
@@ -230,6 +231,7 @@ def find_packets(
         table=q.tc.name, key=q.values, packets=found, searched=searched, missing=missing, unaccounted=unaccounted,
         late=late, report_id=q.report_id, row=row, expected_packets=q.expected[0] if q.expected else None,
         expected_bytes=q.expected[1] if q.expected else None, since=_utc(q.lo), until=_utc(q.hi),
+        show_macs=any(k in ("src_mac", "dst_mac") for k in q.tc.keys),
     )  # fmt: skip
 
 
@@ -655,7 +657,7 @@ class _Matcher:
             side = (net.base if net else key).split("_")[0]
             return self._side_match(key, side, cols)
         if key in ("src_mac", "dst_mac"):
-            return self._distinct_match(key, cols[key], lambda u: _mac_text(u))
+            return self._mac_match(key, cols[key])
         return np.isin(cols[key].astype(np.int64), np.asarray(want, dtype=np.int64))
 
     def _side_match(self, key: str, side: str, cols: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -710,20 +712,19 @@ class _Matcher:
         cand[idx] = ok[inv]
         return cand
 
-    def _distinct_match(self, key: str, values: np.ndarray, fmt) -> np.ndarray:
-        uniq, inv = np.unique(values, return_inverse=True)
-        return self._wanted(key, np.asarray(fmt(uniq), dtype=object), key)[inv.reshape(-1)]
-
-    def _wanted(self, key: str, text: np.ndarray, canon_as: str | None) -> np.ndarray:
-        """Which distinct values match: their canonical form (and, for --where, their raw form)."""
+    def _mac_match(self, key: str, macs: np.ndarray) -> np.ndarray:
+        """MACs whose canonical form (``random`` for locally administered ones, with
+        ``collapse_random_macs``) or, for ``--where``, whose raw text is wanted; text for distinct MACs only."""
         from flowdiff.canon import canon_values
+        from flowdiff.netmap import mac_text
 
+        uniq, inv = np.unique(macs, return_inverse=True)
+        text = mac_text(uniq)
         want = np.asarray([str(v) for v in self.values[key]], dtype=object)
-        canon = canon_values(canon_as, text, self.tc, self.nmap) if canon_as else text
-        hit = np.isin(canon, want)
+        hit = np.isin(canon_values(key, text, self.tc, self.nmap), want)
         if not self.canonical_only:
             hit |= np.isin(text, want)
-        return hit
+        return hit[inv.reshape(-1)]
 
     # -- client / server roles
     def _sides(self, key: str, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -802,12 +803,6 @@ def _zero_non_ip(pk: dict[str, np.ndarray]) -> None:
     if bad.any():
         for f in ("src_hi", "src_lo", "dst_hi", "dst_lo", *_IP_INT_FIELDS):
             pk[f] = np.where(bad, 0, pk[f]).astype(pk[f].dtype)
-
-
-def _mac_text(macs: np.ndarray) -> np.ndarray:
-    from flowdiff.netmap import mac_text
-
-    return mac_text(macs)
 
 
 def _gather_bytes(batch: Any, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -907,17 +902,18 @@ _ICMP_TYPES = {0: "echo-reply", 3: "unreachable", 5: "redirect", 8: "echo-reques
                135: "neighbor-solicitation", 136: "neighbor-advertisement"}  # fmt: skip
 
 
-def describe(p: Packet) -> str:
+def describe(p: Packet, *, macs: bool = False) -> str:
     """``2024-03-11 15:32:00.123456 203.0.113.66:40123 > 10.20.0.10:23 tcp 74 [S]``: time, endpoints,
     protocol, length on the wire, TCP flags or ICMP type. dpkt decodes the frame; link types dpkt does not
-    know fall back to the fields the fast path decoded."""
+    know fall back to the fields the fast path decoded. ``macs`` puts the MAC addresses in front of IP
+    packets too (for tables keyed by MACs)."""
     sec, ns = divmod(p.ts_ns, _NS)
     when = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ns // 1000:06d}"
-    body = _dpkt_line(p) or _fields_line(p.field_map)
+    body = _dpkt_line(p, macs) or _fields_line(p.field_map, macs)
     return f"{when} {body.replace('{len}', str(p.wirelen))}"
 
 
-def _dpkt_line(p: Packet) -> str | None:
+def _dpkt_line(p: Packet, want_macs: bool = False) -> str | None:
     import dpkt
 
     try:
@@ -932,8 +928,10 @@ def _dpkt_line(p: Packet) -> str | None:
         src, dst = socket.inet_ntop(fam, l3.src), socket.inet_ntop(fam, l3.dst)
         proto = l3.p
         l4 = l3.data
+        if want_macs and macs:
+            src, dst = f"{_mac(macs[0])} > {_mac(macs[1])}, {src}", dst
         if isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP):
-            s, d = (f"[{src}]" if v6 else src), (f"[{dst}]" if v6 else dst)
+            s, d = (_bracket(src) if v6 else src), (f"[{dst}]" if v6 else dst)
             extra = f" [{_flags(l4.flags)}]" if isinstance(l4, dpkt.tcp.TCP) else ""
             return f"{s}:{l4.sport} > {d}:{l4.dport} {_proto(proto)} {{len}}{extra}"
         if isinstance(l4, dpkt.icmp.ICMP | dpkt.icmp6.ICMP6):
@@ -978,19 +976,28 @@ def _dpkt_link(linktype: int, data: bytes) -> tuple[Any, tuple[bytes, bytes] | N
     return None, None, 0
 
 
-def _fields_line(f: Mapping[str, int]) -> str:
+def _fields_line(f: Mapping[str, int], want_macs: bool = False) -> str:
     from flowdiff.netmap import address_text, mac_text
 
     if f.get("ip_version"):
         v = np.array([f["ip_version"]])
         src = address_text(v, np.array([f["src_hi"]], np.uint64), np.array([f["src_lo"]], np.uint64))[0]
         dst = address_text(v, np.array([f["dst_hi"]], np.uint64), np.array([f["dst_lo"]], np.uint64))[0]
+        if want_macs and (f.get("src_mac") or f.get("dst_mac")):
+            m = mac_text(np.array([f.get("src_mac", 0), f.get("dst_mac", 0)], dtype=np.uint64))
+            src = f"{m[0]} > {m[1]}, {src}"
         if f["proto"] in (6, 17):
             extra = f" [{_flags(f['tcp_flags'])}]" if f["proto"] == 6 else ""
             return f"{src}:{f['sport']} > {dst}:{f['dport']} {_proto(f['proto'])} {{len}}{extra}"
         return f"{src} > {dst} {_proto(f['proto'])} {{len}}"
     macs = mac_text(np.array([f.get("src_mac", 0), f.get("dst_mac", 0)], dtype=np.uint64))
     return f"{macs[0]} > {macs[1]} ethertype 0x{f.get('ethertype', 0):04x} {{len}}"
+
+
+def _bracket(src: str) -> str:
+    """``[2001:db8::1]`` for a port to follow; a MAC prefix stays outside the brackets."""
+    head, sep, addr = src.rpartition(", ")
+    return f"{head}{sep}[{addr}]"
 
 
 def _flags(bits: int) -> str:

@@ -456,3 +456,28 @@ def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_p
              "--where", "service_port=23", "--config", str(cfg))  # fmt: skip
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == row["packets"] + len(frames)
     assert f"{len(site['scenario'].files) + 1} captures searched" in r.stderr
+
+
+def test_random_macs_match_as_random(tmp_path):
+    """collapse_random_macs: locally administered MACs are one key, ``random``, and so are their frames."""
+    t = 1_700_000_000 * 10**9
+    macs = ["02:11:22:33:44:55", "06:aa:bb:cc:dd:ee", "00:1b:21:0a:00:09"]  # two random, one universal
+    frames = []
+    for i, mac in enumerate(macs):
+        frames += synth.udp_exchange(t + i * 10**9, client_mac=mac, server_mac="00:1b:21:0a:00:01",
+                                     client=f"192.0.2.{10 + i}", server="192.0.2.1", cport=40000 + i, sport=53,
+                                     request=b"q" * 20, response=None)  # fmt: skip
+    cap = synth.write_pcap(tmp_path / "m.pcap", frames)
+    root = tmp_path / "site"
+    root.mkdir()
+    cfg = root / "flowdiff.toml"
+    cfg.write_text(_toml({"store": str(root / "store"), "interval": 60, "sensor": "t",
+                          "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}}}), encoding="utf-8")  # fmt: skip
+    config = load_config(cfg)
+    collect([str(cap)], config)
+    df = canonicalise(Store(config.store).read("link"), config.tables["link"], config.networks)
+    assert int(df.loc[df["src_mac"] == "random", "packets"].sum()) == 2
+    r = _cli("--table", "link", "--where", "src_mac=random", "--config", str(cfg))
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()  # MACs in front: the table is keyed by them
+    assert sorted(line.split()[2] for line in lines) == sorted(macs[:2]) and all(" udp " in x for x in lines)

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from flowdiff.config import Config, TableConfig
-from flowdiff.errors import ConfigError, FlowdiffError, ReportError, StoreError
+from flowdiff.errors import BadValueError, ConfigError, FlowdiffError, ReportError, StoreError
 from flowdiff.exitcodes import ExitCode
-from flowdiff.schema import ADDRESS_KEYS, INTERVAL, KEY_FIELDS, DecodeStatus, is_ip_table, parse_net_key
+from flowdiff.schema import INTERVAL, DecodeStatus, is_ip_table, parse_net_key
 from flowdiff.store import LedgerEntry, Store
 
 __all__ = [
@@ -59,8 +59,6 @@ _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
 _ROLE_KEYS = ("client", "server", "service_port", "client_label", "server_label")
 _IP_INT_FIELDS = ("proto", "sport", "dport", "icmp_type", "icmp_code", "tcp_flags", "ip_version")
-_PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmpv6": 58, "sctp": 132}
-_PROTO_TEXT = {v: k for k, v in _PROTO_NAMES.items()}
 
 
 # ------------------------------------------------------------------ results
@@ -201,8 +199,8 @@ def find_packets(
 ) -> PacketsResult:
     """The packets behind row ``row`` of report ``report_id``, or behind the key ``where`` of ``table``
     (``{"client": "internet"}`` or ``["client=internet"]``; a value matches the raw or the canonical
-    form) with ``since <= t < until``. Raises ReportError (bad report, row or --where filter),
-    ConfigError (unknown table), StoreError (unreadable store)."""
+    form; a CIDR takes the addresses inside it) with ``since <= t < until``. Raises ReportError (bad
+    report or row), BadValueError (a --where value), ConfigError (unknown table), StoreError."""
     if report_id is not None:
         if table is not None or where:
             raise ReportError("give either a report row or --table/--where, not both")
@@ -266,7 +264,7 @@ def _row_query(config: Config, report_id: str, row: int) -> _Query:
 
 def _where_query(config: Config, table: str, where: Any, since: Any, until: Any) -> _Query:
     tc = _table_config(config, table)
-    values = parse_where(where, tc, labels=config.networks.values())
+    values = parse_where(where, tc, config.networks)
     lo = _ns(since) if since is not None else _INT64_MIN
     hi = _ns(until) if until is not None else _INT64_MAX
     interval_ns = config.interval * _NS
@@ -295,13 +293,15 @@ def write_pcap(result: PacketsResult, path: str | os.PathLike) -> str:
 
 
 def parse_where(
-    where: Mapping[str, Any] | Sequence[str], tc: TableConfig, labels: Iterable[str] = ()
+    where: Mapping[str, Any] | Sequence[str], tc: TableConfig, networks: Mapping[str, str] | None = None
 ) -> dict[str, list[Any]]:
-    """``FIELD=VALUE`` filters -> field -> accepted values, each checked against the table's key fields
-    (a field given twice accepts either value). Integer fields take decimal, hex (``0x0806``) or, for
-    ``proto``, a name (``tcp``); addresses an address, a prefix or a ``[networks]`` label; MACs a MAC or
-    ``random``. A value that no packet could ever have is refused, naming it: a typo must not read as
-    "no packets"."""
+    """``FIELD=VALUE`` filters -> field -> accepted values. Each value is checked against its field by
+    the one validation every ``--where`` goes through (``rules.check_where``, ``vocab.parse_spec``):
+    numbers in decimal or hex, protocol names, addresses, CIDRs, ``[networks]`` labels, MACs, ``random``.
+    A field given twice accepts either value. Ranges and ``*`` are refused: packets names one key."""
+    from flowdiff.rules import check_where, network_labels
+    from flowdiff.vocab import parse_spec
+
     items: list[tuple[str, Any]] = []
     if isinstance(where, Mapping):
         for k, v in where.items():
@@ -310,82 +310,26 @@ def parse_where(
         for w in where:
             name, sep, value = str(w).partition("=")
             if not sep or not name.strip():
-                raise ReportError(f"--where: expected FIELD=VALUE, got {w!r}")
+                raise BadValueError(f"--where {w!r}", str(w), w, "expected FIELD=VALUE")
             items.append((name.strip(), value.strip()))
+    labels = network_labels(networks)
     out: dict[str, list[Any]] = {}
     for name, value in items:
         if name not in tc.keys:
-            raise ReportError(
-                f"--where: table {tc.name} has no field {name!r} (fields: {', '.join(tc.keys)})"
-            )
-        typed = _typed_value(name, value)
-        _check_value(name, typed, set(labels))
-        out.setdefault(name, []).append(typed)
+            raise BadValueError(f"--where {name}={value}", name, value,
+                                f"table {tc.name} has no key field {name!r} (keys: {', '.join(tc.keys)})")  # fmt: skip
+        check_where(name, value, labels)
+        kind, parsed = parse_spec(name, value, labels)
+        if kind in ("any", "range"):
+            raise BadValueError(f"--where {name}={value}", name, value,
+                                "packets takes one value per filter (no ranges or '*'); repeat --where for more")  # fmt: skip
+        out.setdefault(name, []).append(str(parsed) if kind == "cidr" else _plain(parsed))
     return out
 
 
-def _check_value(name: str, value: Any, labels: set[str]) -> None:
-    import ipaddress
-
-    from flowdiff.canon import RANDOM_MAC
-    from flowdiff.netmap import OTHER
-
-    if name in ADDRESS_KEYS or name in ("src_label", "dst_label", "client_label", "server_label"):
-        try:
-            ipaddress.ip_network(str(value), strict=False)
-            if not name.endswith("_label"):
-                return
-        except ValueError:
-            pass
-        if value in labels or value == OTHER:
-            return
-        kind = (
-            "a [networks] label" if name.endswith("_label") else "an address, a prefix or a [networks] label"
-        )
-        known = ", ".join(sorted(labels | {OTHER}))
-        raise ReportError(f"--where {name}={value!r} is not {kind} (labels: {known})")
-    if name in ("src_mac", "dst_mac") and value != RANDOM_MAC:
-        parts = str(value).split(":")
-        if len(parts) != 6 or not all(len(x) == 2 and all(c in "0123456789abcdef" for c in x) for x in parts):
-            raise ReportError(
-                f"--where {name}={value!r} is not a MAC address (aa:bb:cc:dd:ee:ff) or 'random'"
-            )
-    net = parse_net_key(name)
-    if net is not None:
-        try:
-            ipaddress.ip_network(str(value), strict=False)
-        except ValueError:
-            raise ReportError(f"--where {name}={value!r} is not a network (10.1.2.0/24)") from None
-
-
-def _typed_value(name: str, value: Any) -> Any:
-    if name in KEY_FIELDS and KEY_FIELDS[name] != KEY_FIELDS["src"]:  # an integer field
-        if isinstance(value, int | np.integer):
-            v = int(value)
-        else:
-            text = str(value).strip().lower()
-            try:
-                v = _PROTO_NAMES[text] if name == "proto" and text in _PROTO_NAMES else int(text, 0)
-            except ValueError:
-                raise ReportError(f"--where {name}={value!r} is not a number") from None
-        bits = KEY_FIELDS[name].bit_width
-        if not 0 <= v < (1 << bits):
-            raise ReportError(f"--where {name}={value!r} is out of range (0-{(1 << bits) - 1})")
-        return v
-    text = str(value).strip()
-    if name in ADDRESS_KEYS:
-        import ipaddress
-
-        try:
-            return str(ipaddress.ip_address(text))  # canonical text, as stored
-        except ValueError:
-            try:
-                return str(ipaddress.ip_network(text, strict=False))  # an ipv6_prefix form
-            except ValueError:
-                return text  # a [networks] label after collapse, or "random"
-    if name in ("src_mac", "dst_mac"):
-        return text.lower().replace("-", ":")
-    return text
+def _plain(value: Any) -> Any:
+    """A key value as a plain Python int or str (report frames hold numpy integers)."""
+    return int(value) if isinstance(value, int | np.integer) else str(value)
 
 
 # ------------------------------------------------------------------ report rows
@@ -401,7 +345,7 @@ def _table_config(config: Config, table: str) -> TableConfig:
 
 
 def _report_row(config: Config, report_id: str, row: int) -> tuple[TableConfig, dict[str, list[Any]], dict]:
-    from flowdiff.diff import load_report, report_dir
+    from flowdiff.archive import load_report, report_dir
 
     res = load_report(config, report_id)
     for table, df in res.rows.items():
@@ -416,7 +360,7 @@ def _report_row(config: Config, report_id: str, row: int) -> tuple[TableConfig, 
         if tuple(tc.keys) != keys:
             raise ReportError(f"report {report_id}: table {table!r} had keys {list(keys)}, the config now says "
                               f"{list(tc.keys)}")  # fmt: skip
-        values = {k: [_typed_value(k, rec[k])] for k in keys}
+        values = {k: [_plain(rec[k])] for k in keys}
         try:
             meta = json.loads((report_dir(config, report_id) / "report.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -708,7 +652,7 @@ class _Matcher:
         text = address_text(uniq[:, 0], uniq[:, 1], uniq[:, 2])
         ok = canon_values("src", text, self.tc, self.nmap) == want
         if not self.canonical_only:
-            ok |= text == want
+            ok |= (text == want) | ("/" in want)  # --where: a CIDR takes every raw address inside it
         cand[idx] = ok[inv]
         return cand
 
@@ -1005,7 +949,10 @@ def _flags(bits: int) -> str:
 
 
 def _proto(p: int) -> str:
-    return _PROTO_TEXT.get(int(p), f"proto {int(p)}")
+    from flowdiff.vocab import proto_name
+
+    name = proto_name(int(p))
+    return name if not name.isdigit() else f"proto {name}"
 
 
 def _mac(b: bytes) -> str:
@@ -1013,6 +960,6 @@ def _mac(b: bytes) -> str:
 
 
 def _value_text(key: str, v: Any) -> str:
-    if key == "ethertype" and isinstance(v, int):
-        return f"0x{v:04x}"
-    return str(v)
+    from flowdiff.vocab import format_value
+
+    return format_value(key, v)

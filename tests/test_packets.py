@@ -260,6 +260,14 @@ def test_where_mode_matches_the_store_canonical_and_raw(site, tmp_path):
     _, records, wire = _read_pcap(out)
     assert (len(records), wire) == want
 
+    # a CIDR takes every raw address inside it
+    stored = Store(config.store).read("hosts", since=since, until=until)
+    net = ipaddress.ip_network("10.20.0.0/26")
+    inside = stored[[ipaddress.ip_address(a) in net for a in stored["src"]]]
+    r = _cli("--table", "hosts", "--where", f"src={net}", "--since", since, "--until", until,
+             "--config", str(site["config_path"]))  # fmt: skip
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == int(inside["packets"].sum()) > 0
+
     raw = "198.51.100.77"  # the IRC server: one raw address inside the collapsed "internet"
     want_raw = _store_total(config, "hosts", since, until, False, src=raw)
     assert 0 < want_raw[0] < want[0]
@@ -290,7 +298,9 @@ def test_where_mode_refuses_bad_filters(site):
     r = _cli("--table", "hosts", "--where", "src=not-an-ip", "--config", cfg)
     assert r.exit_code == 2 and "not-an-ip" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("--table", "hosts", "--where", "dport=53", "--config", cfg)
-    assert r.exit_code == 2 and "no field 'dport'" in r.stderr
+    assert r.exit_code == 2 and "no key field 'dport'" in r.stderr
+    r = _cli("--table", "pairs", "--where", "proto=1-255", "--config", cfg)
+    assert r.exit_code == 2 and "no ranges" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("--table", "nope", "--where", "src=10.20.0.10", "--config", cfg)
     assert r.exit_code == 2 and "no table named 'nope'" in r.stderr
     r = _cli("--table", "hosts", "--config", cfg)

@@ -63,7 +63,7 @@ def packets(report_id, row, config_path, table, where, since, until, write_path)
 def _check_args(report_id, row, table, where, since, until) -> None:
     """A report row, or a table key: never a mix, never half of one."""
     if report_id is not None and not table and not where:
-        from flowdiff.baseline import is_report_id
+        from flowdiff.archive import is_report_id
 
         if not is_report_id(report_id):
             raise click.UsageError(f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "

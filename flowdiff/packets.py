@@ -5,12 +5,11 @@ again in the captures they were counted from.
 
 Which captures. Every interval file of the store records which captures fed it (the ``sources`` of
 ``flowdiff.store``), and the ledger says where each capture was and what it looked like (path, size,
-mtime, content hash). So the captures are known exactly, not guessed from file names: a capture on disk
-is recognised by the id collect gave it; a ledger capture that is gone or changed since it was collected
-is *named* (a triage that silently skips a capture would show less than the row counted). Ledger
-entries are visited in modification-time order from the window's start (a capture cannot hold a packet
-newer than its last write), and the walk stops once every source is accounted for or a capture on
-disk begins after the window.
+mtime, content hash, and the id its parts carry in the interval files). So the captures are known
+exactly, not guessed from file names or times; a ledger capture that fed the window but is gone or
+changed since it was collected is *named* (a triage that silently skips a capture would show less than
+the row counted). Ledger lines written before they recorded the id are recognised by recomputing it
+from the file, visited in modification-time order from the window's start.
 
 How packets are matched. Exactly as they were counted: the compiled decoder gives per-packet columns,
 the key fields are computed per packet with the aggregator's own rules (which frames a table counts,
@@ -411,7 +410,11 @@ def _captures_for(
     store: Store, table: str, start: int | None, end: int | None, created: str | None
 ) -> tuple[list[LedgerEntry], list[MissingCapture], int, list[str]]:
     """(captures to search, captures that fed the window but cannot be searched, how many more fed it
-    without a ledger entry to name, captures collected after ``created``)."""
+    without a ledger entry to name, captures collected after ``created``).
+
+    A ledger entry that records its ``capture_id`` is matched to the interval files' sources exactly
+    (no file is read to know whether it fed the window, and a missing one is named for certain); older
+    entries are recognised by recomputing the id from the file, walking them in time order."""
     if store.table_keys(table) is None:
         raise StoreError(f"no table {table!r} in store {store.root}")
     ids = _sources(store, table, start, end)
@@ -421,11 +424,41 @@ def _captures_for(
     for e in store.ledger():
         if e.status in ("ok", "damaged") and e.records > 0:
             entries[e.path] = e  # the latest entry of a path wins
-    ordered = sorted(entries.values(), key=lambda e: (e.mtime_ns, e.path))
+    feeders: list[LedgerEntry] = []
+    gone: list[MissingCapture] = []
+    legacy = list(entries.values())
+    remaining = set(ids) if ids is not None else None
+    if remaining is not None:
+        known = [e for e in legacy if getattr(e, "capture_id", None)]
+        legacy = [e for e in legacy if not getattr(e, "capture_id", None)]
+        for e in sorted(known, key=lambda e: (e.mtime_ns, e.path)):
+            if e.capture_id not in ids:
+                continue
+            remaining.discard(e.capture_id)
+            problem = _check_unchanged(e)
+            if problem is None:
+                feeders.append(e)
+            else:
+                gone.append(MissingCapture(e.path, problem, e.collected_at))
+    more, guessed, unaccounted = _walk(legacy, remaining, start, end)
+    late = [e.path for e in feeders + more if created and e.collected_at and e.collected_at > created]
+    feeders = [e for e in feeders + more if e.path not in late]
+    return feeders, gone + guessed, unaccounted, late
+
+
+def _walk(
+    entries: list[LedgerEntry], remaining: set[str] | None, start: int | None, end: int | None
+) -> tuple[list[LedgerEntry], list[MissingCapture], int]:
+    """Ledger entries without a recorded capture id: visited in modification-time order from the
+    window's start (a capture cannot hold a packet newer than its last write), each recognised by its id
+    recomputed from the file; the walk stops once every source is found, or at a capture on disk that
+    begins after the window. Returns (feeders, captures gone that probably fed it, sources unexplained)."""
+    if remaining is not None and not remaining:
+        return [], [], 0
+    ordered = sorted(entries, key=lambda e: (e.mtime_ns, e.path))
     lower = (start - _NS) if start is not None else _INT64_MIN  # mtime: a second of file system slack
     recent = [e for e in ordered if e.mtime_ns >= lower]
     older = [e for e in reversed(ordered) if e.mtime_ns < lower]
-    remaining = set(ids) if ids is not None else None
     feeders: list[LedgerEntry] = []
     gone: list[MissingCapture] = []
 
@@ -468,13 +501,9 @@ def _captures_for(
             break
         visit(e, may_stop=False)
     if remaining is None:
-        missing, unaccounted = gone, 0
-    else:
-        missing = gone[: len(remaining)]  # the nearest in time to the window: the likeliest ones
-        unaccounted = len(remaining) - len(missing)
-    late = [e.path for e in feeders if created and e.collected_at and e.collected_at > created]
-    feeders = [e for e in feeders if e.path not in late]
-    return feeders, missing, unaccounted, late
+        return feeders, gone, 0
+    missing = gone[: len(remaining)]  # the nearest in time to the window: the likeliest ones
+    return feeders, missing, len(remaining) - len(missing)
 
 
 def _check_unchanged(e: LedgerEntry) -> str | None:
@@ -508,7 +537,7 @@ def _matching_id(e: LedgerEntry, ids: set[str]) -> str | None:
     from flowdiff.collect import _capture_id
 
     try:
-        cid = _capture_id(Path(e.path), e.size, (set(), set(), set()))[0]
+        cid = _capture_id(Path(e.path), e.size, set())[0]
     except FlowdiffError:
         return None
     return cid if cid in ids else None

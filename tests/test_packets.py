@@ -345,13 +345,17 @@ def test_roles_follow_the_syn_across_intervals(tmp_path):
 # ------------------------------------------------------------------ captures that are gone
 
 
-def _copy_site(site, tmp_path: Path) -> Path:
-    """A copy of the site whose ledger points at copied captures (so they can be deleted)."""
+def _copy_site(site, tmp_path: Path, legacy: bool = False) -> Path:
+    """A copy of the site whose ledger points at copied captures (so they can be deleted). ``legacy``:
+    a ledger written before entries recorded their capture id (captures are then recognised by file)."""
     dst = tmp_path / "copy"
     shutil.copytree(site["base"], dst, copy_function=shutil.copy2)
     old, new = str(site["base"].resolve()), str(dst.resolve())
     ledger = dst / "site" / "store" / "_ledger.jsonl"
-    ledger.write_text(ledger.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    lines = [json.loads(x) for x in ledger.read_text(encoding="utf-8").replace(old, new).splitlines()]
+    if legacy:
+        lines = [{k: v for k, v in e.items() if k != "capture_id"} for e in lines]
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in lines), encoding="utf-8")
     cfg = dst / "site" / "flowdiff.toml"
     cfg.write_text(cfg.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
     return dst
@@ -362,8 +366,9 @@ def _capture_of(files, when) -> Path:
     return max((f for f in files if f.name <= name), key=lambda f: f.name)
 
 
-def test_a_deleted_capture_is_named(site, tmp_path):
-    dst = _copy_site(site, tmp_path)
+@pytest.mark.parametrize("legacy", [False, True], ids=["ledger-with-ids", "old-ledger"])
+def test_a_deleted_capture_is_named(site, tmp_path, legacy):
+    dst = _copy_site(site, tmp_path, legacy)
     cfg = str(dst / "site" / "flowdiff.toml")
     scenario = site["scenario"]
     report = site["report"]
@@ -444,9 +449,10 @@ def test_help_stays_fast():
     assert out.split() == ["False", "False"]
 
 
-def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["ledger-with-ids", "old-ledger"])
+def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_path, legacy):
     """A late capture adds to the row's interval after the report: the row's packets stay the row's."""
-    dst = _copy_site(site, tmp_path)
+    dst = _copy_site(site, tmp_path, legacy)
     cfg = dst / "site" / "flowdiff.toml"
     report = site["report"]
     row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)

@@ -432,7 +432,7 @@ def _captures_for(
         known = [e for e in legacy if getattr(e, "capture_id", None)]
         legacy = [e for e in legacy if not getattr(e, "capture_id", None)]
         for e in sorted(known, key=lambda e: (e.mtime_ns, e.path)):
-            if e.capture_id not in ids:
+            if ids is None or e.capture_id not in ids:
                 continue
             remaining.discard(e.capture_id)
             problem = _check_unchanged(e)
@@ -551,7 +551,7 @@ def _first_ts(path: str) -> int | None:
         try:
             b = next(batches, None)
         finally:
-            batches.close()
+            batches.close()  # type: ignore[attr-defined]  # a generator: stop the reader
     except FlowdiffError:
         return None
     return int(b.ts_ns.min()) if b is not None and len(b) else None

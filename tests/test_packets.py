@@ -22,13 +22,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from flowdiff import synth
 from flowdiff.baseline import learn
 from flowdiff.canon import canonicalise
 from flowdiff.capture import open_capture
 from flowdiff.cli import main
 from flowdiff.collect import collect
 from flowdiff.config import load_config
+from flowdiff.demo import frames as synth_frames
+from flowdiff.demo import scenario as synth_scenario
 from flowdiff.diff import diff
 from flowdiff.errors import ReportError
 from flowdiff.packets import PacketsResult, find_packets, write_pcap
@@ -53,7 +54,7 @@ def _toml(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_config(scenario: synth.Scenario, root: Path) -> Path:
+def _write_config(scenario: synth_scenario.Scenario, root: Path) -> Path:
     path = root / "flowdiff.toml"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(_toml(scenario.config_dict(root)), encoding="utf-8")
@@ -63,7 +64,7 @@ def _write_config(scenario: synth.Scenario, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("packets-site")
-    scenario = synth.enclave_scenario(base / "captures", days=2, anomaly_day=True, rotate=ROTATE)
+    scenario = synth_scenario.enclave_scenario(base / "captures", days=2, anomaly_day=True, rotate=ROTATE)
     config_path = _write_config(scenario, base / "site")
     config = load_config(config_path)
     collect([str(p) for p in scenario.normal_files], config)
@@ -113,7 +114,7 @@ def _addr(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def test_services_row_with_a_collapsed_client_writes_exactly_its_packets(site, tmp_path):
     report = site["report"]
-    row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
+    row = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
     out = tmp_path / "telnet.pcap"
     r = _cli(report.report_id, str(row["row"]), "-w", str(out), "--config", str(site["config_path"]))
     assert r.exit_code == 0, r.output
@@ -134,9 +135,9 @@ def test_services_row_with_a_collapsed_client_writes_exactly_its_packets(site, t
         tcp = ip.data
         assert isinstance(tcp, dpkt.tcp.TCP)
         a, b = _addr(ip.src), _addr(ip.dst)
-        server_first = str(a) == synth.MAILHOST.ip
+        server_first = str(a) == synth_scenario.MAILHOST.ip
         client, server = (b, a) if server_first else (a, b)
-        assert str(server) == synth.MAILHOST.ip and (tcp.sport if server_first else tcp.dport) == 23
+        assert str(server) == synth_scenario.MAILHOST.ip and (tcp.sport if server_first else tcp.dport) == 23
         assert client in internet and not any(client in n for n in local)  # collapsed to "internet"
         assert ts >= first_ts - 1e-6
     first_tcp = _ip_of(records[0][1])[1].data
@@ -145,7 +146,7 @@ def test_services_row_with_a_collapsed_client_writes_exactly_its_packets(site, t
 
 def test_services_row_of_a_udp_exchange_holds_both_directions(site, tmp_path):
     report = site["report"]
-    row = _row(report, "services", client=synth.NEW_TALKER.ip, service_port=53)
+    row = _row(report, "services", client=synth_scenario.NEW_TALKER.ip, service_port=53)
     out = tmp_path / "dns.pcap"
     r = _cli(report.report_id, str(row["row"]), "-w", str(out), "--config", str(site["config_path"]))
     assert r.exit_code == 0, r.output
@@ -157,21 +158,24 @@ def test_services_row_of_a_udp_exchange_holds_both_directions(site, tmp_path):
         udp = ip.data
         assert isinstance(udp, dpkt.udp.UDP) and 53 in (udp.sport, udp.dport)
         directions.add((str(_addr(ip.src)), str(_addr(ip.dst))))
-    assert directions == {(synth.NEW_TALKER.ip, synth.RESOLVER.ip), (synth.RESOLVER.ip, synth.NEW_TALKER.ip)}
+    assert directions == {
+        (synth_scenario.NEW_TALKER.ip, synth_scenario.RESOLVER.ip),
+        (synth_scenario.RESOLVER.ip, synth_scenario.NEW_TALKER.ip),
+    }
 
 
 def test_hosts_row_writes_the_packets_the_host_sent(site, tmp_path):
     report = site["report"]
-    row = _row(report, "hosts", src=synth.NEW_TALKER.ip)
+    row = _row(report, "hosts", src=synth_scenario.NEW_TALKER.ip)
     out = tmp_path / "hosts.pcap"
     r = _cli(report.report_id, str(row["row"]), "-w", str(out), "--config", str(site["config_path"]))
     assert r.exit_code == 0, r.output
     _, records, wire = _read_pcap(out)
     assert len(records) == row["packets"] > 0 and wire == row["bytes"]
-    assert {str(_addr(_ip_of(buf)[1].src)) for _, buf in records} == {synth.NEW_TALKER.ip}
+    assert {str(_addr(_ip_of(buf)[1].src)) for _, buf in records} == {synth_scenario.NEW_TALKER.ip}
 
 
-@pytest.mark.parametrize("ethertype", [synth.ODD_ETHERTYPE, synth.ETH_ARP])
+@pytest.mark.parametrize("ethertype", [synth_scenario.ODD_ETHERTYPE, synth_frames.ETH_ARP])
 def test_link_row_finds_non_ip_frames(site, tmp_path, ethertype):
     report = site["report"]
     df = report.rows["link"]
@@ -184,12 +188,15 @@ def test_link_row_finds_non_ip_frames(site, tmp_path, ethertype):
     for _, buf in records:
         eth = dpkt.ethernet.Ethernet(buf)
         assert eth.type == ethertype
-        assert synth.mac_str(eth.src) == row["src_mac"] and synth.mac_str(eth.dst) == row["dst_mac"]
+        assert (
+            synth_frames.mac_str(eth.src) == row["src_mac"]
+            and synth_frames.mac_str(eth.dst) == row["dst_mac"]
+        )
 
 
 def test_one_line_per_packet_without_w(site):
     report = site["report"]
-    row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
+    row = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
     r = _cli(report.report_id, str(row["row"]), "--config", str(site["config_path"]))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
@@ -205,7 +212,7 @@ def test_one_line_per_packet_without_w(site):
     assert sum(int(line.split(" tcp ")[1].split()[0]) for line in lines) == row["bytes"]  # wire lengths
     assert f"{row['packets']} packets" in r.stderr and "1 capture searched" in r.stderr
 
-    arp = report.rows["link"][report.rows["link"]["ethertype"] == synth.ETH_ARP]
+    arp = report.rows["link"][report.rows["link"]["ethertype"] == synth_frames.ETH_ARP]
     r = _cli(report.report_id, str(arp["row"].iloc[0]), "--config", str(site["config_path"]))
     assert r.exit_code == 0 and " arp " in r.stdout and ("who-has" in r.stdout or "is-at" in r.stdout)
 
@@ -213,7 +220,7 @@ def test_one_line_per_packet_without_w(site):
 def test_library_api_returns_the_packets(site):
     config = load_config(site["config_path"])
     report = site["report"]
-    row = _row(report, "services", client=synth.MAILHOST.ip, server="internet", service_port=6667)
+    row = _row(report, "services", client=synth_scenario.MAILHOST.ip, server="internet", service_port=6667)
     res = find_packets(config, report_id=report.report_id, row=int(row["row"]))
     assert isinstance(res, PacketsResult) and res.exit_code == 0 and not res.warnings()
     assert (res.matched, res.bytes) == (row["packets"], row["bytes"]) and res.table == "services"
@@ -281,7 +288,9 @@ def test_where_mode_with_an_ipv6_prefix_takes_every_temporary_address(site):
     config = load_config(site["config_path"])
     day = site["scenario"].last_day
     since, until = day.strftime("%Y-%m-%dT00:00"), site["scenario"].last_day_end.strftime("%Y-%m-%dT00:00")
-    prefix = f"{synth.LAPTOP6_PREFIX}::/64"  # ipv6_prefix = 64: the laptop's temporary addresses are one key
+    prefix = (
+        f"{synth_scenario.LAPTOP6_PREFIX}::/64"  # ipv6_prefix = 64: the laptop's temporary addresses are one key
+    )
     want = _store_total(config, "pairs", since, until, True, src=prefix)
     assert want[0] > 0
     r = _cli("--table", "pairs", "--where", f"src={prefix}", "--since", since, "--until", until,
@@ -289,7 +298,7 @@ def test_where_mode_with_an_ipv6_prefix_takes_every_temporary_address(site):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert len(lines) == want[0] and all(
-        line.split()[2].startswith(f"[{synth.LAPTOP6_PREFIX}:") for line in lines
+        line.split()[2].startswith(f"[{synth_scenario.LAPTOP6_PREFIX}:") for line in lines
     )
 
 
@@ -312,10 +321,10 @@ def test_roles_follow_the_syn_across_intervals(tmp_path):
     SYN says 5000. Its packets span two intervals, the SYN only in the first."""
     a, b = "192.0.2.10", "198.51.100.20"
     t0 = (1_699_999_980 - 5) * 10**9  # 5 s before an interval boundary (60 s intervals)
-    frames = synth.tcp_session(t0, client_mac="00:00:5e:00:53:01", server_mac="00:00:5e:00:53:02", client=a,
+    frames = synth_frames.tcp_session(t0, client_mac="00:00:5e:00:53:01", server_mac="00:00:5e:00:53:02", client=a,
                                server=b, cport=1000, sport=5000, exchanges=[(True, b"x" * 50)] * 6,
                                rtt_ns=2 * 10**9)  # fmt: skip
-    cap = synth.write_pcap(tmp_path / "c.pcap", frames)
+    cap = synth_frames.write_pcap(tmp_path / "c.pcap", frames)
     root = tmp_path / "site"
     cfg = root / "flowdiff.toml"
     root.mkdir()
@@ -372,7 +381,7 @@ def test_a_deleted_capture_is_named(site, tmp_path, legacy):
     cfg = str(dst / "site" / "flowdiff.toml")
     scenario = site["scenario"]
     report = site["report"]
-    row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
+    row = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
     files = [dst / "captures" / p.name for p in scenario.last_day_files]
     victim = _capture_of(files, row["first_seen"].to_pydatetime())
     victim.unlink()
@@ -408,8 +417,8 @@ def test_a_changed_capture_is_named_and_a_touched_one_still_searched(site, tmp_p
     cfg = str(dst / "site" / "flowdiff.toml")
     report = site["report"]
     files = [dst / "captures" / p.name for p in site["scenario"].last_day_files]
-    telnet = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
-    irc = _row(report, "services", client=synth.MAILHOST.ip, server="internet", service_port=6667)
+    telnet = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
+    irc = _row(report, "services", client=synth_scenario.MAILHOST.ip, server="internet", service_port=6667)
     touched = _capture_of(files, telnet["first_seen"].to_pydatetime())
     os.utime(touched, (1_800_000_000, 1_800_000_000))  # same bytes, new mtime: verified by content hash
     r = _cli(report.report_id, str(telnet["row"]), "--config", cfg)
@@ -427,7 +436,7 @@ def test_a_changed_capture_is_named_and_a_touched_one_still_searched(site, tmp_p
 def test_mixed_link_types_are_written_as_pcapng(site, tmp_path):
     config = load_config(site["config_path"])
     report = site["report"]
-    row = _row(report, "services", client=synth.NEW_TALKER.ip, service_port=53)
+    row = _row(report, "services", client=synth_scenario.NEW_TALKER.ip, service_port=53)
     res = find_packets(config, report_id=report.report_id, row=int(row["row"]))
     # the same frames as if the second half had been captured on a raw-IP link (strip the Ethernet header)
     half = len(res.packets) // 2
@@ -455,11 +464,11 @@ def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_p
     dst = _copy_site(site, tmp_path, legacy)
     cfg = dst / "site" / "flowdiff.toml"
     report = site["report"]
-    row = _row(report, "services", client="internet", server=synth.MAILHOST.ip, service_port=23)
+    row = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
     t = int(row["first_seen"].timestamp()) * 10**9 + 60 * 10**9  # same interval, a minute later
-    frames = synth.tcp_session(t, client_mac=synth.ROUTER.mac, server_mac=synth.MAILHOST.mac, client="203.0.113.99",
-                               server=synth.MAILHOST.ip, cport=41000, sport=23)  # fmt: skip
-    late = synth.write_pcap(dst / "late.pcap", frames)
+    frames = synth_frames.tcp_session(t, client_mac=synth_scenario.ROUTER.mac, server_mac=synth_scenario.MAILHOST.mac, client="203.0.113.99",
+                               server=synth_scenario.MAILHOST.ip, cport=41000, sport=23)  # fmt: skip
+    late = synth_frames.write_pcap(dst / "late.pcap", frames)
     time.sleep(1.1)  # collected in a later second than the report was made
     collect([str(late)], load_config(cfg))
     r = _cli(report.report_id, str(row["row"]), "--config", str(cfg))
@@ -468,7 +477,7 @@ def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_p
     (warning,) = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
     assert "collected after the report" in warning and str(late.resolve()) in warning
     # without a report, the late capture counts like any other
-    r = _cli("--table", "services", "--where", "client=internet", "--where", f"server={synth.MAILHOST.ip}",
+    r = _cli("--table", "services", "--where", "client=internet", "--where", f"server={synth_scenario.MAILHOST.ip}",
              "--where", "service_port=23", "--config", str(cfg))  # fmt: skip
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == row["packets"] + len(frames)
     assert f"{len(site['scenario'].files) + 1} captures searched" in r.stderr
@@ -480,10 +489,10 @@ def test_random_macs_match_as_random(tmp_path):
     macs = ["02:11:22:33:44:55", "06:aa:bb:cc:dd:ee", "00:1b:21:0a:00:09"]  # two random, one universal
     frames = []
     for i, mac in enumerate(macs):
-        frames += synth.udp_exchange(t + i * 10**9, client_mac=mac, server_mac="00:1b:21:0a:00:01",
+        frames += synth_frames.udp_exchange(t + i * 10**9, client_mac=mac, server_mac="00:1b:21:0a:00:01",
                                      client=f"192.0.2.{10 + i}", server="192.0.2.1", cport=40000 + i, sport=53,
                                      request=b"q" * 20, response=None)  # fmt: skip
-    cap = synth.write_pcap(tmp_path / "m.pcap", frames)
+    cap = synth_frames.write_pcap(tmp_path / "m.pcap", frames)
     root = tmp_path / "site"
     root.mkdir()
     cfg = root / "flowdiff.toml"

@@ -45,6 +45,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # baseline, rules, diff
     "learn": ("flowdiff.baseline", "learn"),
     "accept": ("flowdiff.triage", "accept"),
+    "deny": ("flowdiff.triage", "deny"),
+    "ignore": ("flowdiff.triage", "ignore"),
+    "TriageResult": ("flowdiff.triage", "TriageResult"),
     "rollback": ("flowdiff.baseline", "rollback"),
     "baseline_history": ("flowdiff.baseline", "history"),
     "baseline_rows": ("flowdiff.baseline", "show"),
@@ -64,6 +67,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "flush_outbox": ("flowdiff.mail", "flush_outbox"),
     "list_outbox": ("flowdiff.mail", "list_outbox"),
     "deliver": ("flowdiff.deliver", "deliver"),
+    "find_packets": ("flowdiff.packets", "find_packets"),
+    "PacketsResult": ("flowdiff.packets", "PacketsResult"),
     # pipeline and demo
     "run": ("flowdiff.pipeline", "run"),
     "watch": ("flowdiff.pipeline", "watch"),

@@ -131,8 +131,11 @@ class PacketsResult:
             return None
         n = len(self.missing) + self.unaccounted
         names = ", ".join(f"{m.path} ({m.reason})" for m in self.missing)
-        what = (f"none of the {n} captures that fed {self._what()} can be read any more" if n != 1
-                else f"the capture that fed {self._what()} can no longer be read")  # fmt: skip
+        what = (
+            f"none of the {n} captures that fed {self._what()} can be read any more"
+            if n != 1
+            else f"the capture that fed {self._what()} can no longer be read"
+        )
         return what + (f": {names}" if names else "")
 
     @property
@@ -151,21 +154,27 @@ class PacketsResult:
         """One line per capture that could not be searched, and one if the counts disagree."""
         out = [str(m) for m in self.missing]
         if self.unaccounted:
-            out.append(f"{self.unaccounted} more capture{'s' if self.unaccounted != 1 else ''} fed "
-                       f"{self._what()} but {'are' if self.unaccounted != 1 else 'is'} neither in the ledger "
-                       "nor on disk; their packets cannot be shown")  # fmt: skip
+            out.append(
+                f"{self.unaccounted} more capture{'s' if self.unaccounted != 1 else ''} fed "
+                f"{self._what()} but {'are' if self.unaccounted != 1 else 'is'} neither in the ledger "
+                "nor on disk; their packets cannot be shown"
+            )
         if self.late:
-            out.append(f"{len(self.late)} capture{'s' if len(self.late) != 1 else ''} collected after the "
-                       f"report also fed these intervals and {'were' if len(self.late) != 1 else 'was'} not "
-                       f"searched: {', '.join(self.late)}")  # fmt: skip
+            out.append(
+                f"{len(self.late)} capture{'s' if len(self.late) != 1 else ''} collected after the "
+                f"report also fed these intervals and {'were' if len(self.late) != 1 else 'was'} not "
+                f"searched: {', '.join(self.late)}"
+            )
         complete = not self.missing and not self.unaccounted
         if (
             self.expected_packets is not None
             and complete
             and (self.matched != self.expected_packets or self.bytes != self.expected_bytes)
         ):
-            out.append(f"found {self.matched:,} packets ({self.bytes:,} bytes), the row counts "
-                       f"{self.expected_packets:,} ({self.expected_bytes:,} bytes)")  # fmt: skip
+            out.append(
+                f"found {self.matched:,} packets ({self.bytes:,} bytes), the row counts "
+                f"{self.expected_packets:,} ({self.expected_bytes:,} bytes)"
+            )
         return out
 
     def summary(self) -> str:
@@ -225,11 +234,21 @@ def find_packets(
         searched.append(entry.path)
     found.sort(key=lambda p: p.ts_ns)
     return PacketsResult(
-        table=q.tc.name, key=q.values, packets=found, searched=searched, missing=missing, unaccounted=unaccounted,
-        late=late, report_id=q.report_id, row=row, expected_packets=q.expected[0] if q.expected else None,
-        expected_bytes=q.expected[1] if q.expected else None, since=_utc(q.lo), until=_utc(q.hi),
+        table=q.tc.name,
+        key=q.values,
+        packets=found,
+        searched=searched,
+        missing=missing,
+        unaccounted=unaccounted,
+        late=late,
+        report_id=q.report_id,
+        row=row,
+        expected_packets=q.expected[0] if q.expected else None,
+        expected_bytes=q.expected[1] if q.expected else None,
+        since=_utc(q.lo),
+        until=_utc(q.hi),
         show_macs=any(k in ("src_mac", "dst_mac") for k in q.tc.keys),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -256,9 +275,17 @@ def _row_query(config: Config, report_id: str, row: int) -> _Query:
     last_ns = _ns(info["last_seen"]) + 1000  # stored in microseconds: the whole last one
     until_ns = _ns(info["until"]) if info["until"] is not None else last_ns
     end = min(until_ns, (last_ns - 1) // interval_ns * interval_ns + interval_ns)
-    return _Query(tc, values, first_ns, min(last_ns, until_ns), _ns(info[INTERVAL]), end,
-                  created=info["created_at"], report_id=report_id,
-                  expected=(int(info["packets"]), int(info["bytes"])))  # fmt: skip
+    return _Query(
+        tc,
+        values,
+        first_ns,
+        min(last_ns, until_ns),
+        _ns(info[INTERVAL]),
+        end,
+        created=info["created_at"],
+        report_id=report_id,
+        expected=(int(info["packets"]), int(info["bytes"])),
+    )
 
 
 def _where_query(config: Config, table: str, where: Any, since: Any, until: Any) -> _Query:
@@ -315,13 +342,21 @@ def parse_where(
     out: dict[str, list[Any]] = {}
     for name, value in items:
         if name not in tc.keys:
-            raise BadValueError(f"--where {name}={value}", name, value,
-                                f"table {tc.name} has no key field {name!r} (keys: {', '.join(tc.keys)})")  # fmt: skip
+            raise BadValueError(
+                f"--where {name}={value}",
+                name,
+                value,
+                f"table {tc.name} has no key field {name!r} (keys: {', '.join(tc.keys)})",
+            )
         check_where(name, value, labels)
         kind, parsed = parse_spec(name, value, labels)
         if kind in ("any", "range"):
-            raise BadValueError(f"--where {name}={value}", name, value,
-                                "packets takes one value per filter (no ranges or '*'); repeat --where for more")  # fmt: skip
+            raise BadValueError(
+                f"--where {name}={value}",
+                name,
+                value,
+                "packets takes one value per filter (no ranges or '*'); repeat --where for more",
+            )
         out.setdefault(name, []).append(str(parsed) if kind == "cidr" else _plain(parsed))
     return out
 
@@ -357,8 +392,10 @@ def _report_row(config: Config, report_id: str, row: int) -> tuple[TableConfig, 
         if tc is None:
             raise ReportError(f"report {report_id}: table {table!r} is no longer in the config")
         if tuple(tc.keys) != keys:
-            raise ReportError(f"report {report_id}: table {table!r} had keys {list(keys)}, the config now says "
-                              f"{list(tc.keys)}")  # fmt: skip
+            raise ReportError(
+                f"report {report_id}: table {table!r} had keys {list(keys)}, the config now says "
+                f"{list(tc.keys)}"
+            )
         values = {k: [_plain(rec[k])] for k in keys}
         try:
             meta = json.loads((report_dir(config, report_id) / "report.json").read_text(encoding="utf-8"))
@@ -563,8 +600,16 @@ def _first_ts(path: str) -> int | None:
 class _Matcher:
     """Selects the packets of one key in one capture, vectorised per chunk (see the module docstring)."""
 
-    def __init__(self, tc: TableConfig, values: dict[str, list[Any]], config: Config, *, canonical_only: bool,
-                 lo: int, hi: int):  # fmt: skip
+    def __init__(
+        self,
+        tc: TableConfig,
+        values: dict[str, list[Any]],
+        config: Config,
+        *,
+        canonical_only: bool,
+        lo: int,
+        hi: int,
+    ):
         from flowdiff.netmap import NetworkMap
 
         self.tc = tc
@@ -574,8 +619,10 @@ class _Matcher:
         self.canonical_only = canonical_only
         self.lo, self.hi = lo, hi
         self.counted = (
-            [DecodeStatus.OK] if is_ip_table(tc.keys) else [DecodeStatus.OK, DecodeStatus.NOT_IP, DecodeStatus.BAD_IP]
-        )  # fmt: skip
+            [DecodeStatus.OK]
+            if is_ip_table(tc.keys)
+            else [DecodeStatus.OK, DecodeStatus.NOT_IP, DecodeStatus.BAD_IP]
+        )
         self.role_keys = [k for k in values if _is_role_key(k)]
         self.plain_keys = [k for k in values if not _is_role_key(k)]
 
@@ -706,8 +753,10 @@ class _Matcher:
             want = np.asarray(self.values[key], dtype=np.int64)
             tcpudp = (cols["proto"] == 6) | (cols["proto"] == 17)
             zero = bool((want == 0).any())
-            return (np.where(tcpudp, np.isin(cols["sport"].astype(np.int64), want), zero),
-                    np.where(tcpudp, np.isin(cols["dport"].astype(np.int64), want), zero))  # fmt: skip
+            return (
+                np.where(tcpudp, np.isin(cols["sport"].astype(np.int64), want), zero),
+                np.where(tcpudp, np.isin(cols["dport"].astype(np.int64), want), zero),
+            )
         return self._side_match(key, "src", cols), self._side_match(key, "dst", cols)
 
     def _syn_context(self, pk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -715,8 +764,21 @@ class _Matcher:
         decides a connection's roles, wherever it lies (collect remembers SYNs across intervals too)."""
         syn = (pk["status"] == DecodeStatus.OK) & (pk["proto"] == 6) & ((pk["tcp_flags"] & 0x12) == 0x02)
         sel = np.flatnonzero(syn)
-        cols = {f: pk[f][sel] for f in ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport",
-                                        "dport", "icmp_type", "ts_ns")}  # fmt: skip
+        cols = {
+            f: pk[f][sel]
+            for f in (
+                "ip_version",
+                "src_hi",
+                "src_lo",
+                "dst_hi",
+                "dst_lo",
+                "proto",
+                "sport",
+                "dport",
+                "icmp_type",
+                "ts_ns",
+            )
+        }
         keep = np.ones(len(sel), dtype=bool)
         for k in self.role_keys:
             m_src, m_dst = self._sides(k, cols)
@@ -735,8 +797,19 @@ class _Matcher:
             cols = {f: np.concatenate([cols[f], np.asarray(ctx[f], dtype=cols[f].dtype)]) for f in names}
             syn_ts = np.concatenate([syn_ts, ctx["ts_ns"].astype(np.int64)])
         u = {f: cols[f].astype(np.uint64) for f in names}
-        return client_is_src(u["ip_version"], u["src_hi"], u["src_lo"], u["dst_hi"], u["dst_lo"], u["proto"],
-                             u["sport"], u["dport"], u["icmp_type"], syn_ts, self.service_ports)[:n]  # fmt: skip
+        return client_is_src(
+            u["ip_version"],
+            u["src_hi"],
+            u["src_lo"],
+            u["dst_hi"],
+            u["dst_lo"],
+            u["proto"],
+            u["sport"],
+            u["dport"],
+            u["icmp_type"],
+            syn_ts,
+            self.service_ports,
+        )[:n]
 
     def _role_match(self, key: str, c: Mapping[str, np.ndarray], cis: np.ndarray) -> np.ndarray:
         m_src, m_dst = c[f"_{key}_src"], c[f"_{key}_dst"]
@@ -750,8 +823,9 @@ def _is_role_key(key: str) -> bool:
     return key in _ROLE_KEYS or key.startswith(("client_net/", "server_net/"))
 
 
-def _in_network(text: str, ver: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int, *,
-                exact_prefix: bool) -> np.ndarray:  # fmt: skip
+def _in_network(
+    text: str, ver: np.ndarray, hi: np.ndarray, lo: np.ndarray, prefix: int, *, exact_prefix: bool
+) -> np.ndarray:
     """Addresses inside the network ``text`` (an address is its own /32 or /128). With ``exact_prefix``
     (a ``*_net/N`` key) the network must also be written with the key's prefix (IPv4 clamped to 32)."""
     import ipaddress
@@ -803,8 +877,21 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-_SUMMARY_FIELDS = ("ip_version", "src_hi", "src_lo", "dst_hi", "dst_lo", "proto", "sport", "dport", "tcp_flags",
-                   "icmp_type", "ethertype", "src_mac", "dst_mac")  # fmt: skip
+_SUMMARY_FIELDS = (
+    "ip_version",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+    "proto",
+    "sport",
+    "dport",
+    "tcp_flags",
+    "icmp_type",
+    "ethertype",
+    "src_mac",
+    "dst_mac",
+)
 
 
 def _packets(c: Mapping[str, np.ndarray], idx: np.ndarray, path: str) -> list[Packet]:
@@ -870,9 +957,19 @@ _TCP_FLAGS = (
     (0x80, "W"),
     (0x10, "."),
 )
-_ICMP_TYPES = {0: "echo-reply", 3: "unreachable", 5: "redirect", 8: "echo-request", 11: "time-exceeded",
-               128: "echo-request", 129: "echo-reply", 133: "router-solicitation", 134: "router-advertisement",
-               135: "neighbor-solicitation", 136: "neighbor-advertisement"}  # fmt: skip
+_ICMP_TYPES = {
+    0: "echo-reply",
+    3: "unreachable",
+    5: "redirect",
+    8: "echo-request",
+    11: "time-exceeded",
+    128: "echo-request",
+    129: "echo-reply",
+    133: "router-solicitation",
+    134: "router-advertisement",
+    135: "neighbor-solicitation",
+    136: "neighbor-advertisement",
+}
 
 
 def describe(p: Packet, *, macs: bool = False) -> str:

@@ -261,8 +261,20 @@ def test_where_mode_matches_the_store_canonical_and_raw(site, tmp_path):
     want = _store_total(config, "hosts", since, until, True, src="internet")
     assert want[0] > 0
     out = tmp_path / "internet.pcap"
-    r = _cli("--table", "hosts", "--where", "src=internet", "--since", since, "--until", until, "-w", str(out),
-             "--config", str(site["config_path"]))  # fmt: skip
+    r = _cli(
+        "--table",
+        "hosts",
+        "--where",
+        "src=internet",
+        "--since",
+        since,
+        "--until",
+        until,
+        "-w",
+        str(out),
+        "--config",
+        str(site["config_path"]),
+    )
     assert r.exit_code == 0, r.output
     _, records, wire = _read_pcap(out)
     assert (len(records), wire) == want
@@ -271,15 +283,35 @@ def test_where_mode_matches_the_store_canonical_and_raw(site, tmp_path):
     stored = Store(config.store).read("hosts", since=since, until=until)
     net = ipaddress.ip_network("10.20.0.0/26")
     inside = stored[[ipaddress.ip_address(a) in net for a in stored["src"]]]
-    r = _cli("--table", "hosts", "--where", f"src={net}", "--since", since, "--until", until,
-             "--config", str(site["config_path"]))  # fmt: skip
+    r = _cli(
+        "--table",
+        "hosts",
+        "--where",
+        f"src={net}",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--config",
+        str(site["config_path"]),
+    )
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == int(inside["packets"].sum()) > 0
 
     raw = "198.51.100.77"  # the IRC server: one raw address inside the collapsed "internet"
     want_raw = _store_total(config, "hosts", since, until, False, src=raw)
     assert 0 < want_raw[0] < want[0]
-    r = _cli("--table", "hosts", "--where", f"src={raw}", "--since", since, "--until", until,
-             "--config", str(site["config_path"]))  # fmt: skip
+    r = _cli(
+        "--table",
+        "hosts",
+        "--where",
+        f"src={raw}",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--config",
+        str(site["config_path"]),
+    )
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == want_raw[0]
     assert all(line.split()[2].startswith(raw + ":") for line in r.stdout.splitlines())
 
@@ -288,13 +320,21 @@ def test_where_mode_with_an_ipv6_prefix_takes_every_temporary_address(site):
     config = load_config(site["config_path"])
     day = site["scenario"].last_day
     since, until = day.strftime("%Y-%m-%dT00:00"), site["scenario"].last_day_end.strftime("%Y-%m-%dT00:00")
-    prefix = (
-        f"{synth_scenario.LAPTOP6_PREFIX}::/64"  # ipv6_prefix = 64: the laptop's temporary addresses are one key
-    )
+    prefix = f"{synth_scenario.LAPTOP6_PREFIX}::/64"  # ipv6_prefix = 64: the laptop's temporary addresses are one key
     want = _store_total(config, "pairs", since, until, True, src=prefix)
     assert want[0] > 0
-    r = _cli("--table", "pairs", "--where", f"src={prefix}", "--since", since, "--until", until,
-             "--config", str(site["config_path"]))  # fmt: skip
+    r = _cli(
+        "--table",
+        "pairs",
+        "--where",
+        f"src={prefix}",
+        "--since",
+        since,
+        "--until",
+        until,
+        "--config",
+        str(site["config_path"]),
+    )
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert len(lines) == want[0] and all(
@@ -321,16 +361,32 @@ def test_roles_follow_the_syn_across_intervals(tmp_path):
     SYN says 5000. Its packets span two intervals, the SYN only in the first."""
     a, b = "192.0.2.10", "198.51.100.20"
     t0 = (1_699_999_980 - 5) * 10**9  # 5 s before an interval boundary (60 s intervals)
-    frames = synth_frames.tcp_session(t0, client_mac="00:00:5e:00:53:01", server_mac="00:00:5e:00:53:02", client=a,
-                               server=b, cport=1000, sport=5000, exchanges=[(True, b"x" * 50)] * 6,
-                               rtt_ns=2 * 10**9)  # fmt: skip
+    frames = synth_frames.tcp_session(
+        t0,
+        client_mac="00:00:5e:00:53:01",
+        server_mac="00:00:5e:00:53:02",
+        client=a,
+        server=b,
+        cport=1000,
+        sport=5000,
+        exchanges=[(True, b"x" * 50)] * 6,
+        rtt_ns=2 * 10**9,
+    )
     cap = synth_frames.write_pcap(tmp_path / "c.pcap", frames)
     root = tmp_path / "site"
     cfg = root / "flowdiff.toml"
     root.mkdir()
-    cfg.write_text(_toml({"store": str(root / "store"), "interval": 60, "sensor": "t",
-                          "tables": {"services": {"keys": ["client", "server", "proto", "service_port"]}}}),
-                   encoding="utf-8")  # fmt: skip
+    cfg.write_text(
+        _toml(
+            {
+                "store": str(root / "store"),
+                "interval": 60,
+                "sensor": "t",
+                "tables": {"services": {"keys": ["client", "server", "proto", "service_port"]}},
+            }
+        ),
+        encoding="utf-8",
+    )
     config = load_config(cfg)
     collect([str(cap)], config)
     stored = Store(config.store).read("services")
@@ -342,8 +398,18 @@ def test_roles_follow_the_syn_across_intervals(tmp_path):
     assert len(r.stdout.splitlines()) == len(frames) == int(stored["packets"].sum())
     # only the second interval: its packets carry no SYN, the one of the first interval still decides
     late = stored[stored["interval_start"] == stored["interval_start"].max()]
-    r = _cli("--table", "services", "--where", f"client={a}", "--where", "service_port=5000", "--since",
-             "2023-11-14T22:13:00", "--config", str(cfg))  # fmt: skip
+    r = _cli(
+        "--table",
+        "services",
+        "--where",
+        f"client={a}",
+        "--where",
+        "service_port=5000",
+        "--since",
+        "2023-11-14T22:13:00",
+        "--config",
+        str(cfg),
+    )
     assert r.exit_code == 0, r.output
     assert len(r.stdout.splitlines()) == int(late["packets"].sum()) > 0
     assert "[S]" not in r.stdout
@@ -394,12 +460,24 @@ def test_a_deleted_capture_is_named(site, tmp_path, legacy):
     ]
     # a window fed by several captures: the others are searched, the missing one is named
     day = scenario.last_day
-    r = _cli("--table", "hosts", "--where", "src=internet", "--since", day.strftime("%Y-%m-%dT08:00"),
-             "--until", day.strftime("%Y-%m-%dT20:00"), "--config", cfg)  # fmt: skip
+    r = _cli(
+        "--table",
+        "hosts",
+        "--where",
+        "src=internet",
+        "--since",
+        day.strftime("%Y-%m-%dT08:00"),
+        "--until",
+        day.strftime("%Y-%m-%dT20:00"),
+        "--config",
+        cfg,
+    )
     assert r.exit_code == 0, r.output
     warnings = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
-    assert warnings == [f"Warning: {victim}: no longer on disk (collected "
-                        f"{_collected_at(dst, victim)}); its packets cannot be shown"]  # fmt: skip
+    assert warnings == [
+        f"Warning: {victim}: no longer on disk (collected "
+        f"{_collected_at(dst, victim)}); its packets cannot be shown"
+    ]
     assert "2 captures searched, 1 missing" in r.stderr
     assert all(line[:10] == day.strftime("%Y-%m-%d") for line in r.stdout.splitlines())
 
@@ -466,8 +544,15 @@ def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_p
     report = site["report"]
     row = _row(report, "services", client="internet", server=synth_scenario.MAILHOST.ip, service_port=23)
     t = int(row["first_seen"].timestamp()) * 10**9 + 60 * 10**9  # same interval, a minute later
-    frames = synth_frames.tcp_session(t, client_mac=synth_scenario.ROUTER.mac, server_mac=synth_scenario.MAILHOST.mac, client="203.0.113.99",
-                               server=synth_scenario.MAILHOST.ip, cport=41000, sport=23)  # fmt: skip
+    frames = synth_frames.tcp_session(
+        t,
+        client_mac=synth_scenario.ROUTER.mac,
+        server_mac=synth_scenario.MAILHOST.mac,
+        client="203.0.113.99",
+        server=synth_scenario.MAILHOST.ip,
+        cport=41000,
+        sport=23,
+    )
     late = synth_frames.write_pcap(dst / "late.pcap", frames)
     time.sleep(1.1)  # collected in a later second than the report was made
     collect([str(late)], load_config(cfg))
@@ -477,8 +562,18 @@ def test_a_capture_collected_after_the_report_is_listed_not_searched(site, tmp_p
     (warning,) = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
     assert "collected after the report" in warning and str(late.resolve()) in warning
     # without a report, the late capture counts like any other
-    r = _cli("--table", "services", "--where", "client=internet", "--where", f"server={synth_scenario.MAILHOST.ip}",
-             "--where", "service_port=23", "--config", str(cfg))  # fmt: skip
+    r = _cli(
+        "--table",
+        "services",
+        "--where",
+        "client=internet",
+        "--where",
+        f"server={synth_scenario.MAILHOST.ip}",
+        "--where",
+        "service_port=23",
+        "--config",
+        str(cfg),
+    )
     assert r.exit_code == 0 and len(r.stdout.splitlines()) == row["packets"] + len(frames)
     assert f"{len(site['scenario'].files) + 1} captures searched" in r.stderr
 
@@ -489,15 +584,32 @@ def test_random_macs_match_as_random(tmp_path):
     macs = ["02:11:22:33:44:55", "06:aa:bb:cc:dd:ee", "00:1b:21:0a:00:09"]  # two random, one universal
     frames = []
     for i, mac in enumerate(macs):
-        frames += synth_frames.udp_exchange(t + i * 10**9, client_mac=mac, server_mac="00:1b:21:0a:00:01",
-                                     client=f"192.0.2.{10 + i}", server="192.0.2.1", cport=40000 + i, sport=53,
-                                     request=b"q" * 20, response=None)  # fmt: skip
+        frames += synth_frames.udp_exchange(
+            t + i * 10**9,
+            client_mac=mac,
+            server_mac="00:1b:21:0a:00:01",
+            client=f"192.0.2.{10 + i}",
+            server="192.0.2.1",
+            cport=40000 + i,
+            sport=53,
+            request=b"q" * 20,
+            response=None,
+        )
     cap = synth_frames.write_pcap(tmp_path / "m.pcap", frames)
     root = tmp_path / "site"
     root.mkdir()
     cfg = root / "flowdiff.toml"
-    cfg.write_text(_toml({"store": str(root / "store"), "interval": 60, "sensor": "t",
-                          "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}}}), encoding="utf-8")  # fmt: skip
+    cfg.write_text(
+        _toml(
+            {
+                "store": str(root / "store"),
+                "interval": 60,
+                "sensor": "t",
+                "tables": {"link": {"keys": ["ethertype", "src_mac", "dst_mac"]}},
+            }
+        ),
+        encoding="utf-8",
+    )
     config = load_config(cfg)
     collect([str(cap)], config)
     df = canonicalise(Store(config.store).read("link"), config.tables["link"], config.networks)

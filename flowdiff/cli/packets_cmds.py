@@ -22,13 +22,23 @@ def register(main: click.Group) -> None:
 @click.argument("row", required=False, type=int)
 @config_option
 @click.option("--table", help="Without a report: the table whose key --where names.")
-@click.option("--where", "where", multiple=True, metavar="FIELD=VALUE",
-              help="Without a report: a key field's value, raw or canonical (repeatable; "
-                   "e.g. --where client=internet --where service_port=23).")  # fmt: skip
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Without a report: a key field's value, raw or canonical (repeatable; "
+    "e.g. --where client=internet --where service_port=23).",
+)
 @click.option("--since", help="Without a report: packets from this time (ISO, UTC) or age (2h, 7d).")
 @click.option("--until", help="Without a report: packets before this time or age.")
-@click.option("-w", "--write", "write_path", type=click.Path(dir_okay=False),
-              help="Write the packets to this pcap file (for Wireshark) instead of printing them.")  # fmt: skip
+@click.option(
+    "-w",
+    "--write",
+    "write_path",
+    type=click.Path(dir_okay=False),
+    help="Write the packets to this pcap file (for Wireshark) instead of printing them.",
+)
 @handle_errors
 def packets(report_id, row, config_path, table, where, since, until, write_path) -> None:
     """Find the packets behind row ROW of report REPORT_ID (or behind --table T --where FIELD=VALUE ...)
@@ -42,8 +52,15 @@ def packets(report_id, row, config_path, table, where, since, until, write_path)
 
     _check_args(report_id, row, table, where, since, until)
     config = load(config_path)
-    result = find_packets(config, report_id=report_id, row=row, table=table, where=list(where) or None,
-                          since=parse_when(since), until=parse_when(until))  # fmt: skip
+    result = find_packets(
+        config,
+        report_id=report_id,
+        row=row,
+        table=table,
+        where=list(where) or None,
+        since=parse_when(since),
+        until=parse_when(until),
+    )
     if result.error:
         click.echo(f"Error: {result.error}", err=True)
         sys.exit(result.exit_code)
@@ -66,8 +83,10 @@ def _check_args(report_id, row, table, where, since, until) -> None:
         from flowdiff.archive import is_report_id
 
         if not is_report_id(report_id):
-            raise click.UsageError(f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "
-                                   f"packets of a table give --table {report_id} --where FIELD=VALUE")  # fmt: skip
+            raise click.UsageError(
+                f"{report_id!r} is not a report id (like 20261130T015500Z-ab12cd); for the "
+                f"packets of a table give --table {report_id} --where FIELD=VALUE"
+            )
     if report_id is not None and (table or where):
         raise click.UsageError("give either REPORT_ID ROW or --table/--where, not both")
     if report_id is not None and row is None:

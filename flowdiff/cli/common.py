@@ -179,7 +179,7 @@ def format_frame(df: Any, fmt: str) -> str:
     if fmt == "csv":
         return out.to_csv(index=False).rstrip("\n")
     if fmt == "json":
-        return out.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n")
+        return out.to_json(orient="records", lines=True, force_ascii=False, date_format="iso").rstrip("\n")
     if out.empty:
         return "(no rows)"
     return out.to_string(index=False)

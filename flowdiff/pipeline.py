@@ -261,6 +261,11 @@ class WatchStats:
     reports: int = 0
     failures: int = 0  # passes that raised (logged, then the watch went on)
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """ERROR when every pass failed (the watch never saw a capture through), else OK."""
+        return ExitCode.ERROR if self.failures and not self.passes else ExitCode.OK
+
 
 def watch(
     config: Config,

@@ -14,7 +14,6 @@ import click
 from flowdiff import __version__
 from flowdiff._numba import skip_blas_probe
 from flowdiff.cli.common import (
-    EXIT_ERROR,
     config_option,
     format_frame,
     format_option,
@@ -196,4 +195,4 @@ for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds", "statu
         if _e.name != f"flowdiff.cli.{_module}":
             raise
 
-__all__ = ["main", "EXIT_ERROR"]
+__all__ = ["main"]

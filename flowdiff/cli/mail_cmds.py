@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from flowdiff.cli.common import EXIT_ERROR, config_option, format_option, handle_errors, load
+from flowdiff.cli.common import config_option, format_option, handle_errors, load
 from flowdiff.errors import MailError
 
 
@@ -263,5 +263,4 @@ def watch_cmd(directory, config_path, poll) -> None:
     click.echo(
         f"watch stopped: {stats.passes} passes, {stats.reports} reports, {stats.failures} failed passes"
     )
-    if stats.failures and not stats.passes:
-        sys.exit(EXIT_ERROR)
+    sys.exit(stats.exit_code)

@@ -47,6 +47,10 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return _config_flag(verbose_option(func))
 
 
+store_option = click.option(
+    "--store", type=click.Path(file_okay=False), help="Store directory (config key `store`)."
+)
+
 format_option = click.option(
     "--format",
     "fmt",

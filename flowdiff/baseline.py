@@ -861,7 +861,7 @@ def anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str])
 # ------------------------------------------------------------------ history, show, diff, rollback
 
 
-class Versions(list):
+class Versions(list[Version]):
     """Baseline versions, oldest first (what :func:`history` returns: a list with an exit code)."""
 
     @property
@@ -869,7 +869,7 @@ class Versions(list):
         return ExitCode.OK
 
 
-class BaselineRows(dict):
+class BaselineRows(dict[str, pd.DataFrame]):
     """Table -> baseline rows (what :func:`show` returns: a dict with an exit code)."""
 
     @property

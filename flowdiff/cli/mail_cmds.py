@@ -125,8 +125,10 @@ def outbox_list(config_path, fmt) -> None:
     rows = [{**{k: getattr(e, k) for k in _OUTBOX_COLUMNS}, "next_attempt": _next(e)} for e in entries]
     df = pd.DataFrame(rows, columns=_OUTBOX_COLUMNS)
     if fmt == "table":
-        df["subject"] = [s if len(s) <= 40 else s[:39] + "…" for s in df["subject"]]
-        df["last_error"] = [s if len(s) <= 60 else s[:59] + "…" for s in df["last_error"]]
+        from flowdiff.vocab import one_line
+
+        df["subject"] = [one_line(s, 40) for s in df["subject"]]
+        df["last_error"] = [one_line(s, 60) for s in df["last_error"]]
     if len(df) or fmt != "json":
         click.echo(format_frame(df, fmt))
 

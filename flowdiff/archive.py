@@ -81,7 +81,7 @@ class DiffResult:
     until: pd.Timestamp | None
     intervals: int = 0  # number of distinct intervals diffed (what a report footer counts)
     sensor: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     table_intervals: int = 0  # number of (table, interval) pairs diffed
     skipped: dict[str, str] = field(default_factory=dict)  # table -> one line: why it was not diffed
 

@@ -17,11 +17,9 @@ reported lives in :mod:`flowdiff.state`; accept, deny and ignore in :mod:`flowdi
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from flowdiff.durable import atomic_write_parquet, atomic_write_text
 from flowdiff.errors import BaselineError, ConfigError, LearnRefused, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
-from flowdiff.rules import parse_where, where_mask
+from flowdiff.rules import current_user, parse_where, where_mask
 from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
@@ -272,8 +270,8 @@ def _write_version(
     v = Version(
         id=vid,
         parent=parent,
-        created_at=_now_iso(),
-        by=by or _user(),
+        created_at=now_iso(),
+        by=by or current_user(),
         action=action,
         reason=reason or "",
         tables=dict(tables),
@@ -549,10 +547,10 @@ def _no_data_reason(tokens: Mapping[pd.Timestamp, str], lo: Any, hi: Any, interv
     if not tokens:
         return "holds no intervals yet (collect captures for it first)"
     first, last = min(tokens), max(tokens) + pd.Timedelta(seconds=interval)
-    stored = f"the store holds {_iso(first)} .. {_iso(last)}"
+    stored = f"the store holds {iso_time(first)} .. {iso_time(last)}"
     if lo is not None and hi is not None and lo >= hi:
-        return f"has an empty window: since {_iso(lo)} is not before until {_iso(hi)} ({stored})"
-    return f"has no interval in the window {_iso(lo) or 'start'} .. {_iso(hi) or 'end'} ({stored})"
+        return f"has an empty window: since {iso_time(lo)} is not before until {iso_time(hi)} ({stored})"
+    return f"has no interval in the window {iso_time(lo) or 'start'} .. {iso_time(hi) or 'end'} ({stored})"
 
 
 def _kept_keys(config: Config, entry: TableEntry, table: pa.Table) -> int:
@@ -674,8 +672,8 @@ def learn(
             since_t = p.chosen[0] if p.chosen else None
             until_t = p.chosen[-1] + pd.Timedelta(seconds=config.interval) if p.chosen else None
             window = {
-                "since": _iso(since_t if p.chosen else utc_timestamp(since)),
-                "until": _iso(until_t if p.chosen else utc_timestamp(until)),
+                "since": iso_time(since_t if p.chosen else utc_timestamp(since)),
+                "until": iso_time(until_t if p.chosen else utc_timestamp(until)),
                 "intervals": len(p.chosen),
             }
             entry = _store_table(
@@ -863,7 +861,7 @@ def anti_join(left: pd.DataFrame, right_keys: pd.DataFrame, keys: Sequence[str])
 # ------------------------------------------------------------------ history, show, diff, rollback
 
 
-class Versions(list):
+class Versions(list[Version]):
     """Baseline versions, oldest first (what :func:`history` returns: a list with an exit code)."""
 
     @property
@@ -871,7 +869,7 @@ class Versions(list):
         return ExitCode.OK
 
 
-class BaselineRows(dict):
+class BaselineRows(dict[str, pd.DataFrame]):
     """Table -> baseline rows (what :func:`show` returns: a dict with an exit code)."""
 
     @property
@@ -977,14 +975,3 @@ def _frame(t: pa.Table) -> pd.DataFrame:
     """Baseline rows as a DataFrame without the internal fingerprint columns."""
     drop = [h for h in FINGERPRINT if h in t.column_names]
     return t.drop_columns(drop).to_pandas(coerce_temporal_nanoseconds=False)
-
-
-_iso = iso_time
-_now_iso = now_iso
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")

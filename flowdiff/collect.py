@@ -96,7 +96,7 @@ class CollectResult:
     packets: int = 0
     bytes: int = 0
     rows_written: int = 0
-    intervals: set = field(default_factory=set)
+    intervals: set[datetime] = field(default_factory=set)
     skipped: Counter = field(default_factory=Counter)  # frames counted by no table, by reason
     seconds: float = 0.0
 
@@ -531,7 +531,7 @@ class _PartWriter:
                 self.result.intervals.update(_interval_starts(rows))
 
 
-def _interval_starts(rows: pa.Table) -> set:
+def _interval_starts(rows: pa.Table) -> set[datetime]:
     starts = rows.column(INTERVAL).combine_chunks().cast(pa.int64()).to_numpy()
     return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,10 @@ from flowdiff.errors import BadValueError, ConfigError, FlowdiffError, ReportErr
 from flowdiff.exitcodes import ExitCode
 from flowdiff.schema import INTERVAL, DecodeStatus, is_ip_table, parse_net_key
 from flowdiff.store import LedgerEntry, Store
+from flowdiff.vocab import ethertype_text, iso_time
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "Packet",
@@ -110,8 +114,8 @@ class PacketsResult:
     expected_packets: int | None = None  # the row's counts (report mode)
     expected_bytes: int | None = None
     show_macs: bool = False  # the table is keyed by MACs: lines show them for IP packets too
-    since: Any = None  # the time window searched (UTC pandas Timestamps, None = open)
-    until: Any = None
+    since: pd.Timestamp | None = None  # the time window searched (UTC, None = open)
+    until: pd.Timestamp | None = None
 
     @property
     def matched(self) -> int:
@@ -298,7 +302,7 @@ def _where_query(config: Config, table: str, where: Any, since: Any, until: Any)
     return _Query(tc, values, lo, hi, start, hi if until is not None else None)
 
 
-def _utc(v: int) -> Any:
+def _utc(v: int) -> pd.Timestamp | None:
     import pandas as pd
 
     return None if v in (_INT64_MIN, _INT64_MAX) else pd.Timestamp(v, unit="ns", tz="UTC")
@@ -561,7 +565,7 @@ def _check_unchanged(e: LedgerEntry) -> str | None:
         except OSError as err:
             return f"cannot be read ({err.strerror})"
         if not same:
-            when = datetime.fromtimestamp(st.st_mtime_ns / _NS, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            when = iso_time(st.st_mtime_ns / _NS)
             return f"changed since it was collected (modified {when})"
     return None
 
@@ -1012,7 +1016,7 @@ def _dpkt_line(p: Packet, want_macs: bool = False) -> str | None:
         what = f"who-has {tpa} tell {spa}" if l3.op == 1 else f"{spa} is-at {_mac(l3.sha)}"
         return f"{_mac(macs[0])} > {_mac(macs[1])} arp {{len}} {what}" if macs else f"arp {{len}} {what}"
     if macs:
-        return f"{_mac(macs[0])} > {_mac(macs[1])} ethertype 0x{etype:04x} {{len}}"
+        return f"{_mac(macs[0])} > {_mac(macs[1])} ethertype {ethertype_text(etype)} {{len}}"
     return None
 
 
@@ -1061,7 +1065,7 @@ def _fields_line(f: Mapping[str, int], want_macs: bool = False) -> str:
             return f"{src}:{f['sport']} > {dst}:{f['dport']} {_proto(f['proto'])} {{len}}{extra}"
         return f"{src} > {dst} {_proto(f['proto'])} {{len}}"
     macs = mac_text(np.array([f.get("src_mac", 0), f.get("dst_mac", 0)], dtype=np.uint64))
-    return f"{macs[0]} > {macs[1]} ethertype 0x{f.get('ethertype', 0):04x} {{len}}"
+    return f"{macs[0]} > {macs[1]} ethertype {ethertype_text(f.get('ethertype', 0))} {{len}}"
 
 
 def _bracket(src: str) -> str:

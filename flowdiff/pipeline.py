@@ -173,7 +173,7 @@ def run(
 
 
 def _health(
-    config: Config, spool: Any, result: RunResult, error: BaseException | None = None
+    config: Config, spool: str | os.PathLike | None, result: RunResult, error: BaseException | None = None
 ) -> HealthResult:
     """The health check of a pass; a failing check is logged, never fatal (the pass did its work)."""
     try:
@@ -190,7 +190,7 @@ def _health(
         return HealthResult(save_error=f"health check failed: {e}")
 
 
-def _status_text(config: Config, spool: Any) -> str:
+def _status_text(config: Config, spool: str | os.PathLike | None) -> str:
     from flowdiff.status import status
 
     return status(config, spool).text()
@@ -212,7 +212,7 @@ def health_pass(
     return health
 
 
-def _pass(config: Config, spool: Any, all_files: bool, result: RunResult) -> None:
+def _pass(config: Config, spool: str | os.PathLike | None, all_files: bool, result: RunResult) -> None:
     from flowdiff.baseline import current_version
     from flowdiff.collect import collect
     from flowdiff.diff import diff, load_report
@@ -233,7 +233,7 @@ def _pass(config: Config, spool: Any, all_files: bool, result: RunResult) -> Non
             result.caught_up.append(rid)
 
 
-def _deliver(diff_result: Any, config: Config) -> tuple[Path, str | None]:
+def _deliver(diff_result: DiffResult, config: Config) -> tuple[Path, str | None]:
     """Render and archive one report and, with mail configured, queue it (sending is the flush's job)."""
     delivery = deliver(diff_result, config)
     return delivery.report_dir, delivery.message_id
@@ -260,6 +260,11 @@ class WatchStats:
     passes: int = 0
     reports: int = 0
     failures: int = 0  # passes that raised (logged, then the watch went on)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """ERROR when every pass failed (the watch never saw a capture through), else OK."""
+        return ExitCode.ERROR if self.failures and not self.passes else ExitCode.OK
 
 
 def watch(

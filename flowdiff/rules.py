@@ -518,7 +518,7 @@ def add_rules(
         entry: dict[str, Any] = {"name": name, "table": d.table, **match}
         if d.comment:
             entry["comment"] = d.comment
-        entry["by"] = by or _user()
+        entry["by"] = by or current_user()
         entry["created"] = now_iso()
         text += "\n" + _toml_entry(d.kind, entry)
         made.append(name)
@@ -590,7 +590,9 @@ def _spec_text(fieldname: str, v: Any) -> str:
     return str(v)
 
 
-def _user() -> str:
+def current_user() -> str:
+    """Who changed a rule or a baseline, when ``--by`` does not say: the login name (getpass looks at
+    $LOGNAME, $USER, ... then the password database), ``unknown`` when there is none."""
     import getpass
 
     try:

@@ -41,7 +41,7 @@ class Status:
         return not self.problems
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         return ExitCode.OK if self.healthy else ExitCode.NEW_ROWS
 
     def to_json(self) -> dict[str, Any]:

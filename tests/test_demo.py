@@ -14,6 +14,7 @@ from flowdiff.config import MailConfig
 from flowdiff.demo import DemoResult, demo_config, run_demo
 from flowdiff.demo.scenario import SCENARIO_START, Scenario, format_value
 from flowdiff.errors import FlowdiffError
+from flowdiff.exitcodes import ExitCode
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def test_finds_exactly_the_injected_anomalies(demo):
     found = {f.row for f in demo.findings}
     assert found == demo.scenario.expected_rows()
     assert demo.ok and not demo.missing and not demo.unexpected
+    assert demo.exit_code == ExitCode.OK
     # every anomaly caused at least one row and each row is attributed to its anomaly
     for anomaly, findings in demo.by_anomaly():
         assert findings and {f.row for f in findings} == set(anomaly.rows)

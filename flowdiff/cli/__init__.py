@@ -14,7 +14,6 @@ import click
 from flowdiff import __version__
 from flowdiff._numba import skip_blas_probe
 from flowdiff.cli.common import (
-    EXIT_ERROR,
     config_option,
     format_frame,
     format_option,
@@ -22,6 +21,7 @@ from flowdiff.cli.common import (
     load,
     parse_when,
     setup_logging,
+    store_option,
 )
 
 
@@ -55,7 +55,7 @@ def main(verbose: int, config_path: str | None) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @config_option
-@click.option("--store", type=click.Path(file_okay=False), help="Store directory (config key `store`).")
+@store_option
 @click.option(
     "--interval", type=click.IntRange(min=1), help="Interval length in seconds (config key `interval`)."
 )
@@ -135,7 +135,7 @@ def _progress_bar(stream: IO[str]) -> Iterator[Callable[[str, int, int], None]]:
 
 @main.command()
 @config_option
-@click.option("--store", type=click.Path(file_okay=False), help="Store directory.")
+@store_option
 @format_option
 @handle_errors
 def tables(config_path, store, fmt) -> None:
@@ -169,7 +169,7 @@ def _tables_frame(stored, config):
 @main.command()
 @click.argument("table")
 @config_option
-@click.option("--store", type=click.Path(file_okay=False), help="Store directory.")
+@store_option
 @click.option("--since", help="From this time (ISO, UTC) or age (2h, 7d).")
 @click.option("--until", help="Before this time (ISO, UTC) or age.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
@@ -196,4 +196,4 @@ for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds", "statu
         if _e.name != f"flowdiff.cli.{_module}":
             raise
 
-__all__ = ["main", "EXIT_ERROR"]
+__all__ = ["main"]

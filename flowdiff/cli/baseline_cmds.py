@@ -20,6 +20,7 @@ from flowdiff.cli.common import (
     handle_errors,
     load,
     parse_when,
+    store_option,
 )
 from flowdiff.vocab import iso_time
 
@@ -33,18 +34,13 @@ def _where_option(help_text: str):
     return click.option("--where", "where", multiple=True, metavar="FIELD=VALUE", help=help_text)
 
 
-_store_option = click.option(
-    "--store", type=click.Path(file_okay=False), help="Store directory (config key `store`)."
-)
-
-
 def _ts(t: Any) -> str:
     return iso_time(t) or "-"
 
 
 @click.command()
 @config_option
-@_store_option
+@store_option
 @click.option(
     "--table", "tables", multiple=True, help="Learn only this table (repeatable); others keep theirs."
 )
@@ -155,7 +151,7 @@ def _print_learn_records(res: Any, fmt: str) -> None:
 
 @click.command()
 @config_option
-@_store_option
+@store_option
 @click.option("--table", "tables", multiple=True, help="Diff only this table (repeatable).")
 @click.option("--since", help="Only intervals starting at or after this time (ISO, UTC) or age (2h).")
 @click.option("--until", help="Only intervals starting before this time or age.")

@@ -15,8 +15,6 @@ from flowdiff.config import Config, load_config
 from flowdiff.errors import FlowdiffError
 from flowdiff.exitcodes import ExitCode
 
-EXIT_OK, EXIT_FOUND, EXIT_ERROR = ExitCode.OK, ExitCode.NEW_ROWS, ExitCode.ERROR
-
 
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: int) -> None:
     if value:
@@ -48,6 +46,10 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     before it (``flowdiff --config F run`` and ``flowdiff run --config F`` are the same)."""
     return _config_flag(verbose_option(func))
 
+
+store_option = click.option(
+    "--store", type=click.Path(file_okay=False), help="Store directory (config key `store`)."
+)
 
 format_option = click.option(
     "--format",
@@ -84,11 +86,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except FlowdiffError as e:
             click.echo(f"Error: {e}", err=True)
-            sys.exit(EXIT_ERROR)
+            sys.exit(ExitCode.ERROR)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"Error: {where}{e.strerror or e}", err=True)
-            sys.exit(EXIT_ERROR)
+            sys.exit(ExitCode.ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception:  # a bug: keep the traceback, and never exit 1 (that reads as "new rows")

@@ -10,8 +10,6 @@ import click
 
 from flowdiff.cli.common import config_option, handle_errors, load
 
-EXIT_MISMATCH = 1
-
 
 def register(main: click.Group) -> None:
     main.add_command(demo)
@@ -48,7 +46,7 @@ def demo(workdir, config_path) -> None:
         progress=(lambda line: click.echo(f"  .. {line}", err=True)) if show else None,
     )
     click.echo(format_summary(result))
-    sys.exit(0 if result.ok else EXIT_MISMATCH)
+    sys.exit(result.exit_code)
 
 
 def _rel(p: Path) -> str:

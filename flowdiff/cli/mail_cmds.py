@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from flowdiff.cli.common import EXIT_ERROR, config_option, format_option, handle_errors, load
+from flowdiff.cli.common import config_option, format_option, handle_errors, load
 from flowdiff.errors import MailError
 
 
@@ -125,8 +125,10 @@ def outbox_list(config_path, fmt) -> None:
     rows = [{**{k: getattr(e, k) for k in _OUTBOX_COLUMNS}, "next_attempt": _next(e)} for e in entries]
     df = pd.DataFrame(rows, columns=_OUTBOX_COLUMNS)
     if fmt == "table":
-        df["subject"] = [s if len(s) <= 40 else s[:39] + "…" for s in df["subject"]]
-        df["last_error"] = [s if len(s) <= 60 else s[:59] + "…" for s in df["last_error"]]
+        from flowdiff.vocab import one_line
+
+        df["subject"] = [one_line(s, 40) for s in df["subject"]]
+        df["last_error"] = [one_line(s, 60) for s in df["last_error"]]
     if len(df) or fmt != "json":
         click.echo(format_frame(df, fmt))
 
@@ -263,5 +265,4 @@ def watch_cmd(directory, config_path, poll) -> None:
     click.echo(
         f"watch stopped: {stats.passes} passes, {stats.reports} reports, {stats.failures} failed passes"
     )
-    if stats.failures and not stats.passes:
-        sys.exit(EXIT_ERROR)
+    sys.exit(stats.exit_code)

@@ -33,6 +33,7 @@ import pandas as pd
 from flowdiff.config import Config, parse_config
 from flowdiff.demo.scenario import Anomaly, ExpectedRow, Scenario, enclave_scenario
 from flowdiff.errors import FlowdiffError
+from flowdiff.exitcodes import ExitCode
 
 if TYPE_CHECKING:  # the stages are imported when the demo runs, not when it is imported
     from flowdiff.archive import DiffResult
@@ -96,6 +97,11 @@ class DemoResult:
     def ok(self) -> bool:
         """The diff found exactly the injected anomalies."""
         return not self.missing and not self.unexpected
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """OK when the diff found exactly the injected anomalies, NEW_ROWS (1) when it did not."""
+        return ExitCode.OK if self.ok else ExitCode.NEW_ROWS
 
     @property
     def report_html(self) -> Path | None:

@@ -475,7 +475,7 @@ def _inject_anomalies(day: _Day) -> tuple[Anomaly, ...]:
     out.append(
         Anomaly(
             "odd-ethertype",
-            f"a workstation ({odd_mac}) broadcasts frames of ethertype 0x{ODD_ETHERTYPE:04x}",
+            f"a workstation ({odd_mac}) broadcasts frames of ethertype {vocab.ethertype_text(ODD_ETHERTYPE)}",
             ts(t),
             (ExpectedRow.of("link", ethertype=ODD_ETHERTYPE, src_mac=odd_mac, dst_mac=BROADCAST),),
         )

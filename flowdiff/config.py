@@ -198,10 +198,26 @@ def default_tables() -> dict[str, TableConfig]:
 
 
 _TOP_KEYS = {
-    "store", "baselines", "reports", "interval", "sensor", "networks", "service_ports", "tables",
-    "rules", "rearm", "settle", "spool", "max_rows", "templates", "outbox", "mail", "stale_after", "min_free",
+    "store",
+    "baselines",
+    "reports",
+    "interval",
+    "sensor",
+    "networks",
+    "service_ports",
+    "tables",
+    "rules",
+    "rearm",
+    "settle",
+    "spool",
+    "max_rows",
+    "templates",
+    "outbox",
+    "mail",
+    "stale_after",
+    "min_free",
     "max_message_bytes",
-}  # fmt: skip
+}
 _TABLE_KEYS = {
     "keys",
     "collapse",

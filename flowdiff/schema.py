@@ -86,9 +86,22 @@ _NET_RE = re.compile(r"^(src_net|dst_net|client_net|server_net)/(\d{1,3})$")
 
 # Key fields that only exist for IP frames: a table using any of them skips non-IP frames.
 IP_ONLY = {
-    "src", "dst", "client", "server", "proto", "sport", "dport", "service_port",
-    "src_label", "dst_label", "client_label", "server_label", "icmp_type", "icmp_code", "tcp_flags",
-}  # fmt: skip
+    "src",
+    "dst",
+    "client",
+    "server",
+    "proto",
+    "sport",
+    "dport",
+    "service_port",
+    "src_label",
+    "dst_label",
+    "client_label",
+    "server_label",
+    "icmp_type",
+    "icmp_code",
+    "tcp_flags",
+}
 # Address-valued keys (text form); collapse / ipv6_prefix apply to these.
 ADDRESS_KEYS = ("src", "dst", "client", "server")
 

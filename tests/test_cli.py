@@ -4,7 +4,9 @@ data (an internal error is 70, never 1: `diff --exit-code` uses 1 for "new rows"
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 from click.testing import CliRunner
 
 from flowdiff.cli import main
@@ -32,7 +34,17 @@ def test_config_after_the_command_wins_over_one_before(tmp_path, write_config):
     assert [json.loads(line)["table"] for line in r.output.splitlines()] == ["two"]
 
 
-def test_verbose_before_or_after_the_command(tmp_path):
+@pytest.fixture
+def restore_logging():
+    """`-v` lowers the root logger's level for the rest of the process: put it back for later tests."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
+def test_verbose_before_or_after_the_command(tmp_path, restore_logging):
     for args in (["-v", "status", "--format", "json"], ["status", "-v", "--format", "json"]):
         r = _invoke(*args)
         assert r.exit_code in (ExitCode.OK, ExitCode.NEW_ROWS), r.output

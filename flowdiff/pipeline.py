@@ -49,7 +49,7 @@ from flowdiff.errors import FlowdiffError, LockError, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.health import HealthResult
 from flowdiff.health import check as check_health
-from flowdiff.mail import OutboxResult, flush_outbox
+from flowdiff.mail import OutboxResult, flush_outbox, list_outbox
 
 if TYPE_CHECKING:
     from flowdiff.collect import CollectResult
@@ -169,7 +169,11 @@ def run(
         first = flush_outbox(config) if config.mail.enabled else None
         # after the report's attempt: a refusal for good opens outbox-failed in this pass, not the next
         result.health = _health(config, spool, result)
-        result.outbox = _merged(first, flush_outbox(config))
+        if first is not None and first.failed:  # server down now: the health mails wait for the next pass
+            first.waiting = [e.message_id for e in list_outbox(config)]
+            result.outbox = first
+        else:
+            result.outbox = _merged(first, flush_outbox(config))
     result.seconds = time.perf_counter() - t0
     return result
 

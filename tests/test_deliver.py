@@ -305,7 +305,9 @@ def test_notify_with_mail_sends_and_exits_0(smtp_plain, tmp_path):
     assert len(smtp_plain.inbox.wait(1)) == 1
 
 
-def test_cli_refusal_warning_names_a_drop_command_that_works_pasted_elsewhere(smtp_refusing, tmp_path, monkeypatch):
+def test_cli_refusal_warning_names_a_drop_command_that_works_pasted_elsewhere(
+    smtp_refusing, tmp_path, monkeypatch
+):
     """Issue 8 items 6/7: the hint printed with a refusal is pasted as printed, from another folder."""
     import shlex
 

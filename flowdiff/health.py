@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -265,6 +266,11 @@ def collected_span(config: Config) -> tuple[int, float]:
     return len(starts), span / DAY
 
 
+def _config_arg(config: Config) -> str:
+    """`` --config ABSOLUTE_PATH`` when a config file was used: cron mails this line to be pasted."""
+    return f" --config {shlex.quote(str(Path(config.source).resolve()))}" if config.source is not None else ""
+
+
 def _no_baseline(obs: Observation, config: Config, diff: Any, previous: HealthState) -> None:
     from flowdiff.baseline import current_version
 
@@ -279,7 +285,7 @@ def _no_baseline(obs: Observation, config: Config, diff: Any, previous: HealthSt
             "no-baseline",
             "",
             f"no baseline yet: {intervals} interval{'s' if intervals != 1 else ''} "
-            f"collected ({days:.1f} days); flowdiff learn is due",
+            f"collected ({days:.1f} days); flowdiff learn{_config_arg(config)} is due",
         )
         return
     if diff is None:  # not diffed in this pass: what was known about single tables stays

@@ -492,11 +492,12 @@ def _attempt(config: Config, entry: OutboxEntry, outbox: Path, now: float) -> Ma
         entry.last_error = str(e)
         where = _move_to_failed(outbox, entry, now)
         log.warning(
-            "mail: %s refused for good (%s); moved to %s (flowdiff outbox drop %s removes it)",
+            "mail: %s refused for good (%s); moved to %s (flowdiff outbox drop %s%s removes it)",
             entry.message_id,
             e,
             where,
             entry.name,
+            f" --config {Path(config.source).resolve()}" if config.source is not None else "",
         )
         return e
     except MailError as e:

@@ -49,7 +49,7 @@ from flowdiff.errors import FlowdiffError, LockError, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.health import HealthResult
 from flowdiff.health import check as check_health
-from flowdiff.mail import OutboxResult, flush_outbox
+from flowdiff.mail import OutboxResult, flush_outbox, list_outbox
 
 if TYPE_CHECKING:
     from flowdiff.collect import CollectResult
@@ -166,10 +166,29 @@ def run(
             with contextlib.suppress(AttributeError):
                 e.health = result.health  # type: ignore[union-attr]  # for the CLI's lines
             raise
+        first = flush_outbox(config) if config.mail.enabled else None
+        # after the report's attempt: a refusal for good opens outbox-failed in this pass, not the next
         result.health = _health(config, spool, result)
-        result.outbox = flush_outbox(config)
+        if first is not None and first.failed:  # server down now: the health mails wait for the next pass
+            first.waiting = [e.message_id for e in list_outbox(config)]
+            result.outbox = first
+        else:
+            result.outbox = _merged(first, flush_outbox(config))
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _merged(first: OutboxResult | None, second: OutboxResult) -> OutboxResult:
+    """The two flushes of a pass as one (the second sends what the health check queued)."""
+    if first is None:
+        return second
+    return OutboxResult(
+        sent=first.sent + second.sent,
+        failed=first.failed + second.failed,
+        waiting=second.waiting,
+        busy=first.busy or second.busy,
+        refused=first.refused + second.refused,
+    )
 
 
 def _health(

@@ -201,7 +201,8 @@ def test_the_readme_cron_line_run_from_home_uses_the_site_store(tmp_path, data_d
     assert list(home.iterdir()) == []  # nothing built in $HOME
     assert (site / "store" / "_ledger.jsonl").is_file() and (site / "reports").is_dir()
     assert r.stdout.splitlines() == [
-        "health no-baseline: no baseline yet: 1 interval collected (0.0 days); flowdiff learn is due"
+        "health no-baseline: no baseline yet: 1 interval collected (0.0 days); "
+        f"flowdiff learn --config {(site / 'flowdiff.toml').resolve()} is due"
     ]
     again = subprocess.run(cmd, cwd=home, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout == "" and list(home.iterdir()) == []  # quiet, same store

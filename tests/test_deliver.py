@@ -303,3 +303,23 @@ def test_notify_with_mail_sends_and_exits_0(smtp_plain, tmp_path):
     r = cli("notify", "--config", str(cfg))
     assert r.exit_code == 0 and "queued as" in r.output and "sent <" in r.output
     assert len(smtp_plain.inbox.wait(1)) == 1
+
+
+def test_cli_refusal_warning_names_a_drop_command_that_works_pasted_elsewhere(
+    smtp_refusing, tmp_path, monkeypatch
+):
+    """Issue 8 items 6/7: the hint printed with a refusal is pasted as printed, from another folder."""
+    import shlex
+
+    cfg = write_config(tmp_path, smtp_refusing)
+    deliver(make_result(), load_config(cfg))
+    r = cli("outbox", "retry", "--config", str(cfg))
+    assert r.exit_code == 2
+    hint = r.output.split("(flowdiff outbox drop ", 1)[1].split(" removes it)", 1)[0]
+    assert f"--config {cfg.resolve()}" in hint
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = cli("outbox", "drop", *shlex.split(hint))
+    assert r.exit_code == 0 and "dropped failed message" in r.output, r.output
+    assert list_failed(load_config(cfg)) == []

@@ -68,3 +68,19 @@ def test_cli_diff_json_output_stays_json_and_the_report_is_queued_with_mail(site
     assert r.exit_code == 0 and "queued" not in r.output and "sent <" in r.output
     (got,) = smtp_plain.inbox.wait(1)
     assert got.message["X-Flowdiff-Report"] == entry.report_id
+
+
+def test_cli_diff_into_a_closed_pipe_still_archives_the_rendered_report(site, tmp_path, monkeypatch):  # noqa: F811
+    """`flowdiff diff | head`: the reader goes away while the rows print; the report is already rendered."""
+    import flowdiff.cli.baseline_cmds as cmds
+
+    def closed_pipe(*_a, **_k):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    cfg, config = collect_anomalies(site, tmp_path)
+    monkeypatch.setattr(cmds, "_print_diff", closed_pipe)
+    r = flowdiff("diff", "--config", str(cfg))
+    assert r.exit_code != 0
+    (d,) = [p for p in config.reports.iterdir() if (p / "report.json").is_file()]
+    for name in (REPORT_TEXT, REPORT_HTML, REPORT_EML):
+        assert (d / name).is_file(), name

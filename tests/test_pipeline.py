@@ -22,6 +22,7 @@ import smtp_server
 from click.testing import CliRunner
 
 from flowdiff.baseline import learn
+from flowdiff.cli import main
 from flowdiff.collect import collect
 from flowdiff.config import Config, MailConfig, parse_config
 from flowdiff.demo.frames import pcap_bytes
@@ -386,3 +387,23 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("Error: config ") and "mail.hots" in r.output
     r = CliRunner().invoke(cli(), ["outbox", "retry"])
     assert r.exit_code == 2 and "mail is not configured" in r.output
+
+
+def test_cli_run_a_report_refused_for_good_alerts_in_the_same_pass(site, tmp_path, monkeypatch, caplog):
+    """Issue 8 item 6: a 552 (size) moves the report to outbox/failed and the outbox-failed health
+    alert is printed and mailed by the same run, not one cron pass later; the drop hint carries --config."""
+    srv = smtp_server.make_server(tmp_path, "none", size_limit=4000)  # health mails fit, the report does not
+    try:
+        cfg_file = write_config(site, tmp_path, srv)
+        spool = spool_with(anomaly_files(site), tmp_path / "spool")
+        monkeypatch.chdir(tmp_path / "spool")
+        args = ["run", "--config", str(cfg_file), "--spool", str(spool)]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert "health outbox-failed:" in r.output and "552" in r.output
+        assert f"--config {cfg_file.resolve()} removes it" in caplog.text  # the one warning line
+        subjects = [m.message["X-Flowdiff-Health"] for m in srv.inbox.wait(1)]
+        assert "outbox-failed" in subjects
+        assert len(list((tmp_path / "site" / "reports" / "outbox" / "failed").glob("*.eml"))) == 1
+    finally:
+        srv.stop()

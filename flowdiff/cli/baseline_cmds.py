@@ -184,11 +184,13 @@ def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run):
     )
     for line in res.skipped.values():
         click.echo(f"Warning: {line}", err=True)
-    _print_diff(res, fmt)
-    if res.report_id and not dry_run:  # the report is archived rendered, and queued with [mail]
-        from flowdiff.deliver import deliver
+    d = None
+    if res.report_id and not dry_run:  # archived rendered (and queued with [mail]) before printing:
+        from flowdiff.deliver import deliver  # `flowdiff diff | head` must not lose the rendering
 
         d = deliver(res, config)
+    _print_diff(res, fmt)
+    if d is not None:
         queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
         if fmt == "table":  # csv/json output stays pure data, even with 2>&1
             click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")

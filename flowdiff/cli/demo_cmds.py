@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def format_summary(result) -> str:
         else:
             why = result.outbox.failed[-1][1] if result.outbox and result.outbox.failed else "not sent yet"
             lines.append(f"  mail waits in the outbox ({why}); `flowdiff outbox` retries it")
-    toml = _rel(result.workdir / "flowdiff.toml")
+    toml = shlex.quote(str((result.workdir / "flowdiff.toml").resolve()))  # pasted from anywhere
     lines.append(f"Explore: flowdiff show services --config {toml}   (done in {result.seconds:.1f} s)")
     return "\n".join(lines)
 

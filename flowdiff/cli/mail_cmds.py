@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -65,10 +67,11 @@ def _echo_flush(res, config) -> None:
         click.echo(f"sent {mid}")
     for mid, error in res.failed:
         click.echo(f"Warning: {mid} not sent: {error}", err=True)
+    cfg = f" --config {shlex.quote(str(Path(config.source).resolve()))}" if config.source is not None else ""
     for mid, error in res.refused:
         click.echo(
             f"Warning: {mid} refused by the server for good, moved to {config.outbox_path / 'failed'} "
-            f"(flowdiff outbox drop ID removes it): {error}",
+            f"(flowdiff outbox drop {shlex.quote(mid)}{cfg} removes it): {error}",
             err=True,
         )
     if res.busy:

@@ -149,8 +149,10 @@ def run_demo(
     scenario = enclave_scenario(
         workdir / "captures", days=days, seed=seed, rotate=DEMO_ROTATE, interval=DEMO_INTERVAL
     )
-    config = demo_config(scenario, workdir, config_overrides)
-    (workdir / "flowdiff.toml").write_text(_toml(scenario.config_dict(workdir)), encoding="utf-8")
+    toml = workdir / "flowdiff.toml"
+    toml.write_text(_toml(scenario.config_dict(workdir)), encoding="utf-8")
+    # the report's accept/deny commands carry --config of the file written here (issue 8, item 7)
+    config = replace(demo_config(scenario, workdir, config_overrides), source=toml.resolve())
 
     say(f"collect: {len(scenario.files)} captures, {scenario.packets:,} packets")
     collected = collect([scenario.directory], config, all_files=True)

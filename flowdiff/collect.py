@@ -258,6 +258,11 @@ def _newest(candidates: list[tuple[Path, os.stat_result]]) -> Path | None:
     return max(candidates, key=lambda c: (c[1].st_mtime_ns, c[0].name))[0]
 
 
+# Names tcpdump, dumpcap and rotation scripts give captures. In a spool, such a file that does not start like
+# a capture is damage (a disk error, a wrong tool), not a stray note: it is reported as unreadable, not ignored.
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz", ".cap.gz")
+
+
 def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float) -> None:
     candidates: list[tuple[Path, os.stat_result, str]] = []
     for p in sorted(d.iterdir()):
@@ -270,10 +275,10 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
         if not stat.S_ISREG(st.st_mode):
             continue
         kind = sniff_start(p)
-        if kind == "other":
+        if kind == "other" and not p.name.lower().endswith(CAPTURE_SUFFIXES):
             found.ignored[p] = "not a capture"
-        else:
-            candidates.append((p, st, kind))
+        else:  # a file named like a capture that does not start like one is read, and fails loudly, once
+            candidates.append((p, st, "capture" if kind == "other" else kind))
     if not candidates:
         found.empty_dirs.append(d)
         return

@@ -230,6 +230,23 @@ def test_unreadable_file_is_one_line_and_exit_2(tmp_path, name, content, needle)
     assert r2.exit_code == 0 and "Error" not in r2.output
 
 
+def test_a_capture_named_file_in_a_spool_that_is_not_a_capture_is_loud_once(tmp_path):
+    """A spool's `*.pcap` with a garbage header (a disk error, a wrong tool) is damage, not a stray note:
+    one Error line and exit 2 on the first run, remembered after that; a text file stays ignored."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "20261201215000.pcap").write_bytes(b"\x00garbage where a pcap header should be\n" * 8)
+    small_capture(spool / "20261201215500.pcap")
+    (spool / "notes.txt").write_text("not a capture")
+    r = CliRunner().invoke(main, ["collect", "--all", str(spool)])
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "20261201215000.pcap" in errors[0], r.output
+    assert "1 file collected" in r.output and "1 not captures" in r.output and "1 unreadable" in r.output
+    again = CliRunner().invoke(main, ["collect", "--all", str(spool)])
+    assert again.exit_code == 0 and "Error" not in again.output, again.output
+
+
 def test_truncated_capture_keeps_good_records(tmp_path):
     cap = small_capture(tmp_path / "a.pcap")
     data = cap.read_bytes()
@@ -726,7 +743,8 @@ def test_only_the_newest_file_of_a_spool_can_wait(kinds, ages, all_files):
         spool = Path(tmp)
         paths = []
         for i, kind in enumerate(kinds):
-            p = spool / f"2026120121{10 + i}00.pcap"
+            # a text file named like a capture is read (and fails loudly): the stray note is a .txt
+            p = spool / f"2026120121{10 + i}00.{'txt' if kind == 'text' else 'pcap'}"
             p.write_bytes(content[kind])
             _age(p, ages[i])
             paths.append(p)

@@ -14,7 +14,7 @@ import fcntl
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -42,35 +42,15 @@ def crash_point() -> None:
 # ---------------------------------------------------------------- atomic file helpers
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    crash_point()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+def _replace_atomically(path: Path, fill: Callable[[str], object]) -> None:
+    """The one write protocol: ``fill`` writes a temp file beside ``path``; it is made durable, then
+    renamed over ``path`` (readers see the old file or the new one, never a torn one) and the folder
+    is synced. A crash point before and after the rename lets the kill -9 tests stop at both."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        fill(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         crash_point()
@@ -81,6 +61,18 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         raise
     fsync_dir(path.parent)
     crash_point()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def fsync_dir(path: Path) -> None:

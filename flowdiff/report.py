@@ -88,14 +88,6 @@ def _bytes_long(n: int) -> str:
     return human_bytes(n) if n < 1000 else f"{human_bytes(n)} ({n:,})"
 
 
-def format_time(ts: Any) -> str:
-    return human_time(ts)
-
-
-def format_key_value(field_name: str, value: Any) -> str:
-    return format_value(field_name, value)
-
-
 def message_id_for(report_id: str, sensor: str) -> str:
     """A Message-ID that depends only on the report and the sensor: a re-send of the same report
     carries the same id, so a recipient (or its mail client) can recognise a duplicate."""
@@ -128,14 +120,14 @@ def _sorted_rows(df: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
 
 def _row_context(row: dict[str, Any], keys: tuple[str, ...], number: int) -> dict[str, Any]:
     """Template values of one shown row (only the ``max_rows`` shown rows get one, never all rows)."""
-    fields = [(k, format_key_value(k, row[k])) for k in keys]
+    fields = [(k, format_value(k, row[k])) for k in keys]
     return {
         "row": int(row["row"]) if "row" in row else number,  # what `flowdiff accept REPORT ROW` takes
         "fields": fields,
         "key": " ".join(f"{k}={v}" for k, v in fields),
-        "first_seen": format_time(row["first_seen"]),
-        "last_seen": format_time(row["last_seen"]),
-        "interval": format_time(row["interval_start"]),
+        "first_seen": human_time(row["first_seen"]),
+        "last_seen": human_time(row["last_seen"]),
+        "interval": human_time(row["interval_start"]),
         "packets": f"{int(row['packets']):,}",
         "bytes": human_bytes(int(row["bytes"])),
         "bytes_exact": f"{int(row['bytes']):,}",
@@ -180,11 +172,6 @@ def _csv_bytes(table: pa.Table, *, header: bool = True) -> bytes:
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header, eol="\r\n"))
     return sink.getvalue()
-
-
-def rows_csv(df: pd.DataFrame, keys: tuple[str, ...]) -> bytes:
-    """All rows of one table as CSV (uncompressed), timestamps in ISO 8601 UTC, bytes/packets exact."""
-    return _csv_bytes(_csv_table(df, keys))
 
 
 def gzip_csv(df: pd.DataFrame, keys: tuple[str, ...], budget: int, cut_note: str) -> tuple[bytes | None, int]:
@@ -292,8 +279,8 @@ def report_context(
         "max_message": human_bytes(int(config.max_message_bytes)),
         "rows_path": rows_path,
         "baseline_versions": sorted((t, str(v)) for t, v in result.baseline_versions.items()),
-        "since": format_time(result.since),
-        "until": format_time(result.until),
+        "since": human_time(result.since),
+        "until": human_time(result.until),
         "intervals": int(result.intervals),
         "archive": str(Path(config.reports) / result.report_id),
     }
@@ -417,8 +404,8 @@ def archive_report(rendered: RenderedReport, result: DiffResult, config: Config)
         "counts": rendered.counts,
         "total": result.total,
         "baseline_versions": {t: str(v) for t, v in result.baseline_versions.items()},
-        "since": format_time(result.since),
-        "until": format_time(result.until),
+        "since": human_time(result.since),
+        "until": human_time(result.until),
         "attachments": [a[0] for a in rendered.attachments],
         "date": rendered.date,
     }

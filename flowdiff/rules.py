@@ -61,7 +61,6 @@ from flowdiff.vocab import (
 
 KINDS = ("allow", "deny")
 META_FIELDS = ("name", "table", "comment", "by", "created")
-PROTO_NAMES = PROTOCOLS  # kept for imports from earlier versions
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-][A-Za-z0-9_.:/ -]{0,99}$")
 
 __all__ = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import socket
 import tomllib
 from collections.abc import Sequence
@@ -160,6 +161,15 @@ class Config:
     @property
     def outbox_path(self) -> Path:
         return self.outbox if self.outbox is not None else self.reports / "outbox"
+
+    @property
+    def config_arg(self) -> str:
+        """`` --config /absolute/path`` when a config file was used (also ./flowdiff.toml or
+        $FLOWDIFF_CONFIG), else "": every command flowdiff prints for a human to paste (in reports, hints,
+        health mails) carries it, so that pasted in another folder or shell it acts on the same site."""
+        if self.source is None:
+            return ""
+        return f" --config {shlex.quote(str(Path(self.source).resolve()))}"
 
     @property
     def sensor_name(self) -> str:

@@ -22,7 +22,6 @@ import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -335,22 +334,12 @@ def neighbours(
 # ------------------------------------------------------------------ commands
 
 
-def _config_arg(config: Config) -> str:
-    """`` --config /absolute/path`` whenever a config file was used (also ./flowdiff.toml or
-    $FLOWDIFF_CONFIG): a command pasted from a report, in another directory or another shell, must act
-    on the same store and baselines."""
-    src = config.source
-    if src is None:
-        return ""
-    return f" --config {shlex.quote(str(Path(src).resolve()))}"
-
-
 def commands(
     rows: pd.DataFrame, table: str, keys: Sequence[str], config: Config
 ) -> tuple[list[str], list[str]]:
     """The exact accept and deny command for each row (every key field given, values as the report
     prints them, ``proto=tcp``, ``ethertype=0x0800``; shell-quoted)."""
-    cfg = _config_arg(config)
+    cfg = config.config_arg
     acc, den = [], []
     for vals in rows[list(keys)].itertuples(index=False, name=None):
         where = " ".join(
@@ -363,7 +352,7 @@ def commands(
 
 def no_baseline_line(table: str, config: Config) -> str:
     """What diff says about a table that has no baseline yet (once per diff, and in the health alert)."""
-    learn = f"flowdiff learn --table {shlex.quote(table)}{_config_arg(config)}"
+    learn = f"flowdiff learn --table {shlex.quote(table)}{config.config_arg}"
     return f"table {table} has no baseline yet: {learn}"
 
 

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -266,11 +265,6 @@ def collected_span(config: Config) -> tuple[int, float]:
     return len(starts), span / DAY
 
 
-def _config_arg(config: Config) -> str:
-    """`` --config ABSOLUTE_PATH`` when a config file was used: cron mails this line to be pasted."""
-    return f" --config {shlex.quote(str(Path(config.source).resolve()))}" if config.source is not None else ""
-
-
 def _no_baseline(obs: Observation, config: Config, diff: Any, previous: HealthState) -> None:
     from flowdiff.baseline import current_version
 
@@ -285,7 +279,7 @@ def _no_baseline(obs: Observation, config: Config, diff: Any, previous: HealthSt
             "no-baseline",
             "",
             f"no baseline yet: {intervals} interval{'s' if intervals != 1 else ''} "
-            f"collected ({days:.1f} days); flowdiff learn{_config_arg(config)} is due",
+            f"collected ({days:.1f} days); flowdiff learn{config.config_arg} is due",
         )
         return
     if diff is None:  # not diffed in this pass: what was known about single tables stays
@@ -492,8 +486,7 @@ def _queue_mails(config: Config, result: HealthResult, stamp: str) -> None:
 
 def _hint(config: Config, kind: str) -> str:
     """What to do; commands carry ``--config ABSOLUTE_PATH`` when a config file is used, to be pasted."""
-    arg = f" --config {Path(config.source).absolute()}" if config.source is not None else ""
-    return _HINTS[kind].format(config=arg)
+    return _HINTS[kind].format(config=config.config_arg)
 
 
 def _digest(problems: list[Problem]) -> str:

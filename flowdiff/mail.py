@@ -497,7 +497,7 @@ def _attempt(config: Config, entry: OutboxEntry, outbox: Path, now: float) -> Ma
             e,
             where,
             entry.name,
-            f" --config {Path(config.source).resolve()}" if config.source is not None else "",
+            config.config_arg,
         )
         return e
     except MailError as e:

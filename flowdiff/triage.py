@@ -16,7 +16,6 @@ change, return it (the CLI prints it), and refuse what would mute a whole table:
 from __future__ import annotations
 
 import contextlib
-import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -522,8 +521,7 @@ def ignore(
             src = f"report {report_id}" if report_id else "a reported row"
             d = RuleDraft("allow", t, match, _name(name, i, len(picked)), reason or f"from {src}")
             one = f"flowdiff accept {report_id} {row}" if report_id else f"flowdiff accept {t} --where ..."
-            if config.source is not None:  # pasted from another folder, it must act on this site
-                one += f" --config {shlex.quote(str(Path(config.source).resolve()))}"
+            one += config.config_arg  # pasted from another folder, it must act on this site
             _guard(config, d, f"refused: it would mute the table; to make this row normal: {one}")
             drafts.append(d)
     else:

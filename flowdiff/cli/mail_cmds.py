@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 import click
 
@@ -67,7 +66,7 @@ def _echo_flush(res, config) -> None:
         click.echo(f"sent {mid}")
     for mid, error in res.failed:
         click.echo(f"Warning: {mid} not sent: {error}", err=True)
-    cfg = f" --config {shlex.quote(str(Path(config.source).resolve()))}" if config.source is not None else ""
+    cfg = config.config_arg
     for mid, error in res.refused:
         click.echo(
             f"Warning: {mid} refused by the server for good, moved to {config.outbox_path / 'failed'} "

@@ -59,6 +59,8 @@ from flowdiff.schema import (
     KEY_FIELDS,
     METRICS,
     PACKET_FIELDS,
+    STATIONS,
+    STATIONS_KEYS,
     DecodeStatus,
     is_ip_table,
     parse_net_key,
@@ -206,7 +208,7 @@ def _ingest(
         k3 = _ZERO
         k4 = _ZERO
         k5 = _ZERO
-        if ok and use_src:
+        if use_src and (ok or ethertype[i] == 0x0806):  # ARP: the sender address (stations)
             k0 = src_hi[i]
             k1 = src_lo[i]
         if ok and use_dst:
@@ -802,6 +804,11 @@ class Aggregator:
         for keys in self.tables.values():
             for k in keys:
                 needs.update(_base_needs(k))
+        # stations (arpwatch's table): ARP senders, neighbour discovery and own-network sources
+        self._stations = {n for n, keys in self.tables.items() if n == STATIONS and keys == STATIONS_KEYS}
+        if self._stations:
+            needs.update(_STATION_NEEDS)
+            self._own_codes = _own_label_codes(self.netmap)
         if needs & {"src", "dst"}:
             needs.add("ip_version")
         self._needs = needs
@@ -809,6 +816,8 @@ class Aggregator:
         counted: set[int] = set()
         for keys in self.tables.values():
             counted.update(_COUNTED_STATUSES_IP if is_ip_table(keys) else _COUNTED_STATUSES_LINK)
+        if self._stations:
+            counted.add(DecodeStatus.NOT_IP)  # ARP
         self._counted = counted
         self._count_mask = _U(sum(1 << s for s in counted))
         self._index = np.full(2 * self._INITIAL_CAPACITY, -1, dtype=np.int32)
@@ -1000,7 +1009,7 @@ class Aggregator:
             metrics = _gather_metrics(rows, perm[lo:hi])
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
-                parts[name].append(self._build(fine, keys))
+                parts[name].append(self._build_stations(fine) if name in self._stations else self._build(fine, keys))
             del cols, metrics, fine
         out = {}
         for name, keys in self.tables.items():
@@ -1013,16 +1022,45 @@ class Aggregator:
     def _all_keys(self) -> set[str]:
         return {k for keys in self.tables.values() for k in keys}
 
-    def _build(self, fine: _Fine, keys: tuple[str, ...]) -> pa.Table:
+    def _build_stations(self, fine: _Fine) -> pa.Table:
+        """The stations table: which MAC carries which address. ARP frames give their sender protocol
+        address, IPv6 neighbour discovery and IP frames from the config's own networks their source;
+        any other IP source is ``internet`` (a router's MAC carrying the internet is one row)."""
+        small, ver = fine.small, fine.ip_version
+        ok = small["status"] == DecodeStatus.OK
+        arp = (small["status"] == DecodeStatus.NOT_IP) & (small["ethertype"] == 0x0806) & (fine.src_lo != 0)
+        nd = ok & (ver == 6) & (small["proto"] == 58) & (small["icmp_type"] >= 133) & (small["icmp_type"] <= 137)
+        nd &= (fine.src_hi != 0) | (fine.src_lo != 0)  # duplicate address detection sends from ::
+        own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
+        real = own | nd
+        sel = np.flatnonzero((arp | ok) & (fine.src_mac != 0))
+        if len(sel) == 0:
+            return table_schema(STATIONS_KEYS).empty_table()
+        words = (
+            np.where(arp, _U(4), np.where(real, ver, _ZERO)),
+            np.where(real, fine.src_hi, _ZERO),
+            np.where(arp | real, fine.src_lo, _ZERO),
+        )
+        src = _text_rank(words, _station_text)
+        return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[self._rank(fine, "src_mac"), src])
+
+    def _build(
+        self,
+        fine: _Fine,
+        keys: tuple[str, ...],
+        sel: np.ndarray | None = None,
+        ranks: list[_Ranked] | None = None,
+    ) -> pa.Table:
         """Group and sort at once: every key becomes a dense rank in its stored order, the ranks are
-        combined into one integer per fine row, and equal integers within an interval are a group."""
+        combined into one integer per fine row, and equal integers within an interval are a group.
+        (``sel`` and ``ranks``: the fine rows and the key ranks of a table with its own row filter.)"""
         schema = table_schema(keys)
-        sel = None
-        if is_ip_table(keys) and not fine.all_ok:
+        if ranks is None and is_ip_table(keys) and not fine.all_ok:
             sel = np.flatnonzero(fine.small["status"] == DecodeStatus.OK)
             if len(sel) == 0:
                 return schema.empty_table()
-        ranks = [self._rank(fine, k) for k in keys]
+        if ranks is None:
+            ranks = [self._rank(fine, k) for k in keys]
         code = np.zeros(fine.n, dtype=np.uint64)
         card = 1
         for rank, kcard, _ in ranks:
@@ -1113,6 +1151,23 @@ class Aggregator:
 # per fine row: dense rank (uint64) in stored-value order, number of ranks, and a builder of the
 # stored Arrow column for some fine rows
 _Ranked = tuple[np.ndarray, int, Callable[[np.ndarray], pa.Array]]
+
+
+_STATION_NEEDS = ("src", "src_mac", "ip_version", "ethertype", "proto", "icmp_type")
+
+
+def _own_label_codes(netmap: NetworkMap) -> np.ndarray:
+    """True per label code for the config's own networks: labels of networks with a prefix, except a
+    label also given to a default route (``0.0.0.0/0 = "internet"``)."""
+    own, default = set(), set()
+    for cidr, label in netmap.networks.items():
+        (default if cidr.endswith("/0") else own).add(label)
+    return np.array([lab in own - default for lab in netmap.labels], dtype=bool)
+
+
+def _station_text(w: np.ndarray) -> pa.Array:
+    text = address_array(w[:, 0], w[:, 1], w[:, 2])
+    return pc.if_else(pc.equal(text, ""), pa.scalar("internet"), text)
 
 
 def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array]) -> _Ranked:

@@ -32,6 +32,7 @@ from flowdiff.config import Config
 from flowdiff.durable import atomic_write_parquet, atomic_write_text, fsync_dir
 from flowdiff.errors import ReportError
 from flowdiff.exitcodes import ExitCode
+from flowdiff.incidents import Incident
 from flowdiff.schema import TIMESTAMP, key_type
 from flowdiff.vocab import iso_time, now_iso, utc_timestamp
 
@@ -46,6 +47,7 @@ __all__ = [
     "row_records",
     "list_reports",
     "load_report",
+    "INCIDENTS_FILE",
 ]
 
 # Columns every per-table frame of DiffResult.rows has, after the table's own key columns.
@@ -59,7 +61,10 @@ ROW_COLUMNS = (
     "neighbour",  # str: nearest accepted neighbour, "" when none
     "accept_cmd",  # str: exact `flowdiff accept ...` command for this row
     "deny_cmd",  # str: exact `flowdiff deny ...` command for this row
+    "incident",  # int64: the incident (flowdiff.incidents) the row belongs to, 1.. within the report; 0 none
+    "incident_title",  # str: that incident's title in words
 )
+INCIDENTS_FILE = "incidents.json"
 ROW_NUMBER = "row"
 REPORT_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
@@ -84,6 +89,7 @@ class DiffResult:
     extra: dict[str, Any] = field(default_factory=dict)
     table_intervals: int = 0  # number of (table, interval) pairs diffed
     skipped: dict[str, str] = field(default_factory=dict)  # table -> one line: why it was not diffed
+    incidents: list[Incident] = field(default_factory=list)  # the rows grouped by cause, in report order
 
     @property
     def total(self) -> int:
@@ -108,12 +114,15 @@ def _row_schema(keys: Sequence[str]) -> pa.Schema:
     fields += [pa.field(c, TIMESTAMP) for c in ("interval_start", "first_seen", "last_seen")]
     fields += [pa.field(c, pa.uint64()) for c in ("packets", "bytes")]
     fields += [pa.field(c, pa.string()) for c in ("reason", "neighbour", "accept_cmd", "deny_cmd")]
+    fields += [pa.field("incident", pa.int64()), pa.field("incident_title", pa.string())]
     fields.append(pa.field(ROW_NUMBER, pa.int64()))
     return pa.schema(fields)
 
 
 def typed_rows(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     schema = _row_schema(keys)
+    if "incident" not in df.columns or "incident_title" not in df.columns:  # reports before incidents
+        df = df.assign(incident=0, incident_title="")
     t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
     return t.to_pandas(coerce_temporal_nanoseconds=False)
 
@@ -194,6 +203,8 @@ def write_report_tmp(config: Config, result: DiffResult) -> None:
         "counts": result.counts(),
     }
     atomic_write_text(d / "report.json", json.dumps(meta, indent=1) + "\n")
+    incidents = [i.to_json() for i in result.incidents]
+    atomic_write_text(d / INCIDENTS_FILE, json.dumps(incidents, indent=1, ensure_ascii=False) + "\n")
 
 
 def publish_report(config: Config, report_id: str) -> None:
@@ -252,4 +263,15 @@ def load_report(config: Config, report_id: str) -> DiffResult:
         table_intervals=meta.get("table_intervals", 0),
         sensor=meta.get("sensor", ""),
         skipped=meta.get("skipped", {}),
+        incidents=_load_incidents(d),
     )
+
+
+def _load_incidents(d: Path) -> list[Incident]:
+    """``incidents.json`` of a report (none for reports made before incidents existed)."""
+    try:
+        return [Incident.from_json(o) for o in json.loads((d / INCIDENTS_FILE).read_text(encoding="utf-8"))]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"report {d.name}: unreadable {INCIDENTS_FILE}: {e}") from None

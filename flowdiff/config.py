@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.errors import ConfigError
-from flowdiff.schema import ADDRESS_KEYS, DEFAULT_TABLES, is_key_field
+from flowdiff.schema import ADDRESS_KEYS, DEFAULT_TABLES, STATIONS, STATIONS_KEYS, is_key_field
 
 CONFIG_ENV = "FLOWDIFF_CONFIG"
 DEFAULT_CONFIG_NAME = "flowdiff.toml"
@@ -204,7 +204,29 @@ def default_sensor() -> str:
 
 
 def default_tables() -> dict[str, TableConfig]:
-    return {name: TableConfig(name=name, keys=keys) for name, keys in DEFAULT_TABLES.items()}
+    return with_stations({name: TableConfig(name=name, keys=keys) for name, keys in DEFAULT_TABLES.items()})
+
+
+def with_stations(tables: dict[str, TableConfig]) -> dict[str, TableConfig]:
+    """The tables plus ``stations`` (src_mac, src), whatever the config names: it is small, and the
+    incident grouping needs to know which MAC carries which address. Unless configured itself, it
+    collapses as the other tables say (their collapse labels, their IPv6 prefix, random MACs)."""
+    if STATIONS in tables:
+        if tables[STATIONS].keys != STATIONS_KEYS:
+            raise ConfigError("the stations table is keyed by src_mac, src", key=f"tables.{STATIONS}.keys")
+        return tables
+    collapse: list[str] = []
+    for tc in tables.values():
+        collapse += [c for c in tc.collapse if c not in collapse]
+    prefixes = [tc.ipv6_prefix for tc in tables.values() if tc.ipv6_prefix is not None]
+    station = TableConfig(
+        name=STATIONS,
+        keys=STATIONS_KEYS,
+        collapse=tuple(collapse),
+        ipv6_prefix=min(prefixes) if prefixes else None,
+        collapse_random_macs=all(tc.collapse_random_macs for tc in tables.values()),
+    )
+    return {**tables, STATIONS: station}
 
 
 _TOP_KEYS = {
@@ -413,7 +435,7 @@ def _tables(raw: Any, networks: dict[str, str]) -> dict[str, TableConfig]:
             if n in spec:
                 kw[n] = _int(spec[n], f"{prefix}.{n}", minimum=1)
         out[name] = TableConfig(**kw)
-    return out
+    return with_stations(out)
 
 
 def _mail(raw: Any, base: Path) -> MailConfig:

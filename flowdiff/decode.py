@@ -697,6 +697,9 @@ def _decode_batch(
         if st < 0:
             up = -1  # upper-layer header position; -1: nothing to read there
             st = _NOT_IP
+            if net == 0x0806 and pos + 28 <= end and _be32(buf, pos) == 0x00010800:
+                if _be16(buf, pos + 4) == 0x0604:
+                    s_lo = np.uint64(_be32(buf, pos + 14))  # ARP over Ethernet/IPv4: sender protocol address
             if net == 0x0800 or net == 0x86DD:
                 st = _BAD_IP
                 v = buf[pos] >> 4 if pos < end else 0

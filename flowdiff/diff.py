@@ -48,9 +48,11 @@ from flowdiff.archive import (
 from flowdiff.baseline import TableEntry, baseline_entry, get_version, iter_baseline, iter_fingerprints
 from flowdiff.canon import canonicalise, column_hashes, combine_hashes, key_hashes, string_buffers
 from flowdiff.config import Config, TableConfig
+from flowdiff.errors import BaselineError
+from flowdiff.incidents import candidates, group_incidents, known_entities, station_reasons
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
 from flowdiff.rules import RuleSet, apply_rules, load_rules
-from flowdiff.schema import INTERVAL, key_type
+from flowdiff.schema import INTERVAL, STATIONS, STATIONS_KEYS, key_type
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
 from flowdiff.vocab import format_value, utc_timestamp
@@ -453,6 +455,9 @@ def diff(
             pending = _pending(tokens, done, since, until)
             spans += pending
             cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store)
+            if name == STATIONS and tc.keys == STATIONS_KEYS:  # arpwatch's words, before they are remembered
+                cols = list(STATIONS_KEYS)
+                cand = station_reasons(cand, iter_baseline(config, entries[name], cols, _BATCH_ROWS))
             reported = state.reported(name, tc.keys)
             cand = _suppress_reported(cand, reported, tc.keys, config.rearm)
             found[name] = cand
@@ -461,10 +466,13 @@ def diff(
         rows = _finish_rows(config, selected, entries, found)
         total = sum(len(df) for df in rows.values())
         result = _result(config, rows, selected, version.id, spans, skipped)
+        if total and record:
+            result.report_id = new_report_id(now, state.last_report)
+        if total:
+            add_incidents(config, result, version)
         if not record:
             return result
         if total:
-            result.report_id = new_report_id(now, state.last_report)
             for name, tc in selected.items():
                 if len(found[name]):
                     prior = state.reported(name, tc.keys)
@@ -557,10 +565,48 @@ def _finish_rows(
 
         # only deny-rule rows can be in the baseline themselves
         cand["neighbour"] = neighbours(
-            cand, keys, batches, exclude_self=bool((cand["reason"] != "new").any())
+            cand, keys, batches, exclude_self=bool(cand["reason"].str.startswith("deny-rule").any())
         )
         cand["accept_cmd"], cand["deny_cmd"] = commands(cand, name, keys, config)
         cand[ROW_NUMBER] = np.arange(row_no, row_no + len(cand), dtype=np.int64)
         row_no += len(cand)
         out[name] = typed_rows(cand, keys)
     return out
+
+
+def add_incidents(config: Config, result: DiffResult, version: Any) -> None:
+    """Group the result's rows into incidents (``flowdiff.incidents``): what every baseline table of
+    ``version`` knows decides which addresses, MACs and services are new; each row gets its ``incident``
+    and ``incident_title``, the result its ``incidents`` (with their accept/deny commands)."""
+    wanted = candidates(result.rows, result.keys, config.networks.values())
+    sources = []
+    for name, tc in config.tables.items():
+        if name not in version.tables:
+            continue
+        try:
+            entry = baseline_entry(config, tc, version)[1]
+        except BaselineError:
+            continue  # another definition of the table: what it knows is not comparable
+
+        def batches(cols: list[str], entry: TableEntry = entry) -> Iterable[pa.Table]:
+            return iter_baseline(config, entry, cols, _BATCH_ROWS, dictionary=True)
+
+        sources.append((tc.keys, batches))
+    known = known_entities(wanted, sources)
+    incidents = group_incidents(
+        result.rows,
+        result.keys,
+        known,
+        networks=config.networks,
+        report_id=result.report_id,
+        config_arg=config.config_arg,
+    )
+    number: dict[tuple[str, int], int] = {}
+    for inc in incidents:
+        number.update({r: inc.number for r in inc.rows})
+    titles = {inc.number: inc.title for inc in incidents}
+    for table, df in result.rows.items():
+        nums = np.array([number.get((table, int(r)), 0) for r in df[ROW_NUMBER]], dtype=np.int64)
+        df["incident"] = nums
+        df["incident_title"] = pd.array([titles.get(int(n), "") for n in nums], dtype=object)
+    result.incidents = incidents

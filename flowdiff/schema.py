@@ -166,3 +166,8 @@ DEFAULT_TABLES: dict[str, tuple[str, ...]] = {
     "services": ("client", "server", "proto", "service_port"),
     "link": ("ethertype", "src_mac", "dst_mac"),
 }
+
+# The always-collected table of which MAC carries which address (arpwatch's object): filled from ARP,
+# IPv6 neighbour discovery and IP frames from the config's own networks (flowdiff.aggregate).
+STATIONS = "stations"
+STATIONS_KEYS: tuple[str, ...] = ("src_mac", "src")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import dpkt
+import dpkt.arp
 import dpkt.ethernet
 import dpkt.icmp
 import dpkt.ip
@@ -508,6 +509,10 @@ def _frame(data: bytes, linktype: int) -> _Frame:
             etype, rest = _ether_chain(f, etype, rest)
         else:
             f.ethertype = etype
+        if etype == 0x0806 and len(rest) >= 28 and rest[:6] == b"\x00\x01\x08\x00\x06\x04":
+            arp = dpkt.arp.ARP(rest[:28])
+            f.status, f.src_lo = DecodeStatus.NOT_IP, int.from_bytes(arp.spa, "big")
+            return f  # stations: the sender protocol address of Ethernet/IPv4 ARP (IP fields stay 0)
         if etype not in (0x0800, 0x86DD):
             raise _Stop(DecodeStatus.NOT_IP)
         version = rest[0] >> 4 if rest else 0

@@ -89,13 +89,19 @@ def format_summary(result) -> str:
     counts = ", ".join(f"{t} {n}" for t, n in d.counts().items()) or "none"
     lines.append(f"  diff     {sc.last_day:%Y-%m-%d}: {d.total} new rows ({counts})")
     lines.append("")
+    n = len(d.incidents)
     if result.ok:
-        lines.append(f"Found exactly the {len(sc.anomalies)} injected anomalies:")
+        lines.append(f"Found exactly the {len(sc.anomalies)} injected anomalies, as {n} incidents:")
     else:
-        lines.append(f"The diff did NOT find exactly the {len(sc.anomalies)} injected anomalies:")
-    for i, (anomaly, found) in enumerate(result.by_anomaly(), 1):
-        lines.append(f"  {i}. {anomaly.name:<14} {anomaly.time:%H:%M}  {anomaly.description}")
-        for f in found:
+        lines.append(f"The report did NOT show exactly the {len(sc.anomalies)} injected anomalies as incidents:")
+    for inc, anomaly, found in result.by_incident():
+        if anomaly is not None:
+            injected = f"injected: {anomaly.name} {anomaly.time:%H:%M}, {anomaly.description}"
+        else:
+            injected = "injected: none of the anomalies (or several)"
+        lines.append(f"  {inc.number}. {inc.title}")
+        lines.append(f"       ({injected})")
+        for f in sorted(found, key=lambda f: (f.row.table, f.number)):
             lines.append(f"       {_row(f.row):<78} {_packets(f.packets)}, {_size(f.bytes)}")
     for row in result.missing:
         lines.append(f"  MISSING     {_row(row)}")

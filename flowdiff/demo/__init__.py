@@ -37,6 +37,7 @@ from flowdiff.exitcodes import ExitCode
 
 if TYPE_CHECKING:  # the stages are imported when the demo runs, not when it is imported
     from flowdiff.archive import DiffResult
+    from flowdiff.incidents import Incident
     from flowdiff.baseline import LearnResult
     from flowdiff.collect import CollectResult
     from flowdiff.mail import OutboxResult
@@ -70,6 +71,8 @@ class Finding:
     bytes: int
     first_seen: pd.Timestamp
     reason: str
+    number: int = 0  # the row number in the report
+    incident: int = 0  # the report's incident the row belongs to
 
 
 @dataclass
@@ -95,8 +98,25 @@ class DemoResult:
 
     @property
     def ok(self) -> bool:
-        """The diff found exactly the injected anomalies."""
-        return not self.missing and not self.unexpected
+        """The diff found exactly the injected anomalies, and the report grouped them as one incident
+        per anomaly (its rows are exactly the anomaly's rows)."""
+        if self.missing or self.unexpected:
+            return False
+        pairs = self.by_incident()
+        return len(pairs) == len(self.scenario.anomalies) and all(
+            a is not None and {f.row for f in found} == set(a.rows) for _, a, found in pairs
+        ) and len({a.name for _, a, _ in pairs if a is not None}) == len(pairs)
+
+    def by_incident(self) -> list[tuple[Incident, Anomaly | None, list[Finding]]]:
+        """The report's incidents, in its order, each with its rows and the injected anomaly those rows
+        belong to (None when they belong to none, or to several: the report grouped them wrongly)."""
+        out = []
+        for inc in self.diff.incidents:
+            found = [f for f in self.findings if f.incident == inc.number]
+            names = {f.anomaly.name if f.anomaly else None for f in found}
+            anomaly = found[0].anomaly if len(names) == 1 and found else None
+            out.append((inc, anomaly, found))
+        return out
 
     @property
     def exit_code(self) -> ExitCode:
@@ -216,6 +236,8 @@ def _match(result: DiffResult, scenario: Scenario) -> tuple[list[Finding], list[
                     bytes=int(rec["bytes"]),
                     first_seen=rec["first_seen"],
                     reason=str(rec["reason"]),
+                    number=int(rec["row"]),
+                    incident=int(rec.get("incident", 0) or 0),
                 )
             )
     order = {a.name: i for i, a in enumerate(scenario.anomalies)}

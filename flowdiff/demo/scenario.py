@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flowdiff import vocab
+from flowdiff.schema import STATIONS, STATIONS_KEYS
 from flowdiff.demo.frames import (
     BROADCAST,
     ETH_ARP,
@@ -111,7 +112,8 @@ class ExpectedRow:
 
     @classmethod
     def of(cls, table: str, **key: object) -> ExpectedRow:
-        return cls(table, tuple((k, key[k]) for k in SCENARIO_TABLES[table]["keys"]))
+        keys = STATIONS_KEYS if table == STATIONS else SCENARIO_TABLES[table]["keys"]
+        return cls(table, tuple((k, key[k]) for k in keys))
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.key)
@@ -441,6 +443,7 @@ def _inject_anomalies(day: _Day) -> tuple[Anomaly, ...]:
                 ExpectedRow.of("link", ethertype=ETH_ARP, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
                 ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=NEW_TALKER.mac, dst_mac=RESOLVER.mac),
                 ExpectedRow.of("link", ethertype=ETH_IPV4, src_mac=RESOLVER.mac, dst_mac=NEW_TALKER.mac),
+                ExpectedRow.of(STATIONS, src_mac=NEW_TALKER.mac, src=NEW_TALKER.ip),
             ),
         )
     )

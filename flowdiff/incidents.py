@@ -115,7 +115,9 @@ def _service_columns(keys: Sequence[str]) -> tuple[str, str | None, str] | None:
     return None
 
 
-def candidates(rows: Mapping[str, pd.DataFrame], keys: Mapping[str, Sequence[str]], labels: Iterable[str] = ()) -> Known:
+def candidates(
+    rows: Mapping[str, pd.DataFrame], keys: Mapping[str, Sequence[str]], labels: Iterable[str] = ()
+) -> Known:
     """The entity values the new rows carry (what ``known_entities`` has to look up)."""
     lab = _LABELS | frozenset(labels)
     out = Known()
@@ -324,7 +326,9 @@ def group_incidents(
     if not recs:
         return []
     codes, uniques = pd.factorize(pd.Series(ent_names, dtype=object)) if ent_names else (np.zeros(0, int), [])
-    comp = _components(len(recs), np.asarray(ent_rows, dtype=np.int64), np.asarray(codes, dtype=np.int64), len(uniques))
+    comp = _components(
+        len(recs), np.asarray(ent_rows, dtype=np.int64), np.asarray(codes, dtype=np.int64), len(uniques)
+    )
     ents_of: dict[int, list[str]] = {}
     for r, c in zip(ent_rows, codes, strict=True):
         ents_of.setdefault(r, []).append(str(uniques[c]))
@@ -336,7 +340,7 @@ def group_incidents(
         ents = list(dict.fromkeys(e for i in members for e in ents_of.get(i, [])))
         kind, title = _describe(members, recs, keys, ents, known, own)
         first = min(recs[i][1]["first_seen"] for i in members)
-        rows_of = tuple(sorted((recs[i][0], int(recs[i][1]["row"])) for i in members))
+        rows_of = tuple(sorted(((recs[i][0], int(recs[i][1]["row"])) for i in members), key=lambda x: x[1]))
         drafts.append((_KIND_ORDER[kind], first, min(r for _, r in rows_of), kind, title, rows_of))
     drafts.sort(key=lambda d: (d[0], d[1], d[2]))
     out = []
@@ -364,7 +368,9 @@ def _describe(
     denied = sorted({r.removeprefix("deny-rule ").strip() for r in reasons if r.startswith("deny-rule")})
     if denied:
         return "deny", f"deny rule {', '.join(denied)} hit{more}"
-    stations = [recs[i][1] for i in members if recs[i][0] == STATIONS and recs[i][1]["reason"] in STATION_REASONS]
+    stations = [
+        recs[i][1] for i in members if recs[i][0] == STATIONS and recs[i][1]["reason"] in STATION_REASONS
+    ]
     if stations:
         s = min(stations, key=lambda r: (STATION_REASONS.index(r["reason"]), int(r["row"])))
         return "station", f"{s['reason']} {s['src']} {s['src_mac']}{more}"
@@ -379,7 +385,11 @@ def _describe(
             }
         )
         what = f"{format_value('proto', int(proto))}/{port}" if int(proto) >= 0 else f"port {port}"
-        frm = f" from {clients[0]}" if len(clients) == 1 else (f" from {len(clients)} clients" if clients else "")
+        frm = (
+            f" from {clients[0]}"
+            if len(clients) == 1
+            else (f" from {len(clients)} clients" if clients else "")
+        )
         kind = "service" if _own(server, own) else "other"
         return kind, f"new service {server} {what}{frm}{more}"
     for i in members:

@@ -36,6 +36,8 @@ from flowdiff.vocab import format_value, human_time, one_line
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAMES = ("subject.txt", "report.txt", "report.html")
 TOP_HIDDEN = 5  # rows named in the summary of what did not fit in the body
+INCIDENTS_SHOWN = 50  # incidents listed in the body (all of them are in incidents.json)
+INCIDENT_ROWS_SHOWN = 12  # rows listed under one incident in the body
 
 # Archive file names under <reports>/<report_id>/ (rows.parquet and rows.json come from diff).
 REPORT_HTML = "report.html"
@@ -136,7 +138,51 @@ def _row_context(row: dict[str, Any], keys: tuple[str, ...], number: int) -> dic
         "neighbour": str(row["neighbour"] or ""),
         "accept_cmd": str(row["accept_cmd"]),
         "deny_cmd": str(row["deny_cmd"]),
+        "incident": _incident_number(row.get("incident")),
+        "incident_title": str(row.get("incident_title") or ""),
     }
+
+
+def _incident_number(value: Any) -> int:
+    try:
+        return int(value) if value == value and value is not None else 0  # NaN: rows without incidents
+    except (TypeError, ValueError):
+        return 0
+
+
+def _incidents_context(result: DiffResult) -> list[dict[str, Any]]:
+    """Template values of the incidents shown (``INCIDENTS_SHOWN``, each with its first
+    ``INCIDENT_ROWS_SHOWN`` rows): title, rows underneath, one accept/deny command for all of them."""
+    shown = result.incidents[:INCIDENTS_SHOWN]
+    wanted: dict[str, set[int]] = {}
+    for inc in shown:
+        for t, r in inc.rows[:INCIDENT_ROWS_SHOWN]:
+            wanted.setdefault(t, set()).add(r)
+    recs: dict[tuple[str, int], dict[str, Any]] = {}
+    for t, numbers in wanted.items():
+        df = result.rows.get(t)
+        if df is None or not len(df):
+            continue
+        keys = tuple(result.keys.get(t) or ())
+        sub = df[df["row"].isin(numbers)]
+        for r in _rows_context(sub, keys, 1):
+            recs[(t, r["row"])] = {**r, "table": t}
+    out = []
+    for inc in shown:
+        rows = [recs[k] for k in inc.rows[:INCIDENT_ROWS_SHOWN] if k in recs]
+        out.append(
+            {
+                "number": inc.number,
+                "title": inc.title,
+                "kind": inc.kind,
+                "count": len(inc.rows),
+                "rows": rows,
+                "more": len(inc.rows) - len(rows),
+                "accept_cmd": inc.accept_cmd,
+                "deny_cmd": inc.deny_cmd,
+            }
+        )
+    return out
 
 
 def _rows_context(df: pd.DataFrame, keys: tuple[str, ...], first: int) -> list[dict[str, Any]]:
@@ -274,6 +320,10 @@ def report_context(
         "report_id": result.report_id,
         "total": result.total,
         "counts": subject_counts(result.counts()),
+        "incidents": _incidents_context(result),
+        "incident_count": len(result.incidents),
+        "incidents_hidden": max(0, len(result.incidents) - INCIDENTS_SHOWN),
+        "incidents_path": str(Path(config.reports) / result.report_id / "incidents.json"),
         "tables": tables,
         "max_rows": limit,
         "max_message": human_bytes(int(config.max_message_bytes)),
@@ -402,6 +452,7 @@ def archive_report(rendered: RenderedReport, result: DiffResult, config: Config)
         "subject": rendered.subject,
         "message_id": rendered.message_id,
         "counts": rendered.counts,
+        "incidents": len(result.incidents),
         "total": result.total,
         "baseline_versions": {t: str(v) for t, v in result.baseline_versions.items()},
         "since": human_time(result.since),

@@ -176,8 +176,11 @@ def accept(
     *,
     all_rows: bool = False,
     dry_run: bool = False,
+    incident: int | None = None,
 ) -> TriageResult:
     """Add rows to a new baseline version (who, when, why recorded).
+
+    ``incident`` (with ``report_id``, without ``rows``): exactly the rows of that incident of the report.
 
     Either ``report_id`` (with ``rows``: the row numbers printed in the report; all rows when omitted), or
     ``table`` with ``where`` filters (rule syntax: exact, CIDR, range, label): the reported, not yet
@@ -186,6 +189,7 @@ def accept(
     reported row of it. Accepted keys leave the reported state, so if a later version drops them again
     they are reported again."""
     nmap = NetworkMap(config.networks)
+    rows = incident_rows(config, report_id, incident, rows) if incident is not None else rows
     tc, w = _table_filter(config, "accept", report_id, table, where, all_rows, nmap)
     if tc is not None and report_id is None and w and matches_everything(w, tc.keys, config.networks):
         raise TooBroadError(
@@ -230,6 +234,23 @@ def accept(
     return TriageResult(
         "accept", version=res.version, parent=res.parent, added=res.added, already=res.already
     )
+
+
+def incident_rows(
+    config: Config, report_id: str | None, incident: int, rows: Sequence[int] | None = None
+) -> list[int]:
+    """The row numbers of incident ``incident`` of a report (``flowdiff accept REPORT_ID --incident N``)."""
+    if report_id is None:
+        raise BaselineError("--incident needs a REPORT_ID (the incident numbers are the report's)")
+    if rows:
+        raise BaselineError("give --incident or row numbers, not both")
+    _require_report(config, report_id)
+    incidents = load_report(config, report_id).incidents
+    for inc in incidents:
+        if inc.number == int(incident):
+            return sorted(r for _, r in inc.rows)
+    have = f"incidents 1-{len(incidents)}" if incidents else "no incidents (made before incidents existed)"
+    raise BaselineError(f"report {report_id} has no incident {incident} (it has {have})")
 
 
 def _report_picks(
@@ -431,10 +452,13 @@ def deny(
     reason: str | None = None,
     by: str | None = None,
     dry_run: bool = False,
+    incident: int | None = None,
 ) -> TriageResult:
     """Add deny rules: one per report row (every key field exact), one per reported row of ``table``
-    (``all_rows``), or one from ``table`` + ``where``. A rule matching every row of a table is refused."""
+    (``all_rows``), or one from ``table`` + ``where``. A rule matching every row of a table is refused.
+    ``incident`` (with ``report_id``): one rule per row of that incident of the report."""
     nmap = NetworkMap(config.networks)
+    rows = incident_rows(config, report_id, incident, rows) if incident is not None else rows
     tc, w = _table_filter(config, "deny", report_id, table, where, all_rows, nmap)
     if report_id is not None:
         _require_report(config, report_id)

@@ -93,7 +93,9 @@ def format_summary(result) -> str:
     if result.ok:
         lines.append(f"Found exactly the {len(sc.anomalies)} injected anomalies, as {n} incidents:")
     else:
-        lines.append(f"The report did NOT show exactly the {len(sc.anomalies)} injected anomalies as incidents:")
+        lines.append(
+            f"The report did NOT show exactly the {len(sc.anomalies)} injected anomalies as incidents:"
+        )
     for inc, anomaly, found in result.by_incident():
         if anomaly is not None:
             injected = f"injected: {anomaly.name} {anomaly.time:%H:%M}, {anomaly.description}"

@@ -47,6 +47,24 @@ def _all_rows_option(what: str):
     )
 
 
+_incident_option = click.option(
+    "--incident",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With REPORT_ID: exactly the rows of the report's incident N (the report numbers them).",
+)
+
+
+def _print_incident(config, report_id, incident) -> None:
+    if incident is None or report_id is None:
+        return
+    from flowdiff.archive import load_report
+
+    for inc in load_report(config, report_id).incidents:
+        if inc.number == incident:
+            click.echo(f"incident {inc.number}: {inc.title}")
+
+
 _dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Print what would change; write nothing (and take no lock)."
 )
@@ -102,9 +120,10 @@ def _print_rules(res) -> None:
 @_all_rows_option("all into one new baseline version")
 @click.option("--reason", help="Why these rows are normal (kept in the baseline history).")
 @click.option("--by", help="Who accepts (default: the user name).")
+@_incident_option
 @_dry_run_option
 @handle_errors
-def accept(target, rows, config_path, where, all_rows, reason, by, dry_run):
+def accept(target, rows, config_path, where, all_rows, reason, by, incident, dry_run):
     """Add rows to a new baseline version: REPORT_ID [ROW...] (all rows when none given), or
     TABLE --where field=value ... (the reported rows that match; every key field given exactly adds
     that key even if it was never reported), or TABLE --all-rows. Prints every key added."""
@@ -122,7 +141,9 @@ def accept(target, rows, config_path, where, all_rows, reason, by, dry_run):
         by=by,
         all_rows=all_rows,
         dry_run=dry_run,
+        incident=incident,
     )
+    _print_incident(config, report_id, incident)
     _print_accept(res)
     sys.exit(res.exit_code)
 
@@ -136,9 +157,10 @@ def accept(target, rows, config_path, where, all_rows, reason, by, dry_run):
 @click.option("--name", help="Rule name (default: deny-TABLE-N).")
 @click.option("--reason", help="Comment stored with the rule.")
 @click.option("--by", help="Who added it (default: the user name).")
+@_incident_option
 @_dry_run_option
 @handle_errors
-def deny(target, rows, config_path, where, all_rows, name, reason, by, dry_run):
+def deny(target, rows, config_path, where, all_rows, name, reason, by, incident, dry_run):
     """Add a deny rule: matching rows are always reported, even when in the baseline.
     REPORT_ID [ROW...] denies those exact rows; TABLE --where field=value ... denies what matches.
     Prints the rules written; a rule matching every row of a table is refused."""
@@ -157,7 +179,9 @@ def deny(target, rows, config_path, where, all_rows, name, reason, by, dry_run):
         reason=reason,
         by=by,
         dry_run=dry_run,
+        incident=incident,
     )
+    _print_incident(config, report_id, incident)
     _print_rules(res)
     sys.exit(res.exit_code)
 

@@ -37,9 +37,9 @@ from flowdiff.exitcodes import ExitCode
 
 if TYPE_CHECKING:  # the stages are imported when the demo runs, not when it is imported
     from flowdiff.archive import DiffResult
-    from flowdiff.incidents import Incident
     from flowdiff.baseline import LearnResult
     from flowdiff.collect import CollectResult
+    from flowdiff.incidents import Incident
     from flowdiff.mail import OutboxResult
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,11 @@ class DemoResult:
         if self.missing or self.unexpected:
             return False
         pairs = self.by_incident()
-        return len(pairs) == len(self.scenario.anomalies) and all(
-            a is not None and {f.row for f in found} == set(a.rows) for _, a, found in pairs
-        ) and len({a.name for _, a, _ in pairs if a is not None}) == len(pairs)
+        return (
+            len(pairs) == len(self.scenario.anomalies)
+            and all(a is not None and {f.row for f in found} == set(a.rows) for _, a, found in pairs)
+            and len({a.name for _, a, _ in pairs if a is not None}) == len(pairs)
+        )
 
     def by_incident(self) -> list[tuple[Incident, Anomaly | None, list[Finding]]]:
         """The report's incidents, in its order, each with its rows and the injected anomaly those rows

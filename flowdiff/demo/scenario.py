@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from flowdiff import vocab
-from flowdiff.schema import STATIONS, STATIONS_KEYS
 from flowdiff.demo.frames import (
     BROADCAST,
     ETH_ARP,
@@ -34,6 +33,7 @@ from flowdiff.demo.frames import (
     udp_exchange,
     write_pcap,
 )
+from flowdiff.schema import STATIONS, STATIONS_KEYS
 
 __all__ = [
     "Scenario",

@@ -1009,7 +1009,9 @@ class Aggregator:
             metrics = _gather_metrics(rows, perm[lo:hi])
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
-                parts[name].append(self._build_stations(fine) if name in self._stations else self._build(fine, keys))
+                parts[name].append(
+                    self._build_stations(fine) if name in self._stations else self._build(fine, keys)
+                )
             del cols, metrics, fine
         out = {}
         for name, keys in self.tables.items():
@@ -1029,7 +1031,13 @@ class Aggregator:
         small, ver = fine.small, fine.ip_version
         ok = small["status"] == DecodeStatus.OK
         arp = (small["status"] == DecodeStatus.NOT_IP) & (small["ethertype"] == 0x0806) & (fine.src_lo != 0)
-        nd = ok & (ver == 6) & (small["proto"] == 58) & (small["icmp_type"] >= 133) & (small["icmp_type"] <= 137)
+        nd = (
+            ok
+            & (ver == 6)
+            & (small["proto"] == 58)
+            & (small["icmp_type"] >= 133)
+            & (small["icmp_type"] <= 137)
+        )
         nd &= (fine.src_hi != 0) | (fine.src_lo != 0)  # duplicate address detection sends from ::
         own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
         real = own | nd

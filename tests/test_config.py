@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from flowdiff.cli import main
 from flowdiff.config import Config, load_config, parse_config, parse_duration, parse_size
 from flowdiff.errors import ConfigError
-from flowdiff.schema import DEFAULT_TABLES
+from flowdiff.schema import DEFAULT_TABLES, STATIONS, STATIONS_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_no_config_gives_defaults():
     c = load_config()
     assert c.source is None
     assert c.interval == 300
-    assert {n: t.keys for n, t in c.tables.items()} == DEFAULT_TABLES
+    assert {n: t.keys for n, t in c.tables.items()} == {**DEFAULT_TABLES, STATIONS: STATIONS_KEYS}
     assert str(c.store) == "store" and str(c.baselines) == "baselines" and str(c.reports) == "reports"
     assert c.sensor and "/" not in c.sensor
 

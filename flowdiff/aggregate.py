@@ -1041,7 +1041,7 @@ class Aggregator:
         nd &= (fine.src_hi != 0) | (fine.src_lo != 0)  # duplicate address detection sends from ::
         own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
         real = own | nd
-        sel = np.flatnonzero((arp | ok) & (fine.src_mac != 0))
+        sel = np.flatnonzero(arp | ok)  # links without MACs (raw IP) give 00:00:00:00:00:00 rows
         if len(sel) == 0:
             return table_schema(STATIONS_KEYS).empty_table()
         words = (

@@ -101,7 +101,8 @@ def _is_mac_entity(values: pd.Series) -> np.ndarray:
     """Unicast MAC text (multicast and broadcast MACs, ``random`` are shared by unrelated senders): the
     group bit is the lowest bit of the first octet, i.e. the second hex digit is odd."""
     text = values.astype(str)
-    return ((text.str.len() == 17) & ~text.str[1].str.lower().isin(list("13579bdf"))).to_numpy()
+    unicast = (text.str.len() == 17) & ~text.str[1].str.lower().isin(list("13579bdf"))
+    return (unicast & (text != "00:00:00:00:00:00")).to_numpy()  # all zero: a link without MACs
 
 
 def _is_address_entity(values: pd.Series, labels: frozenset[str]) -> np.ndarray:

@@ -206,7 +206,7 @@ def test_cli_learn_history_show_diff_rollback(site):
     recs = [json.loads(x) for x in hist.output.splitlines()]
     # one record per version and table, with the table's learning window
     assert [(r["version"], r["table"]) for r in recs] == [
-        (v, t) for v in ("v0001", "v0002") for t in fx.TABLES
+        (v, t) for v in ("v0001", "v0002") for t in [*fx.TABLES, "stations"]
     ]
     assert {r["current"] for r in recs if r["version"] == "v0002"} == {"*"}
     hosts = next(r for r in recs if r["table"] == "hosts")
@@ -283,7 +283,7 @@ def test_learn_of_a_table_without_data_names_it_and_the_way_out(site, tmp_path):
     assert str(e.value) == (
         "learn refused, nothing written: table t5 holds no intervals yet (collect captures for it first); "
         "to learn the other tables only: flowdiff learn --table hosts --table pairs --table services "
-        "--table link (--force freezes an empty baseline instead: every row of it will be new)"
+        "--table link --table stations (--force freezes an empty baseline instead: every row of it will be new)"
     )
 
 
@@ -325,7 +325,7 @@ def test_first_learn_with_too_little_evidence_is_refused(tmp_path):
     forced = _cli("learn", "--force", "--format", "json")
     assert forced.exit_code == 0, forced.output
     recs = [json.loads(x) for x in forced.output.splitlines()]
-    assert {r["table"]: (r["keys"], r["forced"]) for r in recs} == {t: (0, True) for t in fx.TABLES}
+    assert {r["table"]: (r["keys"], r["forced"]) for r in recs} == {t: (0, True) for t in [*fx.TABLES, "stations"]}
 
 
 def test_cli_learn_force_and_the_previous_key_count(site):
@@ -392,7 +392,7 @@ def test_cli_history_shows_each_versions_window_per_table(site):
     assert "since" in text and "until" in text and "2026-11-03T08:20:00Z" in text
     # the version fields once per version, then one line per table
     assert sum("v0002" in line for line in text.splitlines()) == 1
-    assert len(text.strip().splitlines()) == 1 + 2 * len(fx.TABLES)
+    assert len(text.strip().splitlines()) == 1 + 2 * (len(fx.TABLES) + 1)  # + stations
 
 
 def test_results_carry_their_exit_codes(site):

@@ -813,7 +813,7 @@ def test_collect_table_on_a_capture_collected_before_fills_that_table(tmp_path, 
         Store(tmp_path / "store").read("link"), Store(tmp_path / "ref").read("link")
     )
     assert [(e["tables"], e["records"]) for e in _ledger(tmp_path / "store")] == [
-        (["hosts"], 31),
+        (["hosts", "stations"], 31),
         (["link"], 31),
     ]
     link = _parquet_bytes(tmp_path / "store", "link")
@@ -882,7 +882,7 @@ def test_old_ledger_lines_without_tables(tmp_path):
         {"sensor": "s", "tables": {"hosts": {"keys": ["src"]}, "link": {"keys": ["ethertype"]}}}
     )
     res = collect([cap], both)
-    assert [(f.status, f.tables) for f in res.files] == [("ok", ["link"])]
+    assert [(f.status, f.tables) for f in res.files] == [("ok", ["link", "stations"])]
     assert _parquet_bytes(store, "hosts") == hosts
     assert int(Store(store).read("link").packets.sum()) == 31
     assert collect([cap], both).files[0].status == "known"
@@ -962,7 +962,7 @@ def test_crash_then_a_narrower_run_then_the_full_run_is_exact(tmp_path, monkeypa
         _fill_child(str(store), files, {"services": _PART_TABLES["services"]}, None)
         _fill_child(str(store), files, _PART_TABLES, None)
         pd.testing.assert_frame_equal(Store(store).read("t5"), want, obj=f"t5 after crash at step {step}")
-        assert [e["tables"] for e in _ledger(store)][-2:] == [["services"], ["t5"]]
+        assert [e["tables"] for e in _ledger(store)][-2:] == [["services", "stations"], ["t5"]]
         shutil.rmtree(store)
         step += 1
     assert partial_t5 >= 3  # the case that matters happened: t5 held parts of the crashed read

@@ -51,7 +51,7 @@ keys = ["src", "dst", "proto", "sport", "dport"]
     c = load_config(p)
     assert c.interval == 60
     assert c.networks == {"10.1.0.0/24": "dmz", "0.0.0.0/0": "internet"}
-    assert list(c.tables) == ["t5"]
+    assert list(c.tables) == ["t5", "stations"]
     assert c.tables["t5"].keys == ("src", "dst", "proto", "sport", "dport")
 
 

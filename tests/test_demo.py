@@ -49,7 +49,24 @@ def test_finds_exactly_the_injected_anomalies(demo):
     for anomaly, findings in demo.by_anomaly():
         assert findings and {f.row for f in findings} == set(anomaly.rows)
     assert demo.diff.total == len(demo.scenario.expected_rows())
-    assert all(f.reason == "new" and f.packets > 0 for f in demo.findings)
+    assert all(f.reason in ("new", "new station") and f.packets > 0 for f in demo.findings)
+
+
+def test_the_report_shows_the_4_anomalies_as_exactly_4_incidents(demo):
+    """The demo groups by the report's incidents, not by what it injected (issue 14)."""
+    pairs = demo.by_incident()
+    assert len(demo.diff.incidents) == len(demo.scenario.anomalies) == 4
+    assert [a.name for _, a, _ in pairs] == ["new-talker", "telnet", "mail-outbound", "odd-ethertype"]
+    for inc, anomaly, found in pairs:
+        assert {f.row for f in found} == set(anomaly.rows) and len(inc.rows) == len(anomaly.rows)
+    assert [inc.title for inc, _, _ in pairs] == [
+        "new station 10.20.0.99 b8:27:eb:5a:9c:01, 9 rows",
+        "new service 10.20.0.10 tcp/23 from internet",
+        "new service internet tcp/6667 from 10.20.0.10",
+        "new ethertype 0x88b5 from f4:8e:38:64:00:03",
+    ]
+    saved = json.loads((demo.report_dir / "incidents.json").read_text(encoding="utf-8"))
+    assert [i["title"] for i in saved] == [inc.title for inc, _, _ in pairs]
 
 
 def test_learned_the_week_and_diffed_only_the_last_day(demo):
@@ -75,6 +92,7 @@ def test_report_is_mailed_when_mail_is_configured(demo, smtp):
     (received,) = smtp.inbox.wait(1)
     msg = received.message
     assert msg["Message-ID"] == demo.message_id
+    assert msg["Subject"] == "[flowdiff demo] 4 incidents, 12 new rows"
     assert received.rcpt_tos == list(demo.config.mail.to)
     body = msg.get_body(("plain",)).get_content()
     assert "10.20.0.99" in body and "6667" in body
@@ -93,7 +111,8 @@ def test_cli_rerun_in_the_same_workdir_names_the_same_anomalies(demo):
     out = CliRunner().invoke(_cli(), ["demo", "--workdir", str(demo.workdir)], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     text = out.output
-    assert "Found exactly the 4 injected anomalies" in text
+    assert "Found exactly the 4 injected anomalies, as 4 incidents:" in text
+    assert "  1. new station 10.20.0.99 b8:27:eb:5a:9c:01, 9 rows" in text
     for anomaly in demo.scenario.anomalies:
         assert anomaly.name in text and anomaly.description in text
     # the rows printed are the rows of the first run: a rerun is stable
@@ -133,6 +152,6 @@ def test_only_mail_and_report_settings_can_be_overridden(tmp_path):
     )
     cfg = demo_config(sc, tmp_path, {"max_rows": 5, "mail": None})
     assert cfg.max_rows == 5 and cfg.store == tmp_path.resolve() / "store" and not cfg.mail.enabled
-    assert set(cfg.tables) == set(sc.tables) and cfg.networks == sc.networks
+    assert set(cfg.tables) == set(sc.tables) | {"stations"} and cfg.networks == sc.networks
     with pytest.raises(FlowdiffError, match="cannot override tables"):
         demo_config(sc, tmp_path, {"tables": {}})

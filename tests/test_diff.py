@@ -203,7 +203,7 @@ def test_report_files_and_reload(site):
     rid = res.report_id
     assert rid and list_reports(site) == [rid]
     d = site.reports / rid
-    assert {p.name for p in d.iterdir()} == {"rows.parquet", "rows.json", "report.json"}
+    assert {p.name for p in d.iterdir()} == {"rows.parquet", "rows.json", "report.json", "incidents.json"}
     meta = json.loads((d / "report.json").read_text())
     assert meta["counts"] == res.counts() and meta["baseline_versions"]["hosts"] == "v0001"
     rows = json.loads((d / "rows.json").read_text())
@@ -302,7 +302,7 @@ def test_cli_table_and_csv_formats(site):
     assert "== hosts: 1 new" in out.output and "flowdiff accept hosts --where src=10.1.0.77" in out.output
     csv = _run("diff", "--format", "csv")
     df = pd.read_csv(pd.io.common.StringIO(csv.output))
-    assert len(df) == 6 and set(df["table"]) == {"hosts", "pairs", "services", "link"}
+    assert len(df) == 7 and set(df["table"]) == {"hosts", "pairs", "services", "link", "stations"}
     assert _run("diff").output.startswith("no new rows")
 
 
@@ -310,7 +310,7 @@ def test_cli_accept_by_report_and_rows(site):
     fx.write(site, fx.day(1) + fx.anomaly("new_host", 1), "day1")
     res = diff(site)
     out = _run("accept", res.report_id, "--reason", "new web client")
-    assert out.exit_code == 0 and "accepted 6 rows" in out.output and "v0002" in out.output
+    assert out.exit_code == 0 and "accepted 7 rows" in out.output and "v0002" in out.output
     bad = _run("accept", res.report_id, "99")
     assert bad.exit_code == 2 and "no row 99" in bad.output
 
@@ -425,7 +425,7 @@ def test_learned_baseline_finds_nothing_in_its_own_data(site):
     )
     res = diff(site, record=False)
     # only the one-packet scan (below the thresholds) shows
-    assert res.counts() == {"hosts": 1, "pairs": 1, "services": 1, "link": 1}
+    assert res.counts() == {"hosts": 1, "pairs": 1, "services": 1, "link": 1, "stations": 1}
 
 
 # ------------------------------------------------------------------ a table added later (issue 8 item 9)
@@ -444,7 +444,7 @@ def test_cli_table_added_later_is_skipped_while_the_others_are_diffed(tmp_path):
     line = f"table link has no baseline yet: flowdiff learn --table link --config {cfg}"
     assert f"Warning: {line}\n" in out.output and out.output.count("Warning:") == 1
     rows = [json.loads(x) for x in out.output.splitlines() if x.startswith("{")]
-    assert {r["table"] for r in rows} == {"hosts", "pairs", "services"}
+    assert {r["table"] for r in rows} == {"hosts", "pairs", "services", "stations"}
     assert ("hosts", "10.1.0.77") in {(r["table"], r.get("src")) for r in rows}
     res = load_report(config, rows[0]["report_id"])
     assert res.skipped == {"link": line} and "link" not in res.rows
@@ -453,7 +453,7 @@ def test_cli_table_added_later_is_skipped_while_the_others_are_diffed(tmp_path):
     assert learned.exit_code == 0, learned.output
     assert learned.output.startswith("link ") and "baseline v0002 (parent v0001)" in learned.output
     v2 = __import__("flowdiff.baseline", fromlist=["get_version"]).get_version(config)
-    assert list(v2.tables) == ["hosts", "pairs", "services", "link"]
+    assert sorted(v2.tables) == ["hosts", "link", "pairs", "services", "stations"]
     fx.write(config, fx.day(2) + fx.anomaly("lldp", 2), "day2")
     again = _run("diff", "--format", "json")
     assert again.exit_code == 0 and "Warning" not in again.output

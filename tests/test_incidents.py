@@ -96,7 +96,9 @@ def test_rows_that_share_nothing_new_are_incidents_of_their_own_in_the_fixed_ord
     station, service = res.incidents
     assert station.kind == "station"  # new stations before new services on own networks
     assert service.kind == "service" and service.title == f"new service {MAILHOST.ip} tcp/23 from internet"
-    assert service.rows == (("services", int(res.rows["services"].query("service_port == 23")["row"].iloc[0])),)
+    assert service.rows == (
+        ("services", int(res.rows["services"].query("service_port == 23")["row"].iloc[0])),
+    )
     assert set(station.rows) | set(service.rows) == _rows(res)
 
 
@@ -130,11 +132,17 @@ def test_diff_json_carries_the_incident_and_incidents_json_is_written(site):
     rid = recs[0]["report_id"]
     saved = json.loads((site.root / "reports" / rid / INCIDENTS_FILE).read_text())
     assert [(i["incident"], i["title"]) for i in saved] == sorted(by.items())
-    assert saved[0]["accept_cmd"] == f"flowdiff accept {rid} --incident 1 --config {site.config_path.resolve()}"
-    assert {(r["table"], r["row"]) for r in saved[0]["rows"]} == {(r["table"], r["row"]) for r in recs if r["incident"] == 1}
+    assert (
+        saved[0]["accept_cmd"] == f"flowdiff accept {rid} --incident 1 --config {site.config_path.resolve()}"
+    )
+    assert {(r["table"], r["row"]) for r in saved[0]["rows"]} == {
+        (r["table"], r["row"]) for r in recs if r["incident"] == 1
+    }
     text = (site.root / "reports" / rid / "report.txt").read_text()
     assert "== 2 incidents ==" in text and f"#1 new station {NEW_IP}" in text
-    assert f"flowdiff accept {rid} --incident 2" in text and "flowdiff accept hosts --where" in text  # per row too
+    assert (
+        f"flowdiff accept {rid} --incident 2" in text and "flowdiff accept hosts --where" in text
+    )  # per row too
     html = (site.root / "reports" / rid / "report.html").read_text()
     assert "--incident 1" in html and 'class="incident"' in html
     assert load_report(site.config, rid).incidents[0].title == by[1]
@@ -144,7 +152,9 @@ def test_accept_by_incident_accepts_exactly_its_rows(site):
     site.inject(_new_device(site) + _telnet(site))
     res = diff(site.config, since=site.scenario.last_day)
     station = res.incidents[0]
-    out = _run("accept", res.report_id, "--incident", "1", "--reason", "the new Pi", "--config", site.config_path)
+    out = _run(
+        "accept", res.report_id, "--incident", "1", "--reason", "the new Pi", "--config", site.config_path
+    )
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[0] == f"incident 1: {station.title}"
     assert "accepted 9 rows" in out.output
@@ -194,7 +204,9 @@ def test_the_mail_subject_counts_incidents_first(site, tmp_path):
 # ------------------------------------------------------------------ the library, directly
 
 
-def _frame(table: str, keys: tuple[str, ...], rows: list[tuple], first_row: int, reason: str = "new") -> pd.DataFrame:
+def _frame(
+    table: str, keys: tuple[str, ...], rows: list[tuple], first_row: int, reason: str = "new"
+) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(keys))
     df["reason"] = reason
     df["first_seen"] = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(range(len(df)), unit="s")
@@ -206,14 +218,25 @@ def test_group_incidents_is_pure_and_deterministic():
     keys = {"hosts": ("src",), "link": ("ethertype", "src_mac", "dst_mac"), "pairs": ("src", "dst", "proto")}
     rows = {
         "hosts": _frame("hosts", keys["hosts"], [("10.0.0.9",), ("10.0.0.8",)], 1),
-        "pairs": _frame("pairs", keys["pairs"], [("10.0.0.9", "10.0.0.1", 17), ("10.0.0.7", "10.0.0.1", 6)], 3),
+        "pairs": _frame(
+            "pairs", keys["pairs"], [("10.0.0.9", "10.0.0.1", 17), ("10.0.0.7", "10.0.0.1", 6)], 3
+        ),
         "link": _frame("link", keys["link"], [(0x88B5, "f4:8e:38:64:00:03", "ff:ff:ff:ff:ff:ff")], 5),
     }
-    known = Known(addresses={"10.0.0.1", "10.0.0.7"}, macs={"f4:8e:38:64:00:03", "ff:ff:ff:ff:ff:ff"}, ethertypes={0x0800})
+    known = Known(
+        addresses={"10.0.0.1", "10.0.0.7"},
+        macs={"f4:8e:38:64:00:03", "ff:ff:ff:ff:ff:ff"},
+        ethertypes={0x0800},
+    )
     a = group_incidents(rows, keys, known, report_id="20261130T010000Z-abc123")
     b = group_incidents(rows, keys, known, report_id="20261130T010000Z-abc123")
     assert a == b
-    assert [sorted(i.rows) for i in a] == [[("hosts", 1), ("pairs", 3)], [("hosts", 2)], [("pairs", 4)], [("link", 5)]]
+    assert [sorted(i.rows) for i in a] == [
+        [("hosts", 1), ("pairs", 3)],
+        [("hosts", 2)],
+        [("pairs", 4)],
+        [("link", 5)],
+    ]
     assert [i.title for i in a] == [
         "new address 10.0.0.9, 2 rows",
         "new address 10.0.0.8",

@@ -248,12 +248,12 @@ def test_accept_prints_every_key_added(site):
     lines = out.output.splitlines()
     assert (
         lines[0]
-        == "accepted 6 rows (hosts 1, pairs 2, services 1, link 2) into baseline v0002 (parent v0001)"
+        == "accepted 7 rows (hosts 1, pairs 2, services 1, link 2, stations 1) into baseline v0002 (parent v0001)"
     )
     assert "  + hosts src=10.1.0.77" in lines
     assert "  + services client=10.1.0.77 server=10.1.0.10 proto=tcp service_port=443" in lines
     assert any(x.startswith("  + link ethertype=0x0800 src_mac=") for x in lines)
-    assert len(lines) == 7
+    assert len(lines) == 8
 
 
 def test_deny_all_rows_writes_one_exact_rule_per_reported_row(site):
@@ -332,7 +332,7 @@ def test_dry_run_prints_the_change_and_writes_nothing(site):
 def test_dry_run_result_object(site):
     rid = _report(site, "new_host")
     res = accept(site, rid, dry_run=True)
-    assert isinstance(res, TriageResult) and res.dry_run and res.version is None and res.total == 6
+    assert isinstance(res, TriageResult) and res.dry_run and res.version is None and res.total == 7
     assert res.exit_code == 0 and current_version(site) == "v0001"
     d = deny(site, table="services", where={"service_port": "23"}, dry_run=True)
     assert d.action == "deny" and d.total == 1 and d.rules[0].match == {"service_port": 23}

@@ -1026,8 +1026,9 @@ class Aggregator:
 
     def _build_stations(self, fine: _Fine) -> pa.Table:
         """The stations table: which MAC carries which address. ARP frames give their sender protocol
-        address, IPv6 neighbour discovery and IP frames from the config's own networks their source;
-        any other IP source is ``internet`` (a router's MAC carrying the internet is one row)."""
+        address, IPv6 neighbour discovery and IP frames from the config's own networks (or link-local)
+        their source; any other IP source is ``internet`` (a router's MAC carrying the internet is one
+        row); a source of 0.0.0.0 or :: (DHCP discover, duplicate address detection) is no address."""
         small, ver = fine.small, fine.ip_version
         ok = small["status"] == DecodeStatus.OK
         arp = (small["status"] == DecodeStatus.NOT_IP) & (small["ethertype"] == 0x0806) & (fine.src_lo != 0)
@@ -1038,10 +1039,15 @@ class Aggregator:
             & (small["icmp_type"] >= 133)
             & (small["icmp_type"] <= 137)
         )
-        nd &= (fine.src_hi != 0) | (fine.src_lo != 0)  # duplicate address detection sends from ::
+        unspecified = (fine.src_hi == 0) & (fine.src_lo == 0)  # DHCP discover, duplicate address detection
+        link_local = ((ver == 6) & ((fine.src_hi >> _U(54)) == _U(0x3FA))) | (
+            (ver == 4) & ((fine.src_lo >> _U(16)) == _U(0xA9FE))
+        )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
         own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
-        real = own | nd
-        sel = np.flatnonzero(arp | ok)  # links without MACs (raw IP) give 00:00:00:00:00:00 rows
+        real = own | nd | link_local
+        sel = np.flatnonzero(
+            arp | (ok & ~unspecified)
+        )  # links without MACs (raw IP) give 00:00:00:00:00:00 rows
         if len(sel) == 0:
             return table_schema(STATIONS_KEYS).empty_table()
         words = (

@@ -472,7 +472,7 @@ def diff(
             add_incidents(config, result, version)
         if not record:
             return result
-        if total:
+        if result.report_id:
             for name, tc in selected.items():
                 if len(found[name]):
                     prior = state.reported(name, tc.keys)

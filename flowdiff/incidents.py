@@ -200,8 +200,13 @@ def known_entities(
                 if len(sub):
                     got = set(_service_tuples(sub, svc))
                     found.services.update(got & wanted.services)
-                    if svc[1] is not None:  # a table without proto knows (server, any, port)
-                        found.services.update((s, -1, p) for s, _, p in got)
+                    # a table without proto (-1) and one with it know the same (server, port)
+                    ports = {(s, p) for s, _, p in got}
+                    found.services.update(
+                        w
+                        for w in wanted.services
+                        if (w[0], w[2]) in ports and -1 in (w[1], (-1 if svc[1] is None else 0))
+                    )
     return found
 
 
@@ -316,7 +321,7 @@ def group_incidents(
         svc = _service_columns(k)
         if svc is not None:
             for i, t in zip(idx.tolist(), _service_tuples(df, svc), strict=True):
-                if t not in known.services and (t[0], -1, t[2]) not in known.services:
+                if t not in known.services:
                     ent_rows.append(i)
                     ent_names.append(f"s {t[0]}|{t[1]}|{t[2]}")
         reason = df["reason"].astype(str)

@@ -165,8 +165,8 @@ def _incidents_context(result: DiffResult) -> list[dict[str, Any]]:
             continue
         keys = tuple(result.keys.get(t) or ())
         sub = df[df["row"].isin(numbers)]
-        for r in _rows_context(sub, keys, 1):
-            recs[(t, r["row"])] = {**r, "table": t}
+        for rc in _rows_context(sub, keys, 1):
+            recs[(t, rc["row"])] = {**rc, "table": t}
     out = []
     for inc in shown:
         rows = [recs[k] for k in inc.rows[:INCIDENT_ROWS_SHOWN] if k in recs]

@@ -232,15 +232,15 @@ def test_group_incidents_is_pure_and_deterministic():
     b = group_incidents(rows, keys, known, report_id="20261130T010000Z-abc123")
     assert a == b
     assert [sorted(i.rows) for i in a] == [
-        [("hosts", 1), ("pairs", 3)],
+        [("hosts", 1), ("pairs", 3)],  # one class ("other"): by first seen, then row number
+        [("link", 5)],
         [("hosts", 2)],
         [("pairs", 4)],
-        [("link", 5)],
     ]
     assert [i.title for i in a] == [
         "new address 10.0.0.9, 2 rows",
+        "new ethertype 0x88b5 from f4:8e:38:64:00:03",
         "new address 10.0.0.8",
         "new pairs row src=10.0.0.7 dst=10.0.0.1 proto=tcp",
-        "new ethertype 0x88b5 from f4:8e:38:64:00:03",
     ]
     assert a[0].accept_cmd == "flowdiff accept 20261130T010000Z-abc123 --incident 1"

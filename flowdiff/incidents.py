@@ -39,6 +39,7 @@ __all__ = [
     "candidates",
     "known_entities",
     "group_incidents",
+    "own_networks",
     "station_reasons",
 ]
 
@@ -299,6 +300,7 @@ def group_incidents(
     networks = dict(networks or {})
     labels = _LABELS | frozenset(networks.values())
     own = own_networks(networks)
+    own_labels = {networks[str(n)] for n in own if str(n) in networks}  # a collapsed pool is own too
     recs: list[tuple[str, dict[str, Any]]] = []
     ent_rows: list[int] = []
     ent_names: list[str] = []
@@ -344,7 +346,7 @@ def group_incidents(
     drafts = []
     for members in groups.values():
         ents = list(dict.fromkeys(e for i in members for e in ents_of.get(i, [])))
-        kind, title = _describe(members, recs, keys, ents, known, own)
+        kind, title = _describe(members, recs, keys, ents, known, own, own_labels)
         first = min(recs[i][1]["first_seen"] for i in members)
         rows_of = tuple(sorted(((recs[i][0], int(recs[i][1]["row"])) for i in members), key=lambda x: x[1]))
         drafts.append((_KIND_ORDER[kind], first, min(r for _, r in rows_of), kind, title, rows_of))
@@ -366,6 +368,7 @@ def _describe(
     ents: list[str],
     known: Known,
     own: Sequence[Any],
+    own_labels: set[str],
 ) -> tuple[str, str]:
     """(ordering class, title in words) of one group of rows."""
     n = len(members)
@@ -396,7 +399,7 @@ def _describe(
             if len(clients) == 1
             else (f" from {len(clients)} clients" if clients else "")
         )
-        kind = "service" if _own(server, own) else "other"
+        kind = "service" if server in own_labels or _own(server, own) else "other"
         return kind, f"new service {server} {what}{frm}{more}"
     for i in members:
         table, rec = recs[i]

@@ -61,7 +61,7 @@ def test_store_api_on_a_collected_capture(tmp_path):
     result = flowdiff.collect([cap], config)
     assert isinstance(result, flowdiff.CollectResult) and result.packets == len(frames)
     store = flowdiff.open_store(tmp_path / "store")
-    assert store.tables() == ["hosts", "link", "pairs", "services"]
+    assert store.tables() == ["hosts", "link", "pairs", "services", "stations"]
     svc = store.read("services", where={"service_port": 25}, columns=["client", "server", "packets"])
     assert svc.to_dict("records") == [{"client": "192.0.2.7", "server": "192.0.2.25", "packets": len(frames)}]
     empty = store.read("services", since="2100-01-01")

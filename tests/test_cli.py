@@ -23,7 +23,7 @@ def test_config_before_or_after_the_command_is_the_same(tmp_path, write_config):
     after = _invoke("tables", "--format", "json", "--config", str(config))
     assert before.exit_code == after.exit_code == 0, (before.output, after.output)
     assert before.output == after.output
-    assert [json.loads(line)["table"] for line in after.output.splitlines()] == ["only"]
+    assert [json.loads(line)["table"] for line in after.output.splitlines()] == ["only", "stations"]
 
 
 def test_config_after_the_command_wins_over_one_before(tmp_path, write_config):
@@ -31,7 +31,7 @@ def test_config_after_the_command_wins_over_one_before(tmp_path, write_config):
     two = write_config('[tables.two]\nkeys = ["dst"]\n', "two.toml")
     r = _invoke("--config", str(one), "tables", "--format", "json", "--config", str(two))
     assert r.exit_code == 0, r.output
-    assert [json.loads(line)["table"] for line in r.output.splitlines()] == ["two"]
+    assert [json.loads(line)["table"] for line in r.output.splitlines()] == ["two", "stations"]
 
 
 @pytest.fixture

@@ -244,3 +244,26 @@ def test_group_incidents_is_pure_and_deterministic():
         "new pairs row src=10.0.0.7 dst=10.0.0.1 proto=tcp",
     ]
     assert a[0].accept_cmd == "flowdiff accept 20261130T010000Z-abc123 --incident 1"
+
+
+def test_incident_classes_deny_then_stations_then_own_services_then_the_rest():
+    keys = {"services": ("client", "server", "proto", "service_port"), STATIONS: ("src_mac", "src")}
+    nets = {"10.20.0.0/24": "servers", "10.20.100.0/24": "dhcp", "0.0.0.0/0": "internet"}
+    svc = [
+        ("10.20.0.10", "internet", 6, 6667),  # a service on the internet: the rest
+        ("internet", "10.20.0.10", 6, 23),  # on an own network
+        ("internet", "dhcp", 6, 8080),  # on an own pool, collapsed to its label
+    ]
+    rows = {
+        "services": _frame("services", keys["services"], svc, 1),
+        STATIONS: _frame(STATIONS, keys[STATIONS], [("b8:27:eb:5a:9c:01", "10.20.0.99")], 5, "new station"),
+    }
+    rows["services"].loc[0, "reason"] = "deny-rule irc"
+    rows["services"] = pd.concat([rows["services"], _frame("s", keys["services"], [svc[0]], 4)])
+    got = group_incidents(rows, keys, Known(addresses={"10.20.0.10"}), networks=nets)
+    assert [(i.kind, i.title) for i in got] == [
+        ("deny", "deny rule irc hit, 2 rows"),  # both rows of the new service internet tcp/6667
+        ("station", "new station 10.20.0.99 b8:27:eb:5a:9c:01"),
+        ("service", "new service 10.20.0.10 tcp/23 from internet"),
+        ("service", "new service dhcp tcp/8080 from internet"),
+    ]

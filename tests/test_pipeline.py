@@ -106,7 +106,7 @@ def test_run_mails_one_digest_for_an_anomaly_and_nothing_for_a_normal_day(site, 
     (got,) = smtp_plain.inbox.wait(1)
     msg = got.message
     assert msg["Message-ID"] == res.message_id
-    assert msg["Subject"].startswith(f"[flowdiff demo] {res.new_rows} new rows: ")
+    assert msg["Subject"] == f"[flowdiff demo] {len(res.diff.incidents)} incidents, {res.new_rows} new rows"
     text = msg.get_body(preferencelist=("plain",)).get_content()
     html = msg.get_body(preferencelist=("html",)).get_content()
     for cmd in expected_accept_commands(res.diff):

@@ -269,9 +269,10 @@ def test_a_rule_is_everything_when_every_key_field_is(config):
     assert everything_tables(config, "services", {"service_port": "0-65535", "proto": "*"}) == ["services"]
     assert everything_tables(config, "services", {"service_port": "1-65535"}) == []
     # table "*": every table that has the fields named
-    assert everything_tables(config, "*", {"src_mac": "*"}) == ["link"]  # unnamed fields match anything
+    # unnamed fields match anything
+    assert everything_tables(config, "*", {"src_mac": "*"}) == ["link", "stations"]
     assert everything_tables(config, "*", {"src_mac": "00:16:3e:00:00:01"}) == []
-    assert everything_tables(config, "*", {}) == ["services", "hosts", "link"]
+    assert everything_tables(config, "*", {}) == ["services", "hosts", "link", "stations"]
     config.rules_path.parent.mkdir(parents=True)
     with pytest.raises(TooBroadError, match=r"would deny every row of table link \(ethertype=\* src_mac=\* "):
         add_rule(config, "deny", "link", {"src_mac": "*"})

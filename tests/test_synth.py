@@ -443,7 +443,8 @@ def test_scenario_new_keys_are_exactly_the_injected_anomalies(scenario, decoded)
                 assert len(hours) >= 2 and packets >= 2, (table, key)  # enough evidence to be learned
             else:
                 found.add(enclave.ExpectedRow(table, tuple(zip(names, key, strict=True))))
-    assert found == scenario.expected_rows()
+    # the reference computes the scenario's own tables (the stations table is flowdiff's addition)
+    assert found == {r for r in scenario.expected_rows() if r.table in scenario.tables}
     assert {a.name for a in scenario.anomalies} == {"mail-outbound", "new-talker", "telnet", "odd-ethertype"}
     assert all(scenario.last_day <= a.time < scenario.last_day_end for a in scenario.anomalies)
 

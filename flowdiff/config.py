@@ -152,6 +152,8 @@ class Config:
     stale_after: int = 3600  # health: no new capture in the spool for this long is a problem; 0 = off
     min_free: int = 10**9  # health: less free disk than this (bytes) under the store is a problem; 0 = off
     mail: MailConfig = field(default_factory=MailConfig)
+    scheduler: str | None = None  # [dask] scheduler: tcp://HOST:PORT of a dask.distributed cluster
+    s3_endpoint_url: str | None = None  # [s3] endpoint_url (else $AWS_ENDPOINT_URL, else AWS itself)
     source: Path | None = None  # the file this was read from, None for built-in defaults
 
     @property
@@ -227,6 +229,8 @@ _TOP_KEYS = {
     "stale_after",
     "min_free",
     "max_message_bytes",
+    "dask",
+    "s3",
 }
 _TABLE_KEYS = {
     "keys",
@@ -328,7 +332,26 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))
     if "mail" in raw:
         kw["mail"] = _mail(raw["mail"], base)
+    kw.update(_dask_s3(raw))
     return Config(**kw)
+
+
+def _dask_s3(raw: dict[str, Any]) -> dict[str, Any]:
+    """``[dask] scheduler`` and ``[s3] endpoint_url`` (flowdiff.distributed, flowdiff.fs)."""
+    out: dict[str, Any] = {}
+    for section, key, field_name in (("dask", "scheduler", "scheduler"), ("s3", "endpoint_url", "s3_endpoint_url")):
+        if section not in raw:
+            continue
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"expected a [{section}] table", key=section)
+        _reject_unknown(raw[section], {key}, f"{section}.")
+        if key in raw[section]:
+            value = _str(raw[section][key], f"{section}.{key}")
+            if "://" not in value:
+                raise ConfigError(f"expected an address like tcp://HOST:PORT or http://HOST:PORT, got {value!r}",
+                                  key=f"{section}.{key}")
+            out[field_name] = value
+    return out
 
 
 def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:

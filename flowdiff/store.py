@@ -411,6 +411,7 @@ class Store:
         where: Mapping[str, Any] | None = None,
         top: int | None = None,
         by_interval: bool = False,
+        scheduler: str | None = None,
     ) -> pd.DataFrame:
         """The biggest rows of ``table`` over ``since <= interval_start < until``, by bytes.
 
@@ -418,10 +419,16 @@ class Store:
         ``last_seen``; summed over sensors when the store reads several), or with ``by_interval`` the
         stored rows themselves. Sorted by bytes, largest first, then by the key columns, so that equal
         totals come out in the same order on every run; ``top`` keeps the first rows only. ``where`` as
-        for :meth:`read`."""
-        df = self.read(table, since=since, until=until, where=where)
+        for :meth:`read`. ``scheduler``: read and add up on that dask.distributed cluster, same frame."""
         keys = list(self.table_keys(table) or ())
-        if not by_interval:
+        if scheduler:
+            from flowdiff import distributed
+
+            read = distributed.by_interval_frame if by_interval else distributed.totals_frame
+            df = read(self, scheduler, table, since, until, where)
+        else:
+            df = self.read(table, since=since, until=until, where=where)
+        if not by_interval and not scheduler:
             df = (
                 df.groupby(keys, observed=True, sort=False)
                 .agg(

@@ -133,7 +133,7 @@ class MailConfig:
 
 @dataclass(frozen=True)
 class Config:
-    store: Path = Path("store")
+    store: Path = Path("store")  # or a StoreUrl: "s3://bucket/prefix"
     baselines: Path = Path("baselines")
     reports: Path = Path("reports")
     interval: int = 300
@@ -181,7 +181,9 @@ class Config:
         """A copy with CLI overrides applied (``None`` values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         for k in ("store", "baselines", "reports"):
-            if k in changes:
+            if k == "store" and is_store_url(changes.get(k)):
+                changes[k] = StoreUrl(changes[k], self.s3_endpoint_url)
+            elif k in changes:
                 changes[k] = Path(changes[k])
                 _check_folder(changes[k], f"--{k}")
         if "interval" in changes and int(changes["interval"]) <= 0:
@@ -197,6 +199,25 @@ class Config:
             known = ", ".join(self.tables)
             raise ConfigError(f"no table named {missing[0]!r} (tables: {known})", key="table")
         return {n: self.tables[n] for n in names}
+
+
+class StoreUrl(str):
+    """``store = "s3://bucket/prefix"``: kept as text (a Path would fold the "//"), with the endpoint of
+    ``[s3] endpoint_url``; flowdiff.store opens it as a store on object storage (flowdiff.objstore)."""
+
+    endpoint_url: str | None
+
+    def __new__(cls, url: str, endpoint_url: str | None = None) -> StoreUrl:
+        obj = super().__new__(cls, url.rstrip("/"))
+        obj.endpoint_url = endpoint_url
+        return obj
+
+    def __reduce__(self) -> Any:
+        return (StoreUrl, (str(self), self.endpoint_url))
+
+
+def is_store_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("s3://")
 
 
 def default_sensor() -> str:
@@ -305,7 +326,7 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
         if key in raw:
             kw[key] = _rel(base, _str(raw[key], key))
     for key in _FOLDER_KEYS:
-        if key in kw:
+        if key in kw and not (key == "store" and is_store_url(raw.get("store"))):
             _check_folder(kw[key], key)
     if "interval" in raw:
         kw["interval"] = parse_duration(raw["interval"], "interval")
@@ -333,6 +354,8 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     if "mail" in raw:
         kw["mail"] = _mail(raw["mail"], base)
     kw.update(_dask_s3(raw))
+    if is_store_url(raw.get("store")):
+        kw["store"] = StoreUrl(raw["store"], kw.get("s3_endpoint_url"))
     return Config(**kw)
 
 

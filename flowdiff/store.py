@@ -106,7 +106,17 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
 
 
 class Store:
-    """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor."""
+    """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor.
+    ``Store("s3://bucket/prefix")`` is a store on object storage (flowdiff.objstore.S3Store)."""
+
+    _filesystem: Any = None  # a pyarrow filesystem for the reads (None: the local one)
+
+    def __new__(cls, root: Any = None, sensor: str | None = None) -> Store:
+        if cls is Store and isinstance(root, str) and root.startswith("s3://"):
+            from flowdiff.objstore import S3Store
+
+            return super().__new__(S3Store)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike, sensor: str | None = None):
         self.root = Path(root)
@@ -119,6 +129,10 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, sensor={self.sensor!r})"
+
+    def exists(self) -> bool:
+        """Whether anything was ever stored (a local folder exists; objects exist under the prefix)."""
+        return self.root.is_dir()
 
     # -- table definitions
     def tables(self) -> list[str]:
@@ -234,6 +248,7 @@ class Store:
             partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
             partition_base_dir=str(self._table_dir(table)),
             schema=schema,
+            filesystem=self._filesystem,
         )
         expr = _filter_expr(since, until, where, schema)
         try:

@@ -27,7 +27,9 @@ from flowdiff.errors import ClusterError
 from flowdiff.schema import table_schema
 from flowdiff.store import Store
 
-pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')")
+pytest.importorskip(
+    "distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')"
+)
 
 DAYS = 2
 
@@ -173,7 +175,11 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(site, monkeypatch)
     r = _cli(local, "learn", "--scheduler", address)
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: scheduler tcp://127.0.0.1:") and "cannot connect" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("Error: scheduler tcp://127.0.0.1:")
+        and "cannot connect" in lines[0]
+    )
     assert list(history(local)) == []
     r = _cli(local, "show", "pairs", "--scheduler", address)
     assert r.exit_code == 2 and "cannot connect" in r.output

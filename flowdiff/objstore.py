@@ -97,7 +97,14 @@ def explain(url: str, error: BaseException, endpoint: str | None = None) -> str:
         return f"store {url}: the bucket {parse_url(url)[0]!r} does not exist{where}"
     if any(
         s in low
-        for s in ("access denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden")
+        for s in (
+            "access denied",
+            "access_denied",
+            "accessdenied",
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "forbidden",
+        )
     ):
         return f"store {url}: access denied{where} (check the AWS credentials: AWS_ACCESS_KEY_ID, ~/.aws)"
     if any(s in low for s in ("curl", "connect", "network", "resolve", "timed out", "timeout")):

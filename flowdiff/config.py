@@ -360,9 +360,12 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
 
 
 def _dask_s3(raw: dict[str, Any]) -> dict[str, Any]:
-    """``[dask] scheduler`` and ``[s3] endpoint_url`` (flowdiff.distributed, flowdiff.fs)."""
+    """``[dask] scheduler`` and ``[s3] endpoint_url`` (flowdiff.distributed, flowdiff.objstore)."""
     out: dict[str, Any] = {}
-    for section, key, field_name in (("dask", "scheduler", "scheduler"), ("s3", "endpoint_url", "s3_endpoint_url")):
+    for section, key, field_name in (
+        ("dask", "scheduler", "scheduler"),
+        ("s3", "endpoint_url", "s3_endpoint_url"),
+    ):
         if section not in raw:
             continue
         if not isinstance(raw[section], dict):
@@ -371,8 +374,10 @@ def _dask_s3(raw: dict[str, Any]) -> dict[str, Any]:
         if key in raw[section]:
             value = _str(raw[section][key], f"{section}.{key}")
             if "://" not in value:
-                raise ConfigError(f"expected an address like tcp://HOST:PORT or http://HOST:PORT, got {value!r}",
-                                  key=f"{section}.{key}")
+                raise ConfigError(
+                    f"expected an address like tcp://HOST:PORT or http://HOST:PORT, got {value!r}",
+                    key=f"{section}.{key}",
+                )
             out[field_name] = value
     return out
 

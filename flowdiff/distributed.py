@@ -175,19 +175,24 @@ def by_interval_frame(store: Any, address: str, table: str, since: Any, until: A
     joined in the order the local read returns them (sensor by sensor, interval by interval)."""
     import pandas as pd
 
-    from flowdiff.store import _interval_of_file
-
     runs: list[tuple[str, list[Any]]] = []
     for f in store.files(table, since, until):
         sensor = f.parent.name.split("=", 1)[1]
         if not runs or runs[-1][0] != sensor or len(runs[-1][1]) >= _SHOW_CHUNK:
             runs.append((sensor, []))
-        runs[-1][1].append(_interval_of_file(f.name))
+        runs[-1][1].append(_start_of(f.name))
     parts = list(map_chunks(address, _read_run, runs, store, table, since, until, where))
     if not parts:
         return store.read(table, since=since, until=until, where=where)
     out = pd.concat(parts, ignore_index=True)
     return out
+
+
+def _start_of(name: str) -> Any:
+    """Interval start of an interval file name (the store's ``YYYYMMDDTHHMMSSZ.parquet``)."""
+    import pandas as pd
+
+    return pd.Timestamp(name.removesuffix(".parquet")).tz_convert("UTC")
 
 
 def _read_run(store: Any, table: str, since: Any, until: Any, where: Any, run: tuple[str, list[Any]]) -> Any:

@@ -81,6 +81,10 @@ def site(template, tmp_path, monkeypatch):
 
 
 def _hashes(config) -> dict[str, str]:
+    if isinstance(config, Path):
+        from flowdiff.config import load_config
+
+        config = load_config(config)
     return {t: e.hash for t, e in get_version(config).tables.items()}
 
 
@@ -183,6 +187,50 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(site, monkeypatch)
     assert list(history(local)) == []
     r = _cli(local, "show", "pairs", "--scheduler", address)
     assert r.exit_code == 2 and "cannot connect" in r.output
+
+
+def test_learn_from_a_store_on_s3_on_the_cluster(site, cluster, tmp_path, monkeypatch):
+    """Workers read the partitions straight from object storage (a moto server on loopback)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    from distributed import Client
+    from pyarrow import fs
+
+    local, _ = site
+    monkeypatch.setattr(sys.modules["flowdiff.baseline"], "_CHUNK_INTERVALS", 8)  # fewer S3 round trips
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    try:
+        host, port = srv.get_host_and_port()
+        aws = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for k, v in aws.items():
+            monkeypatch.setenv(k, v)
+        admin = fs.S3FileSystem(
+            endpoint_override=f"{host}:{port}",
+            scheme="http",
+            allow_bucket_creation=True,
+            allow_delayed_open=True,
+        )
+        admin.create_dir("flows")
+        fs.copy_files(str(local.store), "flows/site", destination_filesystem=admin)
+        extra = f'[s3]\nendpoint_url = "http://{host}:{port}"'
+        (tmp_path / "s3site").mkdir()
+        remote = fx.write_config(tmp_path / "s3site", extra=extra)
+        text = (
+            Path(remote.source).read_text().replace(f'store = "{remote.store}"', 'store = "s3://flows/site"')
+        )
+        Path(remote.source).write_text(text)
+        with Client(cluster, set_as_default=False) as client:
+            client.run(os.environ.update, aws)  # the workers' credentials come from their environment
+        learn(local)
+        r = _cli(remote, "learn", "--scheduler", cluster)
+        assert r.exit_code == 0, r.output
+        assert _hashes(Path(remote.source)) == _hashes(local)
+    finally:
+        srv.stop()
 
 
 def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, cluster):

@@ -653,6 +653,7 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 # ---------------------------------------------------------------- the store on object storage
 # (added for issue 10: flowdiff.objstore says how S3 is reached and why these write rules are safe)
 
+
 class S3Store(Store):
     """A :class:`Store` whose files are objects. Same reads and results; see the module doc for the
     write rules."""
@@ -712,11 +713,22 @@ class S3Store(Store):
     def _key(self, *parts: str) -> str:
         return str(PurePosixPath(self.root, *parts))
 
-    def _list(self, sub: str) -> list[Any]:
+    def _list(self, sub: str, recursive: bool = True) -> list[Any]:
         from pyarrow import fs
 
-        sel = fs.FileSelector(self._key(sub), recursive=True, allow_not_found=True)
+        sel = fs.FileSelector(self._key(sub), recursive=recursive, allow_not_found=True)
         return self._call(lambda f: f.get_file_info(sel))
+
+    def _table_metas(self) -> list[Any]:
+        """File infos of the ``<table>/_table.json`` objects: one listing of the top level, then one
+        request per table (never a listing of every interval object of the store)."""
+        from pyarrow import fs
+
+        dirs = [i.path for i in self._list("", recursive=False) if i.type == fs.FileType.Directory]
+        if not dirs:
+            return []
+        infos = self._call(lambda f: f.get_file_info([f"{d}/{TABLE_META}" for d in dirs]))
+        return [i for i in infos if i.type == fs.FileType.File]
 
     def _read_bytes(self, key: str) -> bytes:
         def read(f: Any) -> bytes:
@@ -739,15 +751,10 @@ class S3Store(Store):
 
     # -- table definitions
     def exists(self) -> bool:
-        return bool(self.tables()) or bool(self._list(LEDGER_PREFIX))
+        return bool(self._list("", recursive=False))
 
     def tables(self) -> list[str]:
-        out = []
-        for info in self._list(""):
-            rel = PurePosixPath(info.path).relative_to(self.root)
-            if len(rel.parts) == 2 and rel.name == TABLE_META:
-                out.append(rel.parts[0])
-        return sorted(out)
+        return sorted(PurePosixPath(i.path).parent.name for i in self._table_metas())
 
     def table_meta(self, table: str) -> dict[str, Any] | None:
         key = self._key(table, TABLE_META)
@@ -771,7 +778,8 @@ class S3Store(Store):
 
     def _interval_infos(self, table: str) -> list[Any]:
         out = []
-        for info in self._list(table):
+        sub = table if self.sensor is None else f"{table}/{PARTITION}={self.sensor}"
+        for info in self._list(sub):
             p = PurePosixPath(info.path)
             if not p.name.endswith(".parquet") or not p.parent.name.startswith(f"{PARTITION}="):
                 continue
@@ -858,12 +866,11 @@ class S3Store(Store):
         self.put(self._key(LEDGER_PREFIX, name), json.dumps(asdict(entry), sort_keys=True).encode())
 
     def _table_created(self) -> dict[str, float]:
-        out = {}
-        for info in self._list(""):
-            rel = PurePosixPath(info.path).relative_to(self.root)
-            if len(rel.parts) == 2 and rel.name == TABLE_META and info.mtime_ns is not None:
-                out[rel.parts[0]] = info.mtime_ns / 1e9
-        return out
+        return {
+            PurePosixPath(i.path).parent.name: i.mtime_ns / 1e9
+            for i in self._table_metas()
+            if i.mtime_ns is not None
+        }
 
 
 class S3WriteBatch(WriteBatch):

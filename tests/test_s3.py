@@ -121,6 +121,10 @@ def test_collect_learn_diff_show_status_end_to_end(s3, tmp_path, data_dir):
     r = _cli(s3cfg, "status", "--format", "json")
     assert r.exit_code in (0, 1), r.output
     assert CAPTURES[-1] in r.output or "zeek__" in r.output
+    # --store s3://... on the command line opens the same store (endpoint from $AWS_ENDPOINT_URL)
+    a = _cli(localcfg, "tables", "--store", f"s3://{BUCKET}/site1", "--format", "csv")
+    b = _cli(localcfg, "tables", "--format", "csv")
+    assert a.exit_code == 0 and a.output == b.output
 
 
 def test_rewriting_an_interval_is_exact_and_leaves_no_temp_object(s3, tmp_path):

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -482,15 +482,20 @@ def _learn_table(
     min_intervals: int,
     min_packets: int,
     both: bool,
+    scheduler: str | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """Per-key evidence over the window: (rows meeting the thresholds, candidates before thresholds)."""
     keys = list(tc.keys)
     parts: list[pd.DataFrame] = []
-    for i in range(0, len(starts), _CHUNK_INTERVALS):
-        chunk = store.read_intervals(tc.name, tc.keys, starts[i : i + _CHUNK_INTERVALS])
-        canon = canonicalise(chunk, tc, nmap, force_aggregate=chunk.attrs.get("sensors", 1) > 1)
-        canon["intervals"] = np.ones(len(canon), dtype=np.uint32)
-        parts.append(aggregate(canon.drop(columns=[INTERVAL]), keys))
+    chunks = [starts[i : i + _CHUNK_INTERVALS] for i in range(0, len(starts), _CHUNK_INTERVALS)]
+    if scheduler:  # the same chunks on a Dask cluster, combined below in the same order
+        from flowdiff.distributed import map_chunks
+
+        partials: Iterable[pd.DataFrame] = map_chunks(scheduler, _learn_chunk, chunks, store, tc, nmap)
+    else:
+        partials = (_learn_chunk(store, tc, nmap, chunk) for chunk in chunks)
+    for part in partials:
+        parts.append(part)
         if len(parts) > 8:
             parts = [aggregate(pd.concat(parts, ignore_index=True), keys)]
     if not parts:
@@ -503,6 +508,14 @@ def _learn_table(
     if both:
         ok &= _both_directions(allrows, keys)
     return allrows[ok].reset_index(drop=True), candidates
+
+
+def _learn_chunk(store: Store, tc: TableConfig, nmap: NetworkMap, starts: list[pd.Timestamp]) -> pd.DataFrame:
+    """Per-key evidence of one chunk of intervals (runs locally, or on a Dask worker)."""
+    chunk = store.read_intervals(tc.name, tc.keys, starts)
+    canon = canonicalise(chunk, tc, nmap, force_aggregate=chunk.attrs.get("sensors", 1) > 1)
+    canon["intervals"] = np.ones(len(canon), dtype=np.uint32)
+    return aggregate(canon.drop(columns=[INTERVAL]), list(tc.keys))
 
 
 _SWAP = {
@@ -615,6 +628,7 @@ def learn(
     both_directions: bool | None = None,
     reason: str | None = None,
     force: bool = False,
+    scheduler: str | None = None,
 ) -> LearnResult:
     """Freeze, per table, the keys seen in the window into a new baseline version.
 
@@ -627,12 +641,16 @@ def learn(
     learn refuses (:class:`LearnRefused`, nothing written) a window without data for a table, and a
     new version in which a table would hold no key or lose more than half of its current keys (keys of
     a baseline learned for another table definition do not count: it is unusable anyway).
+
+    ``scheduler`` (default: the config's ``[dask] scheduler``): the address of a dask.distributed
+    scheduler that reads and reduces the intervals (flowdiff.distributed); the baseline is the same.
     """
     selected = config.select_tables(list(tables) if tables else None)
     if last is not None:
         _last_seconds(last)  # a bad --last is a usage error, before any lock or read
     store = Store(config.store)
     nmap = NetworkMap(config.networks)
+    scheduler = scheduler or config.scheduler
     with lock(config):
         state = load_state(config)
         parent = state.version
@@ -659,6 +677,7 @@ def learn(
                 min_intervals=min_intervals,
                 min_packets=min_packets,
                 both_directions=both_directions,
+                scheduler=scheduler,
             )
             for name, tc in selected.items()
         }
@@ -718,13 +737,14 @@ def _plan_table(
     min_intervals: int | None,
     min_packets: int | None,
     both_directions: bool | None,
+    scheduler: str | None = None,
 ) -> _Planned:
     tokens, chosen = window
     mi = min_intervals if min_intervals is not None else tc.min_intervals
     mp = min_packets if min_packets is not None else tc.min_packets
     both = both_directions if both_directions is not None else tc.both_directions
     try:
-        rows, candidates = _learn_table(store, tc, chosen, nmap, mi, mp, both)
+        rows, candidates = _learn_table(store, tc, chosen, nmap, mi, mp, both, scheduler)
     except StoreError as e:
         raise BaselineError(f"cannot learn table {tc.name!r}: {e}") from None
     table = _to_baseline_table(rows, tc.keys)

@@ -133,7 +133,7 @@ class MailConfig:
 
 @dataclass(frozen=True)
 class Config:
-    store: Path = Path("store")
+    store: Path = Path("store")  # or a StoreUrl: "s3://bucket/prefix"
     baselines: Path = Path("baselines")
     reports: Path = Path("reports")
     interval: int = 300
@@ -152,6 +152,8 @@ class Config:
     stale_after: int = 3600  # health: no new capture in the spool for this long is a problem; 0 = off
     min_free: int = 10**9  # health: less free disk than this (bytes) under the store is a problem; 0 = off
     mail: MailConfig = field(default_factory=MailConfig)
+    scheduler: str | None = None  # [dask] scheduler: tcp://HOST:PORT of a dask.distributed cluster
+    s3_endpoint_url: str | None = None  # [s3] endpoint_url (else $AWS_ENDPOINT_URL, else AWS itself)
     source: Path | None = None  # the file this was read from, None for built-in defaults
 
     @property
@@ -179,7 +181,9 @@ class Config:
         """A copy with CLI overrides applied (``None`` values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         for k in ("store", "baselines", "reports"):
-            if k in changes:
+            if k == "store" and is_store_url(changes.get(k)):
+                changes[k] = StoreUrl(changes[k], self.s3_endpoint_url)
+            elif k in changes:
                 changes[k] = Path(changes[k])
                 _check_folder(changes[k], f"--{k}")
         if "interval" in changes and int(changes["interval"]) <= 0:
@@ -195,6 +199,25 @@ class Config:
             known = ", ".join(self.tables)
             raise ConfigError(f"no table named {missing[0]!r} (tables: {known})", key="table")
         return {n: self.tables[n] for n in names}
+
+
+class StoreUrl(str):
+    """``store = "s3://bucket/prefix"``: kept as text (a Path would fold the "//"), with the endpoint of
+    ``[s3] endpoint_url``; flowdiff.store opens it as a store on object storage (flowdiff.objstore)."""
+
+    endpoint_url: str | None
+
+    def __new__(cls, url: str, endpoint_url: str | None = None) -> StoreUrl:
+        obj = super().__new__(cls, url.rstrip("/"))
+        obj.endpoint_url = endpoint_url
+        return obj
+
+    def __reduce__(self) -> Any:
+        return (StoreUrl, (str(self), self.endpoint_url))
+
+
+def is_store_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("s3://")
 
 
 def default_sensor() -> str:
@@ -249,6 +272,8 @@ _TOP_KEYS = {
     "stale_after",
     "min_free",
     "max_message_bytes",
+    "dask",
+    "s3",
 }
 _TABLE_KEYS = {
     "keys",
@@ -323,7 +348,7 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
         if key in raw:
             kw[key] = _rel(base, _str(raw[key], key))
     for key in _FOLDER_KEYS:
-        if key in kw:
+        if key in kw and not (key == "store" and is_store_url(raw.get("store"))):
             _check_folder(kw[key], key)
     if "interval" in raw:
         kw["interval"] = parse_duration(raw["interval"], "interval")
@@ -350,7 +375,33 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))
     if "mail" in raw:
         kw["mail"] = _mail(raw["mail"], base)
+    kw.update(_dask_s3(raw))
+    if is_store_url(raw.get("store")):
+        kw["store"] = StoreUrl(raw["store"], kw.get("s3_endpoint_url"))
     return Config(**kw)
+
+
+def _dask_s3(raw: dict[str, Any]) -> dict[str, Any]:
+    """``[dask] scheduler`` and ``[s3] endpoint_url`` (flowdiff.distributed, flowdiff.objstore)."""
+    out: dict[str, Any] = {}
+    for section, key, field_name in (
+        ("dask", "scheduler", "scheduler"),
+        ("s3", "endpoint_url", "s3_endpoint_url"),
+    ):
+        if section not in raw:
+            continue
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"expected a [{section}] table", key=section)
+        _reject_unknown(raw[section], {key}, f"{section}.")
+        if key in raw[section]:
+            value = _str(raw[section][key], f"{section}.{key}")
+            if "://" not in value:
+                raise ConfigError(
+                    f"expected an address like tcp://HOST:PORT or http://HOST:PORT, got {value!r}",
+                    key=f"{section}.{key}",
+                )
+            out[field_name] = value
+    return out
 
 
 def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:

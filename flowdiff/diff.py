@@ -420,6 +420,7 @@ def diff(
     dry_run: bool = False,
     record: bool = True,
     now: datetime | None = None,
+    scheduler: str | None = None,
 ) -> DiffResult:
     """Compare the stored intervals not yet diffed with the current baseline and the rules.
 
@@ -429,8 +430,12 @@ def diff(
 
     A table of the config that the current baseline does not hold yet (added to the config after the
     last learn) is skipped with one line in ``result.skipped`` while the others are diffed: a new table
-    must never blind the old ones. A baseline learned for another definition of a table stays an error."""
+    must never blind the old ones. A baseline learned for another definition of a table stays an error.
+
+    ``scheduler`` (default: the config's ``[dask] scheduler``): run the reads and the anti-join of the
+    pending intervals on that dask.distributed cluster (flowdiff.distributed); the rows are the same."""
     record = record and not dry_run
+    scheduler = scheduler or config.scheduler
     selected = config.select_tables(list(tables) if tables else None)
     ctx = lock(config) if record else contextlib.nullcontext()
     with ctx:
@@ -454,7 +459,7 @@ def diff(
             done = state.diffed(name)
             pending = _pending(tokens, done, since, until)
             spans += pending
-            cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store)
+            cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store, scheduler)
             if name == STATIONS and tc.keys == STATIONS_KEYS:  # arpwatch's words, before they are remembered
                 cols = list(STATIONS_KEYS)
                 cand = station_reasons(cand, iter_baseline(config, entries[name], cols, _BATCH_ROWS))
@@ -515,12 +520,19 @@ def _diff_table(
     rules: RuleSet,
     nmap: NetworkMap,
     store: Any,
+    scheduler: str | None = None,
 ) -> pd.DataFrame:
     parts = []
-    for i in range(0, len(pending), _CHUNK_INTERVALS):
-        raw = store.read_intervals(tc.name, tc.keys, pending[i : i + _CHUNK_INTERVALS])
-        canon = canonicalise(raw, tc, nmap, force_aggregate=raw.attrs.get("sensors", 1) > 1)
-        parts.append(find_new(canon, tc, iter_fingerprints(config, entry, _BATCH_ROWS), rules, nmap))
+    chunks = [pending[i : i + _CHUNK_INTERVALS] for i in range(0, len(pending), _CHUNK_INTERVALS)]
+    if scheduler and chunks:  # the same chunks on a Dask cluster; the fingerprints sent to each worker once
+        from flowdiff.distributed import map_chunks
+
+        fps = list(iter_fingerprints(config, entry, _BATCH_ROWS))
+        parts = list(map_chunks(scheduler, _diff_chunk, chunks, store, tc, rules, nmap, broadcast=fps))
+    else:
+        for chunk in chunks:
+            fingerprints = iter_fingerprints(config, entry, _BATCH_ROWS)
+            parts.append(_diff_chunk(store, tc, rules, nmap, chunk, fingerprints))
     parts = [p for p in parts if len(p)]
     if not parts:
         return find_new(pd.DataFrame(), tc, [], rules, nmap)
@@ -539,6 +551,21 @@ def _diff_table(
         )
         .reset_index()
     )
+
+
+def _diff_chunk(
+    store: Any,
+    tc: TableConfig,
+    rules: RuleSet,
+    nmap: NetworkMap,
+    starts: list[pd.Timestamp],
+    shared: Iterable[tuple[np.ndarray, np.ndarray]] = (),
+) -> pd.DataFrame:
+    """Candidate rows of one chunk of intervals (runs locally, or on a Dask worker with the baseline's
+    fingerprints in ``shared``)."""
+    raw = store.read_intervals(tc.name, tc.keys, starts)
+    canon = canonicalise(raw, tc, nmap, force_aggregate=raw.attrs.get("sensors", 1) > 1)
+    return find_new(canon, tc, shared, rules, nmap)
 
 
 def _finish_rows(

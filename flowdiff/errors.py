@@ -12,6 +12,7 @@
      +-- ReportError              a report id that does not exist, a template that fails
      +-- MailError                SMTP settings or delivery problems
      +-- LockError                another flowdiff run holds the lock
+     +-- ClusterError             the Dask scheduler cannot be reached, or the cluster failed a job
 
 A malformed *packet* is never an exception: it is counted under a skip reason. A damaged *file* after
 some good records is reported as a warning (`CaptureDamage`) and the good records are kept.
@@ -121,3 +122,11 @@ class MailRefusedError(MailError):
     def __init__(self, message: str, *, code: int):
         super().__init__(message)
         self.code = code
+
+
+class ClusterError(FlowdiffError):
+    """The Dask scheduler cannot be reached, or the cluster lost a job (nothing was written)."""
+
+    def __init__(self, message: str, *, address: str = ""):
+        super().__init__(message)
+        self.address = address

@@ -300,14 +300,17 @@ def _nearest_existing(path: Path) -> Path:
 
 def _store(obs: Observation, config: Config, error: BaseException | None) -> None:
     obs.checked.add("store")
+    remote = str(config.store).startswith("s3://")  # object storage: no folder, no disk of ours
     for key in ("store", "baselines", "reports"):
+        if key == "store" and remote:
+            continue
         path = Path(getattr(config, key))
         near = _nearest_existing(path)
         if not near.is_dir():
             obs.add("store", key, f"{key} {near} is not a folder")
         elif not os.access(near, os.W_OK | os.X_OK):
             obs.add("store", key, f"{key} {path} cannot be written (permission denied on {near})")
-    if config.min_free > 0:
+    if config.min_free > 0 and not remote:
         near = _nearest_existing(Path(config.store))
         with contextlib.suppress(OSError):
             free = shutil.disk_usage(near).free

@@ -147,7 +147,8 @@ def open_problems(config: Config, spool: Any = None, *, now: float | None = None
 def _captures(st: Status, config: Config, spool: Any) -> None:
     from flowdiff.store import Store
 
-    ledger = Store(config.store).ledger() if Path(config.store).is_dir() else []
+    store = Store(config.store)
+    ledger = store.ledger() if store.exists() else []
     if ledger:
         e = ledger[-1]
         st.last_collected = {"path": e.path, "collected_at": e.collected_at, "status": e.status}

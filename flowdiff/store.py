@@ -29,13 +29,16 @@ counts for those too): a count is never doubled, at worst a table lacks an old c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import secrets
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +48,15 @@ import pyarrow.parquet as pq
 
 from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, syncfs
 from flowdiff.errors import StoreError
+from flowdiff.objstore import (
+    ENDPOINT_ENV,
+    LEDGER_PREFIX,
+    SCHEME,
+    explain,
+    is_remote,
+    parse_url,
+    s3_filesystem,
+)
 from flowdiff.schema import INTERVAL, PARTITION, table_schema
 from flowdiff.vocab import now_iso, utc_timestamp
 
@@ -106,7 +118,15 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
 
 
 class Store:
-    """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor."""
+    """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor.
+    ``Store("s3://bucket/prefix")`` is a store on object storage (flowdiff.objstore.S3Store)."""
+
+    _filesystem: Any = None  # a pyarrow filesystem for the reads (None: the local one)
+
+    def __new__(cls, root: Any = None, sensor: str | None = None, *args: Any) -> Store:
+        if cls is Store and is_remote(root):  # "s3://bucket/prefix" (a str or a config.StoreUrl)
+            return super().__new__(S3Store)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike, sensor: str | None = None):
         self.root = Path(root)
@@ -119,6 +139,10 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, sensor={self.sensor!r})"
+
+    def exists(self) -> bool:
+        """Whether anything was ever stored (a local folder exists; objects exist under the prefix)."""
+        return self.root.is_dir()
 
     # -- table definitions
     def tables(self) -> list[str]:
@@ -234,6 +258,7 @@ class Store:
             partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
             partition_base_dir=str(self._table_dir(table)),
             schema=schema,
+            filesystem=self._filesystem,
         )
         expr = _filter_expr(since, until, where, schema)
         try:
@@ -411,6 +436,7 @@ class Store:
         where: Mapping[str, Any] | None = None,
         top: int | None = None,
         by_interval: bool = False,
+        scheduler: str | None = None,
     ) -> pd.DataFrame:
         """The biggest rows of ``table`` over ``since <= interval_start < until``, by bytes.
 
@@ -418,10 +444,16 @@ class Store:
         ``last_seen``; summed over sensors when the store reads several), or with ``by_interval`` the
         stored rows themselves. Sorted by bytes, largest first, then by the key columns, so that equal
         totals come out in the same order on every run; ``top`` keeps the first rows only. ``where`` as
-        for :meth:`read`."""
-        df = self.read(table, since=since, until=until, where=where)
+        for :meth:`read`. ``scheduler``: read and add up on that dask.distributed cluster, same frame."""
         keys = list(self.table_keys(table) or ())
-        if not by_interval:
+        if scheduler:
+            from flowdiff import distributed
+
+            read = distributed.by_interval_frame if by_interval else distributed.totals_frame
+            df = read(self, scheduler, table, since, until, where)
+        else:
+            df = self.read(table, since=since, until=until, where=where)
+        if not by_interval and not scheduler:
             df = (
                 df.groupby(keys, observed=True, sort=False)
                 .agg(
@@ -616,3 +648,275 @@ def _empty(schema: pa.Schema, columns: Sequence[str] | None) -> pd.DataFrame:
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
     # Keep the stored units (timestamp[us, UTC]); pandas would otherwise pick its own defaults.
     return table.to_pandas(coerce_temporal_nanoseconds=False)
+
+
+# ---------------------------------------------------------------- the store on object storage
+# (added for issue 10: flowdiff.objstore says how S3 is reached and why these write rules are safe)
+
+
+class S3Store(Store):
+    """A :class:`Store` whose files are objects. Same reads and results; see the module doc for the
+    write rules."""
+
+    def __init__(self, root: str | os.PathLike, sensor: str | None = None, endpoint_url: str | None = None):
+        url = str(root).rstrip("/")
+        self.url = url
+        self.endpoint = (
+            endpoint_url or getattr(root, "endpoint_url", None) or os.environ.get(ENDPOINT_ENV) or None
+        )
+        self.bucket, self.prefix = parse_url(url)
+        self.root = PurePosixPath(self.bucket, self.prefix) if self.prefix else PurePosixPath(self.bucket)  # type: ignore[assignment]
+        self.sensor = sensor
+        self._filesystem = s3_filesystem(self.endpoint)
+        self._checked = False
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r}, sensor={self.sensor!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "sensor": self.sensor, "endpoint": self.endpoint}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["sensor"], state["endpoint"])  # type: ignore[misc]
+
+    # -- the one place that talks to S3: every error becomes one line naming the store
+    def _fs(self) -> Any:
+        if not self._checked:
+            self._check_bucket()
+        return self._filesystem
+
+    def _check_bucket(self) -> None:
+        from pyarrow import fs
+
+        try:
+            info = self._filesystem.get_file_info(self.bucket)
+            # a HEAD on the bucket does not check the credentials on every server: list it as well
+            if info.type != fs.FileType.NotFound:
+                self._filesystem.get_file_info(fs.FileSelector(self.bucket, allow_not_found=True))
+        except OSError as e:
+            raise StoreError(explain(self.url, e, self.endpoint)) from None
+        if info.type == fs.FileType.NotFound:
+            raise StoreError(
+                f"store {self.url}: the bucket {self.bucket!r} does not exist"
+                + (f" at {self.endpoint}" if self.endpoint else "")
+            )
+        self._checked = True
+
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(self._fs(), *args, **kw)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StoreError(explain(self.url, e, self.endpoint)) from None
+
+    def _key(self, *parts: str) -> str:
+        return str(PurePosixPath(self.root, *parts))
+
+    def _list(self, sub: str, recursive: bool = True) -> list[Any]:
+        from pyarrow import fs
+
+        sel = fs.FileSelector(self._key(sub), recursive=recursive, allow_not_found=True)
+        return self._call(lambda f: f.get_file_info(sel))
+
+    def _table_metas(self) -> list[Any]:
+        """File infos of the ``<table>/_table.json`` objects: one listing of the top level, then one
+        request per table (never a listing of every interval object of the store)."""
+        from pyarrow import fs
+
+        dirs = [i.path for i in self._list("", recursive=False) if i.type == fs.FileType.Directory]
+        if not dirs:
+            return []
+        infos = self._call(lambda f: f.get_file_info([f"{d}/{TABLE_META}" for d in dirs]))
+        return [i for i in infos if i.type == fs.FileType.File]
+
+    def _read_bytes(self, key: str) -> bytes:
+        def read(f: Any) -> bytes:
+            with f.open_input_stream(key) as s:
+                return s.read()
+
+        try:
+            return self._call(read)
+        except FileNotFoundError:
+            raise
+
+    def put(self, key: str, data: bytes | pa.Buffer) -> None:
+        """One PUT: the object appears whole under its final key, or not at all."""
+
+        def write(f: Any) -> None:
+            with f.open_output_stream(key) as s:
+                s.write(data)
+
+        self._call(write)
+
+    # -- table definitions
+    def exists(self) -> bool:
+        return bool(self._list("", recursive=False))
+
+    def tables(self) -> list[str]:
+        return sorted(PurePosixPath(i.path).parent.name for i in self._table_metas())
+
+    def table_meta(self, table: str) -> dict[str, Any] | None:
+        key = self._key(table, TABLE_META)
+        try:
+            return json.loads(self._read_bytes(key).decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise StoreError(f"{SCHEME}{key}: unreadable table definition: {e}") from None
+
+    def ensure_table(self, table: str, keys: Sequence[str], interval: int) -> None:
+        if self.table_meta(table) is None:
+            want = {"keys": list(keys), "interval": int(interval)}
+            self.put(self._key(table, TABLE_META), (json.dumps(want, indent=1) + "\n").encode())
+            return
+        super().ensure_table(table, keys, interval)
+
+    # -- files
+    def _table_dir(self, table: str) -> PurePosixPath:  # type: ignore[override]
+        return PurePosixPath(self.root, table)
+
+    def _interval_infos(self, table: str) -> list[Any]:
+        out = []
+        sub = table if self.sensor is None else f"{table}/{PARTITION}={self.sensor}"
+        for info in self._list(sub):
+            p = PurePosixPath(info.path)
+            if not p.name.endswith(".parquet") or not p.parent.name.startswith(f"{PARTITION}="):
+                continue
+            if self.sensor is not None and p.parent.name != f"{PARTITION}={self.sensor}":
+                continue
+            if _interval_of_file(p.name) is None:
+                continue
+            out.append(info)
+        return sorted(out, key=lambda i: (PurePosixPath(i.path).parent.name, PurePosixPath(i.path).name))
+
+    def files(self, table: str, since: Any = None, until: Any = None) -> list[PurePosixPath]:  # type: ignore[override]
+        from flowdiff.vocab import utc_timestamp
+
+        lo, hi = utc_timestamp(since), utc_timestamp(until)
+        out = []
+        for info in self._interval_infos(table):
+            p = PurePosixPath(info.path)
+            start = _interval_of_file(p.name)
+            if (lo is not None and start < lo) or (hi is not None and start >= hi):
+                continue
+            out.append(p)
+        return out
+
+    def interval_tokens(self, table: str) -> dict[Any, str]:
+        out: dict[Any, list[str]] = {}
+        for info in self._interval_infos(table):
+            p = PurePosixPath(info.path)
+            out.setdefault(_interval_of_file(p.name), []).append(
+                f"{p.parent.name}:{info.size}:{info.mtime_ns}"
+            )
+        return {k: "|".join(sorted(v)) for k, v in sorted(out.items())}
+
+    def row_count(self, table: str) -> int:
+        return sum(
+            self._call(lambda f, p=p: pq.ParquetFile(f.open_input_file(str(p))).metadata.num_rows)
+            for p in self.files(table)
+        )
+
+    def interval_path(self, table: str, start: Any) -> PurePosixPath:  # type: ignore[override]
+        return PurePosixPath(self.root, table, f"{PARTITION}={self.sensor}", interval_file_name(start))
+
+    def batch(self) -> WriteBatch:
+        if self.sensor is None:
+            raise StoreError("a sensor name is needed to write to the store")
+        self._fs()  # bucket and credentials checked before anything is read or written
+        return S3WriteBatch(self)
+
+    def remove_stale_temp_files(self) -> int:
+        return 0  # no temp objects: every object is written once under its final key
+
+    def lock(self, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
+        """A local lock per store and sensor (see the module doc: one sensor is one writer)."""
+        digest = hashlib.sha256(f"{self.endpoint}|{self.url}|{self.sensor}".encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / "flowdiff-locks" / f"{digest}.lock"
+        return file_lock(path, wait=wait, what=f"store {self.url}")
+
+    # -- ledger: one object per entry
+    @property
+    def ledger_path(self) -> PurePosixPath:  # type: ignore[override]
+        return PurePosixPath(self.root, LEDGER_PREFIX)
+
+    def ledger(self) -> list[LedgerEntry]:
+        out = []
+        infos = sorted(self._list(LEDGER_PREFIX), key=lambda i: PurePosixPath(i.path).name)
+        for info in infos:
+            if not info.path.endswith(".json"):
+                continue
+            try:
+                fields = json.loads(self._read_bytes(info.path).decode("utf-8"))
+                out.append(LedgerEntry(**{k: v for k, v in fields.items() if k in _LEDGER_FIELDS}))
+            except FileNotFoundError:
+                continue
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return out
+
+    def ledger_append(self, entry: LedgerEntry) -> None:
+        if not entry.collected_at:
+            entry.collected_at = now_iso()
+        if entry.tables is not None:
+            entry.tables = sorted(set(entry.tables))
+        crash_point()
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
+        self.put(self._key(LEDGER_PREFIX, name), json.dumps(asdict(entry), sort_keys=True).encode())
+
+    def _table_created(self) -> dict[str, float]:
+        return {
+            PurePosixPath(i.path).parent.name: i.mtime_ns / 1e9
+            for i in self._table_metas()
+            if i.mtime_ns is not None
+        }
+
+
+class S3WriteBatch(WriteBatch):
+    """Interval files PUT under their final keys as they are merged (no temp objects, no rename): a
+    crash between two PUTs leaves each object old or new, and the sources lists keep re-collection exact."""
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        return None
+
+    def _merge(  # type: ignore[override]
+        self,
+        path: PurePosixPath,
+        keys: Sequence[str],
+        schema: pa.Schema,
+        part: pa.Table,
+        source: str,
+        presorted: bool,
+    ) -> int:
+        store: S3Store = self.store  # type: ignore[assignment]
+        sources: list[str] = []
+        try:
+            raw = store._read_bytes(str(path))
+        except FileNotFoundError:
+            raw = None
+        if raw is not None:
+            try:
+                with pq.ParquetFile(pa.BufferReader(raw)) as f:
+                    meta = f.schema_arrow.metadata or {}
+                    old = f.read().select(schema.names)
+                if old.schema != schema:
+                    old = old.cast(schema)
+            except (OSError, KeyError, pa.ArrowInvalid) as e:
+                raise StoreError(f"{SCHEME}{path}: unreadable interval file: {e}") from None
+            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
+            if source in sources:
+                return 0
+            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
+        elif not presorted:
+            part = _sort(part, keys)
+        sources = sorted({*sources, source})
+        part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+        sink = pa.BufferOutputStream()
+        _write_parquet(part, sink)
+        store.put(str(path), sink.getvalue())
+        crash_point()
+        return part.num_rows
+
+    def commit(self) -> None:
+        return None

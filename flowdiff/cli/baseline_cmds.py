@@ -20,6 +20,7 @@ from flowdiff.cli.common import (
     handle_errors,
     load,
     parse_when,
+    scheduler_option,
     store_option,
 )
 from flowdiff.vocab import iso_time
@@ -72,6 +73,7 @@ def _ts(t: Any) -> str:
     is_flag=True,
     help="Learn even when a table would keep no key or lose more than half of its keys.",
 )
+@scheduler_option
 @format_option
 @handle_errors
 def learn(
@@ -87,6 +89,7 @@ def learn(
     by,
     reason,
     force,
+    scheduler,
     fmt,
 ):
     """Freeze the keys seen in the store into a new baseline version.
@@ -110,6 +113,7 @@ def learn(
         both_directions=both_directions,
         reason=reason,
         force=force,
+        scheduler=scheduler,
     )
     if fmt != "table":
         _print_learn_records(res, fmt)
@@ -165,8 +169,9 @@ def _print_learn_records(res: Any, fmt: str) -> None:
 )
 @click.option("--exit-code", is_flag=True, help="Exit with 1 when new rows were found (like git diff).")
 @click.option("--dry-run", is_flag=True, help="Show what is new without recording a report or the state.")
+@scheduler_option
 @handle_errors
-def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run):
+def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run, scheduler):
     """Show the rows of the intervals not diffed yet that are not in the baseline (or hit a deny rule).
 
     Each new key is reported once; the report is archived under the reports directory and every row
@@ -181,6 +186,7 @@ def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run):
         since=parse_when(since, option="--since"),
         until=parse_when(until, option="--until"),
         dry_run=dry_run,
+        scheduler=scheduler,
     )
     for line in res.skipped.values():
         click.echo(f"Warning: {line}", err=True)

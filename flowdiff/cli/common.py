@@ -51,6 +51,12 @@ store_option = click.option(
     "--store", type=click.Path(file_okay=False), help="Store directory (config key `store`)."
 )
 
+scheduler_option = click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    help="Run the reads on this dask.distributed scheduler (config [dask] scheduler); same results.",
+)
+
 format_option = click.option(
     "--format",
     "fmt",

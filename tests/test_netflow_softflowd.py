@@ -67,23 +67,26 @@ def _softflowd_replay(capture: Path, version: str, port: int, work: Path) -> Non
 
 
 def _ip_bytes(capture: Path) -> Counter:
-    """IP-layer bytes per 5-tuple of an Ethernet capture (IPv4 total length, IPv6 40 + payload)."""
+    """IP-layer bytes per 5-tuple of an untagged Ethernet capture, as softflowd counts them: the frame
+    after its 14-byte Ethernet header, so the padding of frames shorter than 60 bytes is included
+    (a router counts the IP total length instead; the difference is at most 6 bytes per tiny packet)."""
     out: Counter = Counter()
     with open(capture, "rb") as f:
         for _, frame in dpkt.pcap.Reader(f):
-            ip = dpkt.ethernet.Ethernet(frame).data
+            eth = dpkt.ethernet.Ethernet(frame)
+            assert eth.type in (0x0800, 0x86DD, 0x0806), "untagged captures only"
+            ip = eth.data
             if isinstance(ip, dpkt.ip.IP):
-                src, dst, size = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst), ip.len
-                proto = ip.p
+                src, dst, proto = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst), ip.p
             elif isinstance(ip, dpkt.ip6.IP6):
                 src = socket.inet_ntop(socket.AF_INET6, ip.src)
                 dst = socket.inet_ntop(socket.AF_INET6, ip.dst)
-                size, proto = 40 + ip.plen, ip.nxt
+                proto = ip.nxt
             else:
                 continue
             l4 = ip.data
             ports = (l4.sport, l4.dport) if proto in (6, 17) and hasattr(l4, "sport") else (0, 0)
-            out[(src, dst, proto, *ports)] += size
+            out[(src, dst, proto, *ports)] += len(frame) - 14
     return out
 
 

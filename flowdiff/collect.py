@@ -478,7 +478,7 @@ def _collect_one(
     result.skipped.update(stats.skipped)
     if zeek_kind:
         result.flow_records += stats.records
-    else:
+    elif isinstance(reader, CaptureReader):
         _note_unknown_linktypes(reader, agg, fr)
     return fr
 
@@ -487,7 +487,8 @@ class _LazyTemplates:
     """The flow template store (``netflow.TemplateStore``), opened on first use only."""
 
     def __init__(self, root: Path):
-        self.root, self._store = root, None
+        self.root = root
+        self._store: TemplateStore | None = None
 
     def get(self) -> TemplateStore:
         if self._store is None:
@@ -639,7 +640,7 @@ def _read_all(
         return _read_zeek(reader, agg, parts, total, progress, config)
     wire = 0
     for packets, nbytes, flows in _decoded(reader, router):
-        if flows is not None and len(flows["ts_ns"]):
+        if router is not None and flows is not None and len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes

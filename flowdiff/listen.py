@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from flowdiff.errors import FlowdiffError
 from flowdiff.exitcodes import ExitCode
@@ -131,7 +132,9 @@ class StreamReceiver(abc.ABC):
         self, conn: int, data: bytes, peer: tuple[str, int], local: tuple[str, int], ts_ns: int
     ) -> Iterable[SpoolRecord]: ...
 
-    def closed(self, conn: int, peer: tuple[str, int], local: tuple[str, int], ts_ns: int) -> Iterable[SpoolRecord]:
+    def closed(
+        self, conn: int, peer: tuple[str, int], local: tuple[str, int], ts_ns: int
+    ) -> Iterable[SpoolRecord]:
         return ()
 
 
@@ -240,7 +243,7 @@ class SpoolWriter:
         self.clock = clock
         self.files: list[Path] = []  # every file opened, in order
         self.records = 0
-        self._f = None
+        self._f: BinaryIO | None = None
         self._path: Path | None = None
         self._ends_at = 0.0
         try:
@@ -268,6 +271,7 @@ class SpoolWriter:
             payload = r.payload[:_MAX_PAYLOAD]
             pkt = synthetic_packet(r.src, r.dst, payload)
             sec, nsec = divmod(r.ts_ns, 1_000_000_000)
+            assert self._f is not None
             self._f.write(struct.pack("<IIII", sec & 0xFFFFFFFF, nsec, len(pkt), len(pkt)) + pkt)
             n += 1
         self.records += n
@@ -307,10 +311,11 @@ class SpoolWriter:
                 break
             start += 1  # restarted within the same second: a later name, never the old file
         try:
-            self._f = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+            f = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
         except OSError as e:
             raise ListenError(f"{path}: cannot create spool file: {e.strerror}") from e
-        self._f.write(_PCAP_HEADER)
+        f.write(_PCAP_HEADER)
+        self._f = f
         self._path = path
         self.files.append(path)
         self._ends_at = (int(now) // self.rotate + 1) * self.rotate
@@ -400,7 +405,7 @@ class Listener:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
         self._socks: list[socket.socket] = []
         self._conns: dict[int, tuple[socket.socket, StreamReceiver, tuple, tuple, SocketStats]] = {}
-        self._receivers = []
+        self._receivers: list[DatagramReceiver | StreamReceiver] = []
         try:
             for ep, receiver in endpoints:
                 self._open(ep, receiver, rcvbuf)
@@ -502,9 +507,9 @@ class Listener:
             with contextlib.suppress(OSError):
                 self._wake_r.recv(4096)
         elif what == "udp":
-            self._read_datagrams(key.fileobj, receiver, stats)
+            self._read_datagrams(key.fileobj, receiver, stats)  # type: ignore[arg-type]
         elif what == "tcp":
-            self._accept(key.fileobj, receiver, stats)
+            self._accept(key.fileobj, receiver, stats)  # type: ignore[arg-type]
         else:
             self._read_stream(key.fd)
 

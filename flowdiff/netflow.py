@@ -242,7 +242,15 @@ class FlowDecoder:
             self.skipped["flow-bad-length"] += 1
             return
         self._sequence(exporter, engine_id, 5, seq, count)
-        self._group(_V5_TEMPLATE, p[24 : 24 + 48 * count], count, secs * 10**9 + min(nsecs, 999_999_999), uptime, -1, code)
+        self._group(
+            _V5_TEMPLATE,
+            p[24 : 24 + 48 * count],
+            count,
+            secs * 10**9 + min(nsecs, 999_999_999),
+            uptime,
+            -1,
+            code,
+        )
 
     def _v9(self, p: bytes, exporter: str, code: int) -> None:
         if len(p) < 20:
@@ -267,7 +275,16 @@ class FlowDecoder:
     _data_records_seen = 0
 
     def _sets(
-        self, p: bytes, pos: int, end: int, exporter: str, code: int, domain: int, export_ns: int, uptime: int, ver: int
+        self,
+        p: bytes,
+        pos: int,
+        end: int,
+        exporter: str,
+        code: int,
+        domain: int,
+        export_ns: int,
+        uptime: int,
+        ver: int,
     ) -> None:
         tset, oset = (0, 1) if ver == 9 else (2, 3)
         while pos + 4 <= end:
@@ -371,7 +388,15 @@ class FlowDecoder:
             self.cache.templates.pop((exporter, domain, tid), None)
 
     def _data(
-        self, exporter: str, code: int, domain: int, tid: int, body: bytes, export_ns: int, uptime: int, ver: int
+        self,
+        exporter: str,
+        code: int,
+        domain: int,
+        tid: int,
+        body: bytes,
+        export_ns: int,
+        uptime: int,
+        ver: int,
     ) -> None:
         tpl = self.cache.templates.get((exporter, domain, tid))
         if tpl is None:
@@ -395,7 +420,9 @@ class FlowDecoder:
         if ver == 10:
             self._data_records_seen += len(records)
         if tpl.options:
-            self._options(exporter, domain, fixed_tpl, b"".join(records), len(records), fixed_tpl.fixed_length or 0)
+            self._options(
+                exporter, domain, fixed_tpl, b"".join(records), len(records), fixed_tpl.fixed_length or 0
+            )
         elif records:
             init = self.cache.init_ms.get((exporter, domain), -1)
             self._group(fixed_tpl, b"".join(records), len(records), export_ns, uptime, init, code)
@@ -433,7 +460,9 @@ class FlowDecoder:
                 break
         return kept, out
 
-    def _options(self, exporter: str, domain: int, tpl: Template, body: bytes, count: int, fixed: int) -> None:
+    def _options(
+        self, exporter: str, domain: int, tpl: Template, body: bytes, count: int, fixed: int
+    ) -> None:
         """Options records are not flows; systemInitTimeMilliseconds is kept (IPFIX uptime fields)."""
         off = 0
         for ie, pen, length in tpl.fields:
@@ -458,7 +487,9 @@ class FlowDecoder:
         self._pending = []
         return n
 
-    def _group(self, tpl: Template, data: bytes, count: int, export_ns: int, uptime: int, init: int, code: int) -> None:
+    def _group(
+        self, tpl: Template, data: bytes, count: int, export_ns: int, uptime: int, init: int, code: int
+    ) -> None:
         g = self._groups.get(tpl)
         if g is None:
             g = self._groups[tpl] = _Group(tpl)
@@ -703,7 +734,9 @@ def split_proportional(records: dict[str, np.ndarray], interval: int) -> dict[st
     for name in ("packets", "bytes"):
         total = records[name][idx]
         upto_hi = np.where(last, total, np.floor(total.astype(np.float64) * (hi - s) / dur).astype(np.uint64))
-        upto_lo = np.where(piece == 0, 0, np.floor(total.astype(np.float64) * (lo - s) / dur).astype(np.uint64))
+        upto_lo = np.where(
+            piece == 0, 0, np.floor(total.astype(np.float64) * (lo - s) / dur).astype(np.uint64)
+        )
         upto_hi = np.minimum(upto_hi, total)
         out[name] = (upto_hi - np.minimum(upto_lo, upto_hi)).astype(np.uint64)
     out["ts_ns"] = lo
@@ -723,7 +756,9 @@ class FlowRouter:
     behind its UDP header in the frame (whatever the link layer); a frame cut by the snap length is
     counted (``flow-export-truncated``), never half-decoded."""
 
-    def __init__(self, cache: TemplateCache, *, all_udp: bool, ports: Iterable[int], split: str, interval: int):
+    def __init__(
+        self, cache: TemplateCache, *, all_udp: bool, ports: Iterable[int], split: str, interval: int
+    ):
         self.decoder = FlowDecoder(cache)
         self.all_udp = all_udp
         self.ports = np.array(sorted(set(int(p) for p in ports)), dtype=np.uint16)
@@ -736,7 +771,9 @@ class FlowRouter:
     def skipped(self) -> Counter[str]:
         return self.decoder.skipped
 
-    def route(self, batch, packets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def route(
+        self, batch, packets: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(the packets that are not flow export, the flow records of those that are)."""
         udp = (packets["status"] == 0) & (packets["proto"] == 17)
         mask = udp if self.all_udp else udp & np.isin(packets["dport"], self.ports)

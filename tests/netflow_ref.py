@@ -84,7 +84,9 @@ def template_set(version: int, tid: int, fields: list[tuple], options_scope: int
     return struct.pack("!HH", sid, 4 + len(content)) + content
 
 
-def data_set(tid: int, recs: list[Rec], fields: list[tuple], *, export_ms: int = 0, uptime_ms: int = 0) -> bytes:
+def data_set(
+    tid: int, recs: list[Rec], fields: list[tuple], *, export_ms: int = 0, uptime_ms: int = 0
+) -> bytes:
     body = b""
     for r in recs:
         for f in fields:

@@ -52,8 +52,17 @@ def free_udp_port() -> int:
 
 def start(spool: Path, port: int, rotate: int = 1) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowdiff", "listen", "--spool", str(spool), "--rotate", str(rotate),
-         f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "flowdiff",
+            "listen",
+            "--spool",
+            str(spool),
+            "--rotate",
+            str(rotate),
+            f"127.0.0.1:{port}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,7 +122,7 @@ def test_listen_rotation_restart_and_sigterm_lose_nothing(tmp_path):
 def test_listener_in_process_counts_and_addresses(tmp_path):
     writer = SpoolWriter(tmp_path, rotate=300)
     lst = Listener([(Endpoint("127.0.0.1", 0), FlowReceiver())], writer, rcvbuf=1 << 20)
-    (host, port), = lst.addresses
+    ((host, port),) = lst.addresses
     send(port, [b"x" * 10] * 50)
     res = lst.run(duration=0.5)
     assert res.datagrams == 50 and res.records == 50 and res.kernel_drops == 0
@@ -125,7 +134,7 @@ def test_kernel_drops_are_counted(tmp_path):
     """A tiny receive buffer that is not read while a burst arrives: Linux counts the drops."""
     writer = SpoolWriter(tmp_path, rotate=300)
     lst = Listener([(Endpoint("127.0.0.1", 0), FlowReceiver())], writer, rcvbuf=2048)
-    (_, port), = lst.addresses
+    ((_, port),) = lst.addresses
     send(port, [b"y" * 1000] * 200)
     res = lst.run(duration=0.3)
     if not sys.platform.startswith("linux"):

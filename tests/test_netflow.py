@@ -56,7 +56,9 @@ def generated_datagrams(seed: int) -> list[tuple[bytes, str]]:
     out = []
     for exporter in ("198.51.100.1", "2001:db8:ffff::2"):
         out.append((v5_datagram(random_recs(rng, 30), export_ms=export), exporter))
-        out.append((v5_datagram(random_recs(rng, 7), export_ms=export, uptime_ms=1000), exporter))  # uptime wrap
+        out.append(
+            (v5_datagram(random_recs(rng, 7), export_ms=export, uptime_ms=1000), exporter)
+        )  # uptime wrap
         v9_fields = [*V4_FIELDS, (22, 4), (21, 4)]
         recs9 = random_recs(rng, 20)
         out.append((v9_datagram([template_set(9, 300, v9_fields),
@@ -94,7 +96,12 @@ def test_v5_times_counters_and_interfaces():
 def test_icmp_type_code_from_the_destination_port():
     rec = Rec("10.0.0.1", "10.0.0.2", 1, 0, 0x0800, 0, 1, 84, T0, T0)
     arrays, _ = decode_datagrams([(v5_datagram([rec], export_ms=T0), "192.0.2.9")])
-    assert (arrays["icmp_type"][0], arrays["icmp_code"][0], arrays["sport"][0], arrays["dport"][0]) == (8, 0, 0, 0)
+    assert (arrays["icmp_type"][0], arrays["icmp_code"][0], arrays["sport"][0], arrays["dport"][0]) == (
+        8,
+        0,
+        0,
+        0,
+    )
 
 
 # ---------------------------------------------------------------- bad input, each under its reason
@@ -143,7 +150,9 @@ def test_template_id_collision_uses_the_new_layout_and_counts_it():
 
 def test_zero_length_records_and_padding_make_no_rows():
     fields = [(8, 4), (12, 4)]
-    msg = ipfix_message([template_set(10, 256, fields), struct.pack("!HH", 256, 4 + 3) + b"\0\0\0"], export_s=1)
+    msg = ipfix_message(
+        [template_set(10, 256, fields), struct.pack("!HH", 256, 4 + 3) + b"\0\0\0"], export_s=1
+    )
     arrays, dec = _one(msg)
     assert len(arrays["ts_ns"]) == 0 and not dec.skipped  # 3 bytes of padding: not a record
 
@@ -229,7 +238,10 @@ def test_fuzz_cut_or_extended_datagrams_never_make_a_wrong_row(which, cut, tail)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, len(_VALID) - 1), st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8))
+@given(
+    st.integers(0, len(_VALID) - 1),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8),
+)
 def test_fuzz_flipped_bytes_never_raise(which, flips):
     gram, exporter = _VALID[which]
     b = bytearray(gram)
@@ -259,7 +271,9 @@ def test_proportional_split_keeps_exact_totals():
     }
     out = split_proportional(recs, 60)
     for name in ("packets", "bytes"):
-        totals = np.bincount(out["src_lo"].astype(np.int64), weights=out[name].astype(np.float64), minlength=n)
+        totals = np.bincount(
+            out["src_lo"].astype(np.int64), weights=out[name].astype(np.float64), minlength=n
+        )
         assert totals.astype(np.uint64).tolist() == recs[name].tolist()
     step = 60 * 10**9
     assert (out["ts_ns"] // step == out["ts_end_ns"] // step).all()  # every piece within one interval
@@ -269,7 +283,9 @@ def test_proportional_split_keeps_exact_totals():
 
 
 def _spool(tmp_path, name, grams):
-    w = SpoolWriter(tmp_path / name, rotate=300, clock=lambda: 1_700_000_000.0 + len(list((tmp_path / name).glob("*"))))
+    w = SpoolWriter(
+        tmp_path / name, rotate=300, clock=lambda: 1_700_000_000.0 + len(list((tmp_path / name).glob("*")))
+    )
     for payload, exporter in grams:
         w.write([SpoolRecord(T0 * 10**6, (exporter, 2055), ("127.0.0.1", 4739), payload)])
     w.close()
@@ -305,7 +321,13 @@ def test_collect_spool_files_templates_survive_rotation_and_restart(tmp_path, wr
     got = {(r.src, r.dst, r.proto, r.sport, r.dport): (r.packets, r.bytes) for r in five.itertuples()}
     want = {}
     for r in recs:
-        k = (r.src, r.dst, r.proto, r.sport if r.proto in (6, 17) else 0, r.dport if r.proto in (6, 17) else 0)
+        k = (
+            r.src,
+            r.dst,
+            r.proto,
+            r.sport if r.proto in (6, 17) else 0,
+            r.dport if r.proto in (6, 17) else 0,
+        )
         p, b = want.get(k, (0, 0))
         want[k] = (p + r.packets, b + r.bytes)
     assert got == want
@@ -337,11 +359,15 @@ def test_collect_flow_ports_in_a_tcpdump_capture(tmp_path, write_config):
         w = dpkt.pcap.Writer(f)
         w.writepkt(bytes(eth), ts=T0 / 1000 + 5)
     plain = write_config(CONFIG, "plain.toml")
-    res = CliRunner().invoke(main, ["collect", "--config", str(plain), "--store", str(tmp_path / "a"), str(cap)])
+    res = CliRunner().invoke(
+        main, ["collect", "--config", str(plain), "--store", str(tmp_path / "a"), str(cap)]
+    )
     five = pd.read_parquet(tmp_path / "a" / "five")
     assert five["dport"].tolist() == [2055]  # without flow_ports: just a UDP packet
     flows = write_config("flow_ports = [2055]\n" + CONFIG, "flows.toml")
-    res = CliRunner().invoke(main, ["collect", "--config", str(flows), "--store", str(tmp_path / "b"), str(cap)])
+    res = CliRunner().invoke(
+        main, ["collect", "--config", str(flows), "--store", str(tmp_path / "b"), str(cap)]
+    )
     assert res.exit_code == 0, res.output
     five = pd.read_parquet(tmp_path / "b" / "five")
     assert five[["src", "dport", "packets", "bytes"]].values.tolist() == [["10.9.0.1", 443, 7, 700]]

@@ -89,7 +89,9 @@ def test_json_conn_log_and_missing_columns(tmp_path):
         obj = {}
         for k, v in zip(fields, line.split("\t"), strict=True):
             if v != "-":
-                obj[k] = v if k in ("uid", "id.orig_h", "id.resp_h", "proto") else float(v) if "." in v else int(v)
+                obj[k] = (
+                    v if k in ("uid", "id.orig_h", "id.resp_h", "proto") else float(v) if "." in v else int(v)
+                )
         lines.append(json.dumps(obj))
     path = tmp_path / "conn.json"
     path.write_text("\n".join(lines) + "\n")
@@ -125,7 +127,8 @@ def test_conn_logs_in_a_directory_are_found_by_content(tmp_path):
 
 @pytest.mark.skipif(SHARED_ZEEK is None, reason="../shared/zeek is not present on this machine")
 @pytest.mark.parametrize(
-    "name,kind,records", [("zat_conn.log", "tsv", 360), ("zat_conn.json.log", "json", 50), ("zat_conn_date_issue.log", "tsv", 3)]
+    "name,kind,records",
+    [("zat_conn.log", "tsv", 360), ("zat_conn.json.log", "json", 50), ("zat_conn_date_issue.log", "tsv", 3)],
 )
 def test_real_zeek_logs_read_in_place(tmp_path, name, kind, records):
     path = SHARED_ZEEK / name  # read where it is, never copied
@@ -145,7 +148,10 @@ def test_real_zeek_logs_read_in_place(tmp_path, name, kind, records):
                 vals = [o.get(k, 0) for k in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")]
             else:
                 cols = dict(zip(FIELDS_OF[name], line.rstrip("\n").split("\t"), strict=False))
-                vals = [int(cols[k]) if cols.get(k, "-") != "-" else 0 for k in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")]
+                vals = [
+                    int(cols[k]) if cols.get(k, "-") != "-" else 0
+                    for k in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes")
+                ]
             want_pk += vals[0] + vals[1]
             want_by += vals[2] + vals[3]
     assert sum(int(c["packets"].sum()) for c in chunks) == want_pk

@@ -22,7 +22,9 @@ from flowdiff.listen import (
     FlowReceiver,
     Listener,
     ListenError,
+    SpoolRecord,
     SpoolWriter,
+    StreamReceiver,
     is_flow_spool,
     parse_endpoint,
 )
@@ -187,8 +189,6 @@ def test_cli_listen_help_names_the_options():
 def test_spool_writer_never_reuses_a_name(tmp_path):
     clock = [1_700_000_000.5]
     w1 = SpoolWriter(tmp_path, rotate=60, clock=lambda: clock[0])
-    from flowdiff.listen import SpoolRecord
-
     rec = SpoolRecord(1, ("10.0.0.1", 5), ("10.0.0.2", 6), b"p")
     w1.write([rec])
     w1.close()
@@ -198,3 +198,46 @@ def test_spool_writer_never_reuses_a_name(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == 2 and len({len(n) for n in names}) == 1
     assert os.path.getsize(tmp_path / names[0]) == os.path.getsize(tmp_path / names[1])
+
+
+class _Lines(StreamReceiver):
+    """A newline-framed TCP receiver, as a syslog plug-in would be: one record per line."""
+
+    def __init__(self):
+        super().__init__()
+        self.rest: dict[int, bytes] = {}
+
+    def data(self, conn, data, peer, local, ts_ns):
+        buf = self.rest.get(conn, b"") + data
+        *lines, self.rest[conn] = buf.split(b"\n")
+        self.counts["lines"] += len(lines)
+        return [SpoolRecord(ts_ns, peer, local, line) for line in lines]
+
+    def closed(self, conn, peer, local, ts_ns):
+        rest = self.rest.pop(conn, b"")
+        return [SpoolRecord(ts_ns, peer, local, rest)] if rest else []
+
+
+def test_tcp_stream_receiver_plugin_and_udp_side_by_side(tmp_path):
+    writer = SpoolWriter(tmp_path, rotate=300, suffix=".lines.pcap")
+    lst = Listener(
+        [(Endpoint("127.0.0.1", 0, "tcp"), _Lines()), (Endpoint("127.0.0.1", 0), FlowReceiver())], writer
+    )
+    (_, tport), (_, uport) = lst.addresses
+    import threading
+
+    def client():
+        with socket.create_connection(("127.0.0.1", tport)) as c:
+            c.sendall(b"one\ntw")
+            time.sleep(0.05)
+            c.sendall(b"o\nthree")
+        send(uport, [b"datagram"])
+
+    t = threading.Thread(target=client)
+    t.start()
+    res = lst.run(duration=0.6)
+    t.join()
+    payloads = sorted(p for f in res.files for _, _, p in read_spool(Path(f)))
+    assert payloads == [b"datagram", b"one", b"three", b"two"]
+    assert res.counts["lines"] == 2 and res.sockets[0].connections == 1
+    assert all(f.endswith(".lines.pcap") for f in res.files)

@@ -29,6 +29,7 @@ export time (counted as ``flow-no-start-time``). Bytes are the IP-layer octets t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from flowdiff.schema import PACKET_FIELDS
 
 __all__ = ["FLOW_FIELDS", "REASONS", "FlowDecoder", "Template", "TemplateCache"]
 
@@ -107,7 +110,7 @@ class Template:
     fields: tuple[tuple[int, int, int], ...]
     options: bool = False
 
-    @property
+    @functools.cached_property
     def fixed_length(self) -> int | None:
         if any(length == VARLEN for _, _, length in self.fields):
             return None
@@ -518,8 +521,6 @@ class FlowDecoder:
 
 
 def empty_records(n: int = 0) -> dict[str, np.ndarray]:
-    from flowdiff.schema import PACKET_FIELDS
-
     return {name: np.zeros(n, dtype=dt) for name, dt in {**PACKET_FIELDS, **FLOW_FIELDS}.items()}
 
 
@@ -539,11 +540,26 @@ def _uint(arr: np.ndarray, off: int, length: int) -> np.ndarray:
     return v
 
 
+def _record_dtype(tpl: Template) -> np.dtype:
+    """A structured dtype of the template's fixed layout: unsigned big-endian words where the length is
+    1, 2, 4 or 8 bytes, raw bytes otherwise."""
+    names, formats, offsets = [], [], []
+    off = 0
+    for k, (_, _, length) in enumerate(tpl.fields):
+        names.append(f"f{k}")
+        formats.append(f">u{length}" if length in (1, 2, 4, 8) else f"V{length}")
+        offsets.append(off)
+        off += length
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": off})
+
+
 def _decode_group(g: _Group, skipped: Counter) -> dict[str, np.ndarray]:
     tpl = g.template
     reclen = tpl.fixed_length or 0
     n = g.n
-    arr = np.frombuffer(b"".join(g.chunks), dtype=np.uint8).reshape(n, reclen)
+    raw = np.frombuffer(b"".join(g.chunks), dtype=np.uint8)
+    arr = raw.reshape(n, reclen)
+    rec = raw.view(_record_dtype(tpl))  # big-endian fields read by numpy (strided reads of whole words)
     counts = np.asarray(g.counts, dtype=np.int64)
     export_ns = np.repeat(np.asarray(g.export_ns, dtype=np.int64), counts)
     uptime = np.repeat(np.asarray(g.uptime_ms, dtype=np.int64), counts)
@@ -551,16 +567,20 @@ def _decode_group(g: _Group, skipped: Counter) -> dict[str, np.ndarray]:
     out = empty_records(n)
     out["exporter"][:] = np.repeat(np.asarray(g.exporter, dtype=np.uint32), counts)
     at: dict[int, tuple[int, int]] = {}
+    name_of: dict[int, str] = {}
     off = 0
-    for ie, pen, length in tpl.fields:
+    for k, (ie, pen, length) in enumerate(tpl.fields):
         if pen == 0 and ie not in at:
             at[ie] = (off, length)
+            name_of[ie] = f"f{k}"
         off += length
 
     def get(ie: int, max_len: int = 8) -> np.ndarray | None:
         spot = at.get(ie)
         if spot is None or spot[1] > max_len:
             return None
+        if spot[1] in (1, 2, 4, 8):
+            return rec[name_of[ie]].astype(np.uint64)
         return _uint(arr, *spot)
 
     def put(name: str, ie: int, max_len: int = 8) -> None:

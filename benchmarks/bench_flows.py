@@ -6,7 +6,7 @@
 
 1. **collect**: a `flowdiff listen` spool file of IPFIX messages (30 records of the usual IPv4 5-tuple,
    counters, interfaces and millisecond times each, one template message first, records spread over
-   an hour; 5,000 clients, 200 servers) is collected by a separate `flowdiff collect` process into
+   an hour in export order; 100 clients, 20 servers) is collected by a separate `flowdiff collect` process into
    the default tables (60 s intervals), measured whole (start-up, imports, JIT cache, writing the store):
    wall time, records/s, peak RSS from wait4(2). Memory flatness: the same at a quarter of the size.
 2. **listen**: a `flowdiff listen` process on 127.0.0.1 receives ``--datagrams`` IPFIX-sized datagrams
@@ -35,7 +35,20 @@ sys.path.insert(0, str(ROOT))
 
 from flowdiff.listen import SpoolRecord, SpoolWriter  # noqa: E402
 
-FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (6, 1), (10, 4), (14, 4), (2, 8), (1, 8), (152, 8), (153, 8)]
+FIELDS = [
+    (8, 4),
+    (12, 4),
+    (7, 2),
+    (11, 2),
+    (4, 1),
+    (6, 1),
+    (10, 4),
+    (14, 4),
+    (2, 8),
+    (1, 8),
+    (152, 8),
+    (153, 8),
+]
 RECLEN = sum(n for _, n in FIELDS)
 PER_MESSAGE = 30
 T0 = 1_700_000_000
@@ -47,12 +60,13 @@ def _template() -> bytes:
     return struct.pack("!HHIII", 10, 16 + len(tset), T0, 0, 1) + tset
 
 
-def _records(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n records as a (n, RECLEN) byte array: 5,000 hosts, 200 servers, ports, start within the hour."""
+def _records(n: int, rng: np.random.Generator, t_from: float = 0.0, t_to: float = 1.0) -> np.ndarray:
+    """n records as a (n, RECLEN) byte array: 100 clients, 20 servers, ephemeral client ports, starts
+    in the part [t_from, t_to) of the hour in export order, up to 60 s late (an active timeout)."""
     out = np.zeros((n, RECLEN), dtype=np.uint8)
     cols = [
-        (0x0A000000 + rng.integers(0, 5000, n)).astype(">u4"),
-        (0xC0000200 + rng.integers(0, 200, n)).astype(">u4"),
+        (0x0A000000 + rng.integers(0, 100, n)).astype(">u4"),
+        (0xC0000200 + rng.integers(0, 20, n)).astype(">u4"),
         rng.integers(1024, 65536, n).astype(">u2"),
         rng.choice([53, 80, 443, 25, 22], n).astype(">u2"),
         rng.choice([6, 17], n).astype(">u1"),
@@ -62,7 +76,8 @@ def _records(n: int, rng: np.random.Generator) -> np.ndarray:
         rng.integers(1, 1000, n).astype(">u8"),
         rng.integers(40, 10**6, n).astype(">u8"),
     ]
-    start = (T0 * 1000 + np.sort(rng.integers(0, 3_600_000, n))).astype(">u8")
+    export = np.sort(rng.integers(int(t_from * 3_600_000), int(t_to * 3_600_000), n))
+    start = (T0 * 1000 + np.maximum(export - rng.integers(0, 60_000, n), 0)).astype(">u8")
     cols += [start, (start + rng.integers(0, 30_000, n)).astype(">u8")]
     pos = 0
     for c in cols:
@@ -80,7 +95,7 @@ def make_spool(directory: Path, records: int) -> Path:
     seq, done = 0, 0
     while done < records:
         n = min(200_000, records - done)
-        recs = _records(n, rng)
+        recs = _records(n, rng, done / records, (done + n) / records)
         batch = []
         for k in range(0, n, PER_MESSAGE):
             body = recs[k : k + PER_MESSAGE].tobytes()
@@ -116,7 +131,17 @@ def bench_collect(work: Path, records: int) -> None:
         made = time.perf_counter() - t
         store = work / f"store{n}"
         wall, rss, out = run_measured(
-            [sys.executable, "-m", "flowdiff", "collect", "--config", str(cfg), "--store", str(store), str(path)],
+            [
+                sys.executable,
+                "-m",
+                "flowdiff",
+                "collect",
+                "--config",
+                str(cfg),
+                "--store",
+                str(store),
+                str(path),
+            ],
             env,
         )
         got = int(re.search(r"([\d,]+) flow records", out).group(1).replace(",", ""))

@@ -639,13 +639,14 @@ def _read_all(
     if isinstance(reader, ZeekReader):
         return _read_zeek(reader, agg, parts, total, progress, config)
     wire = 0
+    keep = 1 if router is None else _flow_keep(agg.interval)
     for packets, nbytes, flows in _decoded(reader, router):
         if router is not None and flows is not None and len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes
-        if agg.closed_intervals():
-            parts.submit(agg.drain_deferred())
+        if agg.closed_intervals(keep):
+            parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
     if router is not None:  # data sets still waiting for a template are counted as dropped
@@ -653,6 +654,15 @@ def _read_all(
         if len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
     return wire
+
+
+# Flow records arrive late (an exporter sends a flow when it ends or at its active timeout): the intervals
+# of the last 10 minutes stay open, so that late records rarely make extra parts to merge.
+_FLOW_LATENESS = 600
+
+
+def _flow_keep(interval: int) -> int:
+    return 1 + -(-_FLOW_LATENESS // interval)
 
 
 def _read_zeek(
@@ -672,8 +682,9 @@ def _read_zeek(
             records = split_proportional(records, config.interval)
         agg.add_flows(records)
         wire += int(records["bytes"].sum())
-        if agg.closed_intervals():
-            parts.submit(agg.drain_deferred())
+        keep = _flow_keep(agg.interval)  # conn.log is written when connections end: late like flows
+        if agg.closed_intervals(keep):
+            parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(reader.path, min(reader.stats.file_bytes_read, total), total)
     return wire

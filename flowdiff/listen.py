@@ -214,7 +214,13 @@ def synthetic_packet(src: tuple[str, int], dst: tuple[str, int], payload: bytes)
         s = pre[1] + total
         s = (s & 0xFFFF) + (s >> 16)
         s = (s & 0xFFFF) + (s >> 16)
-        head = pre[0][:2] + total.to_bytes(2, "big") + pre[0][4:10] + (~s & 0xFFFF).to_bytes(2, "big") + pre[0][12:]
+        head = (
+            pre[0][:2]
+            + total.to_bytes(2, "big")
+            + pre[0][4:10]
+            + (~s & 0xFFFF).to_bytes(2, "big")
+            + pre[0][12:]
+        )
         return head + struct.pack("!HHHH", src[1] & 0xFFFF, dst[1] & 0xFFFF, 8 + len(pl), 0) + pl
     sv, sa = _ip_bytes(src[0])
     dv, da = _ip_bytes(dst[0])

@@ -63,6 +63,8 @@ def start(spool: Path, port: int, rotate: int = 1) -> subprocess.Popen:
             str(spool),
             "--rotate",
             str(rotate),
+            "--rcvbuf",
+            str(4 << 20),
             f"127.0.0.1:{port}",
         ],
         stdout=subprocess.PIPE,
@@ -241,3 +243,18 @@ def test_tcp_stream_receiver_plugin_and_udp_side_by_side(tmp_path):
     assert payloads == [b"datagram", b"one", b"three", b"two"]
     assert res.counts["lines"] == 2 and res.sockets[0].connections == 1
     assert all(f.endswith(".lines.pcap") for f in res.files)
+
+
+def test_cli_listen_needs_a_spool(tmp_path):
+    res = CliRunner().invoke(main, ["listen", "127.0.0.1:2055"])
+    assert res.exit_code == 2 and "give --spool DIR or set `spool` in the config" in res.output
+
+
+def test_cli_listen_spool_from_the_config(tmp_path, write_config):
+    cfg = write_config('spool = "flows"\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the port is taken: fails after the spool
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        res = CliRunner().invoke(main, ["listen", "--config", str(cfg), f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "cannot listen" in res.output
+    assert (tmp_path / "flows").is_dir()

@@ -155,6 +155,8 @@ class Config:
     scheduler: str | None = None  # [dask] scheduler: tcp://HOST:PORT of a dask.distributed cluster
     s3_endpoint_url: str | None = None  # [s3] endpoint_url (else $AWS_ENDPOINT_URL, else AWS itself)
     source: Path | None = None  # the file this was read from, None for built-in defaults
+    flow_ports: tuple[int, ...] = ()  # UDP ports whose packets in captures are flow export (NetFlow/IPFIX)
+    flow_split: str = "start"  # a flow spanning intervals: all in its start's, or "proportional" to time
 
     @property
     def rules_path(self) -> Path:
@@ -274,6 +276,8 @@ _TOP_KEYS = {
     "max_message_bytes",
     "dask",
     "s3",
+    "flow_ports",
+    "flow_split",
 }
 _TABLE_KEYS = {
     "keys",
@@ -370,6 +374,14 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
         if not isinstance(ports, list):
             raise ConfigError("expected a list of port numbers", key="service_ports")
         kw["service_ports"] = tuple(_int(p, "service_ports", minimum=1, maximum=65535) for p in ports)
+    if "flow_ports" in raw:
+        if not isinstance(raw["flow_ports"], list):
+            raise ConfigError("expected a list of UDP port numbers", key="flow_ports")
+        kw["flow_ports"] = tuple(_int(p, "flow_ports", minimum=1, maximum=65535) for p in raw["flow_ports"])
+    if "flow_split" in raw:
+        if raw["flow_split"] not in ("start", "proportional"):
+            raise ConfigError('expected "start" or "proportional"', key="flow_split")
+        kw["flow_split"] = raw["flow_split"]
     if "networks" in raw:
         kw["networks"] = parse_networks(raw["networks"], base)
     kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))

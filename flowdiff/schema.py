@@ -79,6 +79,10 @@ KEY_FIELDS: dict[str, pa.DataType] = {
     "icmp_type": pa.uint8(),
     "icmp_code": pa.uint8(),
     "tcp_flags": pa.uint8(),
+    # flow records (flowdiff/netflow.py): the exporter's address and SNMP interface indexes; "" and 0 for packets
+    "exporter": pa.string(),
+    "input_if": pa.uint32(),
+    "output_if": pa.uint32(),
 }
 # Network keys carry their prefix length in the name: "src_net/24", "dst_net/64".
 NET_BASES = ("src_net", "dst_net", "client_net", "server_net")

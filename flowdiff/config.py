@@ -152,6 +152,9 @@ class Config:
     stale_after: int = 3600  # health: no new capture in the spool for this long is a problem; 0 = off
     min_free: int = 10**9  # health: less free disk than this (bytes) under the store is a problem; 0 = off
     mail: MailConfig = field(default_factory=MailConfig)
+    compact_after: int = 2 * 86400  # store: complete UTC days older than this are compacted into day files
+    keep: int | None = None  # store: `expire` removes intervals older than this; None = keep everything
+    baseline_scope: str = "sensor"  # "sensor": a baseline per sensor; "all": one shared by every sensor
     source: Path | None = None  # the file this was read from, None for built-in defaults
 
     @property
@@ -227,6 +230,9 @@ _TOP_KEYS = {
     "stale_after",
     "min_free",
     "max_message_bytes",
+    "compact_after",
+    "keep",
+    "baseline_scope",
 }
 _TABLE_KEYS = {
     "keys",
@@ -310,6 +316,7 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     for key in ("rearm", "settle", "stale_after"):
         if key in raw:
             kw[key] = parse_duration(raw[key], key)
+    kw.update(_store_keys(raw))
     if "min_free" in raw:
         kw["min_free"] = parse_size(raw["min_free"], "min_free")
     if "max_rows" in raw:
@@ -499,6 +506,22 @@ def _int(v: Any, key: str, *, minimum: int | None = None, maximum: int | None = 
     if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
         raise ConfigError(f"{v} is out of range", key=key)
     return v
+
+
+def _store_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """compact_after, keep ("off" or a duration) and baseline_scope ("sensor" or "all")."""
+    kw: dict[str, Any] = {}
+    if "compact_after" in raw:
+        kw["compact_after"] = parse_duration(raw["compact_after"], "compact_after")
+    if "keep" in raw and raw["keep"] != "off":
+        kw["keep"] = parse_duration(raw["keep"], "keep")
+        if kw["keep"] <= 0:
+            raise ConfigError("must be a positive duration like '400d', or \"off\"", key="keep")
+    if "baseline_scope" in raw:
+        if raw["baseline_scope"] not in ("sensor", "all"):
+            raise ConfigError(f"expected \"sensor\" or \"all\", got {raw['baseline_scope']!r}", key="baseline_scope")
+        kw["baseline_scope"] = raw["baseline_scope"]
+    return kw
 
 
 def _sensor(v: Any, key: str) -> str:

@@ -244,12 +244,22 @@ def _pass(config: Config, spool: str | os.PathLike | None, all_files: bool, resu
         result.no_baseline = True
     else:
         result.diff = diff(config)
+    _daily_compaction(config)
     for rid in unrendered_reports(config):
         if result.diff is not None and rid == result.diff.report_id:
             result.report_dir, result.message_id = _deliver(result.diff, config)
         else:
             _deliver(load_report(config, rid), config)
             result.caught_up.append(rid)
+
+
+def _daily_compaction(config: Config) -> None:
+    """Once a UTC day, the complete days older than ``compact_after`` become day files (flowdiff.compact)."""
+    from flowdiff.compact import compact_if_due
+
+    done = compact_if_due(config)
+    if done is not None and (done.days or done.leftovers):
+        log.info("run: %s", done.line())
 
 
 def _deliver(diff_result: DiffResult, config: Config) -> tuple[Path, str | None]:

@@ -178,6 +178,39 @@ class Config:
     def sensor_name(self) -> str:
         return self.mail.sensor or self.sensor
 
+    @property
+    def data_sensor(self) -> str | None:
+        """The store partition that learn and diff read: this sensor's, or every sensor's when the
+        baseline is shared (``baseline_scope = "all"``)."""
+        return self.sensor if self.baseline_scope == "sensor" else None
+
+    def for_sensor(self, name: str) -> Config:
+        """The config seen as sensor ``name`` of the same store (``--sensor NAME``, and every command for
+        its own sensor). With a baseline per sensor, the baselines folder itself belongs to one sensor
+        (the one named in its ``SENSOR`` file, written by its first learn; without the file, the config's
+        own sensor, as before sensors shared stores); every other sensor keeps its baselines and reports
+        in ``<baselines>/sensors/<name>`` and ``<reports>/sensors/<name>``, whichever sensor's config is
+        used. Rules and the outbox stay shared."""
+        name = _sensor(name, "--sensor")
+        changes: dict[str, Any] = {"sensor": name}
+        if name != self.sensor:
+            changes["mail"] = replace(self.mail, sensor=None)
+        if self.baseline_scope == "sensor" and name != self.baselines_owner():
+            changes.update(
+                baselines=self.baselines / "sensors" / name,
+                reports=self.reports / "sensors" / name,
+                rules=self.rules_path,
+                outbox=self.outbox_path,
+            )
+        return replace(self, **changes) if changes != {"sensor": self.sensor} else self
+
+    def baselines_owner(self) -> str:
+        """The sensor whose baselines are in the baselines folder itself (see :meth:`for_sensor`)."""
+        try:
+            return (self.baselines / BASELINES_OWNER).read_text(encoding="utf-8").strip() or self.sensor
+        except OSError:
+            return self.sensor
+
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with CLI overrides applied (``None`` values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -259,6 +292,7 @@ _MAIL_KEYS = {
     "heartbeat",
 }
 _FOLDER_KEYS = ("store", "baselines", "reports", "spool", "outbox")  # must be folders when they exist
+BASELINES_OWNER = "SENSOR"  # <baselines>/SENSOR: the sensor whose baseline is in the folder itself
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 

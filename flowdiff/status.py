@@ -147,7 +147,7 @@ def open_problems(config: Config, spool: Any = None, *, now: float | None = None
 def _captures(st: Status, config: Config, spool: Any) -> None:
     from flowdiff.store import Store
 
-    ledger = Store(config.store).ledger() if Path(config.store).is_dir() else []
+    ledger = Store(config.store, config.data_sensor).ledger() if Path(config.store).is_dir() else []
     if ledger:
         e = ledger[-1]
         st.last_collected = {"path": e.path, "collected_at": e.collected_at, "status": e.status}
@@ -162,7 +162,7 @@ def _captures(st: Status, config: Config, spool: Any) -> None:
 def _intervals(st: Status, config: Config) -> None:
     from flowdiff.store import Store
 
-    store = Store(config.store)
+    store = Store(config.store, config.data_sensor)
     starts: set = set()
     for name in store.tables():
         starts.update(store.intervals(name))

@@ -53,7 +53,8 @@ if TYPE_CHECKING:  # imported where used: collect needs neither (0.4 s and 0.2 s
     import pyarrow.dataset as ds
 
 TABLE_META = "_table.json"
-LEDGER = "_ledger.jsonl"
+LEDGER = "_ledger.jsonl"  # the single ledger of stores written before ledgers were per sensor (read only)
+LEDGERS = "_ledger"  # <store>/_ledger/<sensor>.jsonl, and <store>/_ledger/.<sensor>.lock
 LOCK = ".lock"
 _SOURCES_KEY = b"flowdiff.sources"
 _DAY_KEY = b"flowdiff.day"  # a day file: interval file name -> {"sources": [...], "token": "..."}
@@ -492,18 +493,37 @@ class Store:
         return n
 
     def lock(self, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
-        """Serialise writers: two collects merging into one interval file would lose counts."""
-        return file_lock(self.root / LOCK, wait=wait, what="store")
+        """Serialise the writers of one sensor (two collects merging into one interval file would lose
+        counts); sensors write to their own partitions and never wait for each other."""
+        if self.sensor is None:
+            return file_lock(self.root / LOCK, wait=wait, what="store")
+        return file_lock(self.root / LEDGERS / f".{self.sensor}.lock", wait=wait, what=f"store (sensor {self.sensor})")
 
     # -- ledger
     @property
     def ledger_path(self) -> Path:
-        return self.root / LEDGER
+        """Where this sensor's ledger lines are appended (the old single ledger without a sensor)."""
+        if self.sensor is None:
+            return self.root / LEDGER
+        return self.root / LEDGERS / f"{self.sensor}.jsonl"
 
     def ledger(self) -> list[LedgerEntry]:
-        """Entries in order; a torn last line (crash mid-append) is ignored, its capture is simply redone."""
+        """Entries in order: the old single ledger (a store written before ledgers were per sensor; its
+        entries count for every sensor, as they did), then the sensor's own ledger, or every sensor's
+        ledger in the order the captures were collected. A torn last line (crash mid-append) is
+        ignored, its capture is simply redone."""
+        out = self._read_ledger(self.root / LEDGER)
+        if self.sensor is not None:
+            return out + self._read_ledger(self.ledger_path)
+        others: list[LedgerEntry] = []
+        for p in sorted((self.root / LEDGERS).glob("*.jsonl")):
+            others += self._read_ledger(p)
+        return out + sorted(others, key=lambda e: e.collected_at)
+
+    @staticmethod
+    def _read_ledger(path: Path) -> list[LedgerEntry]:
         try:
-            text = self.ledger_path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         out = []
@@ -518,7 +538,7 @@ class Store:
         return out
 
     def ledger_append(self, entry: LedgerEntry) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         if not entry.collected_at:
             entry.collected_at = now_iso()
         if entry.tables is not None:

@@ -174,14 +174,15 @@ def _tables_frame(stored, config):
 @click.option("--until", help="Before this time (ISO, UTC) or age.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
 @click.option("--by-interval", is_flag=True, help="One row per interval instead of totals over the window.")
+@click.option("--sensor", metavar="NAME|all", help="Only this sensor's rows, or `all` (default: every sensor).")
 @format_option
 @handle_errors
-def show(table, config_path, store, since, until, top, by_interval, fmt) -> None:
+def show(table, config_path, store, since, until, top, by_interval, sensor, fmt) -> None:
     """Show a count table: the top rows by bytes over the window (totals per key, or per interval)."""
     from flowdiff.store import Store
 
     config = load(config_path, store=store)
-    st = Store(config.store)
+    st = Store(config.store, None if sensor in (None, "all") else config.for_sensor(sensor).sensor)
     df = st.totals(table, since=parse_when(since), until=parse_when(until), top=top, by_interval=by_interval)
     if "sensor" in df.columns and df["sensor"].nunique() <= 1:
         df = df.drop(columns="sensor")

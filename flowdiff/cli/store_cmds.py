@@ -72,3 +72,27 @@ def expire_cmd(config_path, store, keep, sensors) -> None:
     result = expire(config, keep=_duration(keep, "--keep"), sensors=sensors or None)
     click.echo(result.line())
     sys.exit(result.exit_code)
+
+
+sensor_option = click.option(
+    "--sensor",
+    "sensor",
+    metavar="NAME|all",
+    help="The sensor to act on in a store shared by many sensors, or `all` (default: config key `sensor`).",
+)
+
+
+def sensor_configs(config, choice: str | None, *, shared_ok: bool = True) -> list:
+    from flowdiff.sensors import sensor_configs as pick
+
+    return pick(config, choice, shared_ok=shared_ok)
+
+
+def sensor_heading(configs: list, choice: str | None, fmt: str = "table") -> object:
+    """A ``sensor NAME:`` line before each sensor's output when --sensor was given (table output)."""
+
+    def show(config) -> None:
+        if choice is not None and fmt == "table":
+            click.echo(f"sensor {config.sensor}:" if config.baseline_scope == "sensor" else "all sensors:")
+
+    return show

@@ -38,8 +38,8 @@ from flowdiff.errors import BaselineError, ConfigError, LearnRefused, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
 from flowdiff.rules import current_user, parse_where, where_mask
-from flowdiff.sensors import claim_baselines
 from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
+from flowdiff.sensors import claim_baselines
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
 from flowdiff.vocab import iso_time, now_iso, utc_timestamp

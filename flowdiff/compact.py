@@ -73,7 +73,11 @@ class CompactResult:
             when = f" before {self.cutoff:%Y-%m-%d}" if self.cutoff else ""
             return f"compact: nothing to compact (no interval files of a complete day{when})"
         per = ", ".join(f"{t} {n}" for t, n in sorted(self.tables.items()))
-        extra = f", {self.leftovers} leftover file(s) of an interrupted compaction removed" if self.leftovers else ""
+        extra = (
+            f", {self.leftovers} leftover file(s) of an interrupted compaction removed"
+            if self.leftovers
+            else ""
+        )
         return (
             f"compact: {self.merged} interval file(s) merged into {self.days} day file(s) ({per}), "
             f"{self.rows} rows{extra}"
@@ -237,4 +241,3 @@ def _pieces(
         if not parts:
             continue
         yield parts[0] if len(parts) == 1 else _reaggregate(pa.concat_tables(parts), keys, schema)
-

@@ -67,7 +67,9 @@ def expire(
     """Remove every interval that ended more than ``keep`` seconds ago (default: config ``keep``)."""
     keep = config.keep if keep is None else keep
     if keep is None:
-        raise ConfigError("no retention window: give --keep DURATION (like 400d) or set `keep` in the config", key="keep")
+        raise ConfigError(
+            "no retention window: give --keep DURATION (like 400d) or set `keep` in the config", key="keep"
+        )
     if keep <= 0:
         raise ConfigError("must be a positive duration like '400d'", key="keep")
     now = now or datetime.now(UTC)
@@ -118,4 +120,3 @@ def _expire_dir(store: Store, table: str, sd: Any, interval: int, result: Expire
         result.rewritten += 1
     result.intervals += len(gone)
     return len(gone)
-

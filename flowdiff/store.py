@@ -4,7 +4,10 @@ Layout (hive-partitioned, opens directly in pandas, DuckDB, polars and pyarrow.d
 
     <store>/<table>/_table.json                          key columns and interval of the table
     <store>/<table>/sensor=<name>/<YYYYMMDDTHHMMSSZ>.parquet   one file per interval
-    <store>/_ledger.jsonl                                the captures already collected
+    <store>/<table>/sensor=<name>/<YYYYMMDD>.parquet     a compacted UTC day (flowdiff.compact), one row
+                                                         group per interval
+    <store>/_ledger/<name>.jsonl, .<name>.lock           each sensor's ledger and writer lock
+    <store>/_ledger.jsonl                                the single ledger of older stores (read, never written)
 
 One file per (table, sensor, interval) keeps merges cheap: a capture that adds to an interval rewrites only
 that interval's file. Each file records in its Parquet metadata which sources it holds (the numbered

@@ -182,7 +182,9 @@ def test_readme_lines_give_the_same_result_after_compaction(site, lib):
 def test_cli_compact_prints_one_line(site):
     res = CliRunner().invoke(main, ["compact", "--older-than", "0", "--config", str(site.source)])
     assert res.exit_code == 0, res.output
-    assert res.output.startswith("compact: 48 interval file(s) merged into 12 day file(s) (hosts 3, link 3, pairs 3, services 3)")
+    assert res.output.startswith(
+        "compact: 48 interval file(s) merged into 12 day file(s) (hosts 3, link 3, pairs 3, services 3)"
+    )
     res = CliRunner().invoke(main, ["compact", "--config", str(site.source)])
     assert res.exit_code == 0 and "nothing to compact" in res.output
 

@@ -40,7 +40,7 @@ def write_config(root: Path, sensor: str, extra: str = "") -> Path:
     p = root / f"{sensor}.toml"
     p.write_text(
         f'store = "store"\nbaselines = "baselines"\nreports = "reports"\ninterval = 300\nsensor = "{sensor}"\n'
-        f"{extra}\n[tables.hosts]\nkeys = [\"src\"]\n[tables.services]\n"
+        f'{extra}\n[tables.hosts]\nkeys = ["src"]\n[tables.services]\n'
         'keys = ["client", "server", "proto", "service_port"]\n',
         encoding="utf-8",
     )
@@ -121,7 +121,10 @@ def test_learn_per_sensor_by_default_and_diff_names_the_sensor(two, tmp_path):
 def test_shared_baseline_with_scope_all(tmp_path):
     cfg = {s: write_config(tmp_path, s, 'baseline_scope = "all"') for s in ("a", "b")}
     for s, clients in (("a", [10, 11]), ("b", [10, 20])):
-        assert run("collect", str(capture(tmp_path / f"{s}.pcap", clients)), "--config", str(cfg[s])).exit_code == 0
+        assert (
+            run("collect", str(capture(tmp_path / f"{s}.pcap", clients)), "--config", str(cfg[s])).exit_code
+            == 0
+        )
     res = run("learn", "--config", str(cfg["a"]))
     assert res.exit_code == 0, res.output
     assert _hosts(cfg["a"]) == {"192.0.2.10", "192.0.2.11", "192.0.2.20"}

@@ -137,9 +137,11 @@ def store_size(store: Path) -> tuple[int, int]:
 
 def child_learn(config_path: str, scheduler: str | None) -> None:
     """Runs in a fresh process: one learn, then its seconds and peak RSS as one JSON line."""
+    from flowdiff._numba import skip_blas_probe
     from flowdiff.baseline import learn
     from flowdiff.config import load_config
 
+    skip_blas_probe()  # as the CLI does
     config = load_config(config_path)
     kw = {"force": True}
     if scheduler:
@@ -177,7 +179,7 @@ def duckdb_group_by(store: Path, sensor: str) -> float | None:
             f"SELECT {k}, count(DISTINCT interval_start) AS intervals, sum(packets), sum(bytes), "
             f"min(first_seen), max(last_seen) FROM read_parquet('{store}/{table}/sensor={sensor}/*.parquet') "
             "GROUP BY ALL"
-        ).fetch_arrow_table()
+        ).to_arrow_table()
     return time.perf_counter() - t0
 
 

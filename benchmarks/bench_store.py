@@ -142,6 +142,11 @@ def child_learn(config_path: str, scheduler: str | None) -> None:
     from flowdiff.config import load_config
 
     skip_blas_probe()  # as the CLI does
+    t0 = time.perf_counter()
+    from flowdiff.canon import key_hashes
+
+    key_hashes(pa.table({"s": ["x"], "i": pa.array([1], pa.uint16())}), ["s", "i"])  # numba cache load
+    warm = time.perf_counter() - t0
     config = load_config(config_path)
     kw = {"force": True}
     if scheduler:
@@ -151,7 +156,7 @@ def child_learn(config_path: str, scheduler: str | None) -> None:
     secs = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     keys = sum(t.rows for t in res.tables.values())
-    print(json.dumps({"seconds": secs, "rss": rss, "keys": keys}))
+    print(json.dumps({"seconds": secs, "rss": rss, "keys": keys, "startup": warm}))
 
 
 def learn_in_child(root: Path, scope: str, tag: str, scheduler: str | None = None) -> dict:
@@ -261,7 +266,8 @@ def report(f: dict[str, dict]) -> None:
         duck = f"{x['duckdb_one']:.2f} s" if x["duckdb_one"] is not None else "n/a (no duckdb)"
         ratio = f" ({one['seconds'] / x['duckdb_one']:.1f}x DuckDB)" if x["duckdb_one"] else ""
         print(
-            f"{phase} compaction: learn one sensor {one['seconds']:.2f} s{ratio}, peak RSS "
+            f"{phase} compaction: learn one sensor {one['seconds']:.2f} s{ratio} (+{one['startup']:.1f} s "
+            f"process start-up: numba cache), peak RSS "
             f"{one['rss'] / 1e6:,.0f} MB; learn all sensors {alls['seconds']:.2f} s, peak RSS "
             f"{alls['rss'] / 1e6:,.0f} MB; DuckDB GROUP BY one sensor {duck}"
         )

@@ -66,6 +66,9 @@ def _snapshot(config) -> dict:
         out[t + ":one"] = _sorted(st.read_intervals(t, config.tables[t].keys, starts[1:2]))
         out[t + ":since"] = _sorted(st.read(t, since=starts[5], until=starts[9]))
     out["describe"] = st.describe().drop(columns="rows")
+    from flowdiff.status import status
+
+    out["status"] = {k: status(config).to_json()[k] for k in ("last_interval", "intervals", "last_collected")}
     return out
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from flowdiff.cli.common import config_option, handle_errors, load, store_option
+
+if TYPE_CHECKING:
+    from flowdiff.config import Config
 
 
 def register(main: click.Group) -> None:
@@ -82,16 +87,16 @@ sensor_option = click.option(
 )
 
 
-def sensor_configs(config, choice: str | None, *, shared_ok: bool = True) -> list:
+def sensor_configs(config: Config, choice: str | None, *, shared_ok: bool = True) -> list[Config]:
     from flowdiff.sensors import sensor_configs as pick
 
     return pick(config, choice, shared_ok=shared_ok)
 
 
-def sensor_heading(configs: list, choice: str | None, fmt: str = "table") -> object:
+def sensor_heading(configs: list[Config], choice: str | None, fmt: str = "table") -> Callable[[Config], None]:
     """A ``sensor NAME:`` line before each sensor's output when --sensor was given (table output)."""
 
-    def show(config) -> None:
+    def show(config: Config) -> None:
         if choice is not None and fmt == "table":
             click.echo(f"sensor {config.sensor}:" if config.baseline_scope == "sensor" else "all sensors:")
 

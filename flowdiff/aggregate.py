@@ -379,7 +379,15 @@ def _ingest_flows(
             base = used
         k8 = _U(inum)
         h = _finalize(
-            k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
+            k0 * _C0
+            + k1 * _C1
+            + k2 * _C2
+            + k3 * _C3
+            + k4 * _C4
+            + k5 * _C5
+            + k6 * _C6
+            + k7 * _C7
+            + k8 * _C8
             + k15 * _SEED
         )
         tsf = _U(ts) ^ _SIGN
@@ -955,7 +963,9 @@ class Aggregator:
             needs.add("ip_version")
         self._needs = needs
         self._wm = _word_masks(needs)
-        self._ifs_mask = _U((0xFFFFFFFF << 32 if "input_if" in needs else 0) | (0xFFFFFFFF if "output_if" in needs else 0))
+        self._ifs_mask = _U(
+            (0xFFFFFFFF << 32 if "input_if" in needs else 0) | (0xFFFFFFFF if "output_if" in needs else 0)
+        )
         self.exporters: list[str] = []  # exporter addresses of flow rows, by code - 1 (add_flows)
         counted: set[int] = set()
         for keys in self.tables.values():
@@ -1061,7 +1071,11 @@ class Aggregator:
 
         pk, by = extra("packets", np.uint64), extra("bytes", np.uint64)
         end = extra("ts_end_ns", np.int64) if "ts_end_ns" in records else cols["ts_ns"]
-        exp, iif, oif = extra("exporter", np.uint64), extra("input_if", np.uint64), extra("output_if", np.uint64)
+        exp, iif, oif = (
+            extra("exporter", np.uint64),
+            extra("input_if", np.uint64),
+            extra("output_if", np.uint64),
+        )
         forced = extra("client_is_src", np.uint8)
         start = 0
         interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)

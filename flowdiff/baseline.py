@@ -39,6 +39,7 @@ from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
 from flowdiff.rules import current_user, parse_where, where_mask
 from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
+from flowdiff.sensors import claim_baselines
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
 from flowdiff.vocab import iso_time, now_iso, utc_timestamp
@@ -648,7 +649,7 @@ def learn(
     selected = config.select_tables(list(tables) if tables else None)
     if last is not None:
         _last_seconds(last)  # a bad --last is a usage error, before any lock or read
-    store = Store(config.store)
+    store = Store(config.store, config.data_sensor)
     nmap = NetworkMap(config.networks)
     scheduler = scheduler or config.scheduler
     with lock(config):
@@ -723,6 +724,7 @@ def learn(
             )
         v = _write_version(config, parent, "learn", reason or _learn_reason(learned), by, base_tables)
         commit_state(config, state, version=v.id, diffed=diffed)
+        claim_baselines(config)
     return LearnResult(version=v.id, parent=parent, tables=learned)
 
 

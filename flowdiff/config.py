@@ -154,6 +154,9 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     scheduler: str | None = None  # [dask] scheduler: tcp://HOST:PORT of a dask.distributed cluster
     s3_endpoint_url: str | None = None  # [s3] endpoint_url (else $AWS_ENDPOINT_URL, else AWS itself)
+    compact_after: int = 2 * 86400  # store: complete UTC days older than this are compacted into day files
+    keep: int | None = None  # store: `expire` removes intervals older than this; None = keep everything
+    baseline_scope: str = "sensor"  # "sensor": a baseline per sensor; "all": one shared by every sensor
     source: Path | None = None  # the file this was read from, None for built-in defaults
     flow_ports: tuple[int, ...] = ()  # UDP ports whose packets in captures are flow export (NetFlow/IPFIX)
     flow_split: str = "start"  # a flow spanning intervals: all in its start's, or "proportional" to time
@@ -178,6 +181,39 @@ class Config:
     @property
     def sensor_name(self) -> str:
         return self.mail.sensor or self.sensor
+
+    @property
+    def data_sensor(self) -> str | None:
+        """The store partition that learn and diff read: this sensor's, or every sensor's when the
+        baseline is shared (``baseline_scope = "all"``)."""
+        return self.sensor if self.baseline_scope == "sensor" else None
+
+    def for_sensor(self, name: str) -> Config:
+        """The config seen as sensor ``name`` of the same store (``--sensor NAME``, and every command for
+        its own sensor). With a baseline per sensor, the baselines folder itself belongs to one sensor
+        (the one named in its ``SENSOR`` file, written by its first learn; without the file, the config's
+        own sensor, as before sensors shared stores); every other sensor keeps its baselines and reports
+        in ``<baselines>/sensors/<name>`` and ``<reports>/sensors/<name>``, whichever sensor's config is
+        used. Rules and the outbox stay shared."""
+        name = _sensor(name, "--sensor")
+        changes: dict[str, Any] = {"sensor": name}
+        if name != self.sensor:
+            changes["mail"] = replace(self.mail, sensor=None)
+        if self.baseline_scope == "sensor" and name != self.baselines_owner():
+            changes.update(
+                baselines=self.baselines / "sensors" / name,
+                reports=self.reports / "sensors" / name,
+                rules=self.rules_path,
+                outbox=self.outbox_path,
+            )
+        return replace(self, **changes) if changes != {"sensor": self.sensor} else self
+
+    def baselines_owner(self) -> str:
+        """The sensor whose baselines are in the baselines folder itself (see :meth:`for_sensor`)."""
+        try:
+            return (self.baselines / BASELINES_OWNER).read_text(encoding="utf-8").strip() or self.sensor
+        except OSError:
+            return self.sensor
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with CLI overrides applied (``None`` values are ignored)."""
@@ -278,6 +314,9 @@ _TOP_KEYS = {
     "s3",
     "flow_ports",
     "flow_split",
+    "compact_after",
+    "keep",
+    "baseline_scope",
 }
 _TABLE_KEYS = {
     "keys",
@@ -304,6 +343,7 @@ _MAIL_KEYS = {
     "heartbeat",
 }
 _FOLDER_KEYS = ("store", "baselines", "reports", "spool", "outbox")  # must be folders when they exist
+BASELINES_OWNER = "SENSOR"  # <baselines>/SENSOR: the sensor whose baseline is in the folder itself
 _SENSOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -361,6 +401,7 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     for key in ("rearm", "settle", "stale_after"):
         if key in raw:
             kw[key] = parse_duration(raw[key], key)
+    kw.update(_store_keys(raw))
     if "min_free" in raw:
         kw["min_free"] = parse_size(raw["min_free"], "min_free")
     if "max_rows" in raw:
@@ -584,6 +625,24 @@ def _int(v: Any, key: str, *, minimum: int | None = None, maximum: int | None = 
     if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
         raise ConfigError(f"{v} is out of range", key=key)
     return v
+
+
+def _store_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """compact_after, keep ("off" or a duration) and baseline_scope ("sensor" or "all")."""
+    kw: dict[str, Any] = {}
+    if "compact_after" in raw:
+        kw["compact_after"] = parse_duration(raw["compact_after"], "compact_after")
+    if "keep" in raw and raw["keep"] != "off":
+        kw["keep"] = parse_duration(raw["keep"], "keep")
+        if kw["keep"] <= 0:
+            raise ConfigError("must be a positive duration like '400d', or \"off\"", key="keep")
+    if "baseline_scope" in raw:
+        if raw["baseline_scope"] not in ("sensor", "all"):
+            raise ConfigError(
+                f'expected "sensor" or "all", got {raw["baseline_scope"]!r}', key="baseline_scope"
+            )
+        kw["baseline_scope"] = raw["baseline_scope"]
+    return kw
 
 
 def _sensor(v: Any, key: str) -> str:

@@ -449,7 +449,7 @@ def diff(
         entries = {name: baseline_entry(config, tc, version)[1] for name, tc in selected.items()}
         rules = load_rules(config)
         nmap = NetworkMap(config.networks)
-        store = Store(config.store)
+        store = Store(config.store, config.data_sensor)
         found: dict[str, pd.DataFrame] = {}
         diffed: dict[str, dict[pd.Timestamp, str]] = {}
         reported_new: dict[str, tuple[Sequence[str], pd.DataFrame]] = {}

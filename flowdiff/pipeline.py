@@ -174,6 +174,7 @@ def run(
             result.outbox = first
         else:
             result.outbox = _merged(first, flush_outbox(config))
+        _daily_compaction(config)  # housekeeping last: the report and the health check never wait for it
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -250,6 +251,19 @@ def _pass(config: Config, spool: str | os.PathLike | None, all_files: bool, resu
         else:
             _deliver(load_report(config, rid), config)
             result.caught_up.append(rid)
+
+
+def _daily_compaction(config: Config) -> None:
+    """Once a UTC day, the complete days older than ``compact_after`` become day files (flowdiff.compact)."""
+    from flowdiff.compact import compact_if_due
+
+    try:
+        done = compact_if_due(config)
+    except (StoreError, OSError) as e:  # the pass did its work; the next pass tries again
+        log.error("run: compaction failed, the store keeps its interval files for now: %s", e)
+        return
+    if done is not None and (done.days or done.leftovers):
+        log.info("run: %s", done.line())
 
 
 def _deliver(diff_result: DiffResult, config: Config) -> tuple[Path, str | None]:

@@ -147,7 +147,7 @@ def open_problems(config: Config, spool: Any = None, *, now: float | None = None
 def _captures(st: Status, config: Config, spool: Any) -> None:
     from flowdiff.store import Store
 
-    store = Store(config.store)
+    store = Store(config.store, config.data_sensor)
     ledger = store.ledger() if store.exists() else []
     if ledger:
         e = ledger[-1]
@@ -163,7 +163,7 @@ def _captures(st: Status, config: Config, spool: Any) -> None:
 def _intervals(st: Status, config: Config) -> None:
     from flowdiff.store import Store
 
-    store = Store(config.store)
+    store = Store(config.store, config.data_sensor)
     starts: set = set()
     for name in store.tables():
         starts.update(store.intervals(name))

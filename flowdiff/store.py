@@ -4,7 +4,10 @@ Layout (hive-partitioned, opens directly in pandas, DuckDB, polars and pyarrow.d
 
     <store>/<table>/_table.json                          key columns and interval of the table
     <store>/<table>/sensor=<name>/<YYYYMMDDTHHMMSSZ>.parquet   one file per interval
-    <store>/_ledger.jsonl                                the captures already collected
+    <store>/<table>/sensor=<name>/<YYYYMMDD>.parquet     a compacted UTC day (flowdiff.compact), one row
+                                                         group per interval
+    <store>/_ledger/<name>.jsonl, .<name>.lock           each sensor's ledger and writer lock
+    <store>/_ledger.jsonl                                the single ledger of older stores (read, never written)
 
 One file per (table, sensor, interval) keeps merges cheap: a capture that adds to an interval rewrites only
 that interval's file. Each file records in its Parquet metadata which sources it holds (the numbered
@@ -35,7 +38,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -65,10 +68,14 @@ if TYPE_CHECKING:  # imported where used: collect needs neither (0.4 s and 0.2 s
     import pyarrow.dataset as ds
 
 TABLE_META = "_table.json"
-LEDGER = "_ledger.jsonl"
+LEDGER = "_ledger.jsonl"  # the single ledger of stores written before ledgers were per sensor (read only)
+LEDGERS = "_ledger"  # <store>/_ledger/<sensor>.jsonl, and <store>/_ledger/.<sensor>.lock
 LOCK = ".lock"
 _SOURCES_KEY = b"flowdiff.sources"
+_DAY_KEY = b"flowdiff.day"  # a day file: interval file name -> {"sources": [...], "token": "..."}
 _FILE_FMT = "%Y%m%dT%H%M%SZ"
+_DAY_FMT = "%Y%m%d"
+_DAY = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -115,6 +122,117 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
         return pd.Timestamp(datetime.strptime(name.removesuffix(".parquet"), _FILE_FMT).replace(tzinfo=UTC))
     except ValueError:
         return None
+
+
+def _day_of_file(name: str) -> pd.Timestamp | None:
+    import pandas as pd
+
+    stem = name.removesuffix(".parquet")
+    if len(stem) != 8:
+        return None
+    try:
+        return pd.Timestamp(datetime.strptime(stem, _DAY_FMT).replace(tzinfo=UTC))
+    except ValueError:
+        return None
+
+
+def day_file_name(day: pd.Timestamp | datetime) -> str:
+    """File name of the compacted day starting at ``day`` (UTC midnight)."""
+    return day.astimezone(UTC).strftime(_DAY_FMT) + ".parquet"
+
+
+_day_meta_cache: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+
+
+def day_meta(path: Path) -> dict[str, dict[str, Any]]:
+    """What a day file holds: interval file name -> {"sources": [...], "token": "..."} (its footer only,
+    cached while the file is unchanged)."""
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key in _day_meta_cache:
+            return _day_meta_cache[key]
+        with pq.ParquetFile(path) as f:
+            meta = f.schema_arrow.metadata or {}
+        out = json.loads(meta.get(_DAY_KEY, b"{}"))
+    except (OSError, ValueError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{path}: unreadable day file: {e}") from None
+    if len(_day_meta_cache) > 4096:
+        _day_meta_cache.clear()
+    _day_meta_cache[key] = out
+    return out
+
+
+def file_sources(path: Path) -> list[str]:
+    """The sources an interval file records (empty for a file written before sources were recorded)."""
+    try:
+        with pq.ParquetFile(path) as f:
+            meta = f.schema_arrow.metadata or {}
+        return list(json.loads(meta.get(_SOURCES_KEY, b"[]")))
+    except (OSError, ValueError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{path}: unreadable interval file: {e}") from None
+
+
+def file_token(path: Path) -> str | None:
+    """The data token of one interval file (changes whenever the file is rewritten)."""
+    try:
+        st = path.stat()
+    except OSError:  # replaced under our feet: the next diff sees the new file
+        return None
+    return f"{path.parent.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass
+class SensorDir:
+    """One ``sensor=`` folder of a table, resolved: day files, and the interval files that count.
+
+    An interval file beside a day file that covers its interval is either a leftover of a compaction
+    that stopped before removing it (its sources are all in the day file: it is ignored, and removed by
+    the next compaction or writer) or a late part collected after the day was compacted (sources the day
+    file does not hold: readers add it to the day file's rows). The rule needs no intent record: the day
+    file's footer is the record, so a reader decides the same way at every moment of a compaction."""
+
+    path: Path
+    intervals: dict[Any, Path]  # interval start -> interval file that counts
+    days: dict[Any, Path]  # day start -> day file
+    leftovers: list[Path]
+    overlap: set[Any]  # interval starts held by a day file and a late interval file
+
+    def day_intervals(self) -> dict[Any, tuple[Path, dict[str, Any]]]:
+        """Interval start -> (day file, its record) for every interval held by a day file."""
+        out = {}
+        for p in self.days.values():
+            for name, rec in day_meta(p).items():
+                start = _interval_of_file(name)
+                if start is not None:
+                    out[start] = (p, rec)
+        return out
+
+
+def scan_sensor_dir(d: Path) -> SensorDir:
+    intervals: dict[Any, Path] = {}
+    days: dict[Any, Path] = {}
+    for p in sorted(d.glob("*.parquet")):
+        if (start := _interval_of_file(p.name)) is not None:
+            intervals[start] = p
+        elif (day := _day_of_file(p.name)) is not None:
+            days[day] = p
+    out = SensorDir(d, intervals, days, [], set())
+    if not days:
+        return out
+    for start, p in list(intervals.items()):
+        day = start.normalize()
+        if day not in days:
+            continue
+        rec = day_meta(days[day]).get(p.name)
+        if rec is None:
+            continue
+        if set(file_sources(p)) <= set(rec.get("sources", ())):
+            out.leftovers.append(p)
+            del intervals[start]
+        else:
+            out.overlap.add(start)
+    return out
 
 
 class Store:
@@ -194,37 +312,54 @@ class Store:
             return [d] if d.is_dir() else []
         return sorted(p for p in base.glob(f"{PARTITION}=*") if p.is_dir())
 
+    def sensor_dirs(self, table: str) -> list[SensorDir]:
+        """The selected ``sensor=`` folders of a table, each resolved (see :class:`SensorDir`)."""
+        return [scan_sensor_dir(d) for d in self._sensor_dirs(table)]
+
     def files(self, table: str, since: Any = None, until: Any = None) -> list[Path]:
-        """Interval files of a table, pruned by file name (no file is opened)."""
+        """Interval and day files of a table, pruned by file name (only the footers of day files that
+        have interval files beside them are opened)."""
+        return self._files(table, since, until)[0]
+
+    def _files(self, table: str, since: Any, until: Any) -> tuple[list[Path], bool]:
+        """(files, whether a late interval file overlaps a day file in the range)."""
         lo, hi = utc_timestamp(since), utc_timestamp(until)
-        out = []
-        for d in self._sensor_dirs(table):
-            for p in sorted(d.glob("*.parquet")):
-                start = _interval_of_file(p.name)
-                if start is None:
-                    continue
-                if (lo is not None and start < lo) or (hi is not None and start >= hi):
-                    continue
-                out.append(p)
-        return out
+
+        def wanted(start: Any, length: timedelta) -> bool:
+            return not ((lo is not None and start + length <= lo) or (hi is not None and start >= hi))
+
+        out: list[Path] = []
+        overlap = False
+        for sd in self.sensor_dirs(table):
+            out += [p for start, p in sd.days.items() if wanted(start, _DAY)]
+            out += [p for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
+            overlap = overlap or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
+        return out, overlap
 
     def interval_tokens(self, table: str) -> dict[Any, str]:
-        """Interval start -> a token that changes whenever that interval's files are rewritten (a later
-        capture can add to an interval that diff has already seen; it must then be diffed again)."""
+        """Interval start -> a token that changes whenever that interval's data changes (a later
+        capture can add to an interval that diff has already seen; it must then be diffed again).
+        Compaction keeps each interval's token: the day file records the token its interval had."""
         out: dict[Any, list[str]] = {}
-        for p in self.files(table):
-            start = _interval_of_file(p.name)
-            try:
-                st = p.stat()
-            except OSError:  # replaced under our feet: the next diff sees the new file
-                continue
-            out.setdefault(start, []).append(f"{p.parent.name}:{st.st_size}:{st.st_mtime_ns}")
+        for sd in self.sensor_dirs(table):
+            mine: dict[Any, str] = {
+                start: rec.get("token", "") for start, (_, rec) in sd.day_intervals().items()
+            }
+            for start, p in sd.intervals.items():
+                if (tok := file_token(p)) is None:
+                    continue
+                mine[start] = f"{mine[start]}+{tok}" if start in mine else tok
+            for start, tok in mine.items():
+                out.setdefault(start, []).append(tok)
         return {k: "|".join(sorted(v)) for k, v in sorted(out.items())}
 
     def intervals(self, table: str) -> list[pd.Timestamp]:
         """Interval starts present for a table (UTC, sorted, over the selected sensor(s))."""
-        seen = {_interval_of_file(p.name) for p in self.files(table)}
-        return sorted(t for t in seen if t is not None)
+        seen: set[Any] = set()
+        for sd in self.sensor_dirs(table):
+            seen.update(sd.intervals)
+            seen.update(sd.day_intervals())
+        return sorted(seen)
 
     # -- reading
     def read(
@@ -247,9 +382,34 @@ class Store:
             unknown = [c for c in columns if c not in schema.names]
             if unknown:
                 raise StoreError(f"table {table!r} has no column {unknown[0]!r}")
-        files = self.files(table, since, until)
-        if not files:
-            return _empty(schema, columns)
+        expr = _filter_expr(since, until, where, schema)
+        for attempt in range(3):
+            files, overlap = self._files(table, since, until)
+            if not files:
+                return _empty(schema, columns)
+            try:
+                result = self._read_files(table, files, schema, expr, columns, keys if overlap else None)
+                return _to_pandas(result)
+            except FileNotFoundError:  # a compaction replaced the files since they were listed
+                if attempt == 2:
+                    raise StoreError(
+                        f"cannot read table {table!r} in {self.root}: files keep changing"
+                    ) from None
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StoreError(f"cannot read table {table!r} in {self.root}: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _read_files(
+        self,
+        table: str,
+        files: list[Path],
+        schema: pa.Schema,
+        expr: ds.Expression | None,
+        columns: Sequence[str] | None,
+        merge_keys: Sequence[str] | None,
+    ) -> pa.Table:
+        """Read the files; with ``merge_keys`` (a late interval file beside a day file holding the same
+        interval) the rows of each sensor, interval and key are added up, as if the day were one file."""
         import pyarrow.dataset as ds
 
         dataset = ds.dataset(
@@ -260,12 +420,11 @@ class Store:
             schema=schema,
             filesystem=self._filesystem,
         )
-        expr = _filter_expr(since, until, where, schema)
-        try:
-            result = dataset.to_table(columns=list(columns) if columns else None, filter=expr)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise StoreError(f"cannot read table {table!r} in {self.root}: {e}") from None
-        return _to_pandas(result)
+        if merge_keys is None:
+            return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
+        full = dataset.to_table(filter=expr)
+        merged = _reaggregate(full, [PARTITION, *merge_keys], schema)
+        return merged.select(list(columns)) if columns else merged
 
     def read_intervals(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pd.DataFrame:
         """Rows of exactly the given intervals (interval_start, key columns, metrics), every sensor's rows
@@ -307,6 +466,60 @@ class Store:
     def interval_path(self, table: str, start: pd.Timestamp | datetime) -> Path:
         return self._table_dir(table) / f"{PARTITION}={self.sensor}" / interval_file_name(start)
 
+    def write_day_file(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        pieces: Iterable[pa.Table],
+        record: Mapping[str, Mapping[str, Any]],
+    ) -> int:
+        """Write a day file, one row group per piece (an interval each), under a temp name readers ignore;
+        make it durable, then rename it into place. ``record`` (interval file name -> sources and token) goes
+        in the footer: it is what tells readers which interval files the day file replaces. Returns rows."""
+        sources = sorted({s for rec in record.values() for s in rec.get("sources", ())})
+        meta = {
+            _DAY_KEY: json.dumps(record, sort_keys=True).encode(),
+            _SOURCES_KEY: json.dumps(sources).encode(),
+        }
+        schema = schema.with_metadata(meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        rows = 0
+        try:
+            with pq.ParquetWriter(tmp, schema, **_parquet_options(schema)) as w:
+                for piece in pieces:
+                    if piece.num_rows:
+                        w.write_table(
+                            piece.replace_schema_metadata(meta), row_group_size=max(piece.num_rows, 1)
+                        )
+                        rows += piece.num_rows
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            crash_point()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)
+        crash_point()
+        return rows
+
+    def remove_files(self, paths: Iterable[Path]) -> int:
+        """Remove files the store no longer needs (a crash point after each: a re-run removes the rest)."""
+        n = 0
+        dirs = set()
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+            dirs.add(p.parent)
+            crash_point()
+        for d in sorted(dirs):
+            fsync_dir(d)
+        return n
+
     def remove_stale_temp_files(self) -> int:
         """Temp files left by a killed writer (readers never see them: their names start with '.')."""
         n = 0
@@ -317,18 +530,39 @@ class Store:
         return n
 
     def lock(self, wait: float = 60.0) -> contextlib.AbstractContextManager[None]:
-        """Serialise writers: two collects merging into one interval file would lose counts."""
-        return file_lock(self.root / LOCK, wait=wait, what="store")
+        """Serialise the writers of one sensor (two collects merging into one interval file would lose
+        counts); sensors write to their own partitions and never wait for each other."""
+        if self.sensor is None:
+            return file_lock(self.root / LOCK, wait=wait, what="store")
+        return file_lock(
+            self.root / LEDGERS / f".{self.sensor}.lock", wait=wait, what=f"store (sensor {self.sensor})"
+        )
 
     # -- ledger
     @property
     def ledger_path(self) -> Path:
-        return self.root / LEDGER
+        """Where this sensor's ledger lines are appended (the old single ledger without a sensor)."""
+        if self.sensor is None:
+            return self.root / LEDGER
+        return self.root / LEDGERS / f"{self.sensor}.jsonl"
 
     def ledger(self) -> list[LedgerEntry]:
-        """Entries in order; a torn last line (crash mid-append) is ignored, its capture is simply redone."""
+        """Entries in order: the old single ledger (a store written before ledgers were per sensor; its
+        entries count for every sensor, as they did), then the sensor's own ledger, or every sensor's
+        ledger in the order the captures were collected. A torn last line (crash mid-append) is
+        ignored, its capture is simply redone."""
+        out = self._read_ledger(self.root / LEDGER)
+        if self.sensor is not None:
+            return out + self._read_ledger(self.ledger_path)
+        others: list[LedgerEntry] = []
+        for p in sorted((self.root / LEDGERS).glob("*.jsonl")):
+            others += self._read_ledger(p)
+        return out + sorted(others, key=lambda e: e.collected_at)
+
+    @staticmethod
+    def _read_ledger(path: Path) -> list[LedgerEntry]:
         try:
-            text = self.ledger_path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         out = []
@@ -343,7 +577,7 @@ class Store:
         return out
 
     def ledger_append(self, entry: LedgerEntry) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         if not entry.collected_at:
             entry.collected_at = now_iso()
         if entry.tables is not None:
@@ -516,7 +750,11 @@ class WriteBatch:
         self, path: Path, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str, presorted: bool
     ) -> int:
         sources: list[str] = []
-        if path.exists():
+        compacted = self._compacted_sources(path)
+        if source in compacted:  # this part is already in the day file
+            return 0
+        # a leftover of an interrupted compaction (all its sources in the day file) is replaced, not added to
+        if path.exists() and not (compacted and set(file_sources(path)) <= compacted):
             try:
                 with pq.ParquetFile(path) as f:  # not read_table: that imports pyarrow.dataset (0.2 s)
                     meta = f.schema_arrow.metadata or {}
@@ -540,6 +778,17 @@ class WriteBatch:
         self.pending.append((tmp, path))
         crash_point()
         return part.num_rows
+
+    def _compacted_sources(self, path: Path) -> set[str]:
+        """Sources of the interval in its day file, when the day was compacted: a part collected again
+        after compaction must not count twice, and a late part goes to an interval file beside it."""
+        start = _interval_of_file(path.name)
+        if start is None:
+            return set()
+        day = path.with_name(day_file_name(start.normalize()))
+        if not day.exists():
+            return set()
+        return set(day_meta(day).get(path.name, {}).get("sources", ()))
 
     def commit(self) -> None:
         if not self.pending:
@@ -603,15 +852,17 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     (measured on 5-tuple intervals: 0.14 s / 5.1 MB against 0.23 s / 6.9 MB for 221k rows). No min/max
     statistics for text columns: a file holds one interval, so the range of its addresses prunes
     nothing, and they cost a fifth of the write time."""
+    pq.write_table(table, path, **_parquet_options(table.schema))
+
+
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     small = [
         f.name
-        for f in table.schema
+        for f in schema
         if f.name == INTERVAL or (pa.types.is_integer(f.type) and f.type.bit_width <= 8)
     ]
-    stats = [
-        f.name for f in table.schema if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
-    ]
-    pq.write_table(table, path, compression="zstd", use_dictionary=small, write_statistics=stats)
+    stats = [f.name for f in schema if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    return {"compression": "zstd", "use_dictionary": small, "write_statistics": stats}
 
 
 def _reaggregate(table: pa.Table, keys: Sequence[str], schema: pa.Schema) -> pa.Table:
@@ -803,6 +1054,12 @@ class S3Store(Store):
             out.append(p)
         return out
 
+    def _files(self, table: str, since: Any, until: Any) -> tuple[list[Path], bool]:  # type: ignore[override]
+        return self.files(table, since, until), False  # type: ignore[return-value]  # no day files on S3
+
+    def intervals(self, table: str) -> list[pd.Timestamp]:
+        return sorted({_interval_of_file(PurePosixPath(i.path).name) for i in self._interval_infos(table)})
+
     def interval_tokens(self, table: str) -> dict[Any, str]:
         out: dict[Any, list[str]] = {}
         for info in self._interval_infos(table):
@@ -842,8 +1099,15 @@ class S3Store(Store):
         return PurePosixPath(self.root, LEDGER_PREFIX)
 
     def ledger(self) -> list[LedgerEntry]:
+        """The sensor's entries (every sensor's without one), in the order they were written; objects
+        directly under ``_ledger/`` (written before ledgers were per sensor) count for every sensor."""
         out = []
-        infos = sorted(self._list(LEDGER_PREFIX), key=lambda i: PurePosixPath(i.path).name)
+        infos = [
+            i
+            for i in self._list(LEDGER_PREFIX)
+            if self.sensor is None or PurePosixPath(i.path).parent.name in (LEDGER_PREFIX, self.sensor)
+        ]
+        infos.sort(key=lambda i: PurePosixPath(i.path).name)
         for info in infos:
             if not info.path.endswith(".json"):
                 continue
@@ -863,7 +1127,12 @@ class S3Store(Store):
             entry.tables = sorted(set(entry.tables))
         crash_point()
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
-        self.put(self._key(LEDGER_PREFIX, name), json.dumps(asdict(entry), sort_keys=True).encode())
+        key = (
+            self._key(LEDGER_PREFIX, self.sensor or "", name)
+            if self.sensor
+            else self._key(LEDGER_PREFIX, name)
+        )
+        self.put(key, json.dumps(asdict(entry), sort_keys=True).encode())
 
     def _table_created(self) -> dict[str, float]:
         return {

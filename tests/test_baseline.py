@@ -325,7 +325,9 @@ def test_first_learn_with_too_little_evidence_is_refused(tmp_path):
     forced = _cli("learn", "--force", "--format", "json")
     assert forced.exit_code == 0, forced.output
     recs = [json.loads(x) for x in forced.output.splitlines()]
-    assert {r["table"]: (r["keys"], r["forced"]) for r in recs} == {t: (0, True) for t in [*fx.TABLES, "stations"]}
+    assert {r["table"]: (r["keys"], r["forced"]) for r in recs} == {
+        t: (0, True) for t in [*fx.TABLES, "stations"]
+    }
 
 
 def test_cli_learn_force_and_the_previous_key_count(site):

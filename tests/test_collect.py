@@ -782,7 +782,8 @@ def _parquet_bytes(store: Path, table: str) -> dict[Path, bytes]:
 def _ledger(store: Path) -> list[dict]:
     import json
 
-    return [json.loads(line) for line in (store / "_ledger.jsonl").read_text().splitlines()]
+    files = [store / "_ledger.jsonl", *sorted((store / "_ledger").glob("*.jsonl"))]  # legacy, per sensor
+    return [json.loads(line) for f in files if f.is_file() for line in f.read_text().splitlines()]
 
 
 def test_collect_table_on_a_capture_collected_before_fills_that_table(tmp_path, write_config):
@@ -875,7 +876,10 @@ def test_old_ledger_lines_without_tables(tmp_path):
     for e in entries:
         del e["tables"], e["capture_id"]
         e["collected_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hour_ago))
-    (store / "_ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (store / "_ledger.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in entries)
+    )  # the old single ledger
+    shutil.rmtree(store / "_ledger")
     os.utime(store / "hosts" / "_table.json", (hour_ago - 60, hour_ago - 60))
     hosts = _parquet_bytes(store, "hosts")
     both = parse_config(

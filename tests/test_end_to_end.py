@@ -71,5 +71,7 @@ def test_real_captures_learn_diff_accept(write_config):
     report_id = sorted(p.name for p in (Path("reports")).iterdir() if re.match(r"^\d{8}T", p.name))[-1]
     cli("accept", "--config", config, report_id, "--reason", "lab traffic")
     shown = cli("baseline", "show", "--config", config, "--format", "json").output
-    in_baseline = {(r["src"], r["dst"], r["proto"]) for r in map(json.loads, shown.splitlines()) if "dst" in r}
+    in_baseline = {
+        (r["src"], r["dst"], r["proto"]) for r in map(json.loads, shown.splitlines()) if "dst" in r
+    }
     assert want <= in_baseline

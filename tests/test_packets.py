@@ -426,7 +426,7 @@ def _copy_site(site, tmp_path: Path, legacy: bool = False) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(site["base"], dst, copy_function=shutil.copy2)
     old, new = str(site["base"].resolve()), str(dst.resolve())
-    ledger = dst / "site" / "store" / "_ledger.jsonl"
+    ledger = next((dst / "site" / "store" / "_ledger").glob("*.jsonl"))
     lines = [json.loads(x) for x in ledger.read_text(encoding="utf-8").replace(old, new).splitlines()]
     if legacy:
         lines = [{k: v for k, v in e.items() if k != "capture_id"} for e in lines]
@@ -483,7 +483,9 @@ def test_a_deleted_capture_is_named(site, tmp_path, legacy):
 
 
 def _collected_at(dst: Path, capture: Path) -> str:
-    for line in (dst / "site" / "store" / "_ledger.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (
+        next((dst / "site" / "store" / "_ledger").glob("*.jsonl")).read_text(encoding="utf-8").splitlines()
+    ):
         e = json.loads(line)
         if e["path"] == str(capture.resolve()):
             at = e["collected_at"]

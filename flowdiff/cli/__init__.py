@@ -175,15 +175,18 @@ def _tables_frame(stored, config):
 @click.option("--until", help="Before this time (ISO, UTC) or age.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to show.")
 @click.option("--by-interval", is_flag=True, help="One row per interval instead of totals over the window.")
+@click.option(
+    "--sensor", metavar="NAME|all", help="Only this sensor's rows, or `all` (default: every sensor)."
+)
 @scheduler_option
 @format_option
 @handle_errors
-def show(table, config_path, store, since, until, top, by_interval, scheduler, fmt) -> None:
+def show(table, config_path, store, since, until, top, by_interval, sensor, scheduler, fmt) -> None:
     """Show a count table: the top rows by bytes over the window (totals per key, or per interval)."""
     from flowdiff.store import Store
 
     config = load(config_path, store=store)
-    st = Store(config.store)
+    st = Store(config.store, None if sensor in (None, "all") else config.for_sensor(sensor).sensor)
     df = st.totals(
         table,
         since=parse_when(since),
@@ -198,7 +201,17 @@ def show(table, config_path, store, since, until, top, by_interval, scheduler, f
 
 
 # Commands of the other stages live in their own modules and register themselves here.
-for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds", "status_cmds", "packets_cmds", "listen_cmds"):
+_COMMAND_MODULES = (
+    "baseline_cmds",
+    "triage_cmds",
+    "mail_cmds",
+    "demo_cmds",
+    "status_cmds",
+    "packets_cmds",
+    "listen_cmds",
+    "store_cmds",
+)
+for _module in _COMMAND_MODULES:
     try:
         importlib.import_module(f"flowdiff.cli.{_module}").register(main)
     except ModuleNotFoundError as _e:  # pragma: no cover - while a stage is being written

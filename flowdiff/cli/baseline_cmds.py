@@ -23,6 +23,7 @@ from flowdiff.cli.common import (
     scheduler_option,
     store_option,
 )
+from flowdiff.cli.store_cmds import sensor_configs, sensor_heading, sensor_option
 from flowdiff.vocab import iso_time
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def _ts(t: Any) -> str:
     help="Learn even when a table would keep no key or lose more than half of its keys.",
 )
 @scheduler_option
+@sensor_option
 @format_option
 @handle_errors
 def learn(
@@ -90,6 +92,7 @@ def learn(
     reason,
     force,
     scheduler,
+    sensor,
     fmt,
 ):
     """Freeze the keys seen in the store into a new baseline version.
@@ -100,33 +103,38 @@ def learn(
     """
     from flowdiff.baseline import learn as run_learn
 
-    config = load(config_path, store=store)
-    res = run_learn(
-        config,
-        tables=tables or None,
-        since=parse_when(since, option="--since"),
-        until=parse_when(until, option="--until"),
-        last=last,
-        by=by,
-        min_intervals=min_intervals,
-        min_packets=min_packets,
-        both_directions=both_directions,
-        reason=reason,
-        force=force,
-        scheduler=scheduler,
-    )
-    if fmt != "table":
-        _print_learn_records(res, fmt)
-        sys.exit(res.exit_code)
-    for t, lt in res.tables.items():
-        before = "" if lt.keys_before is None else f", {lt.keys_before:,} before"
-        forced = " (forced)" if lt.forced else ""
-        click.echo(
-            f"{t:<12} {lt.rows:>9,} keys frozen ({lt.candidates:,} seen, {lt.below_threshold:,} below the "
-            f"thresholds{before}) from {lt.intervals:,} intervals {_ts(lt.since)} .. {_ts(lt.until)}{forced}"
+    configs = sensor_configs(load(config_path, store=store), sensor, shared_ok=False)
+    heading = sensor_heading(configs, sensor, fmt)
+    code = 0
+    for config in configs:
+        res = run_learn(
+            config,
+            tables=tables or None,
+            since=parse_when(since, option="--since"),
+            until=parse_when(until, option="--until"),
+            last=last,
+            by=by,
+            min_intervals=min_intervals,
+            min_packets=min_packets,
+            both_directions=both_directions,
+            reason=reason,
+            force=force,
+            scheduler=scheduler,
         )
-    click.echo(f"baseline {res.version} (parent {res.parent or 'none'})")
-    sys.exit(res.exit_code)
+        code = max(code, int(res.exit_code))
+        if fmt != "table":
+            _print_learn_records(res, fmt)
+            continue
+        heading(config)
+        for t, lt in res.tables.items():
+            before = "" if lt.keys_before is None else f", {lt.keys_before:,} before"
+            forced = " (forced)" if lt.forced else ""
+            click.echo(
+                f"{t:<12} {lt.rows:>9,} keys frozen ({lt.candidates:,} seen, {lt.below_threshold:,} below the "
+                f"thresholds{before}) from {lt.intervals:,} intervals {_ts(lt.since)} .. {_ts(lt.until)}{forced}"
+            )
+        click.echo(f"baseline {res.version} (parent {res.parent or 'none'})")
+    sys.exit(code)
 
 
 def _print_learn_records(res: Any, fmt: str) -> None:
@@ -170,8 +178,9 @@ def _print_learn_records(res: Any, fmt: str) -> None:
 @click.option("--exit-code", is_flag=True, help="Exit with 1 when new rows were found (like git diff).")
 @click.option("--dry-run", is_flag=True, help="Show what is new without recording a report or the state.")
 @scheduler_option
+@sensor_option
 @handle_errors
-def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run, scheduler):
+def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run, scheduler, sensor):
     """Show the rows of the intervals not diffed yet that are not in the baseline (or hit a deny rule).
 
     Each new key is reported once; the report is archived under the reports directory and every row
@@ -179,28 +188,33 @@ def diff(config_path, store, tables, since, until, fmt, exit_code, dry_run, sche
     """
     from flowdiff.diff import diff as run_diff
 
-    config = load(config_path, store=store)
-    res = run_diff(
-        config,
-        tables=tables or None,
-        since=parse_when(since, option="--since"),
-        until=parse_when(until, option="--until"),
-        dry_run=dry_run,
-        scheduler=scheduler,
-    )
-    for line in res.skipped.values():
-        click.echo(f"Warning: {line}", err=True)
-    d = None
-    if res.report_id and not dry_run:  # archived rendered (and queued with [mail]) before printing:
-        from flowdiff.deliver import deliver  # `flowdiff diff | head` must not lose the rendering
+    configs = sensor_configs(load(config_path, store=store), sensor, shared_ok=False)
+    heading = sensor_heading(configs, sensor, fmt)
+    code = 0
+    for config in configs:
+        res = run_diff(
+            config,
+            tables=tables or None,
+            since=parse_when(since, option="--since"),
+            until=parse_when(until, option="--until"),
+            dry_run=dry_run,
+            scheduler=scheduler,
+        )
+        for line in res.skipped.values():
+            click.echo(f"Warning: {line}", err=True)
+        d = None
+        if res.report_id and not dry_run:  # archived rendered (and queued with [mail]) before printing:
+            from flowdiff.deliver import deliver  # `flowdiff diff | head` must not lose the rendering
 
-        d = deliver(res, config)
-    _print_diff(res, fmt)
-    if d is not None:
-        queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
-        if fmt == "table":  # csv/json output stays pure data, even with 2>&1
-            click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
-    sys.exit(res.exit_code(exit_code))
+            d = deliver(res, config)
+        heading(config)
+        _print_diff(res, fmt)
+        if d is not None:
+            queued = f", queued as {d.message_id} (flowdiff notify sends it)" if d.message_id else ""
+            if fmt == "table":  # csv/json output stays pure data, even with 2>&1
+                click.echo(f"report archived: {d.report_dir / 'report.txt'}{queued}")
+        code = max(code, int(res.exit_code(exit_code)))
+    sys.exit(code)
 
 
 @click.group()

@@ -78,7 +78,8 @@ def group_config_path() -> str | None:
 def load(config_path: str | None, **overrides: Any) -> Config:
     """The config with command-line overrides applied (options left unset do not override). A
     ``--config`` after the command wins over one before it."""
-    return load_config(config_path or group_config_path()).with_overrides(**overrides)
+    config = load_config(config_path or group_config_path()).with_overrides(**overrides)
+    return config.for_sensor(config.sensor)  # a store shared by sensors: this sensor's baselines
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ import sys
 import click
 
 from flowdiff.cli.common import config_option, handle_errors, load
+from flowdiff.cli.store_cmds import sensor_configs, sensor_option
 
 
 def register(main: click.Group) -> None:
@@ -30,8 +31,9 @@ def register(main: click.Group) -> None:
     show_default=True,
     help="Output: aligned lines for people, or one JSON object for monitoring systems.",
 )
+@sensor_option
 @handle_errors
-def status_cmd(config_path, spool, fmt) -> None:
+def status_cmd(config_path, spool, fmt, sensor) -> None:
     """The sensor on one screen: last capture, last interval, baseline, last report, outbox, health.
 
     Writes nothing. Exit status: 0 healthy, 1 a health problem is open (stale spool, unreadable
@@ -39,10 +41,12 @@ def status_cmd(config_path, spool, fmt) -> None:
     """
     from flowdiff.status import status
 
-    config = load(config_path)
-    st = status(config, spool)
-    if fmt == "json":
-        click.echo(json.dumps(st.to_json(), indent=1, sort_keys=True))
-    else:
-        click.echo(st.text())
-    sys.exit(st.exit_code)
+    code = 0
+    for config in sensor_configs(load(config_path), sensor):
+        st = status(config, spool)
+        if fmt == "json":
+            click.echo(json.dumps(st.to_json(), indent=1, sort_keys=True))
+        else:
+            click.echo(st.text())
+        code = max(code, int(st.exit_code))
+    sys.exit(code)

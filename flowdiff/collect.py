@@ -67,7 +67,7 @@ from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.schema import INTERVAL, DecodeStatus
-from flowdiff.store import LedgerEntry, Store
+from flowdiff.store import LedgerEntry, Store, int64_values
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ class _PartWriter:
 
 
 def _interval_starts(rows: pa.Table) -> set[datetime]:
-    starts = rows.column(INTERVAL).combine_chunks().cast(pa.int64()).to_numpy()
+    starts = int64_values(rows.column(INTERVAL))
     return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
 
 

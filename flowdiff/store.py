@@ -470,7 +470,7 @@ class WriteBatch:
             rows = rows.cast(schema)
         if not presorted:
             rows = rows.take(pc.sort_indices(rows, sort_keys=[(INTERVAL, "ascending")]))
-        starts = rows[INTERVAL].cast(pa.int64()).to_numpy()
+        starts = int64_values(rows[INTERVAL])
         bounds = np.flatnonzero(np.diff(starts)) + 1
         written = 0
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(starts)], strict=True):
@@ -563,6 +563,15 @@ def _filter_expr(
         else:
             _and(ds.field(col) == pa.scalar(value, type=typ))
     return expr
+
+
+def int64_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A column without nulls (integers, timestamps) as an int64 numpy array. Not ``to_numpy()``:
+    pyarrow imports pandas for it (0.3 s), which collect otherwise never needs."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    col = col.cast(pa.int64())
+    return np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col), offset=col.offset * 8)
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:

@@ -54,7 +54,6 @@ from flowdiff.netmap import (
     network_array,
 )
 from flowdiff.schema import (
-    INTERVAL,
     KEY_FIELDS,
     METRICS,
     PACKET_FIELDS,

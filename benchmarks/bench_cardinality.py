@@ -15,7 +15,7 @@ elsewhere; a workload whose generator is missing is skipped with one line saying
 * ``hcdef``: the same capture, the four default tables, ``interval = 300``;
 * ``week``: one capture over a week (2,017 intervals, 8,068 files), default tables; then
   ``flowdiff learn`` over the collected store against DuckDB's GROUP BY of the same keys over the
-  same files (``pip install flowdiff[bench]`` for duckdb and dpkt);
+  same files (``pip install flowdiff[bench]`` for duckdb);
 * ``startup``: collecting a capture of 20 packets, whole process, median of 5 runs after one warm-up;
 * ``busy``: bench_collect.py's busy span-port capture (20,000 packets/s, 20,000 flows), 5-tuple table.
 

@@ -32,8 +32,10 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -475,16 +477,25 @@ class WriteBatch:
         starts = int64_values(rows[INTERVAL])
         bounds = np.flatnonzero(np.diff(starts)) + 1
         folder = self.store.interval_path(table, _EPOCH).parent
-        written = 0
+        merged: list[tuple[Path, pa.Table]] = []
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(starts)], strict=True):
             path = folder / _file_name_us(int(starts[lo]))
-            part = rows.slice(int(lo), int(hi - lo))
-            written += self._merge(path, keys, schema, part, source_id, presorted)
+            part = self._merge(path, keys, schema, rows.slice(int(lo), int(hi - lo)), source_id, presorted)
+            if part is not None:
+                merged.append((path, part))
+        # Parquet encoding (zstd) runs in C++ without the GIL: the files of a batch are encoded on two
+        # threads, then written one after the other on this one (the crash points stay in order)
+        written = 0
+        for (path, part), data in zip(merged, _encode_all([t for _, t in merged]), strict=True):
+            self._put(path, data)
+            written += part.num_rows
         return written
 
     def _merge(
         self, path: Path, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str, presorted: bool
-    ) -> int:
+    ) -> pa.Table | None:
+        """The rows ``path`` must hold once ``part`` is merged in, with their sources list; None when
+        the file holds ``source`` already."""
         sources: list[str] = []
         if path.exists():
             try:
@@ -497,16 +508,19 @@ class WriteBatch:
                 raise StoreError(f"{path}: unreadable interval file: {e}") from None
             sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
             if source in sources:
-                return 0
+                return None
             part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
         elif not presorted:
             part = _sort(part, keys)
         sources = sorted({*sources, source})
-        part = part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+        return part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+
+    def _put(self, path: Path, data: pa.Buffer) -> None:
+        """An encoded interval file as the temp file that commit renames to ``path``: one open and
+        one write(2)."""
         if path.parent not in self._dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
-        data = _parquet_bytes(part)  # encoded in memory: one open and one write(2) per file
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         self.pending.append((tmp, path))  # removed on error (__exit__), and by the next collect
         try:
@@ -516,7 +530,6 @@ class WriteBatch:
         finally:
             os.close(fd)
         crash_point()
-        return part.num_rows
 
     def commit(self) -> None:
         if not self.pending:
@@ -586,6 +599,25 @@ def int64_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _file_name_us(start_us: int) -> str:
     """:func:`interval_file_name` of an interval start in microseconds since the epoch (no datetime)."""
     return time.strftime(_FILE_FMT, time.gmtime(start_us // 1_000_000)) + ".parquet"
+
+
+# pid -> the encoding threads of that process, made on first use and shared by its batches (a forked
+# child has none of its parent's threads: it makes its own)
+_ENCODERS: dict[int, ThreadPoolExecutor] = {}
+_ENCODE_LOCK = threading.Lock()
+
+
+def _encode_all(tables: list[pa.Table]) -> list[pa.Buffer]:
+    """:func:`_parquet_bytes` of every table, in order, two at a time."""
+    if len(tables) < 2:
+        return [_parquet_bytes(t) for t in tables]
+    pid = os.getpid()
+    with _ENCODE_LOCK:
+        pool = _ENCODERS.get(pid)
+        if pool is None:
+            _ENCODERS.clear()
+            pool = _ENCODERS[pid] = ThreadPoolExecutor(2, thread_name_prefix="flowdiff-encode")
+    return list(pool.map(_parquet_bytes, tables))
 
 
 def _parquet_bytes(table: pa.Table) -> pa.Buffer:

@@ -1167,7 +1167,11 @@ class Aggregator:
             hi, lo = fine.address(key.removesuffix("_label"))
             codes = _label_codes(self.netmap, ver, hi, lo)
             labels = pa.array(self.netmap.labels, type=pa.string())  # sorted: code order is text order
-            return codes.astype(np.uint64), len(labels), lambda idx: labels.take(_arrow(codes[idx], pa.int64()))
+            return (
+                codes.astype(np.uint64),
+                len(labels),
+                lambda idx: labels.take(_arrow(codes[idx], pa.int64())),
+            )
         if key in ("src_mac", "dst_mac"):
             return self._side_rank(fine, key.removesuffix("_mac"), "macs")
         value = fine.roles()[4] if key == "service_port" else fine.small[key]

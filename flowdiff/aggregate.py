@@ -49,13 +49,11 @@ from flowdiff.config import TableConfig
 from flowdiff.errors import ConfigError
 from flowdiff.netmap import (
     NetworkMap,
-    address_array,
     mac_array,
     mask_address,
     network_array,
 )
 from flowdiff.schema import (
-    INTERVAL,
     KEY_FIELDS,
     METRICS,
     PACKET_FIELDS,
@@ -536,6 +534,108 @@ def _take_strings(offsets, data, idx):
         for c in range(offsets[k + 1] - a):
             out[o + c] = data[a + c]
     return out_off, out
+
+
+@njit(inline="always")
+def _put_dec(out, pos, o):
+    """Decimal text of 0 <= o < 256 at ``out[pos:]``; returns the new position."""
+    if o >= 100:
+        out[pos] = 48 + o // 100
+        pos += 1
+    if o >= 10:
+        out[pos] = 48 + (o // 10) % 10
+        pos += 1
+    out[pos] = 48 + o % 10
+    return pos + 1
+
+
+@njit(inline="always")
+def _put_quad(out, pos, x):
+    for k in range(4):
+        pos = _put_dec(out, pos, (x >> (24 - 8 * k)) & 0xFF)
+        if k < 3:
+            out[pos] = 46  # '.'
+            pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _address_chars(ver, hi, lo, offsets, out):
+    """Canonical text of every address straight into one Arrow string buffer: dotted quads for
+    version 4, ``inet_ntop``'s RFC 5952 text for version 6 (longest run of two or more zero groups,
+    the first of equal ones, as ``::``; the IPv4-compatible ``::a.b.c.d`` and mapped
+    ``::ffff:a.b.c.d`` forms as glibc writes them), empty text for anything else."""
+    pos = 0
+    words = np.empty(8, dtype=np.int64)
+    for i in range(ver.shape[0]):
+        offsets[i] = pos
+        if ver[i] == 4:
+            pos = _put_quad(out, pos, np.int64(lo[i] & _U(0xFFFFFFFF)))
+        elif ver[i] == 6:
+            h = hi[i]
+            w = lo[i]
+            for g in range(4):
+                words[g] = np.int64((h >> _U(48 - 16 * g)) & _U(0xFFFF))
+                words[4 + g] = np.int64((w >> _U(48 - 16 * g)) & _U(0xFFFF))
+            best, best_len, cur, cur_len = -1, 0, -1, 0
+            for g in range(8):
+                if words[g] == 0:
+                    if cur < 0:
+                        cur, cur_len = g, 1
+                    else:
+                        cur_len += 1
+                else:
+                    if cur >= 0 and cur_len > best_len:
+                        best, best_len = cur, cur_len
+                    cur = -1
+            if cur >= 0 and cur_len > best_len:
+                best, best_len = cur, cur_len
+            if best_len < 2:
+                best = -1
+            g = 0
+            while g < 8:
+                if best >= 0 and best <= g < best + best_len:
+                    if g == best:
+                        out[pos] = 58  # ':'
+                        pos += 1
+                    g += 1
+                    continue
+                if g != 0:
+                    out[pos] = 58
+                    pos += 1
+                if g == 6 and best == 0 and (best_len == 6 or (best_len == 5 and words[5] == 0xFFFF)):
+                    pos = _put_quad(out, pos, (words[6] << 16) | words[7])
+                    break
+                x = words[g]
+                started = False
+                for sh in range(12, -4, -4):
+                    d = (x >> sh) & 15
+                    if d or started or sh == 0:
+                        out[pos] = 48 + d if d < 10 else 87 + d
+                        pos += 1
+                        started = True
+                g += 1
+            if best >= 0 and best + best_len == 8:
+                out[pos] = 58
+                pos += 1
+    offsets[ver.shape[0]] = pos
+    return pos
+
+
+def _address_arrow(ver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+    """``netmap.address_array`` made in one compiled pass (no Python string per IPv6 address, no
+    object array: Arrow builds those through pandas, whose import alone costs a small collect 0.3 s)."""
+    n = len(ver)
+    offsets = np.empty(n + 1, dtype=np.int32)
+    out = np.empty(45 * n, dtype=np.uint8)
+    used = _address_chars(
+        np.ascontiguousarray(ver, dtype=np.uint64),
+        np.ascontiguousarray(hi, dtype=np.uint64),
+        np.ascontiguousarray(lo, dtype=np.uint64),
+        offsets,
+        out,
+    )
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out[:used]))
 
 
 @njit(inline="always")
@@ -1286,13 +1386,13 @@ class Aggregator:
         firsts = rows[starts]
         p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
         start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
-        columns = [pa.array(start_us, type=schema.field(INTERVAL).type)]
+        columns = [_ts_array(start_us)]
         columns += [build(firsts) for _, _, build in ranks]
         columns += [
-            pa.array(p, type=METRICS["packets"]),
-            pa.array(b, type=METRICS["bytes"]),
-            pa.array(np.floor_divide(f, 1000), type=METRICS["first_seen"]),
-            pa.array(np.floor_divide(la, 1000), type=METRICS["last_seen"]),
+            _arrow(p, METRICS["packets"]),
+            _arrow(b, METRICS["bytes"]),
+            _ts_array(np.floor_divide(f, 1000)),
+            _ts_array(np.floor_divide(la, 1000)),
         ]
         return pa.Table.from_arrays(columns, schema=schema)
 
@@ -1317,7 +1417,11 @@ class Aggregator:
             hi, lo = fine.address(key.removesuffix("_label"))
             codes = _label_codes(self.netmap, ver, hi, lo)
             labels = pa.array(self.netmap.labels, type=pa.string())  # sorted: code order is text order
-            return codes.astype(np.uint64), len(labels), lambda idx: labels.take(pa.array(codes[idx]))
+            return (
+                codes.astype(np.uint64),
+                len(labels),
+                lambda idx: labels.take(_arrow(codes[idx], pa.int64())),
+            )
         if key in ("src_mac", "dst_mac"):
             return self._side_rank(fine, key.removesuffix("_mac"), "macs")
         if key in ("input_if", "output_if", "exporter"):
@@ -1356,7 +1460,7 @@ class Aggregator:
                     np.concatenate([fine.src_lo, fine.dst_lo]),
                 ]
                 joint = _text_ranking(
-                    words, lambda w: address_array(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
+                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
                 )
             else:
                 joint = _text_ranking(
@@ -1398,7 +1502,7 @@ def _own_label_codes(netmap: NetworkMap) -> np.ndarray:
 
 
 def _station_text(w: np.ndarray) -> pa.Array:
-    text = address_array(w[:, 0], w[:, 1], w[:, 2])
+    text = _address_arrow(w[:, 0], w[:, 1], w[:, 2])
     return pc.if_else(pc.equal(text, ""), pa.scalar("internet"), text)
 
 
@@ -1428,7 +1532,9 @@ def _text_ranking(
         ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
     else:
         text = fn(uniq)
-        srt = pc.sort_indices(text).to_numpy()
+        idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
+        srt = np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8)
+        srt = srt.astype(np.int64)
         ordered = _take(text, srt)
     rank_of = np.empty(len(srt), dtype=np.uint64)
     rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
@@ -1465,7 +1571,7 @@ def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:
     """``strings.take(idx)`` for a plain string array, compiled (Arrow's take is slower on strings)."""
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
     if strings.offset or strings.null_count:
-        return strings.take(pa.array(idx))
+        return strings.take(_arrow(idx, pa.int64()))
     bufs = strings.buffers()
     offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(strings) + 1).astype(np.int64)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
@@ -1477,13 +1583,30 @@ def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:
     return pa.StringArray.from_buffers(len(idx), pa.py_buffer(out_off.astype(np.int32)), pa.py_buffer(out))
 
 
+def _ts_array(us: np.ndarray) -> pa.Array:
+    """Microseconds since the epoch as a stored timestamp column."""
+    return _arrow(us, METRICS["first_seen"])
+
+
+def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """A numpy integer array as an Arrow column of ``typ`` (integer or timestamp), without a copy
+    where the width matches. Not ``pa.array(values)``: pyarrow imports pandas (0.3 s) to convert
+    a numpy array, which collect otherwise never needs."""
+    if pa.types.is_timestamp(typ):
+        dtype = np.dtype(np.int64)
+    else:
+        dtype = np.dtype(("u" if pa.types.is_unsigned_integer(typ) else "i") + str(typ.bit_width // 8))
+    v = np.ascontiguousarray(values, dtype=dtype)
+    return pa.Array.from_buffers(typ, len(v), [None, pa.py_buffer(v)])
+
+
 def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:
     """A small unsigned key (at most 16 bits): dense rank through a lookup table, no sort."""
     v = values.astype(np.int64)
     present = np.zeros(1 << typ.bit_width, dtype=np.int64)
     present[v] = 1
     rank_of = np.cumsum(present) - 1
-    return rank_of[v].astype(np.uint64), int(present.sum()), lambda idx: pa.array(values[idx], type=typ)
+    return rank_of[v].astype(np.uint64), int(present.sum()), lambda idx: _arrow(values[idx], typ)
 
 
 def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tuple[np.ndarray, int]:

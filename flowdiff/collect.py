@@ -69,7 +69,7 @@ from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
 from flowdiff.netflow import FlowRouter, TemplateStore
 from flowdiff.schema import INTERVAL, DecodeStatus
-from flowdiff.store import LedgerEntry, Store
+from flowdiff.store import LedgerEntry, Store, int64_values
 from flowdiff.zeek import ZeekReader, sniff_conn_log
 
 log = logging.getLogger(__name__)
@@ -580,7 +580,7 @@ class _PartWriter:
 
 
 def _interval_starts(rows: pa.Table) -> set[datetime]:
-    starts = rows.column(INTERVAL).combine_chunks().cast(pa.int64()).to_numpy()
+    starts = int64_values(rows.column(INTERVAL))
     return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
 
 

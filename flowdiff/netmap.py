@@ -189,8 +189,8 @@ def mac_array(mac: np.ndarray) -> pa.Array:
         byte = (m >> _U64(8 * (5 - i))) & _U64(0xFF)
         chars[:, 3 * i] = _HEX[(byte >> _U64(4)).astype(np.intp)]
         chars[:, 3 * i + 1] = _HEX[(byte & _U64(0xF)).astype(np.intp)]
-    offsets = pa.array(np.arange(0, 17 * (n + 1), 17, dtype=np.int32))
-    return pa.StringArray.from_buffers(n, offsets.buffers()[1], pa.py_buffer(chars.tobytes()))
+    offsets = pa.py_buffer(np.arange(0, 17 * (n + 1), 17, dtype=np.int32))  # pa.array imports pandas
+    return pa.StringArray.from_buffers(n, offsets, pa.py_buffer(chars.tobytes()))
 
 
 def mac_text(mac: np.ndarray) -> np.ndarray:

@@ -106,5 +106,74 @@ def test_flowdiff_collect_never_imports_scipy_linalg(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("1 file collected"), proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "numba.np.arraymath" in imported  # numba did compile or load its cache
+    # numba did compile (which imports arraymath) or load its cache (which starts the runtime)
+    assert "numba.np.arraymath" in imported or "numba.core.runtime.nrtdynmod" in imported
     assert "scipy.linalg" not in imported
+
+
+def test_cached_collect_skips_the_target_refresh_and_pandas(tmp_path):
+    """Start-up of a cron run: with the numba cache filled (by the first run), collect loads compiled
+    code without numba's target refresh (which would import numba.np.arraymath and every other
+    implementation module) and never imports pandas."""
+    capture = DATA / "tcpdump__pptp.pcap"
+    code = (
+        "import sys\nfrom flowdiff.cli import main\n"
+        f"sys.argv = ['flowdiff', 'collect', '--store', {str(tmp_path / 'store')!r}, {str(capture)!r}]\n"
+        "main()\n"
+    )
+    first = _python(code)
+    assert first.returncode == 0 and first.stdout.startswith("1 file collected"), first.stderr[-2000:]
+    (tmp_path / "store").rename(tmp_path / "first")
+    proc = _python(code, "-X", "importtime")
+    assert proc.returncode == 0 and proc.stdout.startswith("1 file collected"), proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "numba.core.runtime.nrtdynmod" in imported  # compiled code was loaded and run
+    assert "numba.np.arraymath" not in imported
+    assert "pandas" not in imported
+
+
+LEAN_CACHE = """
+import sys
+from flowdiff._numba import lean_cache_load
+lean_cache_load()
+lean_cache_load()
+import numba, numpy as np
+from numba.core import caching
+assert caching.Cache.load_overload._flowdiff_lean
+sys.path.insert(0, sys.argv[1])
+import lean_mod
+print(lean_mod.total(np.arange(10.0)), lean_mod.fresh(3))
+"""
+
+LEAN_MOD = """
+import numba, numpy as np
+
+@numba.njit(cache=True)
+def total(a):
+    out = np.empty(1)  # needs the runtime (NRT) that a lean load must still start
+    out[0] = a.sum()
+    return out[0]
+
+@numba.njit(cache=False)
+def fresh(x):
+    return x * 7
+"""
+
+
+def test_lean_cache_load_compiles_and_loads(tmp_path):
+    """The patched cache load: the first process compiles (a cache miss still refreshes and compiles),
+    the second loads the cached code, and a function without a cache compiles in either."""
+    (tmp_path / "lean_mod.py").write_text(LEAN_MOD)
+    env_dir = str(tmp_path)
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(LEAN_CACHE), env_dir],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == ["45.0", "21"]
+    assert list((tmp_path / "__pycache__").glob("lean_mod.total-*.nbi"))

@@ -12,7 +12,7 @@ from typing import IO
 import click
 
 from flowdiff import __version__
-from flowdiff._numba import skip_blas_probe
+from flowdiff._numba import lean_cache_load, skip_blas_probe
 from flowdiff.cli.common import (
     config_option,
     format_frame,
@@ -51,6 +51,7 @@ def main(verbose: int, config_path: str | None) -> None:
     """
     setup_logging(verbose)
     skip_blas_probe()  # before any command runs compiled code (flowdiff/_numba.py says why here)
+    lean_cache_load()
 
 
 @main.command()

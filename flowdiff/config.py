@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.errors import ConfigError
-from flowdiff.schema import ADDRESS_KEYS, DEFAULT_TABLES, is_key_field
+from flowdiff.schema import ADDRESS_KEYS, DEFAULT_LOG_TABLES, DEFAULT_TABLES, LOG_KEYS, is_key_field
 
 CONFIG_ENV = "FLOWDIFF_CONFIG"
 DEFAULT_CONFIG_NAME = "flowdiff.toml"
@@ -132,6 +132,14 @@ class MailConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    """``[logs]``: syslog input (flowdiff.logsource). Its presence adds the ``messages`` table."""
+
+    paths: tuple[Path, ...] = ()  # files, directories, globs that `run` collects besides --spool
+    timezone: str = "UTC"  # zone of RFC 3164 time stamps (they carry none)
+
+
+@dataclass(frozen=True)
 class Config:
     store: Path = Path("store")
     baselines: Path = Path("baselines")
@@ -152,6 +160,7 @@ class Config:
     stale_after: int = 3600  # health: no new capture in the spool for this long is a problem; 0 = off
     min_free: int = 10**9  # health: less free disk than this (bytes) under the store is a problem; 0 = off
     mail: MailConfig = field(default_factory=MailConfig)
+    logs: LogsConfig | None = None  # [logs]; None when the config has no such section
     source: Path | None = None  # the file this was read from, None for built-in defaults
 
     @property
@@ -227,7 +236,9 @@ _TOP_KEYS = {
     "stale_after",
     "min_free",
     "max_message_bytes",
+    "logs",
 }
+_LOGS_KEYS = {"paths", "timezone"}
 _TABLE_KEYS = {
     "keys",
     "collapse",
@@ -328,7 +339,36 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))
     if "mail" in raw:
         kw["mail"] = _mail(raw["mail"], base)
+    if "logs" in raw:
+        kw["logs"] = _logs(raw["logs"], base)
+        if not any(k in LOG_KEYS for tc in kw["tables"].values() for k in tc.keys):
+            kw["tables"] = {**kw["tables"], **{n: TableConfig(name=n, keys=k) for n, k in DEFAULT_LOG_TABLES.items()}}
     return Config(**kw)
+
+
+def _logs(raw: Any, base: Path) -> LogsConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a [logs] section", key="logs")
+    _reject_unknown(raw, _LOGS_KEYS, "logs.")
+    kw: dict[str, Any] = {}
+    if "paths" in raw:
+        paths = raw["paths"]
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+            raise ConfigError("expected a list of files, directories or globs", key="logs.paths")
+        kw["paths"] = tuple(_rel(base, p) for p in paths)
+    if "timezone" in raw:
+        tz = _str(raw["timezone"], "logs.timezone")
+        if tz.upper() != "UTC":
+            try:
+                from zoneinfo import ZoneInfo
+
+                ZoneInfo(tz)
+            except (ValueError, KeyError, OSError):
+                raise ConfigError(f"unknown time zone {tz!r} (an IANA name like Europe/Berlin, or UTC)", key="logs.timezone") from None
+        kw["timezone"] = tz
+    return LogsConfig(**kw)
 
 
 def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:
@@ -393,6 +433,10 @@ def _tables(raw: Any, networks: dict[str, str]) -> dict[str, TableConfig]:
                 raise ConfigError(f"unknown key field {k!r}", key=prefix + ".keys")
         if len(set(keys)) != len(keys):
             raise ConfigError("a key field is listed twice", key=prefix + ".keys")
+        if any(k in LOG_KEYS for k in keys) and not all(k in LOG_KEYS for k in keys):
+            raise ConfigError(
+                f"log key fields ({', '.join(LOG_KEYS)}) cannot be mixed with packet key fields", key=prefix + ".keys"
+            )
         kw: dict[str, Any] = {"name": name, "keys": tuple(keys)}
         if "collapse" in spec:
             col = spec["collapse"]

@@ -31,6 +31,7 @@ from flowdiff.archive import ROW_COLUMNS, DiffResult
 from flowdiff.config import Config
 from flowdiff.durable import atomic_write_bytes, atomic_write_text
 from flowdiff.errors import ReportError
+from flowdiff.logsource import add_examples
 from flowdiff.vocab import format_value, human_time, one_line
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -262,6 +263,7 @@ def report_context(
             "attachment_rows": 0,
             "attachment_cut": False,
         }
+        add_examples(config.store, name, keys, shown, entry["rows"])  # log tables: one line per template
         if len(hidden):
             overflow[name], overflow_keys[name] = df, keys
             # worst case until the attachment is built: named, cut, the longest numbers

@@ -80,6 +80,15 @@ KEY_FIELDS: dict[str, pa.DataType] = {
     "icmp_code": pa.uint8(),
     "tcp_flags": pa.uint8(),
 }
+# Key fields of log tables (filled only from syslog files, never from captures; see flowdiff.logsource).
+LOG_KEYS: dict[str, pa.DataType] = {
+    "host": pa.string(),
+    "program": pa.string(),
+    "template": pa.string(),
+    "facility": pa.string(),
+    "severity": pa.string(),
+}
+KEY_FIELDS.update(LOG_KEYS)
 # Network keys carry their prefix length in the name: "src_net/24", "dst_net/64".
 NET_BASES = ("src_net", "dst_net", "client_net", "server_net")
 _NET_RE = re.compile(r"^(src_net|dst_net|client_net|server_net)/(\d{1,3})$")
@@ -143,6 +152,11 @@ def key_type(name: str) -> pa.DataType:
     raise KeyError(name)
 
 
+def is_log_table(keys: Sequence[str]) -> bool:
+    """A table keyed by log fields: filled from syslog files only (config refuses mixing the two kinds)."""
+    return any(k in LOG_KEYS for k in keys)
+
+
 def is_ip_table(keys: Sequence[str]) -> bool:
     return any(k in IP_ONLY or parse_net_key(k) is not None for k in keys)
 
@@ -166,3 +180,5 @@ DEFAULT_TABLES: dict[str, tuple[str, ...]] = {
     "services": ("client", "server", "proto", "service_port"),
     "link": ("ethertype", "src_mac", "dst_mac"),
 }
+# The log table a config gets with a [logs] section (unless it defines a log table itself).
+DEFAULT_LOG_TABLES: dict[str, tuple[str, ...]] = {"messages": ("host", "program", "template")}

@@ -505,7 +505,6 @@ def _collect_log(
         try:
             for chunk in iter_file_rows(path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000):
                 parts.submit(chunk.tables)
-                parts.close_pending()
                 for name, ex in chunk.examples.items():
                     merge_examples(store.root, config.sensor, name, keys[name], ex)
                 fr.records += chunk.lines
@@ -598,11 +597,6 @@ class _PartWriter:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def close_pending(self) -> None:
-        """Wait until the parts submitted so far are durable (the pool stays open)."""
-        while self._pending:
-            self._pending.popleft().result()
 
     def _write(self, drained: Drained | dict[str, pa.Table], source: str) -> None:
         tables = drained.tables() if isinstance(drained, Drained) else drained

@@ -100,14 +100,14 @@ def rows_of_lines(lines: Lines, tables: Mapping[str, Sequence[str]], interval: i
             INTERVAL: pa.array(ts - ts % step, pa.int64()),
             "ts": pa.array(ts, pa.int64()),
             "nbytes": pa.array(lines.nbytes, pa.uint64()),
-            "line": lines.line,
+            "idx": pa.array(np.arange(len(lines)), pa.int64()),
             **cols,
         }
     )
     out, examples = {}, {}
     for name, keys in tables.items():
         group = [INTERVAL, *keys]
-        agg = base.group_by(group, use_threads=False).aggregate(
+        agg = base.group_by(group).aggregate(
             [
                 ("ts", "count"),
                 ("nbytes", "sum"),
@@ -126,20 +126,20 @@ def rows_of_lines(lines: Lines, tables: Mapping[str, Sequence[str]], interval: i
             }
         )
         out[name] = rows.cast(table_schema(keys))
-        examples[name] = _first_lines(base, list(keys))
+        examples[name] = _first_lines(base, list(keys), lines)
     unparsed = int((~lines.parsed).sum())
     return ChunkRows(out, examples, len(lines), unparsed, int(lines.nbytes.sum()))
 
 
-def _first_lines(base: pa.Table, keys: list[str]) -> pa.Table:
-    """The earliest line of each key (the smallest line on a tie): the example the report shows."""
-    t = base.select([*keys, "ts", "line"]).sort_by([*((k, "ascending") for k in keys), ("ts", "ascending"), ("line", "ascending")])
-    agg = t.group_by(keys, use_threads=False).aggregate([("ts", "first"), ("line", "first")])
+def _first_lines(base: pa.Table, keys: list[str], lines: Lines) -> pa.Table:
+    """The first line of each key in the chunk (files are in time order, near enough): the example the
+    report shows. Across chunks and files :func:`merge_examples` keeps the earliest."""
+    agg = base.select([*keys, "ts", "idx"]).group_by(keys, use_threads=False).aggregate([("ts", "first"), ("idx", "first")])
     return pa.table(
         {
             **{k: agg[k] for k in keys},
             "first_seen": agg["ts_first"].cast(TIMESTAMP),
-            "example": agg["line_first"],
+            "example": lines.lines_at(agg["idx_first"].to_numpy()),
         }
     )
 

@@ -62,12 +62,24 @@ class Lines:
     facility: pa.Array
     severity: pa.Array
     message: pa.Array
-    line: pa.Array  # the line as read (without its newline)
     nbytes: np.ndarray  # uint64 bytes of the line (UTF-8, without the newline)
     parsed: np.ndarray  # bool: the line matched a syslog format
+    buf: np.ndarray  # the bytes the lines are in
+    starts: np.ndarray  # where each line starts in buf
+    ends: np.ndarray  # where it ends (without the newline)
 
     def __len__(self) -> int:
-        return len(self.line)
+        return len(self.starts)
+
+    @property
+    def line(self) -> pa.Array:
+        """Every line as read (without its newline)."""
+        return self.lines_at(np.arange(len(self.starts)))
+
+    def lines_at(self, index: np.ndarray) -> pa.Array:
+        """The lines at these positions (examples need a few, not all)."""
+        index = np.asarray(index, dtype=np.int64)
+        return _string_array(*_gather(self.buf, self.starts[index], self.ends[index], _NIL_B[:0], False))
 
 
 def looks_like_syslog(head: bytes) -> bool:
@@ -336,8 +348,9 @@ def _gather(buf, starts, ends, nil, collapse):  # noqa: ANN001, ANN202
                 o += 1
             continue
         if not collapse:
-            out[o : o + e - s] = buf[s:e]
-            o += e - s
+            for i in range(s, e):
+                out[o] = buf[i]
+                o += 1
             continue
         while e > s and (buf[e - 1] == 32 or buf[e - 1] == 9):
             e -= 1
@@ -407,11 +420,11 @@ def parse_bytes(data: bytes, *, ref_us: int, tz_offset_s: int = 0) -> Lines:
     host = _string_array(*_gather(buf, out_i[:, 2], out_i[:, 3], _NIL_B, False))
     program = _string_array(*_gather(buf, out_i[:, 4], out_i[:, 5], _NIL_B, False))
     message = _string_array(*_gather(buf, out_i[:, 6], ends, _NIL_B[:0], False))
-    line = _string_array(*_gather(buf, starts, ends, _NIL_B[:0], False))
     facility = _names(np.where(pri >= 0, pri // 8, -1), FACILITIES)
     severity = _names(np.where(pri >= 0, pri % 8, -1), SEVERITIES)
     ts = _fill_times(out_ts, ref_us)
-    return Lines(ts, host, program, facility, severity, message, line, (ends - starts).astype(np.uint64), ok)
+    nbytes = (ends - starts).astype(np.uint64)
+    return Lines(ts, host, program, facility, severity, message, nbytes, ok, buf, starts, ends)
 
 
 def parse_lines(lines: Sequence[str], *, ref_us: int, tz_offset_s: int = 0) -> Lines:

@@ -1,4 +1,4 @@
-"""Message -> template: the variable parts of a syslog message masked with fixed placeholders.
+r"""Message -> template: the variable parts of a syslog message masked with fixed placeholders.
 
 Why masking and not a template miner (Drain and its kin): a miner's templates depend on the order and
 the mix of the lines it has seen, so the same message can get another template next week, after more
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from flowdiff.syslog import collapse_digits
 
-_TOKEN_END = r"[^\s,;()\[\]{}<>\"'=]"
+_TOKEN_END = r"[^\s,;:()\[\]{}<>\"'=]"
 
 # (pattern, replacement): applied in this order.
 RULES: list[tuple[str, str]] = [
@@ -55,14 +55,14 @@ RULES: list[tuple[str, str]] = [
     (r"\b\d+:\d+:\d+(?:[.,]\d+)?\b", "<TIME>"),
     (r"\"[^\"]*\"", '"<*>"'),
     (r"(^|[\s(=:,\[])'[^']*'", r"\1'<*>'"),
-    (r"\b([\w.-]+)=(?:[A-Za-z_-]*[^\sA-Za-z_,;()\[\]{}<>\"'=-])" + _TOKEN_END + "*", r"\1=<*>"),
     (r"<?\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+>?", "<EMAIL>"),
     (r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+", "<URL>"),
+    (r"\b([\w.-]+)=(?:[A-Za-z_-]*[^\sA-Za-z_,;()\[\]{}<>\"'=-])" + _TOKEN_END + "*", r"\1=<*>"),
     (r"\b\d+\.\d+\.\d+\.\d+(?:[:.#]\d+)?\b", "<IP>"),
     (r"<IP> \([^()\s]*\)", "<IP> (<HOST>)"),
     (r"[\w.-]+\[<IP>\]", "<HOST>[<IP>]"),
     (r"(^|[\s=(\"':,])(?:/[\w.@%+~-]*){2,}/?", r"\1<PATH>"),
-    (r"\b((?:invalid|illegal) user|[Uu]ser|USER) [^\s,;:()\[\]<>]+", r"\1 <USER>"),
+    (r"\b((?:invalid|illegal) user|[Uu]ser|USER) [^\s,;:()\[\]<>\"']+", r"\1 <USER>"),
     (r"\bfor [^\s,;:()\[\]<>]+ from\b", "for <USER> from"),
     (r"\b(from|to|by) [\w-]+(?:\.[\w-]+)+\b", r"\1 <HOST>"),
     (_TOKEN_END + r"*\d" + _TOKEN_END + "*", "<NUM>"),

@@ -120,7 +120,14 @@ _FIELD_BITS: dict[str, tuple[int, int, int]] = {
     "vlan": (7, 0, 16),
     "ethertype": (7, 16, 16),
     "tcp_flags": (7, 32, 8),
+    "exporter": (7, 40, 22),  # flow rows only (add_flows): 1-based exporter code, 0 for packets
 }
+# flow rows (add_flows) only: k7 bit 62 marks a flow row (never merged with a packet row in stage 1),
+# k6 bit 63 says its source is the client whatever the ports say (Zeek's originator), slot 15 holds
+# input_if << 32 | output_if.
+_FLOW_MARK = _U(1 << 62)
+_FORCED_CLIENT = _U(1 << 63)
+_C_IFS = 15
 _ROLE_KEYS = {"client", "server", "service_port", "client_label", "server_label"}
 _ROLE_NEEDS = ("src", "dst", "proto", "sport", "dport", "icmp_type")
 _COUNTED_STATUSES_IP = (DecodeStatus.OK,)
@@ -292,6 +299,137 @@ def _ingest(
                     row[12] = tsf
                 if tsf > row[13]:
                     row[13] = tsf
+                if syn < row[14]:
+                    row[14] = syn
+                break
+            j = (j + _ONE) & cmask
+        i += 1
+    return i, used, base, newest
+
+
+@njit(cache=True, nogil=True)
+def _ingest_flows(
+    index, rows, used, base, newest, start, ts_ns, ts_end, pk, by, status, ethertype, src_mac, dst_mac,
+    vlan, ip_version, src_hi, src_lo, dst_hi, dst_lo, proto, sport, dport, icmp_type, icmp_code,
+    tcp_flags, exporter, input_if, output_if, forced, wm, ifs_mask, interval_ns, count_mask, status_counts,
+):  # fmt: skip
+    """:func:`_ingest` for flow records: each adds its own packet and byte counts, first/last seen are
+    the flow's start and end, and the rows carry the flow mark, exporter and interfaces (slot 15)."""
+    n = ts_ns.shape[0]
+    cmask = _U(index.shape[0] - 1)
+    half = index.shape[0] // 2
+    nrows = rows.shape[0]
+    use_src = wm[0] != _ZERO
+    use_dst = wm[2] != _ZERO
+    use_smac = wm[4] != _ZERO
+    use_dmac = wm[5] != _ZERO
+    m6 = wm[6]
+    m7 = wm[7]
+    i = start
+    while i < n:
+        if used >= nrows or used - base >= half:
+            return i, used, base, newest
+        st = status[i]
+        status_counts[st] += 1
+        if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
+            i += 1
+            continue
+        ok = st == 0
+        k0 = _ZERO
+        k1 = _ZERO
+        k2 = _ZERO
+        k3 = _ZERO
+        k4 = _ZERO
+        k5 = _ZERO
+        if ok and use_src:
+            k0 = src_hi[i]
+            k1 = src_lo[i]
+        if ok and use_dst:
+            k2 = dst_hi[i]
+            k3 = dst_lo[i]
+        if use_smac:
+            k4 = src_mac[i]
+        if use_dmac:
+            k5 = dst_mac[i]
+        k6 = _U(st & 7) << _U(60)
+        k7 = _U(vlan[i]) | (_U(ethertype[i]) << _U(16)) | ((exporter[i] & _U(0x3FFFFF)) << _U(40))
+        if ok:
+            k6 |= (
+                _U(proto[i])
+                | (_U(sport[i]) << _U(8))
+                | (_U(dport[i]) << _U(24))
+                | (_U(icmp_type[i]) << _U(40))
+                | (_U(icmp_code[i]) << _U(48))
+                | (_U(ip_version[i] & 15) << _U(56))
+            )
+            k7 |= _U(tcp_flags[i]) << _U(32)
+        k6 &= m6
+        k7 &= m7
+        k7 |= _FLOW_MARK
+        if forced[i] != 0:
+            k6 |= _FORCED_CLIENT
+        k15 = ((input_if[i] << _S32) | (output_if[i] & _U(0xFFFFFFFF))) & ifs_mask
+        ts = ts_ns[i]
+        inum = ts // interval_ns
+        if inum > newest:
+            newest = inum
+            index[:] = -1
+            base = used
+        k8 = _U(inum)
+        h = _finalize(
+            k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
+            + k15 * _SEED
+        )
+        tsf = _U(ts) ^ _SIGN
+        te = ts_end[i]
+        tef = _U(te if te > ts else ts) ^ _SIGN
+        syn = _NOSYN
+        if ok and proto[i] == 6 and (tcp_flags[i] & 0x02) != 0:
+            syn = tsf
+        j = h & cmask
+        while True:
+            r = index[j]
+            if r < 0:
+                index[j] = used
+                row = rows[used]
+                row[0] = h
+                row[1] = k0
+                row[2] = k1
+                row[3] = k2
+                row[4] = k3
+                row[5] = k4
+                row[6] = k5
+                row[7] = k6
+                row[8] = k7
+                row[9] = k8
+                row[10] = pk[i]
+                row[11] = by[i]
+                row[12] = tsf
+                row[13] = tef
+                row[14] = syn
+                row[15] = k15
+                used += 1
+                break
+            row = rows[r]
+            if (
+                row[0] == h
+                and row[1] == k0
+                and row[2] == k1
+                and row[3] == k2
+                and row[4] == k3
+                and row[5] == k4
+                and row[6] == k5
+                and row[7] == k6
+                and row[8] == k7
+                and row[9] == k8
+                and row[15] == k15
+            ):
+                row[10] += pk[i]
+                row[11] += by[i]
+                if tsf < row[12]:
+                    row[12] = tsf
+                if tef > row[13]:
+                    row[13] = tef
                 if syn < row[14]:
                     row[14] = syn
                 break
@@ -575,6 +713,7 @@ class _Fine:
 
     # row slots decoded for a segment: key words, interval, metrics
     _SLOTS = np.arange(1, 10, dtype=np.int64)
+    _SLOTS_IFS = np.array([*range(1, 10), _C_IFS], dtype=np.int64)  # tables keyed by input_if/output_if
 
     def __init__(
         self,
@@ -587,6 +726,7 @@ class _Fine:
         self.src_hi, self.src_lo, self.dst_hi, self.dst_lo, self.src_mac, self.dst_mac = cols[0:6]
         self.small = _Fields(cols[6], cols[7])
         self.interval_no = cols[8].view(np.int64)
+        self.ifs = cols[9] if cols.shape[0] > 9 else None  # input_if << 32 | output_if (flow rows)
         self.metrics = metrics
         self.all_ok = bool((self.small["status"] == DecodeStatus.OK).all())
         self.ranks: dict[str, _Ranked] = {}
@@ -665,7 +805,7 @@ def _roles_for_rows(
         return (k6 >> _U(shift)) & _U((1 << width) - 1)
 
     syn = (cols[5] ^ _SIGN).view(np.int64)
-    return client_is_src(
+    out = client_is_src(
         field("ip_version"),
         cols[0],
         cols[1],
@@ -677,7 +817,9 @@ def _roles_for_rows(
         field("icmp_type"),
         syn,
         service_ports,
-    )[:n]
+    )
+    out[(k6 & _FORCED_CLIENT) != _ZERO] = True  # flow records that name their client (Zeek)
+    return out[:n]
 
 
 def _syn_columns(rows: np.ndarray, sel: np.ndarray) -> np.ndarray:
@@ -806,6 +948,8 @@ class Aggregator:
             needs.add("ip_version")
         self._needs = needs
         self._wm = _word_masks(needs)
+        self._ifs_mask = _U((0xFFFFFFFF << 32 if "input_if" in needs else 0) | (0xFFFFFFFF if "output_if" in needs else 0))
+        self.exporters: list[str] = []  # exporter addresses of flow rows, by code - 1 (add_flows)
         counted: set[int] = set()
         for keys in self.tables.values():
             counted.update(_COUNTED_STATUSES_IP if is_ip_table(keys) else _COUNTED_STATUSES_LINK)
@@ -849,6 +993,7 @@ class Aggregator:
         if n == 0:
             return
         start = 0
+        first_new = self._used
         interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
         while True:
             start, self._used, self._base, self._newest = _ingest(
@@ -881,6 +1026,45 @@ class Aggregator:
                 self._count_mask,
                 self._status_counts,
             )
+            if start >= n:
+                break
+            self._grow()
+        if self._ifs_mask and self._used > first_new:
+            self._rows[first_new : self._used, _C_IFS] = 0  # packets have no interfaces
+        self.packets_seen += n
+
+    def add_flows(self, records: Mapping[str, np.ndarray], exporters: Sequence[str] = ()) -> None:
+        """Count flow records (NetFlow/IPFIX, Zeek): the columns of ``schema.PACKET_FIELDS`` for the key
+        (``ts_ns`` = the flow's start, which picks the interval) plus per record ``packets`` and ``bytes``
+        (the counts added), ``ts_end_ns`` (last_seen), and optionally ``exporter`` (1-based index into
+        ``exporters``), ``input_if``, ``output_if``, ``client_is_src`` (1: the source is the client).
+        TCP records with SYN among their flags take part in the first-SYN client rule by their start."""
+        cols = self._columns(records)
+        n = len(cols["ts_ns"])
+        if n == 0:
+            return
+        if len(exporters) > len(self.exporters):
+            self.exporters = list(exporters)
+
+        def extra(name: str, dtype: type) -> np.ndarray:
+            arr = records.get(name)
+            return np.zeros(n, dtype=dtype) if arr is None else np.ascontiguousarray(arr, dtype=dtype)
+
+        pk, by = extra("packets", np.uint64), extra("bytes", np.uint64)
+        end = extra("ts_end_ns", np.int64) if "ts_end_ns" in records else cols["ts_ns"]
+        exp, iif, oif = extra("exporter", np.uint64), extra("input_if", np.uint64), extra("output_if", np.uint64)
+        forced = extra("client_is_src", np.uint8)
+        start = 0
+        interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
+        while True:
+            start, self._used, self._base, self._newest = _ingest_flows(
+                self._index, self._rows, self._used, self._base, self._newest, start,
+                cols["ts_ns"], end, pk, by, cols["status"], cols["ethertype"], cols["src_mac"],
+                cols["dst_mac"], cols["vlan"], cols["ip_version"], cols["src_hi"], cols["src_lo"],
+                cols["dst_hi"], cols["dst_lo"], cols["proto"], cols["sport"], cols["dport"],
+                cols["icmp_type"], cols["icmp_code"], cols["tcp_flags"], exp, iif, oif, forced,
+                self._wm, self._ifs_mask, interval_ns, self._count_mask, self._status_counts,
+            )  # fmt: skip
             if start >= n:
                 break
             self._grow()
@@ -996,7 +1180,7 @@ class Aggregator:
         sorted_inum = rows[:, 9].view(np.int64)[perm]
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
-            cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS)
+            cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
             metrics = _gather_metrics(rows, perm[lo:hi])
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
@@ -1070,8 +1254,28 @@ class Aggregator:
             return codes.astype(np.uint64), len(labels), lambda idx: labels.take(pa.array(codes[idx]))
         if key in ("src_mac", "dst_mac"):
             return self._side_rank(fine, key.removesuffix("_mac"), "macs")
+        if key in ("input_if", "output_if", "exporter"):
+            return self._flow_rank(fine, key)
         value = fine.roles()[4] if key == "service_port" else fine.small[key]
         return _int_rank(value, KEY_FIELDS[key])
+
+    def _flow_rank(self, fine: _Fine, key: str) -> _Ranked:
+        """input_if / output_if (32-bit, from slot 15) and exporter (its address text, by code)."""
+        if key == "exporter":
+            codes = fine.small["exporter"]
+            names = ["", *self.exporters]
+            uniq, inv = np.unique(codes, return_inverse=True)
+            text = pa.array([names[int(c)] if int(c) < len(names) else "" for c in uniq], type=pa.string())
+            srt = pc.sort_indices(text).to_numpy()
+            rank_of = np.empty(len(srt), dtype=np.uint64)
+            rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
+            rank = rank_of[inv.reshape(-1)]
+            ordered = text.take(pa.array(srt))
+            return rank, len(uniq), lambda idx: ordered.take(pa.array(rank[idx].astype(np.int64)))
+        ifs = fine.ifs if fine.ifs is not None else np.zeros(fine.n, dtype=np.uint64)
+        v = (ifs >> _S32) if key == "input_if" else (ifs & _U(0xFFFFFFFF))
+        uniq, inv = np.unique(v, return_inverse=True)
+        return inv.reshape(-1).astype(np.uint64), len(uniq), lambda idx: pa.array(v[idx], type=pa.uint32())
 
     def _side_rank(self, fine: _Fine, side: str, what: str) -> _Ranked:
         """Sources and destinations share one ranking of their values (addresses or MACs), so text is

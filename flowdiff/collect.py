@@ -68,8 +68,11 @@ from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.logsource import content_sha256 as log_sha256
 from flowdiff.logsource import is_log_file, iter_file_rows, log_tables, merge_examples, packet_tables
+from flowdiff.listen import is_flow_spool
+from flowdiff.netflow import FlowRouter, TemplateStore
 from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store
+from flowdiff.zeek import ZeekReader, sniff_conn_log
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,7 @@ class CollectResult:
     intervals: set[datetime] = field(default_factory=set)
     skipped: Counter = field(default_factory=Counter)  # frames counted by no table, by reason
     seconds: float = 0.0
+    flow_records: int = 0  # NetFlow/IPFIX records and Zeek connections counted
 
     @property
     def files_ok(self) -> int:
@@ -147,6 +151,8 @@ class CollectResult:
             f"{self.seconds:.2f} s",
             f"{self.mpps:.2f} Mpps",
         ]
+        if self.flow_records:
+            parts.insert(2, f"{self.flow_records:,} flow records")
         extra = []
         if again := self.files_again:
             tables = sorted({t for f in again for t in f.tables})
@@ -279,6 +285,8 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
         kind = sniff_start(p)
         if kind == "other" and is_log_file(p):  # syslog: same spool rules, its own newest file
             kind = "log"
+        if kind == "other" and sniff_conn_log(p):  # a Zeek conn.log: read like a capture
+            kind = "capture"
         if kind == "other" and not p.name.lower().endswith(CAPTURE_SUFFIXES):
             found.ignored[p] = "not a capture"
         else:  # a file named like a capture that does not start like one is read, and fails loudly, once
@@ -331,8 +339,11 @@ def collect(
         for name, tc in selected.items():
             store.ensure_table(name, tc.keys, config.interval)
         known = _Known.from_ledger(store)
+        templates = _LazyTemplates(config.store)
         for path in found.files:
-            result.files.append(_collect_one(path, config, selected, store, known, result, progress))
+            result.files.append(
+                _collect_one(path, config, selected, store, known, result, progress, templates)
+            )
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -381,6 +392,7 @@ def _collect_one(
     known: _Known,
     result: CollectResult,
     progress: Progress | None,
+    templates: _LazyTemplates | None = None,
 ) -> FileResult:
     try:
         st = path.stat()
@@ -414,7 +426,8 @@ def _collect_one(
 
     fr = FileResult(str(path), "ok")
     try:
-        reader = open_capture(path)
+        zeek_kind = sniff_conn_log(path)
+        reader = ZeekReader(path, zeek_kind) if zeek_kind else open_capture(path)
         if ident is not None:  # collected before, not for every selected table
             capture_id = known.ids.get(ident) or _capture_id(path, st.st_size, known.sizes)[0]
         else:
@@ -436,11 +449,25 @@ def _collect_one(
             tables, interval=config.interval, networks=config.networks, service_ports=config.service_ports
         )
         parts = _PartWriter(store, tables, capture_id, fr, result)
+        router, again = None, False
+        if not zeek_kind and (config.flow_ports or is_flow_spool(path)):
+            cache, again = (templates or _LazyTemplates(config.store)).get().for_file(capture_id)
+            router = FlowRouter(
+                cache,
+                all_udp=is_flow_spool(path),
+                ports=config.flow_ports,
+                split=config.flow_split,
+                interval=config.interval,
+            )
         try:
-            fr.bytes = _read_all(reader, agg, parts, st.st_size, progress)
+            fr.bytes = _read_all(reader, agg, parts, st.st_size, progress, router, config)
             parts.submit(agg.finish())
         finally:
             parts.close()
+        if router is not None:
+            (templates or _LazyTemplates(config.store)).get().done(router.decoder.cache, again)
+            result.skipped.update(router.skipped)
+            result.flow_records += router.decoder.records
     except CaptureError as e:
         store.ledger_append(entry(None, 0, "failed", str(e), [], None))
         known.failed.add(key)
@@ -451,12 +478,15 @@ def _collect_one(
         fr.message = str(stats.damage[0]) + f" (kept the {stats.records:,} records before it)"
     store.ledger_append(entry(stats.sha256, stats.records, fr.status, fr.message, fr.tables, capture_id))
     known.add(key, stats.sha256, fr.tables, capture_id)
-    result.packets += stats.records
+    result.packets += 0 if zeek_kind else stats.records  # conn.log lines are flow records, not packets
     result.bytes += wire
     result.rows_written += fr.rows_written
     result.skipped.update(agg.skipped)
     result.skipped.update(stats.skipped)
-    _note_unknown_linktypes(reader, agg, fr)
+    if zeek_kind:
+        result.flow_records += stats.records
+    else:
+        _note_unknown_linktypes(reader, agg, fr)
     return fr
 
 
@@ -525,6 +555,16 @@ def _collect_log(
     result.bytes += fr.bytes
     result.rows_written += fr.rows_written
     return fr
+class _LazyTemplates:
+    """The flow template store (``netflow.TemplateStore``), opened on first use only."""
+
+    def __init__(self, root: Path):
+        self.root, self._store = root, None
+
+    def get(self) -> TemplateStore:
+        if self._store is None:
+            self._store = TemplateStore(self.root)
+        return self._store
 
 
 def _capture_id(path: Path, size: int, known_sizes: set[int]) -> tuple[str, str | None]:
@@ -621,7 +661,9 @@ _DONE = object()
 _CHUNK_BYTES = DEFAULT_CHUNK
 
 
-def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def _decoded(
+    reader: CaptureReader, router: FlowRouter | None = None
+) -> Iterator[tuple[dict[str, np.ndarray], int, dict[str, np.ndarray] | None]]:
     """(decoded chunk, its wire bytes), walked and decoded one chunk ahead on a helper thread: the
     compiled walker and decoder release the GIL, so they run on the second core while the caller
     aggregates (the reader itself reads and hashes on a third thread)."""
@@ -633,8 +675,10 @@ def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int
             for batch in reader.batches(_CHUNK_BYTES):
                 if stop.is_set():
                     break
-                packets = decode(batch)
-                q.put((packets, int(np.add.reduce(batch.wirelen, dtype=np.uint64))))
+                packets, flows = decode(batch), None
+                if router is not None:  # flow export datagrams become flow records (flowdiff/netflow.py)
+                    packets, flows = router.route(batch, packets)
+                q.put((packets, int(np.add.reduce(batch.wirelen, dtype=np.uint64)), flows))
             q.put(_DONE)
         except BaseException as e:  # handed to the consumer, raised there
             q.put(e)
@@ -655,16 +699,54 @@ def _decoded(reader: CaptureReader) -> Iterator[tuple[dict[str, np.ndarray], int
 
 
 def _read_all(
-    reader: CaptureReader, agg: Aggregator, parts: _PartWriter, total: int, progress: Progress | None
+    reader: CaptureReader | ZeekReader,
+    agg: Aggregator,
+    parts: _PartWriter,
+    total: int,
+    progress: Progress | None,
+    router: FlowRouter | None = None,
+    config: Config | None = None,
 ) -> int:
+    if isinstance(reader, ZeekReader):
+        return _read_zeek(reader, agg, parts, total, progress, config)
     wire = 0
-    for packets, nbytes in _decoded(reader):
+    for packets, nbytes, flows in _decoded(reader, router):
+        if flows is not None and len(flows["ts_ns"]):
+            agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes
         if agg.closed_intervals():
             parts.submit(agg.drain_deferred())
         if progress is not None:
             progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
+    if router is not None:  # data sets still waiting for a template are counted as dropped
+        flows = router.finish()
+        if len(flows["ts_ns"]):
+            agg.add_flows(flows, router.exporters)
+    return wire
+
+
+def _read_zeek(
+    reader: ZeekReader,
+    agg: Aggregator,
+    parts: _PartWriter,
+    total: int,
+    progress: Progress | None,
+    config: Config | None,
+) -> int:
+    """A Zeek conn.log: chunks of connection records into the Aggregator (bytes: IP-layer bytes)."""
+    from flowdiff.netflow import split_proportional
+
+    wire = 0
+    for records in reader.chunks():
+        if config is not None and config.flow_split == "proportional":
+            records = split_proportional(records, config.interval)
+        agg.add_flows(records)
+        wire += int(records["bytes"].sum())
+        if agg.closed_intervals():
+            parts.submit(agg.drain_deferred())
+        if progress is not None:
+            progress(reader.path, min(reader.stats.file_bytes_read, total), total)
     return wire
 
 

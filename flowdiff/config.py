@@ -162,6 +162,8 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     logs: LogsConfig | None = None  # [logs]; None when the config has no such section
     source: Path | None = None  # the file this was read from, None for built-in defaults
+    flow_ports: tuple[int, ...] = ()  # UDP ports whose packets in captures are flow export (NetFlow/IPFIX)
+    flow_split: str = "start"  # a flow spanning intervals: all in its start's, or "proportional" to time
 
     @property
     def rules_path(self) -> Path:
@@ -237,6 +239,8 @@ _TOP_KEYS = {
     "min_free",
     "max_message_bytes",
     "logs",
+    "flow_ports",
+    "flow_split",
 }
 _LOGS_KEYS = {"paths", "timezone"}
 _TABLE_KEYS = {
@@ -334,6 +338,14 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
         if not isinstance(ports, list):
             raise ConfigError("expected a list of port numbers", key="service_ports")
         kw["service_ports"] = tuple(_int(p, "service_ports", minimum=1, maximum=65535) for p in ports)
+    if "flow_ports" in raw:
+        if not isinstance(raw["flow_ports"], list):
+            raise ConfigError("expected a list of UDP port numbers", key="flow_ports")
+        kw["flow_ports"] = tuple(_int(p, "flow_ports", minimum=1, maximum=65535) for p in raw["flow_ports"])
+    if "flow_split" in raw:
+        if raw["flow_split"] not in ("start", "proportional"):
+            raise ConfigError('expected "start" or "proportional"', key="flow_split")
+        kw["flow_split"] = raw["flow_split"]
     if "networks" in raw:
         kw["networks"] = parse_networks(raw["networks"], base)
     kw["tables"] = _tables(raw.get("tables"), kw.get("networks", {}))

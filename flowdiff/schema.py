@@ -79,6 +79,10 @@ KEY_FIELDS: dict[str, pa.DataType] = {
     "icmp_type": pa.uint8(),
     "icmp_code": pa.uint8(),
     "tcp_flags": pa.uint8(),
+    # flow records (flowdiff/netflow.py): the exporter's address and SNMP interface indexes; "" and 0 for packets
+    "exporter": pa.string(),
+    "input_if": pa.uint32(),
+    "output_if": pa.uint32(),
 }
 # Key fields of log tables (filled only from syslog files, never from captures; see flowdiff.logsource).
 LOG_KEYS: dict[str, pa.DataType] = {

@@ -94,6 +94,8 @@ NUMBER_FIELDS: dict[str, tuple[int, int, str]] = {
     "icmp_type": (0, 255, "ICMP type"),
     "icmp_code": (0, 255, "ICMP code"),
     "tcp_flags": (0, 255, "TCP flags value"),
+    "input_if": (0, 0xFFFFFFFF, "interface index"),
+    "output_if": (0, 0xFFFFFFFF, "interface index"),
 }
 IP_VERSIONS = (0, 4, 6)
 _NET_FIELD_RE = re.compile(r"^(src|dst|client|server)_net/\d{1,3}$")
@@ -103,7 +105,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 def field_kind(field: str) -> str:
     """``address``, ``net``, ``label``, ``mac`` or ``number``; ValueError for a name that is no key field."""
-    if field in ADDRESS_FIELDS:
+    if field in ADDRESS_FIELDS or field == "exporter":  # exporter: a flow exporter's address
         return "address"
     if field in MAC_FIELDS:
         return "mac"

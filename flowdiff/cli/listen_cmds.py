@@ -1,0 +1,59 @@
+"""`flowdiff listen`: receive NetFlow v5/v9 and IPFIX export into a rotated spool (see flowdiff/listen.py)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from flowdiff.cli.common import handle_errors
+
+
+def register(main: click.Group) -> None:
+    main.add_command(listen_cmd)
+
+
+@click.command("listen")
+@click.argument("addresses", nargs=-1, required=True)
+@click.option(
+    "--spool",
+    type=click.Path(file_okay=False),
+    default="/var/spool/flowdiff/flows",
+    show_default=True,
+    help="Directory of the spool files (read it with `flowdiff run --spool DIR` or `collect DIR`).",
+)
+@click.option(
+    "--rotate",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Start a new spool file every this many seconds (UTC multiples, like tcpdump -G).",
+)
+@click.option(
+    "--rcvbuf",
+    type=click.IntRange(min=1024),
+    default=None,
+    help="Socket receive buffer in bytes (SO_RCVBUF; the kernel caps it at net.core.rmem_max).",
+)
+@handle_errors
+def listen_cmd(addresses, spool, rotate, rcvbuf) -> None:
+    """Receive NetFlow v5, v9 and IPFIX on ADDR:PORT (UDP; several allowed) into a spool of pcap files.
+
+    Each datagram is kept as it arrived, in files named by UTC time (`*.flows.pcap`), rotated every
+    --rotate seconds and closed properly on SIGTERM/SIGINT; `collect` decodes them as flow records.
+    Prints one summary line when stopped, with the datagrams the kernel dropped (buffer full).
+    """
+    from flowdiff.listen import listen
+
+    def wire(listener) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: listener.stop())
+        click.echo(
+            "listen: receiving on " + ", ".join(f"{h}:{p}" for h, p in listener.addresses) + f" into {spool}",
+            err=True,
+        )
+
+    result = listen(addresses, spool, rotate=rotate, rcvbuf=rcvbuf, ready=wire)
+    click.echo(result.summary())
+    sys.exit(result.exit_code)

@@ -3,7 +3,9 @@
 Formats, told apart per line (a file may mix them, e.g. after an rsyslog upgrade):
 
 * RFC 3164 as rsyslog's traditional file format, syslog-ng and ``journalctl -o short`` write it:
-  ``Jun 14 15:16:01 combo sshd[1939]: message`` (the day space- or zero-padded; no year);
+  ``Jun 14 15:16:01 combo sshd[1939]: message`` (the day space- or zero-padded; no year). The tag may
+  lack its ``:`` (rsyslog writes messages it received as RFC 5424 that way): the first word after the
+  host is then the program;
 * rsyslog's high-precision file format (Debian's default): ``2026-12-02T01:00:00.123456+01:00 host
   prog[pid]: message``;
 * RFC 5424: ``<34>1 2026-12-02T01:00:00.003Z host app procid msgid [sd] message``;
@@ -318,9 +320,10 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
             if i >= e or buf[i] != 93:
                 continue
             i += 1
-        if i >= e or buf[i] != 58:
-            continue
-        i += 1
+        if i < e and buf[i] == 58:
+            i += 1
+        elif i >= e or buf[i] != 32:
+            continue  # "prog" must end with ':' or a space (rsyslog writes RFC 5424 tags without ':')
         if i < e and buf[i] == 32:
             i += 1
         out_i[li, 4] = ps

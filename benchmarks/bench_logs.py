@@ -36,7 +36,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pyarrow as pa  # noqa: E402
 
 from flowdiff.config import parse_config  # noqa: E402
 from flowdiff.logtemplate import mask  # noqa: E402
@@ -97,7 +96,12 @@ def half_split(data: bytes, truth: list[str], keys: list) -> dict:
         for p in ("first.log", "second.log"):
             os.utime(t / p, ns=(REF_US * 1000, REF_US * 1000))
         config = parse_config(
-            {"interval": 3600, "sensor": "bench", "logs": {}, "tables": {"messages": {"keys": ["host", "program", "template"]}}},
+            {
+                "interval": 3600,
+                "sensor": "bench",
+                "logs": {},
+                "tables": {"messages": {"keys": ["host", "program", "template"]}},
+            },
             base=t,
         )
         collect([t / "first.log"], config)
@@ -108,7 +112,9 @@ def half_split(data: bytes, truth: list[str], keys: list) -> dict:
     new_keys = set(zip(rows["host"], rows["program"], rows["template"], strict=True))
     seen_first = set(truth[:half])
     truly_new = {e for e in truth[half:] if e not in seen_first}
-    missed = [e for e in truly_new if not any(keys[i] in new_keys for i in range(half, len(truth)) if truth[i] == e)]
+    missed = [
+        e for e in truly_new if not any(keys[i] in new_keys for i in range(half, len(truth)) if truth[i] == e)
+    ]
     return {"new_rows": len(rows), "truly_new": len(truly_new), "missed": sorted(missed), "half": half}
 
 
@@ -164,9 +170,13 @@ def speed(data: bytes, n_lines: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    near = [d / "shared" / "logs" for d in (ROOT.parent, ROOT.parent.parent)]  # a clone, or a worktree under wt/
+    near = [
+        d / "shared" / "logs" for d in (ROOT.parent, ROOT.parent.parent)
+    ]  # a clone, or a worktree under wt/
     default = next((d for d in near if (d / "Linux_2k.log").exists()), near[0])
-    ap.add_argument("--logs", type=Path, default=default, help="folder of Linux_2k.log* (default ../shared/logs)")
+    ap.add_argument(
+        "--logs", type=Path, default=default, help="folder of Linux_2k.log* (default ../shared/logs)"
+    )
     ap.add_argument("--speed-lines", type=int, default=500_000, help="lines of the speed test file")
     args = ap.parse_args()
     if not (args.logs / "Linux_2k.log").exists():
@@ -182,20 +192,28 @@ def main() -> int:
     t_dr = time.perf_counter() - t0
     print(f"Loghub Linux_2k: {len(truth):,} lines, {len(set(truth))} ground-truth templates")
     print("1. grouping accuracy (share of lines grouped exactly as the ground truth)")
-    print(f"   flowdiff, by template               {accuracy(templates, truth):.4f}  ({len(set(templates))} groups, {t_fd:.2f} s)")
+    print(
+        f"   flowdiff, by template               {accuracy(templates, truth):.4f}  ({len(set(templates))} groups, {t_fd:.2f} s)"
+    )
     print(f"   flowdiff, by host, program, template {accuracy(keys, truth):.4f}  ({len(set(keys))} groups)")
-    print(f"   drain3 0.9.11 defaults              {accuracy(drain_ids, truth):.4f}  ({len(set(drain_ids))} groups, {t_dr:.2f} s)")
+    print(
+        f"   drain3 0.9.11 defaults              {accuracy(drain_ids, truth):.4f}  ({len(set(drain_ids))} groups, {t_dr:.2f} s)"
+    )
     hs = half_split(data, truth, keys)
     print(f"2. learn lines 1-{hs['half']}, diff lines {hs['half'] + 1}-{len(truth)}")
     print(f"   ground-truth templates new in the second half  {hs['truly_new']}")
     ratio = hs["new_rows"] / hs["truly_new"] if hs["truly_new"] else float("inf")
-    print(f"   flowdiff new rows                             {hs['new_rows']}  ({ratio:.2f}x), missed {len(hs['missed'])} {hs['missed'] or ''}")
+    print(
+        f"   flowdiff new rows                             {hs['new_rows']}  ({ratio:.2f}x), missed {len(hs['missed'])} {hs['missed'] or ''}"
+    )
     dn = drain_half(messages, hs["half"])
     print(f"   drain3 new clusters                           {dn}  ({dn / hs['truly_new']:.2f}x)")
     sp = speed(data, args.speed_lines)
     print(f"3. speed on {sp['lines']:,} lines ({sp['mb']:.0f} MB, numbers varied)")
     print(f"   parse + mask                                  {sp['parse_mask_lps']:,.0f} lines/s")
-    print(f"   collect (store writes included)               {sp['collect_lps']:,.0f} lines/s ({sp['collect_s']:.2f} s, {sp['rows']:,} rows)")
+    print(
+        f"   collect (store writes included)               {sp['collect_lps']:,.0f} lines/s ({sp['collect_s']:.2f} s, {sp['rows']:,} rows)"
+    )
     return 0
 
 

@@ -66,9 +66,9 @@ from flowdiff.config import Config, TableConfig
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
+from flowdiff.listen import is_flow_spool
 from flowdiff.logsource import content_sha256 as log_sha256
 from flowdiff.logsource import is_log_file, iter_file_rows, log_tables, merge_examples, packet_tables
-from flowdiff.listen import is_flow_spool
 from flowdiff.netflow import FlowRouter, TemplateStore
 from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store
@@ -513,7 +513,14 @@ def _collect_log(
 
     def entry(sha: str | None, lines: int, status: str, message: str, filled: list[str]) -> LedgerEntry:
         return LedgerEntry(
-            *key, sha, lines, status, message, sensor=config.sensor, tables=filled, capture_id=sha and f"log-{sha[:32]}"
+            *key,
+            sha,
+            lines,
+            status,
+            message,
+            sensor=config.sensor,
+            tables=filled,
+            capture_id=sha and f"log-{sha[:32]}",
         )
 
     try:
@@ -547,7 +554,9 @@ def _collect_log(
         known.failed.add(key)
         return FileResult(str(path), "failed", message=str(e))
     if unparsed:
-        fr.message = f"{path}: {unparsed:,} of {fr.records:,} lines are not syslog (counted with host and program '-')"
+        fr.message = (
+            f"{path}: {unparsed:,} of {fr.records:,} lines are not syslog (counted with host and program '-')"
+        )
         log.info(fr.message)
     store.ledger_append(entry(ident, fr.records, "ok", fr.message, fr.tables))
     known.add(key, ident, fr.tables, f"log-{ident[:32]}")
@@ -555,6 +564,8 @@ def _collect_log(
     result.bytes += fr.bytes
     result.rows_written += fr.rows_written
     return fr
+
+
 class _LazyTemplates:
     """The flow template store (``netflow.TemplateStore``), opened on first use only."""
 

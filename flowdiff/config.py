@@ -354,7 +354,10 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     if "logs" in raw:
         kw["logs"] = _logs(raw["logs"], base)
         if not any(k in LOG_KEYS for tc in kw["tables"].values() for k in tc.keys):
-            kw["tables"] = {**kw["tables"], **{n: TableConfig(name=n, keys=k) for n, k in DEFAULT_LOG_TABLES.items()}}
+            kw["tables"] = {
+                **kw["tables"],
+                **{n: TableConfig(name=n, keys=k) for n, k in DEFAULT_LOG_TABLES.items()},
+            }
     return Config(**kw)
 
 
@@ -378,7 +381,9 @@ def _logs(raw: Any, base: Path) -> LogsConfig:
 
                 ZoneInfo(tz)
             except (ValueError, KeyError, OSError):
-                raise ConfigError(f"unknown time zone {tz!r} (an IANA name like Europe/Berlin, or UTC)", key="logs.timezone") from None
+                raise ConfigError(
+                    f"unknown time zone {tz!r} (an IANA name like Europe/Berlin, or UTC)", key="logs.timezone"
+                ) from None
         kw["timezone"] = tz
     return LogsConfig(**kw)
 
@@ -447,7 +452,8 @@ def _tables(raw: Any, networks: dict[str, str]) -> dict[str, TableConfig]:
             raise ConfigError("a key field is listed twice", key=prefix + ".keys")
         if any(k in LOG_KEYS for k in keys) and not all(k in LOG_KEYS for k in keys):
             raise ConfigError(
-                f"log key fields ({', '.join(LOG_KEYS)}) cannot be mixed with packet key fields", key=prefix + ".keys"
+                f"log key fields ({', '.join(LOG_KEYS)}) cannot be mixed with packet key fields",
+                key=prefix + ".keys",
             )
         kw: dict[str, Any] = {"name": name, "keys": tuple(keys)}
         if "collapse" in spec:

@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdiff.durable import atomic_write_parquet
@@ -134,7 +133,11 @@ def rows_of_lines(lines: Lines, tables: Mapping[str, Sequence[str]], interval: i
 def _first_lines(base: pa.Table, keys: list[str], lines: Lines) -> pa.Table:
     """The first line of each key in the chunk (files are in time order, near enough): the example the
     report shows. Across chunks and files :func:`merge_examples` keeps the earliest."""
-    agg = base.select([*keys, "ts", "idx"]).group_by(keys, use_threads=False).aggregate([("ts", "first"), ("idx", "first")])
+    agg = (
+        base.select([*keys, "ts", "idx"])
+        .group_by(keys, use_threads=False)
+        .aggregate([("ts", "first"), ("idx", "first")])
+    )
     return pa.table(
         {
             **{k: agg[k] for k in keys},
@@ -226,8 +229,12 @@ def parse_file(path: str | os.PathLike, *, timezone: str = "UTC", ref_us: int | 
         first += len(lines)
     if not parts:
         return pa.table(
-            {"line": pa.array([], pa.int64()), "time": pa.array([], TIMESTAMP),
-             **{k: pa.array([], pa.string()) for k in LOG_KEYS}, "text": pa.array([], pa.string())}
+            {
+                "line": pa.array([], pa.int64()),
+                "time": pa.array([], TIMESTAMP),
+                **{k: pa.array([], pa.string()) for k in LOG_KEYS},
+                "text": pa.array([], pa.string()),
+            }
         )
     return pa.concat_tables(parts)
 
@@ -243,7 +250,9 @@ def content_sha256(path: str | os.PathLike) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     except (OSError, EOFError) as e:
-        raise CaptureError(os.fspath(path), f"cannot read as syslog: {getattr(e, 'strerror', None) or e}") from e
+        raise CaptureError(
+            os.fspath(path), f"cannot read as syslog: {getattr(e, 'strerror', None) or e}"
+        ) from e
     return h.hexdigest()
 
 
@@ -254,7 +263,9 @@ def examples_path(store_root: str | os.PathLike, table: str) -> Path:
     return Path(store_root) / table / EXAMPLES
 
 
-def merge_examples(store_root: str | os.PathLike, sensor: str, table: str, keys: Sequence[str], new: pa.Table) -> None:
+def merge_examples(
+    store_root: str | os.PathLike, sensor: str, table: str, keys: Sequence[str], new: pa.Table
+) -> None:
     """Keep the earliest example line of every key (see the module doc); atomic, idempotent."""
     if not new.num_rows:
         return
@@ -270,7 +281,9 @@ def merge_examples(store_root: str | os.PathLike, sensor: str, table: str, keys:
         parts.insert(0, old.select(parts[0].schema.names).cast(parts[0].schema))
     both = pa.concat_tables(parts)
     group = [PARTITION, *keys]
-    both = both.sort_by([*((k, "ascending") for k in group), ("first_seen", "ascending"), ("example", "ascending")])
+    both = both.sort_by(
+        [*((k, "ascending") for k in group), ("first_seen", "ascending"), ("example", "ascending")]
+    )
     agg = both.group_by(group, use_threads=False).aggregate([("first_seen", "first"), ("example", "first")])
     out = pa.table(
         {**{k: agg[k] for k in group}, "first_seen": agg["first_seen_first"], "example": agg["example_first"]}
@@ -296,15 +309,22 @@ def example_lines(store_root: str | os.PathLike, table: str, keys: Sequence[str]
     if not set(keys) <= set(ex.columns):
         return [""] * n
     ex = ex.sort_values(["first_seen", "example"]).drop_duplicates(keys)
-    lookup = {tuple(str(v) for v in k): e for k, e in zip(ex[keys].itertuples(index=False, name=None), ex["example"], strict=True)}
+    lookup = {
+        tuple(str(v) for v in k): e
+        for k, e in zip(ex[keys].itertuples(index=False, name=None), ex["example"], strict=True)
+    }
     return [lookup.get(tuple(str(v) for v in k), "") for k in rows[keys].itertuples(index=False, name=None)]
 
 
-def add_examples(store_root: str | os.PathLike, table: str, keys: Sequence[str], rows: Any, contexts: list[dict]) -> None:
+def add_examples(
+    store_root: str | os.PathLike, table: str, keys: Sequence[str], rows: Any, contexts: list[dict]
+) -> None:
     """Put ``example`` into the report's row contexts of a log table (a no-op for other tables)."""
     if not contexts or not is_log_table(list(keys)):
         return
-    for ctx, line in zip(contexts, example_lines(store_root, table, keys, rows.iloc[: len(contexts)]), strict=False):
+    for ctx, line in zip(
+        contexts, example_lines(store_root, table, keys, rows.iloc[: len(contexts)]), strict=False
+    ):
         ctx["example"] = line
 
 

@@ -48,9 +48,7 @@ _MON = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _BSD_TS = _MON + r" [ 0-3]\d \d\d:\d\d:\d\d"
 _ISO_TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?"
 
-_SNIFF = re.compile(
-    r"^(?:<\d{1,3}>)?(?:1 )?(?:" + _BSD_TS + "|" + _ISO_TS + r") +\S+ \S"
-)
+_SNIFF = re.compile(r"^(?:<\d{1,3}>)?(?:1 )?(?:" + _BSD_TS + "|" + _ISO_TS + r") +\S+ \S")
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -192,11 +190,19 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
         if i + 15 <= e and buf[i + 3] == 32 and buf[i + 6] == 32 and buf[i + 9] == 58 and buf[i + 12] == 58:
             mon = 0
             for m in range(12):
-                if buf[i] == months[3 * m] and buf[i + 1] == months[3 * m + 1] and buf[i + 2] == months[3 * m + 2]:
+                if (
+                    buf[i] == months[3 * m]
+                    and buf[i + 1] == months[3 * m + 1]
+                    and buf[i + 2] == months[3 * m + 2]
+                ):
                     mon = m + 1
             d0 = buf[i + 4]
-            if mon and (d0 == 32 or _digit(d0)) and _digit(buf[i + 5]) and _all_digits(buf, i + 7, 2, e) and (
-                _all_digits(buf, i + 10, 2, e) and _all_digits(buf, i + 13, 2, e)
+            if (
+                mon
+                and (d0 == 32 or _digit(d0))
+                and _digit(buf[i + 5])
+                and _all_digits(buf, i + 7, 2, e)
+                and (_all_digits(buf, i + 10, 2, e) and _all_digits(buf, i + 13, 2, e))
             ):
                 day = (0 if d0 == 32 else d0 - 48) * 10 + buf[i + 5] - 48
                 secs = _num(buf, i + 7, 2) * 3600 + _num(buf, i + 10, 2) * 60 + _num(buf, i + 13, 2)
@@ -205,10 +211,18 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
                     ts = (_days(year - 1, mon, day) * 86400 + secs) * 1_000_000 - tz_us
                 i += 15
         elif (
-            _all_digits(buf, i, 4, e) and i + 19 <= e and buf[i + 4] == 45 and buf[i + 7] == 45
-            and (buf[i + 10] == 84 or buf[i + 10] == 32) and buf[i + 13] == 58 and buf[i + 16] == 58
-            and _all_digits(buf, i + 5, 2, e) and _all_digits(buf, i + 8, 2, e) and _all_digits(buf, i + 11, 2, e)
-            and _all_digits(buf, i + 14, 2, e) and _all_digits(buf, i + 17, 2, e)
+            _all_digits(buf, i, 4, e)
+            and i + 19 <= e
+            and buf[i + 4] == 45
+            and buf[i + 7] == 45
+            and (buf[i + 10] == 84 or buf[i + 10] == 32)
+            and buf[i + 13] == 58
+            and buf[i + 16] == 58
+            and _all_digits(buf, i + 5, 2, e)
+            and _all_digits(buf, i + 8, 2, e)
+            and _all_digits(buf, i + 11, 2, e)
+            and _all_digits(buf, i + 14, 2, e)
+            and _all_digits(buf, i + 17, 2, e)
         ):
             days = _days(_num(buf, i, 4), _num(buf, i + 5, 2), _num(buf, i + 8, 2))
             secs = _num(buf, i + 11, 2) * 3600 + _num(buf, i + 14, 2) * 60 + _num(buf, i + 17, 2)
@@ -458,5 +472,3 @@ def _fill_times(ts_us: np.ndarray, ref_us: int) -> np.ndarray:
     first = np.flatnonzero(~missing)
     out[: first[0] if len(first) else len(out)] = ref_us
     return out
-
-

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from flowdiff.listen import (
     DatagramReceiver,
@@ -33,13 +34,17 @@ from flowdiff.syslog import _BSD_TS, _ISO_TS
 
 SYSLOG_SPOOL_SUFFIX = ".syslog"
 MAX_MESSAGE = 64 * 1024  # longer frames are cut (and counted): a runaway sender must not eat the memory
-_HEADER = re.compile(rb"^(?:<\d{1,3}>)?(?:1 )?(?:" + _BSD_TS.encode() + b"|" + _ISO_TS.encode() + rb"|-) +\S+ ")
+_HEADER = re.compile(
+    rb"^(?:<\d{1,3}>)?(?:1 )?(?:" + _BSD_TS.encode() + b"|" + _ISO_TS.encode() + rb"|-) +\S+ "
+)
 _PRI = re.compile(rb"^<(\d{1,3})>")
 
 
 def spool_line(message: bytes, peer: tuple[str, int], ts_ns: int) -> bytes:
     """The spool line of one received message (see the module doc), without the newline."""
-    msg = message.rstrip(b"\r\n\x00").replace(b"\r\n", b"#012").replace(b"\n", b"#012").replace(b"\r", b"#015")
+    msg = (
+        message.rstrip(b"\r\n\x00").replace(b"\r\n", b"#012").replace(b"\n", b"#012").replace(b"\r", b"#015")
+    )
     if _HEADER.match(msg):
         return msg
     pri = _PRI.match(msg)
@@ -122,8 +127,9 @@ class SyslogSpoolWriter(SpoolWriter):
     def _open(self, now: float) -> None:
         super()._open(now)
         # the base class starts every file with a pcap header: a syslog spool file is plain text
-        self._f.seek(0)
-        self._f.truncate()
+        f: Any = self._f
+        f.seek(0)
+        f.truncate()
 
     def write(self, records: Iterable[SpoolRecord]) -> int:
         n = 0
@@ -131,7 +137,8 @@ class SyslogSpoolWriter(SpoolWriter):
             now = self.clock()
             if self._f is None or now >= self._ends_at:
                 self._open(now)
-            self._f.write(r.payload + b"\n")
+            f: Any = self._f
+            f.write(r.payload + b"\n")
             n += 1
         self.records += n
         return n

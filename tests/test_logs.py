@@ -50,7 +50,9 @@ def run(*args: str):
     return CliRunner().invoke(flowdiff_main, list(args), catch_exceptions=False)
 
 
-def write_log(path: Path, lines: list[str], *, gz: bool = False, mtime: str = "2026-12-06T00:00:00+00:00") -> Path:
+def write_log(
+    path: Path, lines: list[str], *, gz: bool = False, mtime: str = "2026-12-06T00:00:00+00:00"
+) -> Path:
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
     t = pd.Timestamp(mtime).value
@@ -132,7 +134,9 @@ def test_learn_diff_accept_deny_on_messages(write_config, tmp_path):
     r = run("learn", "--config", str(cfg), "--table", "messages")
     assert r.exit_code == 0, r.output
     # the failed root logins were part of Monday's normal: deny makes them always reported
-    r = run("deny", "messages", "--config", str(cfg), "--where", "program=sshd", "--where", f"template={DENIED}")
+    r = run(
+        "deny", "messages", "--config", str(cfg), "--where", "program=sshd", "--where", f"template={DENIED}"
+    )
     assert r.exit_code == 0, r.output
     assert run("collect", "--config", str(cfg), str(fri)).exit_code == 0
     r = run("diff", "--config", str(cfg), "--format", "json")
@@ -145,14 +149,22 @@ def test_learn_diff_accept_deny_on_messages(write_config, tmp_path):
     assert not any(t.startswith("connect from") for _, t, _ in got)
     report = next((tmp_path / "reports").glob("*/report.txt")).read_text()
     assert "example:    Dec  5 10:30:00 gw sudo[7003]: pam_unix(sudo:auth)" in report
-    accept = next(line.split("accept:", 1)[1].strip() for line in report.splitlines() if "accept:" in line and "sudo" in line)
-    assert accept.startswith("flowdiff accept messages --where host=gw --where program=sudo --where 'template=")
+    accept = next(
+        line.split("accept:", 1)[1].strip()
+        for line in report.splitlines()
+        if "accept:" in line and "sudo" in line
+    )
+    assert accept.startswith(
+        "flowdiff accept messages --where host=gw --where program=sudo --where 'template="
+    )
     import shlex
 
     r = run(*shlex.split(accept)[1:])
     assert r.exit_code == 0, r.output
     # the next day: the accepted kind is quiet, the denied one is reported again (rearm)
-    write_log(tmp_path / "sat.log", [x.replace("Dec  5", "Dec  6") for x in FRI], mtime="2026-12-07T00:00:00+00:00")
+    write_log(
+        tmp_path / "sat.log", [x.replace("Dec  5", "Dec  6") for x in FRI], mtime="2026-12-07T00:00:00+00:00"
+    )
     run("collect", "--config", str(cfg), str(tmp_path / "sat.log"))
     r = run("diff", "--config", str(cfg), "--format", "json")
     rows = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
@@ -219,6 +231,6 @@ def test_a_capture_and_a_log_in_one_collect(cfg, tmp_path, data_dir):
     cfg.write_text(CONFIG.replace("[tables.messages]", '[tables.hosts]\nkeys = ["src"]\n[tables.messages]'))
     r = run("collect", "--config", str(cfg), str(tmp_path / "c.pcap"), str(tmp_path / "m.log"))
     assert "2 files collected" in r.output, r.output
-    assert run("collect", "--config", str(cfg), str(tmp_path / "c.pcap"), str(tmp_path / "m.log")).output.count(
-        "2 already collected"
-    )
+    assert run(
+        "collect", "--config", str(cfg), str(tmp_path / "c.pcap"), str(tmp_path / "m.log")
+    ).output.count("2 already collected")

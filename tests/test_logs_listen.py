@@ -77,17 +77,25 @@ def test_udp_and_tcp_into_the_spool_then_collected(tmp_path):
     proc = start(spool, f"127.0.0.1:{udp}", f"tcp://127.0.0.1:{tcp}")
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(b"<38>Dec  2 01:00:00 gw sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2", ("127.0.0.1", udp))
+            s.sendto(
+                b"<38>Dec  2 01:00:00 gw sshd[1]: Failed password for root from 192.0.2.1 port 22 ssh2",
+                ("127.0.0.1", udp),
+            )
             s.sendto(b"<13>1 2026-12-02T01:00:01Z web app 9 - - hello 5424\n", ("127.0.0.1", udp))
             s.sendto(b"<14>myprog: no header here", ("127.0.0.1", udp))
-        frames = [b"<86>Dec  2 01:00:02 gw su[2]: session opened for user root", b"<30>Dec  2 01:00:03 gw cron[3]: line\nbreak"]
+        frames = [
+            b"<86>Dec  2 01:00:02 gw su[2]: session opened for user root",
+            b"<30>Dec  2 01:00:03 gw cron[3]: line\nbreak",
+        ]
         octet = b"".join(b"%d %s" % (len(f), f) for f in frames)
         with socket.create_connection(("127.0.0.1", tcp)) as c:
             for i in range(0, len(octet), 7):  # frames split anywhere
                 c.sendall(octet[i : i + 7])
                 time.sleep(0.002)
         with socket.create_connection(("127.0.0.1", tcp)) as c:  # newline framing, last one without
-            c.sendall(b"<13>Dec  2 01:00:04 h a: one\n<13>Dec  2 01:00:05 h a: two\n<13>Dec  2 01:00:06 h a: three")
+            c.sendall(
+                b"<13>Dec  2 01:00:04 h a: one\n<13>Dec  2 01:00:05 h a: two\n<13>Dec  2 01:00:06 h a: three"
+            )
         wait_for(lambda: len(spool_lines(spool)) >= 8)
     finally:
         summary = stop(proc)
@@ -101,7 +109,10 @@ def test_udp_and_tcp_into_the_spool_then_collected(tmp_path):
     res, df = collect_messages(tmp_path, spool)
     assert res.packets == 8 and int(df["packets"].sum()) == 8
     assert set(df["host"]) == {"gw", "web", "127.0.0.1", "h"}
-    assert df.set_index("program").loc["sshd", "template"] == "Failed password for <USER> from <IP> port <NUM> <NUM>"
+    assert (
+        df.set_index("program").loc["sshd", "template"]
+        == "Failed password for <USER> from <IP> port <NUM> <NUM>"
+    )
 
 
 @given(st.lists(st.integers(1, 40), max_size=30), st.booleans())
@@ -136,7 +147,10 @@ input(type="imtcp" address="127.0.0.1" port="{tcp}")
 """
 
 
-@pytest.mark.skipif(shutil.which("rsyslogd") is None or shutil.which("logger") is None, reason="rsyslogd or logger not installed (apt-get install rsyslog bsdutils)")
+@pytest.mark.skipif(
+    shutil.which("rsyslogd") is None or shutil.which("logger") is None,
+    reason="rsyslogd or logger not installed (apt-get install rsyslog bsdutils)",
+)
 def test_rsyslog_file_and_forwarding_to_the_listener(tmp_path):
     """rsyslogd on loopback receives `logger` messages, writes them to a file and forwards them (TCP,
     octet counting) to `flowdiff listen --syslog`: both collect to the same counts per template."""
@@ -184,7 +198,9 @@ def test_rsyslog_file_and_forwarding_to_the_listener(tmp_path):
         by = df.groupby(["program", "template"])["packets"].sum().to_dict()
         assert by[("sshd", "Failed password for <USER> from <IP> port <NUM> <NUM>")] == 2
         assert by[("cron", "(root) CMD (run-parts <PATH>)")] == 1
-    assert set(spool_df["severity"]) == {"notice"} and set(spool_df["facility"]) == {"user"}  # logger's default
+    assert set(spool_df["severity"]) == {"notice"} and set(spool_df["facility"]) == {
+        "user"
+    }  # logger's default
 
 
 def _accepts(port: int) -> bool:
@@ -200,6 +216,8 @@ def test_listen_needs_one_kind(tmp_path):
 
     from flowdiff.cli import main
 
-    r = CliRunner().invoke(main, ["listen", "--spool", str(tmp_path), "--syslog", "127.0.0.1:1", "127.0.0.1:2"])
+    r = CliRunner().invoke(
+        main, ["listen", "--spool", str(tmp_path), "--syslog", "127.0.0.1:1", "127.0.0.1:2"]
+    )
     assert r.exit_code == 2 and "one kind per listen process" in r.output
     assert os.listdir(tmp_path) == []

@@ -30,7 +30,9 @@ REF = us("2026-12-02T12:00:00+00:00")
 
 
 def test_rfc3164_file_line():
-    lines = parse_lines(["Dec  2 01:02:03 mail1 postfix/smtpd[4321]: connect from unknown[10.1.2.3]"], ref_us=REF)
+    lines = parse_lines(
+        ["Dec  2 01:02:03 mail1 postfix/smtpd[4321]: connect from unknown[10.1.2.3]"], ref_us=REF
+    )
     assert lines.parsed.tolist() == [True]
     assert lines.host.to_pylist() == ["mail1"]
     assert lines.program.to_pylist() == ["postfix/smtpd"]  # the pid is not part of the key
@@ -40,7 +42,9 @@ def test_rfc3164_file_line():
 
 
 def test_rfc3164_network_form_with_pri_and_timezone():
-    lines = parse_lines(["<38>Dec  2 10:00:00 fw sshd: Accepted publickey for bob"], ref_us=REF, tz_offset_s=3600)
+    lines = parse_lines(
+        ["<38>Dec  2 10:00:00 fw sshd: Accepted publickey for bob"], ref_us=REF, tz_offset_s=3600
+    )
     assert lines.facility.to_pylist() == ["auth"] and lines.severity.to_pylist() == ["info"]  # 38 = 4*8+6
     assert lines.ts_us.tolist() == [us("2026-12-02T09:00:00+00:00")]  # local time +01:00
 
@@ -58,7 +62,10 @@ def test_rfc5424_line():
     assert lines.host.to_pylist() == ["web01", "-"]
     assert lines.program.to_pylist() == ["nginx", NIL]
     assert lines.message.to_pylist() == ["GET /index.html 200", "bare message"]
-    assert lines.facility.to_pylist() == ["local4", "user"] and lines.severity.to_pylist() == ["notice", "notice"]
+    assert lines.facility.to_pylist() == ["local4", "user"] and lines.severity.to_pylist() == [
+        "notice",
+        "notice",
+    ]
     assert lines.ts_us[0] == us("2026-12-02T01:02:03.004567+02:00")
     assert lines.ts_us[1] == lines.ts_us[0]  # no time: the previous line's
 
@@ -115,13 +122,19 @@ def test_masking_is_a_pure_function_of_the_message(msgs):
 @pytest.mark.parametrize(
     ("message", "template"),
     [
-        ("Failed password for root from 203.0.113.9 port 52144 ssh2", "Failed password for <USER> from <IP> port <NUM> <NUM>"),
+        (
+            "Failed password for root from 203.0.113.9 port 52144 ssh2",
+            "Failed password for <USER> from <IP> port <NUM> <NUM>",
+        ),
         (
             "Failed password for invalid user admin from 2001:db8::17 port 2 ssh2",
             "Failed password for invalid user <USER> from <IP> port <NUM> <NUM>",
         ),
         ("session opened for user alice by (uid=0)", "session opened for user <USER> by (uid=<*>)"),
-        ("3F2A81C0D1: to=<bob@example.org>, relay=mx[198.51.100.4]:25, delay=0.31", "<NUM>: to=<EMAIL>, relay=<HOST>[<IP>]:<NUM>, delay=<*>"),
+        (
+            "3F2A81C0D1: to=<bob@example.org>, relay=mx[198.51.100.4]:25, delay=0.31",
+            "<NUM>: to=<EMAIL>, relay=<HOST>[<IP>]:<NUM>, delay=<*>",
+        ),
         ("B1C2D3E4F5A6: removed", "<NUM>: removed"),
         ("eth0: link up, 1000Mbps, full-duplex, lpa 0x41E1", "<NUM>: link up, <NUM>, full-duplex, lpa <NUM>"),
         ("dhcp from 00:1b:21:3a:4f:c2 via eth1", "dhcp from <MAC> via <NUM>"),
@@ -129,7 +142,10 @@ def test_masking_is_a_pure_function_of_the_message(msgs):
         ('user "mallory" not allowed', 'user "<*>" not allowed'),
         ("action=drop proto=tcp src=10.0.0.1 spt=443", "action=drop proto=tcp src=<*> spt=<*>"),
         ("timeout after 30s at Sat Jun 25 04:41:15 2005", "timeout after <NUM> at <DATE>"),
-        ("connection from 24.54.76.216 (24-54-76-216.bflony.adelphia.net) at 12:00:01", "connection from <IP> (<HOST>) at <TIME>"),
+        (
+            "connection from 24.54.76.216 (24-54-76-216.bflony.adelphia.net) at 12:00:01",
+            "connection from <IP> (<HOST>) at <TIME>",
+        ),
         ("login from host.example.com refused   ", "login from <HOST> refused"),
         ("see https://example.org/a?b=1 for details", "see <URL> for details"),
     ],

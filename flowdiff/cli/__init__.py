@@ -189,7 +189,16 @@ def show(table, config_path, store, since, until, top, by_interval, fmt) -> None
 
 
 # Commands of the other stages live in their own modules and register themselves here.
-for _module in ("baseline_cmds", "triage_cmds", "mail_cmds", "demo_cmds", "status_cmds", "packets_cmds", "listen_cmds", "logs_cmds"):
+for _module in (
+    "baseline_cmds",
+    "triage_cmds",
+    "mail_cmds",
+    "demo_cmds",
+    "status_cmds",
+    "packets_cmds",
+    "listen_cmds",
+    "logs_cmds",
+):
     try:
         importlib.import_module(f"flowdiff.cli.{_module}").register(main)
     except ModuleNotFoundError as _e:  # pragma: no cover - while a stage is being written

@@ -55,7 +55,10 @@ def listen_cmd(addresses, syslog, spool, rotate, rcvbuf) -> None:
     from flowdiff.listen import listen
 
     if bool(addresses) == bool(syslog):
-        raise click.UsageError("give flow export ADDR:PORT ... or --syslog ADDR:PORT (one kind per listen process)")
+        raise click.UsageError(
+            "give flow export ADDR:PORT ... or --syslog ADDR:PORT (one kind per listen process)"
+        )
+
     def wire(listener) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: listener.stop())

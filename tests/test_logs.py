@@ -234,3 +234,15 @@ def test_a_capture_and_a_log_in_one_collect(cfg, tmp_path, data_dir):
     assert run(
         "collect", "--config", str(cfg), str(tmp_path / "c.pcap"), str(tmp_path / "m.log")
     ).output.count("2 already collected")
+
+
+def test_run_collects_logs_paths_and_says_when_one_matches_nothing(write_config, tmp_path, caplog):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    write_log(remote / "20261201T08.log", MON, mtime="2026-12-01T09:00:00+00:00")
+    os.utime(write_log(remote / "20261201T09.log", FRI[:1]))  # written just now
+    cfg = write_config(CONFIG.replace("[logs]", '[logs]\npaths = ["remote", "gone/*.log"]'))
+    r = run("run", "--config", str(cfg))
+    assert r.exit_code == 0, r.output
+    assert int(messages(cfg)["packets"].sum()) == len(MON)  # the newest file is still being written
+    assert any("gone/*.log matches no file" in m for m in caplog.messages)

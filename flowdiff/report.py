@@ -137,6 +137,7 @@ def _row_context(row: dict[str, Any], keys: tuple[str, ...], number: int) -> dic
         "neighbour": str(row["neighbour"] or ""),
         "accept_cmd": str(row["accept_cmd"]),
         "deny_cmd": str(row["deny_cmd"]),
+        "example": "",  # log tables: one line of the key (flowdiff.logsource.add_examples)
     }
 
 

@@ -124,7 +124,9 @@ def rows_of_lines(lines: Lines, tables: Mapping[str, Sequence[str]], interval: i
                 "last_seen": agg["ts_max"].cast(TIMESTAMP),
             }
         )
-        out[name] = rows.cast(table_schema(keys))
+        # sorted by (interval, keys) and unique per key: collect writes parts as "presorted"
+        order = [(INTERVAL, "ascending"), *((k, "ascending") for k in keys)]
+        out[name] = rows.cast(table_schema(keys)).sort_by(order)
         examples[name] = _first_lines(base, list(keys), lines)
     unparsed = int((~lines.parsed).sum())
     return ChunkRows(out, examples, len(lines), unparsed, int(lines.nbytes.sum()))

@@ -246,3 +246,15 @@ def test_run_collects_logs_paths_and_says_when_one_matches_nothing(write_config,
     assert r.exit_code == 0, r.output
     assert int(messages(cfg)["packets"].sum()) == len(MON)  # the newest file is still being written
     assert any("gone/*.log matches no file" in m for m in caplog.messages)
+
+
+def test_lines_of_many_intervals_in_any_order_are_all_counted(cfg, tmp_path):
+    """Lines out of time order (a relay's backlog): every interval file gets its rows."""
+    hours = [5, 1, 3, 1, 5, 2, 4, 3, 1]
+    lines = [f"Dec  1 {h:02d}:00:00 h{i % 2} p: event {i % 3}" for i, h in enumerate(hours)]
+    write_log(tmp_path / "x.log", lines)
+    assert run("collect", "--config", str(cfg), str(tmp_path / "x.log")).exit_code == 0
+    df = messages(cfg)
+    assert int(df["packets"].sum()) == len(lines)
+    per_hour = df.groupby(df["interval_start"].dt.hour)["packets"].sum().to_dict()
+    assert per_hour == {h: hours.count(h) for h in sorted(set(hours))}

@@ -538,9 +538,12 @@ def _collect_log(
         keys = {n: tc.keys for n, tc in tables.items()}
         tz = config.logs.timezone if config.logs else "UTC"
         parts = _PartWriter(store, tables, f"log-{ident[:32]}", fr, result)
-        unparsed = 0
+        unparsed, damage = 0, []
         try:
-            for chunk in iter_file_rows(path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000):
+            rows = iter_file_rows(
+                path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000, damage=damage
+            )
+            for chunk in rows:
                 parts.submit(chunk.tables)
                 for name, ex in chunk.examples.items():
                     merge_examples(store.root, config.sensor, name, keys[name], ex)
@@ -553,12 +556,15 @@ def _collect_log(
         store.ledger_append(entry(None, 0, "failed", str(e), []))
         known.failed.add(key)
         return FileResult(str(path), "failed", message=str(e))
-    if unparsed:
+    if damage:
+        fr.status, fr.message = "damaged", f"{damage[0]} (kept the {fr.records:,} lines before it)"
+        log.warning(fr.message)
+    elif unparsed:
         fr.message = (
             f"{path}: {unparsed:,} of {fr.records:,} lines are not syslog (counted with host and program '-')"
         )
         log.info(fr.message)
-    store.ledger_append(entry(ident, fr.records, "ok", fr.message, fr.tables))
+    store.ledger_append(entry(ident, fr.records, fr.status, fr.message, fr.tables))
     known.add(key, ident, fr.tables, f"log-{ident[:32]}")
     result.packets += fr.records
     result.bytes += fr.bytes

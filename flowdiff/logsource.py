@@ -19,9 +19,11 @@ file per table: one row per key and sensor; Parquet readers of the table skip fi
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from flowdiff.syslog import GZIP_MAGIC, Lines, looks_like_syslog, open_text, par
 
 CHUNK_BYTES = 32 << 20  # lines read per part (cut at a newline)
 EXAMPLES = "_examples.parquet"
+_BLOCK = 1 << 16
 
 
 def is_log_file(path: str | os.PathLike) -> bool:
@@ -149,41 +152,33 @@ def _first_lines(base: pa.Table, keys: list[str], lines: Lines) -> pa.Table:
     )
 
 
-def read_chunks(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+def read_chunks(
+    path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, damage: list[str] | None = None
+) -> Iterator[bytes]:
     """Whole lines of the (decompressed) file, about ``chunk_bytes`` at a time, always cut after a
-    newline (the last chunk may end without one). Raises CaptureError when the file cannot be read."""
+    newline (the last chunk may end without one). A file that breaks off (a gzip stream cut short or
+    corrupt, a read error) ends there: what was read before is kept and the reason goes to ``damage``
+    (or, without a list, raises CaptureError)."""
     path = os.fspath(path)
-    rest = b""
+    pending: list[bytes] = []  # read in small blocks: a stream that breaks off loses at most one block
+    size = 0
     try:
         with open_text(path) as f:
-            while True:
-                block = f.read(chunk_bytes)
-                if not block:
-                    break
-                data = rest + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
-                    continue
-                rest = data[cut + 1 :]
-                yield data[: cut + 1]
-    except (OSError, EOFError) as e:
-        if rest:
-            yield rest
-        raise CaptureError(path, f"cannot read as syslog: {getattr(e, 'strerror', None) or e}") from e
-    if rest:
-        yield rest
-
-
-@dataclass
-class LogRead:
-    """What reading one syslog file gave."""
-
-    lines: int = 0
-    unparsed: int = 0
-    bytes: int = 0
-    damage: str = ""
-    parts: list[ChunkRows] = field(default_factory=list)
+            while block := f.read(_BLOCK):
+                pending.append(block)
+                size += len(block)
+                if size >= chunk_bytes and b"\n" in block:
+                    data = b"".join(pending)
+                    cut = data.rfind(b"\n") + 1
+                    pending, size = [data[cut:]], len(data) - cut
+                    yield data[:cut]
+    except (OSError, EOFError, zlib.error) as e:
+        why = f"cannot read as syslog: {getattr(e, 'strerror', None) or e}"
+        if damage is None:
+            raise CaptureError(path, why) from e
+        damage.append(f"{path}: {why}")
+    if size:
+        yield b"".join(pending)
 
 
 def iter_file_rows(
@@ -194,13 +189,14 @@ def iter_file_rows(
     timezone: str = "UTC",
     ref_us: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    damage: list[str] | None = None,
 ) -> Iterator[ChunkRows]:
     """Rows of every chunk of a syslog file (see the module doc). ``ref_us`` (default: the file's
     modification time) dates RFC 3164 lines, which have no year, and lines without a time."""
     if ref_us is None:
         ref_us = os.stat(path).st_mtime_ns // 1000
     offset = tz_offset(timezone, ref_us)
-    for data in read_chunks(path, chunk_bytes):
+    for data in read_chunks(path, chunk_bytes, damage):
         lines = parse_bytes(data, ref_us=ref_us, tz_offset_s=offset)
         yield rows_of_lines(lines, tables, interval)
 
@@ -251,11 +247,18 @@ def content_sha256(path: str | os.PathLike) -> str:
         with open_text(os.fspath(path)) as f:
             while block := f.read(1 << 20):
                 h.update(block)
-    except (OSError, EOFError) as e:
-        raise CaptureError(
-            os.fspath(path), f"cannot read as syslog: {getattr(e, 'strerror', None) or e}"
-        ) from e
-    return h.hexdigest()
+        return h.hexdigest()
+    except (EOFError, zlib.error, gzip.BadGzipFile):  # a damaged gzip stream: its raw bytes identify it
+        h = hashlib.sha256(b"raw:")
+        try:
+            with open(path, "rb") as raw:
+                while block := raw.read(1 << 20):
+                    h.update(block)
+        except OSError as e:
+            raise CaptureError(os.fspath(path), f"cannot read: {e.strerror or e}") from e
+        return h.hexdigest()
+    except OSError as e:
+        raise CaptureError(os.fspath(path), f"cannot read as syslog: {e.strerror or e}") from e
 
 
 # ---------------------------------------------------------------- example lines

@@ -258,3 +258,24 @@ def test_lines_of_many_intervals_in_any_order_are_all_counted(cfg, tmp_path):
     assert int(df["packets"].sum()) == len(lines)
     per_hour = df.groupby(df["interval_start"].dt.hour)["packets"].sum().to_dict()
     assert per_hour == {h: hours.count(h) for h in sorted(set(hours))}
+
+
+def test_a_cut_gzip_log_keeps_its_lines_and_is_reported_once(cfg, tmp_path):
+    lines = [
+        f"Dec  1 08:{i // 60:02d}:{i % 60:02d} h p[{i}]: line {i} " + "x" * (i % 50) for i in range(3000)
+    ]
+    whole = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+    d = tmp_path / "logs"
+    d.mkdir()
+    (d / "cut.log.gz").write_bytes(whole[: len(whole) // 2])
+    write_log(d / "fine.log", MON)
+    r = CliRunner().invoke(flowdiff_main, ["collect", "--config", str(cfg), "--all", str(d)])
+    assert r.exit_code == 0, r.output
+    assert "2 files collected" in r.output
+    damaged = [x for x in r.output.splitlines() if "cut.log.gz" in x]
+    assert len(damaged) == 1 and "cannot read as syslog" in damaged[0] and "lines before it" in damaged[0]
+    kept = int(damaged[0].split("kept the ")[1].split(" lines")[0].replace(",", ""))
+    assert 0 < kept < len(lines)
+    assert int(messages(cfg)["packets"].sum()) == kept + len(MON)
+    again = run("collect", "--config", str(cfg), "--all", str(d))
+    assert "2 already collected" in again.output and "cut.log.gz" not in again.output

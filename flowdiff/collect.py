@@ -67,8 +67,15 @@ from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
+from flowdiff.logsource import (
+    appended_to,
+    is_log_file,
+    iter_file_rows,
+    log_tables,
+    merge_examples,
+    packet_tables,
+)
 from flowdiff.logsource import content_sha256 as log_sha256
-from flowdiff.logsource import is_log_file, iter_file_rows, log_tables, merge_examples, packet_tables
 from flowdiff.netflow import FlowRouter, TemplateStore
 from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store
@@ -531,9 +538,19 @@ def _collect_log(
                 known.add(key, ident, (), f"log-{ident[:32]}")
             fr.status = "known"
             return fr
+        offset = 0
         if ident in known.filled:
             fr.again = True
             tables = {n: tc for n, tc in tables.items() if n not in known.filled[ident]}
+        else:  # a live log that grew since it was collected: only the lines after the collected part
+            earlier = [(k[1], i) for k, i in known.by_stat.items() if k[0] == key[0] and k[1] < key[1]]
+            offset, base = appended_to(path, earlier)
+            if offset and set(tables) - known.filled.get(base or "", set()):
+                offset = 0  # a table that never saw the beginning: read it all
+            if offset:
+                fr.message = (
+                    f"{path}: grew since it was collected; read the {key[1] - offset:,} bytes after it"
+                )
         fr.tables = sorted(tables)
         keys = {n: tc.keys for n, tc in tables.items()}
         tz = config.logs.timezone if config.logs else "UTC"
@@ -541,7 +558,7 @@ def _collect_log(
         unparsed, damage = 0, []
         try:
             rows = iter_file_rows(
-                path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000, damage=damage
+                path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000, damage=damage, offset=offset
             )
             for chunk in rows:
                 parts.submit(chunk.tables)

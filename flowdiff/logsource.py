@@ -153,7 +153,10 @@ def _first_lines(base: pa.Table, keys: list[str], lines: Lines) -> pa.Table:
 
 
 def read_chunks(
-    path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES, damage: list[str] | None = None
+    path: str | os.PathLike,
+    chunk_bytes: int = CHUNK_BYTES,
+    damage: list[str] | None = None,
+    offset: int = 0,
 ) -> Iterator[bytes]:
     """Whole lines of the (decompressed) file, about ``chunk_bytes`` at a time, always cut after a
     newline (the last chunk may end without one). A file that breaks off (a gzip stream cut short or
@@ -164,6 +167,8 @@ def read_chunks(
     size = 0
     try:
         with open_text(path) as f:
+            if offset:
+                f.seek(offset)
             while block := f.read(_BLOCK):
                 pending.append(block)
                 size += len(block)
@@ -190,14 +195,16 @@ def iter_file_rows(
     ref_us: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     damage: list[str] | None = None,
+    offset: int = 0,
 ) -> Iterator[ChunkRows]:
     """Rows of every chunk of a syslog file (see the module doc). ``ref_us`` (default: the file's
-    modification time) dates RFC 3164 lines, which have no year, and lines without a time."""
+    modification time) dates RFC 3164 lines, which have no year, and lines without a time; ``offset``:
+    the bytes to skip (a plain file that grew, see :func:`appended_to`)."""
     if ref_us is None:
         ref_us = os.stat(path).st_mtime_ns // 1000
-    offset = tz_offset(timezone, ref_us)
-    for data in read_chunks(path, chunk_bytes, damage):
-        lines = parse_bytes(data, ref_us=ref_us, tz_offset_s=offset)
+    tz_s = tz_offset(timezone, ref_us)
+    for data in read_chunks(path, chunk_bytes, damage, offset):
+        lines = parse_bytes(data, ref_us=ref_us, tz_offset_s=tz_s)
         yield rows_of_lines(lines, tables, interval)
 
 
@@ -259,6 +266,36 @@ def content_sha256(path: str | os.PathLike) -> str:
         return h.hexdigest()
     except OSError as e:
         raise CaptureError(os.fspath(path), f"cannot read as syslog: {e.strerror or e}") from e
+
+
+def appended_to(path: str | os.PathLike, earlier: Sequence[tuple[int, str]]) -> tuple[int, str | None]:
+    """A plain log file that only grew since it was collected (``earlier``: the (size, content sha256) of
+    its collected versions, same path): the size of the longest such version that this file starts with
+    (ending at a line end) and its sha, so that only the lines after it are read; ``(0, None)`` otherwise.
+    This is how a live file such as ``/var/log/syslog`` is collected again without counting twice."""
+    import hashlib
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == GZIP_MAGIC:
+                return 0, None
+            for size, sha in sorted(earlier, reverse=True):
+                if size <= 0:
+                    continue
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    continue
+                f.seek(0)
+                h, left = hashlib.sha256(), size
+                while left and (block := f.read(min(left, 1 << 20))):
+                    h.update(block)
+                    left -= len(block)
+                if not left and h.hexdigest() == sha:
+                    return size, sha
+    except OSError:
+        return 0, None
+    return 0, None
 
 
 # ---------------------------------------------------------------- example lines
@@ -339,6 +376,7 @@ __all__ = [
     "LOG_KEYS",
     "ChunkRows",
     "add_examples",
+    "appended_to",
     "content_sha256",
     "example_lines",
     "is_log_file",

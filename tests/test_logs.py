@@ -279,3 +279,16 @@ def test_a_cut_gzip_log_keeps_its_lines_and_is_reported_once(cfg, tmp_path):
     assert int(messages(cfg)["packets"].sum()) == kept + len(MON)
     again = run("collect", "--config", str(cfg), "--all", str(d))
     assert "2 already collected" in again.output and "cut.log.gz" not in again.output
+
+
+def test_a_live_log_that_grew_is_read_from_where_it_was_left(cfg, tmp_path):
+    live = write_log(tmp_path / "syslog", MON[:3])
+    run("collect", "--config", str(cfg), str(live))
+    with open(live, "a") as f:  # rsyslog appends
+        f.write("\n".join(FRI) + "\n")
+    r = run("collect", "--config", str(cfg), "-v", str(live))
+    assert "1 file collected, 4 packets" in r.output, r.output
+    assert int(messages(cfg)["packets"].sum()) == 3 + len(FRI)
+    live.rename(tmp_path / "syslog.1")  # rotated: the same content, nothing new
+    assert "1 already collected" in run("collect", "--config", str(cfg), str(tmp_path / "syslog.1")).output
+    assert int(messages(cfg)["packets"].sum()) == 3 + len(FRI)

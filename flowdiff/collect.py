@@ -548,8 +548,8 @@ def _collect_log(
             if offset and set(tables) - known.filled.get(base or "", set()):
                 offset = 0  # a table that never saw the beginning: read it all
             if offset:
-                fr.message = (
-                    f"{path}: grew since it was collected; read the {key[1] - offset:,} bytes after it"
+                log.info(
+                    "%s: grew since it was collected; reading the %s bytes after it", path, key[1] - offset
                 )
         fr.tables = sorted(tables)
         keys = {n: tc.keys for n, tc in tables.items()}

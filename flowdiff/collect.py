@@ -492,7 +492,7 @@ def _collect_one(
     result.skipped.update(stats.skipped)
     if zeek_kind:
         result.flow_records += stats.records
-    else:
+    elif isinstance(reader, CaptureReader):
         _note_unknown_linktypes(reader, agg, fr)
     return fr
 
@@ -593,7 +593,8 @@ class _LazyTemplates:
     """The flow template store (``netflow.TemplateStore``), opened on first use only."""
 
     def __init__(self, root: Path):
-        self.root, self._store = root, None
+        self.root = root
+        self._store: TemplateStore | None = None
 
     def get(self) -> TemplateStore:
         if self._store is None:
@@ -744,13 +745,14 @@ def _read_all(
     if isinstance(reader, ZeekReader):
         return _read_zeek(reader, agg, parts, total, progress, config)
     wire = 0
+    keep = 1 if router is None else _flow_keep(agg.interval)
     for packets, nbytes, flows in _decoded(reader, router):
-        if flows is not None and len(flows["ts_ns"]):
+        if router is not None and flows is not None and len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes
-        if agg.closed_intervals():
-            parts.submit(agg.drain_deferred())
+        if agg.closed_intervals(keep):
+            parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
     if router is not None:  # data sets still waiting for a template are counted as dropped
@@ -758,6 +760,15 @@ def _read_all(
         if len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
     return wire
+
+
+# Flow records arrive late (an exporter sends a flow when it ends or at its active timeout): the intervals
+# of the last 10 minutes stay open, so that late records rarely make extra parts to merge.
+_FLOW_LATENESS = 600
+
+
+def _flow_keep(interval: int) -> int:
+    return 1 + -(-_FLOW_LATENESS // interval)
 
 
 def _read_zeek(
@@ -777,8 +788,9 @@ def _read_zeek(
             records = split_proportional(records, config.interval)
         agg.add_flows(records)
         wire += int(records["bytes"].sum())
-        if agg.closed_intervals():
-            parts.submit(agg.drain_deferred())
+        keep = _flow_keep(agg.interval)  # conn.log is written when connections end: late like flows
+        if agg.closed_intervals(keep):
+            parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(reader.path, min(reader.stats.file_bytes_read, total), total)
     return wire

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -46,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from flowdiff.errors import FlowdiffError
 from flowdiff.exitcodes import ExitCode
@@ -104,6 +106,7 @@ class DatagramReceiver(abc.ABC):
     it wants reported go into ``counts`` (shown in the listener's summary)."""
 
     kind = "udp"
+    passthrough = False  # True: every datagram is one record, unchanged (the listener skips datagram())
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -131,13 +134,17 @@ class StreamReceiver(abc.ABC):
         self, conn: int, data: bytes, peer: tuple[str, int], local: tuple[str, int], ts_ns: int
     ) -> Iterable[SpoolRecord]: ...
 
-    def closed(self, conn: int, peer: tuple[str, int], local: tuple[str, int], ts_ns: int) -> Iterable[SpoolRecord]:
+    def closed(
+        self, conn: int, peer: tuple[str, int], local: tuple[str, int], ts_ns: int
+    ) -> Iterable[SpoolRecord]:
         return ()
 
 
 class FlowReceiver(DatagramReceiver):
     """NetFlow v5/v9 and IPFIX export: every datagram is kept as it is (decoded later, by collect, with
     the templates kept in the ledger), so nothing depends on the listener understanding it."""
+
+    passthrough = True
 
     def datagram(self, data, peer, local, ts_ns):
         return (SpoolRecord(ts_ns, peer, local, data),)
@@ -184,6 +191,7 @@ def parse_endpoint(text: str, default_transport: str = "udp") -> Endpoint:
 # ---------------------------------------------------------------- the spool writer
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip_bytes(addr: str) -> tuple[int, bytes]:
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -200,6 +208,20 @@ def _checksum(header: bytes) -> int:
 
 def synthetic_packet(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
     """IPv4 (or IPv6 when either side is IPv6) + UDP header around ``payload`` (UDP checksum 0)."""
+    pre = _v4_prefix(src[0], dst[0])
+    if pre is not None:  # the common case, fast: the header's checksum from a cached partial sum
+        total = 28 + len(pl := payload)
+        s = pre[1] + total
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        head = (
+            pre[0][:2]
+            + total.to_bytes(2, "big")
+            + pre[0][4:10]
+            + (~s & 0xFFFF).to_bytes(2, "big")
+            + pre[0][12:]
+        )
+        return head + struct.pack("!HHHH", src[1] & 0xFFFF, dst[1] & 0xFFFF, 8 + len(pl), 0) + pl
     sv, sa = _ip_bytes(src[0])
     dv, da = _ip_bytes(dst[0])
     udp = struct.pack("!HHHH", src[1] & 0xFFFF, dst[1] & 0xFFFF, 8 + len(payload), 0)
@@ -215,6 +237,18 @@ def synthetic_packet(src: tuple[str, int], dst: tuple[str, int], payload: bytes)
     return ip6 + udp + payload
 
 
+@functools.lru_cache(maxsize=4096)
+def _v4_prefix(src: str, dst: str) -> tuple[bytes, int] | None:
+    """(an IPv4 header with length and checksum 0, the ones' complement sum of its words) or None."""
+    sv, sa = _ip_bytes(src)
+    dv, da = _ip_bytes(dst)
+    if sv != 4 or dv != 4:
+        return None
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0x4000, 64, 17, 0, sa, da)
+    return head, sum(struct.unpack("!10H", head))
+
+
+_REC_HEADER = struct.Struct("<IIII")
 _PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, LINKTYPE_RAW)  # nanosecond pcap
 
 
@@ -240,7 +274,7 @@ class SpoolWriter:
         self.clock = clock
         self.files: list[Path] = []  # every file opened, in order
         self.records = 0
-        self._f = None
+        self._f: BinaryIO | None = None
         self._path: Path | None = None
         self._ends_at = 0.0
         try:
@@ -262,16 +296,21 @@ class SpoolWriter:
     def write(self, records: Iterable[SpoolRecord]) -> int:
         n = 0
         for r in records:
-            now = self.clock()
-            if self._f is None or now >= self._ends_at:
-                self._open(now)
-            payload = r.payload[:_MAX_PAYLOAD]
-            pkt = synthetic_packet(r.src, r.dst, payload)
-            sec, nsec = divmod(r.ts_ns, 1_000_000_000)
-            self._f.write(struct.pack("<IIII", sec & 0xFFFFFFFF, nsec, len(pkt), len(pkt)) + pkt)
+            self.write_one(r.ts_ns, r.src, r.dst, r.payload)
             n += 1
-        self.records += n
         return n
+
+    def write_one(self, ts_ns: int, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
+        """One record (the hot path of a pass-through receiver: no SpoolRecord made)."""
+        if self._f is None or self.clock() >= self._ends_at:
+            self._open(self.clock())
+        pkt = synthetic_packet(src, dst, payload[:_MAX_PAYLOAD])
+        sec, nsec = divmod(ts_ns, 1_000_000_000)
+        f = self._f
+        assert f is not None
+        f.write(_REC_HEADER.pack(sec & 0xFFFFFFFF, nsec, len(pkt), len(pkt)))
+        f.write(pkt)
+        self.records += 1
 
     def flush(self) -> None:
         if self._f is not None:
@@ -307,10 +346,11 @@ class SpoolWriter:
                 break
             start += 1  # restarted within the same second: a later name, never the old file
         try:
-            self._f = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+            f = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
         except OSError as e:
             raise ListenError(f"{path}: cannot create spool file: {e.strerror}") from e
-        self._f.write(_PCAP_HEADER)
+        f.write(_PCAP_HEADER)
+        self._f = f
         self._path = path
         self.files.append(path)
         self._ends_at = (int(now) // self.rotate + 1) * self.rotate
@@ -374,6 +414,7 @@ class ListenResult:
         return "listen: " + ", ".join(parts) + (f" ({'; '.join(extra)})" if extra else "")
 
 
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 _BATCH = 512  # datagrams read per socket per readiness before looking at the others
 _RECV = 65536
 
@@ -400,7 +441,7 @@ class Listener:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
         self._socks: list[socket.socket] = []
         self._conns: dict[int, tuple[socket.socket, StreamReceiver, tuple, tuple, SocketStats]] = {}
-        self._receivers = []
+        self._receivers: list[DatagramReceiver | StreamReceiver] = []
         try:
             for ep, receiver in endpoints:
                 self._open(ep, receiver, rcvbuf)
@@ -502,15 +543,16 @@ class Listener:
             with contextlib.suppress(OSError):
                 self._wake_r.recv(4096)
         elif what == "udp":
-            self._read_datagrams(key.fileobj, receiver, stats)
+            self._read_datagrams(key.fileobj, receiver, stats)  # type: ignore[arg-type]
         elif what == "tcp":
-            self._accept(key.fileobj, receiver, stats)
+            self._accept(key.fileobj, receiver, stats)  # type: ignore[arg-type]
         else:
             self._read_stream(key.fd)
 
     def _read_datagrams(self, s: socket.socket, receiver: DatagramReceiver, stats: SocketStats) -> None:
         local = s.getsockname()[:2]
         anc = socket.CMSG_SPACE(4)
+        writer, passthrough = self.writer, receiver.passthrough
         for _ in range(_BATCH):
             try:
                 data, ancdata, flags, peer = s.recvmsg(_RECV, anc)
@@ -520,15 +562,18 @@ class Listener:
                 log.debug("listen: %s: %s", stats.endpoint, e)
                 return
             ts = time.time_ns()
-            for level, typ, value in ancdata:
+            for level, typ, value in ancdata:  # only present once the kernel has dropped any
                 if level == socket.SOL_SOCKET and typ == _SO_RXQ_OVFL and len(value) >= 4:
                     stats.kernel_drops = struct.unpack("=I", value[:4])[0]
             stats.datagrams += 1
             stats.bytes += len(data)
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 stats.truncated += 1
                 continue
-            self.writer.write(receiver.datagram(data, peer[:2], local, ts))
+            if passthrough:
+                writer.write_one(ts, peer, local, data)
+            else:
+                writer.write(receiver.datagram(data, peer[:2], local, ts))
 
     def _accept(self, s: socket.socket, receiver: StreamReceiver, stats: SocketStats) -> None:
         try:

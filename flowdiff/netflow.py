@@ -29,6 +29,7 @@ export time (counted as ``flow-no-start-time``). Bytes are the IP-layer octets t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from flowdiff.schema import PACKET_FIELDS
 
 __all__ = ["FLOW_FIELDS", "REASONS", "FlowDecoder", "Template", "TemplateCache"]
 
@@ -107,7 +110,7 @@ class Template:
     fields: tuple[tuple[int, int, int], ...]
     options: bool = False
 
-    @property
+    @functools.cached_property
     def fixed_length(self) -> int | None:
         if any(length == VARLEN for _, _, length in self.fields):
             return None
@@ -242,7 +245,15 @@ class FlowDecoder:
             self.skipped["flow-bad-length"] += 1
             return
         self._sequence(exporter, engine_id, 5, seq, count)
-        self._group(_V5_TEMPLATE, p[24 : 24 + 48 * count], count, secs * 10**9 + min(nsecs, 999_999_999), uptime, -1, code)
+        self._group(
+            _V5_TEMPLATE,
+            p[24 : 24 + 48 * count],
+            count,
+            secs * 10**9 + min(nsecs, 999_999_999),
+            uptime,
+            -1,
+            code,
+        )
 
     def _v9(self, p: bytes, exporter: str, code: int) -> None:
         if len(p) < 20:
@@ -267,7 +278,16 @@ class FlowDecoder:
     _data_records_seen = 0
 
     def _sets(
-        self, p: bytes, pos: int, end: int, exporter: str, code: int, domain: int, export_ns: int, uptime: int, ver: int
+        self,
+        p: bytes,
+        pos: int,
+        end: int,
+        exporter: str,
+        code: int,
+        domain: int,
+        export_ns: int,
+        uptime: int,
+        ver: int,
     ) -> None:
         tset, oset = (0, 1) if ver == 9 else (2, 3)
         while pos + 4 <= end:
@@ -371,7 +391,15 @@ class FlowDecoder:
             self.cache.templates.pop((exporter, domain, tid), None)
 
     def _data(
-        self, exporter: str, code: int, domain: int, tid: int, body: bytes, export_ns: int, uptime: int, ver: int
+        self,
+        exporter: str,
+        code: int,
+        domain: int,
+        tid: int,
+        body: bytes,
+        export_ns: int,
+        uptime: int,
+        ver: int,
     ) -> None:
         tpl = self.cache.templates.get((exporter, domain, tid))
         if tpl is None:
@@ -395,7 +423,9 @@ class FlowDecoder:
         if ver == 10:
             self._data_records_seen += len(records)
         if tpl.options:
-            self._options(exporter, domain, fixed_tpl, b"".join(records), len(records), fixed_tpl.fixed_length or 0)
+            self._options(
+                exporter, domain, fixed_tpl, b"".join(records), len(records), fixed_tpl.fixed_length or 0
+            )
         elif records:
             init = self.cache.init_ms.get((exporter, domain), -1)
             self._group(fixed_tpl, b"".join(records), len(records), export_ns, uptime, init, code)
@@ -433,7 +463,9 @@ class FlowDecoder:
                 break
         return kept, out
 
-    def _options(self, exporter: str, domain: int, tpl: Template, body: bytes, count: int, fixed: int) -> None:
+    def _options(
+        self, exporter: str, domain: int, tpl: Template, body: bytes, count: int, fixed: int
+    ) -> None:
         """Options records are not flows; systemInitTimeMilliseconds is kept (IPFIX uptime fields)."""
         off = 0
         for ie, pen, length in tpl.fields:
@@ -458,7 +490,9 @@ class FlowDecoder:
         self._pending = []
         return n
 
-    def _group(self, tpl: Template, data: bytes, count: int, export_ns: int, uptime: int, init: int, code: int) -> None:
+    def _group(
+        self, tpl: Template, data: bytes, count: int, export_ns: int, uptime: int, init: int, code: int
+    ) -> None:
         g = self._groups.get(tpl)
         if g is None:
             g = self._groups[tpl] = _Group(tpl)
@@ -487,8 +521,6 @@ class FlowDecoder:
 
 
 def empty_records(n: int = 0) -> dict[str, np.ndarray]:
-    from flowdiff.schema import PACKET_FIELDS
-
     return {name: np.zeros(n, dtype=dt) for name, dt in {**PACKET_FIELDS, **FLOW_FIELDS}.items()}
 
 
@@ -508,11 +540,26 @@ def _uint(arr: np.ndarray, off: int, length: int) -> np.ndarray:
     return v
 
 
+def _record_dtype(tpl: Template) -> np.dtype:
+    """A structured dtype of the template's fixed layout: unsigned big-endian words where the length is
+    1, 2, 4 or 8 bytes, raw bytes otherwise."""
+    names, formats, offsets = [], [], []
+    off = 0
+    for k, (_, _, length) in enumerate(tpl.fields):
+        names.append(f"f{k}")
+        formats.append(f">u{length}" if length in (1, 2, 4, 8) else f"V{length}")
+        offsets.append(off)
+        off += length
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": off})
+
+
 def _decode_group(g: _Group, skipped: Counter) -> dict[str, np.ndarray]:
     tpl = g.template
     reclen = tpl.fixed_length or 0
     n = g.n
-    arr = np.frombuffer(b"".join(g.chunks), dtype=np.uint8).reshape(n, reclen)
+    raw = np.frombuffer(b"".join(g.chunks), dtype=np.uint8)
+    arr = raw.reshape(n, reclen)
+    rec = raw.view(_record_dtype(tpl))  # big-endian fields read by numpy (strided reads of whole words)
     counts = np.asarray(g.counts, dtype=np.int64)
     export_ns = np.repeat(np.asarray(g.export_ns, dtype=np.int64), counts)
     uptime = np.repeat(np.asarray(g.uptime_ms, dtype=np.int64), counts)
@@ -520,16 +567,20 @@ def _decode_group(g: _Group, skipped: Counter) -> dict[str, np.ndarray]:
     out = empty_records(n)
     out["exporter"][:] = np.repeat(np.asarray(g.exporter, dtype=np.uint32), counts)
     at: dict[int, tuple[int, int]] = {}
+    name_of: dict[int, str] = {}
     off = 0
-    for ie, pen, length in tpl.fields:
+    for k, (ie, pen, length) in enumerate(tpl.fields):
         if pen == 0 and ie not in at:
             at[ie] = (off, length)
+            name_of[ie] = f"f{k}"
         off += length
 
     def get(ie: int, max_len: int = 8) -> np.ndarray | None:
         spot = at.get(ie)
         if spot is None or spot[1] > max_len:
             return None
+        if spot[1] in (1, 2, 4, 8):
+            return rec[name_of[ie]].astype(np.uint64)
         return _uint(arr, *spot)
 
     def put(name: str, ie: int, max_len: int = 8) -> None:
@@ -703,7 +754,9 @@ def split_proportional(records: dict[str, np.ndarray], interval: int) -> dict[st
     for name in ("packets", "bytes"):
         total = records[name][idx]
         upto_hi = np.where(last, total, np.floor(total.astype(np.float64) * (hi - s) / dur).astype(np.uint64))
-        upto_lo = np.where(piece == 0, 0, np.floor(total.astype(np.float64) * (lo - s) / dur).astype(np.uint64))
+        upto_lo = np.where(
+            piece == 0, 0, np.floor(total.astype(np.float64) * (lo - s) / dur).astype(np.uint64)
+        )
         upto_hi = np.minimum(upto_hi, total)
         out[name] = (upto_hi - np.minimum(upto_lo, upto_hi)).astype(np.uint64)
     out["ts_ns"] = lo
@@ -723,7 +776,9 @@ class FlowRouter:
     behind its UDP header in the frame (whatever the link layer); a frame cut by the snap length is
     counted (``flow-export-truncated``), never half-decoded."""
 
-    def __init__(self, cache: TemplateCache, *, all_udp: bool, ports: Iterable[int], split: str, interval: int):
+    def __init__(
+        self, cache: TemplateCache, *, all_udp: bool, ports: Iterable[int], split: str, interval: int
+    ):
         self.decoder = FlowDecoder(cache)
         self.all_udp = all_udp
         self.ports = np.array(sorted(set(int(p) for p in ports)), dtype=np.uint16)
@@ -736,7 +791,9 @@ class FlowRouter:
     def skipped(self) -> Counter[str]:
         return self.decoder.skipped
 
-    def route(self, batch, packets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def route(
+        self, batch, packets: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(the packets that are not flow export, the flow records of those that are)."""
         udp = (packets["status"] == 0) & (packets["proto"] == 17)
         mask = udp if self.all_udp else udp & np.isin(packets["dport"], self.ports)

@@ -22,7 +22,9 @@ from flowdiff.listen import (
     FlowReceiver,
     Listener,
     ListenError,
+    SpoolRecord,
     SpoolWriter,
+    StreamReceiver,
     is_flow_spool,
     parse_endpoint,
 )
@@ -52,8 +54,19 @@ def free_udp_port() -> int:
 
 def start(spool: Path, port: int, rotate: int = 1) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowdiff", "listen", "--spool", str(spool), "--rotate", str(rotate),
-         f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "flowdiff",
+            "listen",
+            "--spool",
+            str(spool),
+            "--rotate",
+            str(rotate),
+            "--rcvbuf",
+            str(4 << 20),
+            f"127.0.0.1:{port}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,7 +126,7 @@ def test_listen_rotation_restart_and_sigterm_lose_nothing(tmp_path):
 def test_listener_in_process_counts_and_addresses(tmp_path):
     writer = SpoolWriter(tmp_path, rotate=300)
     lst = Listener([(Endpoint("127.0.0.1", 0), FlowReceiver())], writer, rcvbuf=1 << 20)
-    (host, port), = lst.addresses
+    ((host, port),) = lst.addresses
     send(port, [b"x" * 10] * 50)
     res = lst.run(duration=0.5)
     assert res.datagrams == 50 and res.records == 50 and res.kernel_drops == 0
@@ -125,7 +138,7 @@ def test_kernel_drops_are_counted(tmp_path):
     """A tiny receive buffer that is not read while a burst arrives: Linux counts the drops."""
     writer = SpoolWriter(tmp_path, rotate=300)
     lst = Listener([(Endpoint("127.0.0.1", 0), FlowReceiver())], writer, rcvbuf=2048)
-    (_, port), = lst.addresses
+    ((_, port),) = lst.addresses
     send(port, [b"y" * 1000] * 200)
     res = lst.run(duration=0.3)
     if not sys.platform.startswith("linux"):
@@ -178,8 +191,6 @@ def test_cli_listen_help_names_the_options():
 def test_spool_writer_never_reuses_a_name(tmp_path):
     clock = [1_700_000_000.5]
     w1 = SpoolWriter(tmp_path, rotate=60, clock=lambda: clock[0])
-    from flowdiff.listen import SpoolRecord
-
     rec = SpoolRecord(1, ("10.0.0.1", 5), ("10.0.0.2", 6), b"p")
     w1.write([rec])
     w1.close()
@@ -189,3 +200,61 @@ def test_spool_writer_never_reuses_a_name(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert len(names) == 2 and len({len(n) for n in names}) == 1
     assert os.path.getsize(tmp_path / names[0]) == os.path.getsize(tmp_path / names[1])
+
+
+class _Lines(StreamReceiver):
+    """A newline-framed TCP receiver, as a syslog plug-in would be: one record per line."""
+
+    def __init__(self):
+        super().__init__()
+        self.rest: dict[int, bytes] = {}
+
+    def data(self, conn, data, peer, local, ts_ns):
+        buf = self.rest.get(conn, b"") + data
+        *lines, self.rest[conn] = buf.split(b"\n")
+        self.counts["lines"] += len(lines)
+        return [SpoolRecord(ts_ns, peer, local, line) for line in lines]
+
+    def closed(self, conn, peer, local, ts_ns):
+        rest = self.rest.pop(conn, b"")
+        return [SpoolRecord(ts_ns, peer, local, rest)] if rest else []
+
+
+def test_tcp_stream_receiver_plugin_and_udp_side_by_side(tmp_path):
+    writer = SpoolWriter(tmp_path, rotate=300, suffix=".lines.pcap")
+    lst = Listener(
+        [(Endpoint("127.0.0.1", 0, "tcp"), _Lines()), (Endpoint("127.0.0.1", 0), FlowReceiver())], writer
+    )
+    (_, tport), (_, uport) = lst.addresses
+    import threading
+
+    def client():
+        with socket.create_connection(("127.0.0.1", tport)) as c:
+            c.sendall(b"one\ntw")
+            time.sleep(0.05)
+            c.sendall(b"o\nthree")
+        send(uport, [b"datagram"])
+
+    t = threading.Thread(target=client)
+    t.start()
+    res = lst.run(duration=0.6)
+    t.join()
+    payloads = sorted(p for f in res.files for _, _, p in read_spool(Path(f)))
+    assert payloads == [b"datagram", b"one", b"three", b"two"]
+    assert res.counts["lines"] == 2 and res.sockets[0].connections == 1
+    assert all(f.endswith(".lines.pcap") for f in res.files)
+
+
+def test_cli_listen_needs_a_spool(tmp_path):
+    res = CliRunner().invoke(main, ["listen", "127.0.0.1:2055"])
+    assert res.exit_code == 2 and "give --spool DIR or set `spool` in the config" in res.output
+
+
+def test_cli_listen_spool_from_the_config(tmp_path, write_config):
+    cfg = write_config('spool = "flows"\n')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the port is taken: fails after the spool
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        res = CliRunner().invoke(main, ["listen", "--config", str(cfg), f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and "cannot listen" in res.output
+    assert (tmp_path / "flows").is_dir()

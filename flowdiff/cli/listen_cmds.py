@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from flowdiff.cli.common import handle_errors
+from flowdiff.cli.common import config_option, handle_errors, load
 
 
 def register(main: click.Group) -> None:
@@ -24,12 +24,12 @@ def register(main: click.Group) -> None:
     help="Receive syslog instead (UDP; tcp://ADDR:PORT for TCP with RFC 6587 framing; repeatable) "
     "into *.syslog spool files that collect reads as logs.",
 )
+@config_option
 @click.option(
     "--spool",
     type=click.Path(file_okay=False),
-    default="/var/spool/flowdiff/flows",
-    show_default=True,
-    help="Directory of the spool files (read it with `flowdiff run --spool DIR` or `collect DIR`).",
+    default=None,
+    help="Directory of the spool files (default: config key `spool`, the folder `flowdiff run` reads).",
 )
 @click.option(
     "--rotate",
@@ -45,19 +45,24 @@ def register(main: click.Group) -> None:
     help="Socket receive buffer in bytes (SO_RCVBUF; the kernel caps it at net.core.rmem_max).",
 )
 @handle_errors
-def listen_cmd(addresses, syslog, spool, rotate, rcvbuf) -> None:
+def listen_cmd(addresses, syslog, config_path, spool, rotate, rcvbuf) -> None:
     """Receive NetFlow v5, v9 and IPFIX on ADDR:PORT (UDP; several allowed) into a spool of pcap files.
 
     Each datagram is kept as it arrived, in files named by UTC time (`*.flows.pcap`), rotated every
     --rotate seconds and closed properly on SIGTERM/SIGINT; `collect` decodes them as flow records.
     Prints one summary line when stopped, with the datagrams the kernel dropped (buffer full).
     """
-    from flowdiff.listen import listen
+    from flowdiff.listen import ListenError, listen
 
     if bool(addresses) == bool(syslog):
         raise click.UsageError(
             "give flow export ADDR:PORT ... or --syslog ADDR:PORT (one kind per listen process)"
         )
+
+    if spool is None:
+        spool = load(config_path).spool
+        if spool is None:
+            raise ListenError("no spool folder: give --spool DIR or set `spool` in the config")
 
     def wire(listener) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

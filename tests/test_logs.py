@@ -286,7 +286,7 @@ def test_a_live_log_that_grew_is_read_from_where_it_was_left(cfg, tmp_path):
     run("collect", "--config", str(cfg), str(live))
     with open(live, "a") as f:  # rsyslog appends
         f.write("\n".join(FRI) + "\n")
-    r = run("collect", "--config", str(cfg), "-v", str(live))
+    r = run("collect", "--config", str(cfg), str(live))
     assert "1 file collected, 4 packets" in r.output, r.output
     assert int(messages(cfg)["packets"].sum()) == 3 + len(FRI)
     live.rename(tmp_path / "syslog.1")  # rotated: the same content, nothing new

@@ -67,6 +67,15 @@ from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
+from flowdiff.logsource import (
+    appended_to,
+    is_log_file,
+    iter_file_rows,
+    log_tables,
+    merge_examples,
+    packet_tables,
+)
+from flowdiff.logsource import content_sha256 as log_sha256
 from flowdiff.netflow import FlowRouter, TemplateStore
 from flowdiff.schema import INTERVAL, DecodeStatus
 from flowdiff.store import LedgerEntry, Store, int64_values
@@ -281,6 +290,8 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
         if not stat.S_ISREG(st.st_mode):
             continue
         kind = sniff_start(p)
+        if kind == "other" and is_log_file(p):  # syslog: same spool rules, its own newest file
+            kind = "log"
         if kind == "other" and sniff_conn_log(p):  # a Zeek conn.log: read like a capture
             kind = "capture"
         if kind == "other" and not p.name.lower().endswith(CAPTURE_SUFFIXES):
@@ -290,9 +301,9 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
     if not candidates:
         found.empty_dirs.append(d)
         return
-    newest = _newest([(p, st) for p, st, _ in candidates])
+    newest = {_newest([(p, st) for p, st, k in candidates if (k == "log") == logs]) for logs in (False, True)}
     for p, st, kind in candidates:
-        if p == newest:
+        if p in newest:
             being_written = kind == "partial" or (not all_files and now - st.st_mtime < settle)
             (found.deferred if being_written else found.files).append(p)
         elif kind == "partial" and st.st_size == 0:
@@ -397,6 +408,9 @@ def _collect_one(
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in known.failed:
         return FileResult(str(path), "known")
+    if sniff_start(path) == "other" and is_log_file(path):
+        return _collect_log(path, key, config, log_tables(tables), store, known, result)
+    tables = packet_tables(tables)
     ident = known.by_stat.get(key)
     if ident is not None and not set(tables) - known.filled[ident]:
         return FileResult(str(path), "known")
@@ -480,6 +494,98 @@ def _collect_one(
         result.flow_records += stats.records
     elif isinstance(reader, CaptureReader):
         _note_unknown_linktypes(reader, agg, fr)
+    return fr
+
+
+def _collect_log(
+    path: Path,
+    key: _StatKey,
+    config: Config,
+    tables: dict[str, TableConfig],
+    store: Store,
+    known: _Known,
+    result: CollectResult,
+) -> FileResult:
+    """A syslog file (flowdiff.logsource): the same ledger, part ids and idempotence as a capture. Its
+    identity and part ids are the sha256 of its decompressed lines, so logrotate's renamed and gzipped
+    copies are recognised as collected."""
+    fr = FileResult(str(path), "ok")
+    if not tables:
+        why = "syslog, but no log table is configured (add a [logs] section to the config)"
+        result.ignored.append(str(path))
+        result.ignored_reasons[str(path)] = why
+        log.warning("%s: %s", path, why)
+        fr.status, fr.message = "known", why
+        return fr
+
+    def entry(sha: str | None, lines: int, status: str, message: str, filled: list[str]) -> LedgerEntry:
+        return LedgerEntry(
+            *key,
+            sha,
+            lines,
+            status,
+            message,
+            sensor=config.sensor,
+            tables=filled,
+            capture_id=sha and f"log-{sha[:32]}",
+        )
+
+    try:
+        ident = known.by_stat.get(key) or log_sha256(path)
+        if ident in known.filled and not set(tables) - known.filled[ident]:
+            if key not in known.by_stat:
+                store.ledger_append(entry(ident, 0, "ok", "same content as a log already collected", []))
+                known.add(key, ident, (), f"log-{ident[:32]}")
+            fr.status = "known"
+            return fr
+        offset = 0
+        if ident in known.filled:
+            fr.again = True
+            tables = {n: tc for n, tc in tables.items() if n not in known.filled[ident]}
+        else:  # a live log that grew since it was collected: only the lines after the collected part
+            earlier = [(k[1], i) for k, i in known.by_stat.items() if k[0] == key[0] and k[1] < key[1]]
+            offset, base = appended_to(path, earlier)
+            if offset and set(tables) - known.filled.get(base or "", set()):
+                offset = 0  # a table that never saw the beginning: read it all
+            if offset:
+                log.info(
+                    "%s: grew since it was collected; reading the %s bytes after it", path, key[1] - offset
+                )
+        fr.tables = sorted(tables)
+        keys = {n: tc.keys for n, tc in tables.items()}
+        tz = config.logs.timezone if config.logs else "UTC"
+        parts = _PartWriter(store, tables, f"log-{ident[:32]}", fr, result)
+        unparsed, damage = 0, []
+        try:
+            rows = iter_file_rows(
+                path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000, damage=damage, offset=offset
+            )
+            for chunk in rows:
+                parts.submit(chunk.tables)
+                for name, ex in chunk.examples.items():
+                    merge_examples(store.root, config.sensor, name, keys[name], ex)
+                fr.records += chunk.lines
+                fr.bytes += chunk.bytes
+                unparsed += chunk.unparsed
+        finally:
+            parts.close()
+    except CaptureError as e:
+        store.ledger_append(entry(None, 0, "failed", str(e), []))
+        known.failed.add(key)
+        return FileResult(str(path), "failed", message=str(e))
+    if damage:
+        fr.status, fr.message = "damaged", f"{damage[0]} (kept the {fr.records:,} lines before it)"
+        log.warning(fr.message)
+    elif unparsed:
+        fr.message = (
+            f"{path}: {unparsed:,} of {fr.records:,} lines are not syslog (counted with host and program '-')"
+        )
+        log.info(fr.message)
+    store.ledger_append(entry(ident, fr.records, fr.status, fr.message, fr.tables))
+    known.add(key, ident, fr.tables, f"log-{ident[:32]}")
+    result.packets += fr.records
+    result.bytes += fr.bytes
+    result.rows_written += fr.rows_written
     return fr
 
 

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from flowdiff.errors import ConfigError
-from flowdiff.schema import ADDRESS_KEYS, DEFAULT_TABLES, STATIONS, STATIONS_KEYS, is_key_field
+from flowdiff.schema import (
+    ADDRESS_KEYS,
+    DEFAULT_LOG_TABLES,
+    DEFAULT_TABLES,
+    LOG_KEYS,
+    STATIONS,
+    STATIONS_KEYS,
+    is_key_field,
+)
 
 CONFIG_ENV = "FLOWDIFF_CONFIG"
 DEFAULT_CONFIG_NAME = "flowdiff.toml"
@@ -132,6 +140,14 @@ class MailConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    """``[logs]``: syslog input (flowdiff.logsource). Its presence adds the ``messages`` table."""
+
+    paths: tuple[Path, ...] = ()  # files, directories, globs that `run` collects besides --spool
+    timezone: str = "UTC"  # zone of RFC 3164 time stamps (they carry none)
+
+
+@dataclass(frozen=True)
 class Config:
     store: Path = Path("store")  # or a StoreUrl: "s3://bucket/prefix"
     baselines: Path = Path("baselines")
@@ -157,6 +173,7 @@ class Config:
     compact_after: int = 2 * 86400  # store: complete UTC days older than this are compacted into day files
     keep: int | None = None  # store: `expire` removes intervals older than this; None = keep everything
     baseline_scope: str = "sensor"  # "sensor": a baseline per sensor; "all": one shared by every sensor
+    logs: LogsConfig | None = None  # [logs]; None when the config has no such section
     source: Path | None = None  # the file this was read from, None for built-in defaults
     flow_ports: tuple[int, ...] = ()  # UDP ports whose packets in captures are flow export (NetFlow/IPFIX)
     flow_split: str = "start"  # a flow spanning intervals: all in its start's, or "proportional" to time
@@ -312,12 +329,14 @@ _TOP_KEYS = {
     "max_message_bytes",
     "dask",
     "s3",
+    "logs",
     "flow_ports",
     "flow_split",
     "compact_after",
     "keep",
     "baseline_scope",
 }
+_LOGS_KEYS = {"paths", "timezone"}
 _TABLE_KEYS = {
     "keys",
     "collapse",
@@ -431,6 +450,14 @@ def parse_config(raw: dict[str, Any], *, base: Path = Path("."), source: Path | 
     kw.update(_dask_s3(raw))
     if is_store_url(raw.get("store")):
         kw["store"] = StoreUrl(raw["store"], kw.get("s3_endpoint_url"))
+
+    if "logs" in raw:
+        kw["logs"] = _logs(raw["logs"], base)
+        if not any(k in LOG_KEYS for tc in kw["tables"].values() for k in tc.keys):
+            kw["tables"] = {
+                **kw["tables"],
+                **{n: TableConfig(name=n, keys=k) for n, k in DEFAULT_LOG_TABLES.items()},
+            }
     return Config(**kw)
 
 
@@ -455,6 +482,33 @@ def _dask_s3(raw: dict[str, Any]) -> dict[str, Any]:
                 )
             out[field_name] = value
     return out
+
+
+def _logs(raw: Any, base: Path) -> LogsConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a [logs] section", key="logs")
+    _reject_unknown(raw, _LOGS_KEYS, "logs.")
+    kw: dict[str, Any] = {}
+    if "paths" in raw:
+        paths = raw["paths"]
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+            raise ConfigError("expected a list of files, directories or globs", key="logs.paths")
+        kw["paths"] = tuple(_rel(base, p) for p in paths)
+    if "timezone" in raw:
+        tz = _str(raw["timezone"], "logs.timezone")
+        if tz.upper() != "UTC":
+            try:
+                from zoneinfo import ZoneInfo
+
+                ZoneInfo(tz)
+            except (ValueError, KeyError, OSError):
+                raise ConfigError(
+                    f"unknown time zone {tz!r} (an IANA name like Europe/Berlin, or UTC)", key="logs.timezone"
+                ) from None
+        kw["timezone"] = tz
+    return LogsConfig(**kw)
 
 
 def parse_networks(value: Any, base: Path = Path(".")) -> dict[str, str]:
@@ -519,6 +573,11 @@ def _tables(raw: Any, networks: dict[str, str]) -> dict[str, TableConfig]:
                 raise ConfigError(f"unknown key field {k!r}", key=prefix + ".keys")
         if len(set(keys)) != len(keys):
             raise ConfigError("a key field is listed twice", key=prefix + ".keys")
+        if any(k in LOG_KEYS for k in keys) and not all(k in LOG_KEYS for k in keys):
+            raise ConfigError(
+                f"log key fields ({', '.join(LOG_KEYS)}) cannot be mixed with packet key fields",
+                key=prefix + ".keys",
+            )
         kw: dict[str, Any] = {"name": name, "keys": tuple(keys)}
         if "collapse" in spec:
             col = spec["collapse"]

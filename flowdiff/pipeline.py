@@ -32,6 +32,7 @@ as ``health`` (``getattr(e, "health", None)``) so that the CLI can print its lin
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import signal
@@ -237,8 +238,13 @@ def _pass(config: Config, spool: str | os.PathLike | None, all_files: bool, resu
     from flowdiff.collect import collect
     from flowdiff.diff import diff, load_report
 
-    if spool is not None:
-        result.collect = collect([spool], config, all_files=all_files)
+    logs = [p for p in (config.logs.paths if config.logs else ()) if glob.glob(str(p))]
+    for p in set(config.logs.paths if config.logs else ()) - set(logs):
+        log.warning("run: [logs] paths: %s matches no file; nothing collected from it", p)
+    if spool is not None or logs:  # [logs] paths are collected on every pass too
+        result.collect = collect(
+            [*([spool] if spool is not None else []), *logs], config, all_files=all_files
+        )
     if current_version(config) is None:
         # a new sensor gathers the data to learn from: nothing to compare with yet, and no noise
         log.info("run: no baseline yet (flowdiff learn); captures collected, diff skipped")

@@ -31,6 +31,7 @@ from flowdiff.archive import ROW_COLUMNS, DiffResult
 from flowdiff.config import Config
 from flowdiff.durable import atomic_write_bytes, atomic_write_text
 from flowdiff.errors import ReportError
+from flowdiff.logsource import add_examples
 from flowdiff.vocab import format_value, human_time, one_line
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -140,6 +141,7 @@ def _row_context(row: dict[str, Any], keys: tuple[str, ...], number: int) -> dic
         "deny_cmd": str(row["deny_cmd"]),
         "incident": _incident_number(row.get("incident")),
         "incident_title": str(row.get("incident_title") or ""),
+        "example": "",  # log tables: one line of the key (flowdiff.logsource.add_examples)
     }
 
 
@@ -308,6 +310,7 @@ def report_context(
             "attachment_rows": 0,
             "attachment_cut": False,
         }
+        add_examples(config.store, name, keys, shown, entry["rows"])  # log tables: one line per template
         if len(hidden):
             overflow[name], overflow_keys[name] = df, keys
             # worst case until the attachment is built: named, cut, the longest numbers

@@ -84,6 +84,15 @@ KEY_FIELDS: dict[str, pa.DataType] = {
     "input_if": pa.uint32(),
     "output_if": pa.uint32(),
 }
+# Key fields of log tables (filled only from syslog files, never from captures; see flowdiff.logsource).
+LOG_KEYS: dict[str, pa.DataType] = {
+    "host": pa.string(),
+    "program": pa.string(),
+    "template": pa.string(),
+    "facility": pa.string(),
+    "severity": pa.string(),
+}
+KEY_FIELDS.update(LOG_KEYS)
 # Network keys carry their prefix length in the name: "src_net/24", "dst_net/64".
 NET_BASES = ("src_net", "dst_net", "client_net", "server_net")
 _NET_RE = re.compile(r"^(src_net|dst_net|client_net|server_net)/(\d{1,3})$")
@@ -147,6 +156,11 @@ def key_type(name: str) -> pa.DataType:
     raise KeyError(name)
 
 
+def is_log_table(keys: Sequence[str]) -> bool:
+    """A table keyed by log fields: filled from syslog files only (config refuses mixing the two kinds)."""
+    return any(k in LOG_KEYS for k in keys)
+
+
 def is_ip_table(keys: Sequence[str]) -> bool:
     return any(k in IP_ONLY or parse_net_key(k) is not None for k in keys)
 
@@ -175,3 +189,5 @@ DEFAULT_TABLES: dict[str, tuple[str, ...]] = {
 # IPv6 neighbour discovery and IP frames from the config's own networks (flowdiff.aggregate).
 STATIONS = "stations"
 STATIONS_KEYS: tuple[str, ...] = ("src_mac", "src")
+# The log table a config gets with a [logs] section (unless it defines a log table itself).
+DEFAULT_LOG_TABLES: dict[str, tuple[str, ...]] = {"messages": ("host", "program", "template")}

@@ -81,6 +81,7 @@ RANDOM_MAC = "random"  # what collapse_random_macs stores for a locally administ
 ADDRESS_FIELDS = ("src", "dst", "client", "server")
 MAC_FIELDS = ("src_mac", "dst_mac")
 LABEL_FIELDS = ("src_label", "dst_label", "client_label", "server_label")
+TEXT_FIELDS = ("host", "program", "template", "facility", "severity")  # log tables: matched exactly
 # numeric key fields: (lowest, highest, what a value is) -- the domain a rule or a filter may name
 NUMBER_FIELDS: dict[str, tuple[int, int, str]] = {
     "proto": (0, 255, "protocol"),
@@ -112,6 +113,8 @@ def field_kind(field: str) -> str:
         return "label"
     if field in NUMBER_FIELDS:
         return "number"
+    if field in TEXT_FIELDS:
+        return "text"
     if _NET_FIELD_RE.match(field):
         return "net"
     raise ValueError(f"{field!r} is not a key field")
@@ -177,6 +180,8 @@ def parse_spec(field: str, spec: Any, labels: Collection[str] | None = None) -> 
                     raise ValueError(f"empty range {spec}")
                 return ("range", (lo, hi))
         return ("eq", _field_number(field, spec))
+    if kind == "text":
+        return ("eq", str(spec))
     if isinstance(spec, int):
         raise ValueError(_expected(kind, labels))
     text = spec.strip()

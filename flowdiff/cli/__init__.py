@@ -211,6 +211,7 @@ _COMMAND_MODULES = (
     "packets_cmds",
     "listen_cmds",
     "store_cmds",
+    "logs_cmds",
 )
 for _module in _COMMAND_MODULES:
     try:

@@ -15,7 +15,15 @@ def register(main: click.Group) -> None:
 
 
 @click.command("listen")
-@click.argument("addresses", nargs=-1, required=True)
+@click.argument("addresses", nargs=-1)
+@click.option(
+    "--syslog",
+    "syslog",
+    multiple=True,
+    metavar="ADDR:PORT",
+    help="Receive syslog instead (UDP; tcp://ADDR:PORT for TCP with RFC 6587 framing; repeatable) "
+    "into *.syslog spool files that collect reads as logs.",
+)
 @config_option
 @click.option(
     "--spool",
@@ -37,7 +45,7 @@ def register(main: click.Group) -> None:
     help="Socket receive buffer in bytes (SO_RCVBUF; the kernel caps it at net.core.rmem_max).",
 )
 @handle_errors
-def listen_cmd(addresses, config_path, spool, rotate, rcvbuf) -> None:
+def listen_cmd(addresses, syslog, config_path, spool, rotate, rcvbuf) -> None:
     """Receive NetFlow v5, v9 and IPFIX on ADDR:PORT (UDP; several allowed) into a spool of pcap files.
 
     Each datagram is kept as it arrived, in files named by UTC time (`*.flows.pcap`), rotated every
@@ -45,6 +53,11 @@ def listen_cmd(addresses, config_path, spool, rotate, rcvbuf) -> None:
     Prints one summary line when stopped, with the datagrams the kernel dropped (buffer full).
     """
     from flowdiff.listen import ListenError, listen
+
+    if bool(addresses) == bool(syslog):
+        raise click.UsageError(
+            "give flow export ADDR:PORT ... or --syslog ADDR:PORT (one kind per listen process)"
+        )
 
     if spool is None:
         spool = load(config_path).spool
@@ -59,6 +72,11 @@ def listen_cmd(addresses, config_path, spool, rotate, rcvbuf) -> None:
             err=True,
         )
 
-    result = listen(addresses, spool, rotate=rotate, rcvbuf=rcvbuf, ready=wire)
+    if syslog:
+        from flowdiff.syslog_listen import listen_syslog
+
+        result = listen_syslog(syslog, spool, rotate=rotate, rcvbuf=rcvbuf, ready=wire)
+    else:
+        result = listen(addresses, spool, rotate=rotate, rcvbuf=rcvbuf, ready=wire)
     click.echo(result.summary())
     sys.exit(result.exit_code)

@@ -1502,8 +1502,30 @@ def _own_label_codes(netmap: NetworkMap) -> np.ndarray:
 
 
 def _station_text(w: np.ndarray) -> pa.Array:
-    text = _address_arrow(w[:, 0], w[:, 1], w[:, 2])
-    return pc.if_else(pc.equal(text, ""), pa.scalar("internet"), text)
+    """Station addresses as text, ``internet`` for the sources off the own networks (no address)."""
+    return _fill_empty(_address_arrow(w[:, 0], w[:, 1], w[:, 2]), b"internet")
+
+
+def _fill_empty(text: pa.Array, word: bytes) -> pa.Array:
+    """``word`` in place of every empty string, built on the buffers: pyarrow's scalar conversions import
+    pandas, which a small collect must not pay for (tests/test_numba_startup.py)."""
+    n = len(text)
+    _, off_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int32)[text.offset : text.offset + n + 1]
+    lengths = np.diff(offsets)
+    empty = lengths == 0
+    if not empty.any():
+        return text
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.empty(0, np.uint8)
+    new_len = np.where(empty, len(word), lengths).astype(np.int32)
+    new_off = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(new_len, out=new_off[1:])
+    elem = np.repeat(np.arange(n), new_len)
+    within = np.arange(int(new_off[-1])) - new_off[elem]
+    fill = np.frombuffer(word, dtype=np.uint8)[np.minimum(within, len(word) - 1)]
+    kept = data[np.clip(offsets[elem] + within, 0, max(len(data) - 1, 0))] if len(data) else fill
+    out = np.where(empty[elem], fill, kept).astype(np.uint8)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(new_off), pa.py_buffer(out))
 
 
 def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array]) -> _Ranked:

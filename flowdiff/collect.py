@@ -555,7 +555,7 @@ def _collect_log(
         keys = {n: tc.keys for n, tc in tables.items()}
         tz = config.logs.timezone if config.logs else "UTC"
         parts = _PartWriter(store, tables, f"log-{ident[:32]}", fr, result)
-        unparsed, damage = 0, []
+        unparsed, damage = 0, list[str]()
         try:
             rows = iter_file_rows(
                 path, keys, config.interval, timezone=tz, ref_us=key[2] // 1000, damage=damage, offset=offset

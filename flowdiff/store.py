@@ -803,10 +803,10 @@ class WriteBatch:
     def _compacted_sources(self, path: Path) -> set[str]:
         """Sources of the interval in its day file, when the day was compacted: a part collected again
         after compaction must not count twice, and a late part goes to an interval file beside it."""
-        start = _interval_of_file(path.name)
-        if start is None:
+        stem = path.name.removesuffix(".parquet")  # YYYYMMDDTHHMMSSZ; parsed without pandas (start-up)
+        if len(stem) != 16 or stem[8] != "T":
             return set()
-        day = path.with_name(day_file_name(start.normalize()))
+        day = path.with_name(stem[:8] + ".parquet")  # day_file_name of its UTC day
         if not day.exists():
             return set()
         return set(day_meta(day).get(path.name, {}).get("sources", ()))

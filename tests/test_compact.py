@@ -20,9 +20,12 @@ from flowdiff.baseline import get_version, learn
 from flowdiff.cli import main
 from flowdiff.compact import compact, compact_if_due
 from flowdiff.diff import diff
+from flowdiff.schema import STATIONS
 from flowdiff.store import Store, open_store
 
 NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
+TABLES = sorted([*fx.TABLES, STATIONS])  # the configured tables and the always-collected stations
+N = len(TABLES)
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +88,11 @@ def test_compact_merges_each_day_into_one_file_and_readers_see_the_same(site):
     before = _snapshot(site)
     n_before = len(_files(site.store))
     res = compact(site, older_than=0, now=NOW)
-    assert res.days == 3 * 4 and res.merged == n_before
+    assert res.days == 3 * N and res.merged == n_before
     files = _files(site.store)
-    assert files == sorted(f"{t}/sensor=s1/2026110{d}.parquet" for t in fx.TABLES for d in (2, 3, 4))
+    assert files == sorted(f"{t}/sensor=s1/2026110{d}.parquet" for t in TABLES for d in (2, 3, 4))
     _same(before, _snapshot(site))
-    assert "merged into 12 day file(s)" in res.line()
+    assert f"merged into {3 * N} day file(s)" in res.line()
 
 
 def test_day_file_has_one_row_group_per_interval_and_a_filter_reads_one(site):
@@ -105,7 +108,7 @@ def test_day_file_has_one_row_group_per_interval_and_a_filter_reads_one(site):
 
 def test_compact_is_idempotent_and_respects_the_age(site):
     res = compact(site, now=datetime(2026, 11, 5, 11, tzinfo=UTC))  # 2d: days that ended by Nov 3 11:00
-    assert res.days == 4 and all(f.endswith("20261102.parquet") for f in _files(site.store) if "T" not in f)
+    assert res.days == N and all(f.endswith("20261102.parquet") for f in _files(site.store) if "T" not in f)
     compact(site, older_than=0, now=NOW)
     files = {p: Path(site.store, p).stat().st_mtime_ns for p in _files(site.store)}
     again = compact(site, older_than=0, now=NOW)
@@ -153,7 +156,7 @@ def test_recollecting_after_compaction_counts_nothing_twice_and_a_late_part_adds
     fx.write(site, fx.anomaly("new_service", 1), "late")  # the late part again: nothing changes
     _same(late, _snapshot(site))
     res = compact(site, older_than=0, now=NOW)  # rewrites the day file with the late part in it
-    assert res.days == 4 and not (d / "20261103T080500Z.parquet").exists()
+    assert res.days == N and not (d / "20261103T080500Z.parquet").exists()
     _same(late, _snapshot(site))
 
 
@@ -185,8 +188,9 @@ def test_readme_lines_give_the_same_result_after_compaction(site, lib):
 def test_cli_compact_prints_one_line(site):
     res = CliRunner().invoke(main, ["compact", "--older-than", "0", "--config", str(site.source)])
     assert res.exit_code == 0, res.output
+    per_table = ", ".join(f"{t} 3" for t in TABLES)
     assert res.output.startswith(
-        "compact: 48 interval file(s) merged into 12 day file(s) (hosts 3, link 3, pairs 3, services 3)"
+        f"compact: {12 * N} interval file(s) merged into {3 * N} day file(s) ({per_table})"
     )
     res = CliRunner().invoke(main, ["compact", "--config", str(site.source)])
     assert res.exit_code == 0 and "nothing to compact" in res.output
@@ -194,10 +198,10 @@ def test_cli_compact_prints_one_line(site):
 
 def test_run_compacts_once_a_day(site):
     res = compact_if_due(site, now=NOW)
-    assert res is not None and res.days == 12
+    assert res is not None and res.days == 3 * N
     fx.write(site, fx.anomaly("new_service", 1), "late")
     assert compact_if_due(site, now=NOW) is None  # already done today
-    assert compact_if_due(site, now=NOW.replace(day=3)).tables == {t: 1 for t in fx.TABLES}
+    assert compact_if_due(site, now=NOW.replace(day=3)).tables == {t: 1 for t in TABLES}
 
 
 # ---------------------------------------------------------------- kill -9 at every step
@@ -231,17 +235,18 @@ def test_kill_9_at_every_compaction_step_leaves_a_complete_store_and_a_rerun_fin
         compact(config, older_than=0, now=NOW)
         fx.write(config, fx.anomaly("new_host", 1), "late")
     want = _contents(config.store)
+    tables = config.tables  # services and the always-collected stations
     want_tokens = {t: Store(config.store).interval_tokens(t) for t in tables}
     clean = tmp_path / "clean"
     shutil.copytree(template, clean)
-    cfg_clean = fx.write_config(clean, tables=tables)
+    cfg_clean = fx.write_config(clean, tables={"services": fx.TABLES["services"]})
     assert _compact_cli(cfg_clean.source, None).returncode == 0
     clean_files = _files(clean / "store")
     steps = 0
     for n in range(1, 40):
         root = tmp_path / f"crash{n}"
         shutil.copytree(template, root)
-        cfg = fx.write_config(root, tables=tables)
+        cfg = fx.write_config(root, tables={"services": fx.TABLES["services"]})
         proc = _compact_cli(cfg.source, n)
         if proc.returncode == 0:
             break
@@ -257,11 +262,11 @@ def test_kill_9_at_every_compaction_step_leaves_a_complete_store_and_a_rerun_fin
             pd.testing.assert_frame_equal(_contents(cfg.store)[t], want[t])
         shutil.rmtree(root)
     # each day file: before and after its rename, and one step per interval file removed
-    assert steps == (2 + 1 if late else 2 * (2 + 2))
+    assert steps == len(tables) * (2 + 1 if late else 2 * (2 + 2))
 
 
 def test_flowdiff_run_compacts_the_store(site):
     res = CliRunner().invoke(main, ["run", "--config", str(site.source)])
     assert res.exit_code in (0, 1), res.output  # 1: the health check misses a baseline
-    assert len([f for f in _files(site.store) if "T" not in Path(f).name]) == 12
+    assert len([f for f in _files(site.store) if "T" not in Path(f).name]) == 3 * N
     assert (Path(site.store) / "_compacted.json").is_file()

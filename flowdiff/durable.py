@@ -42,7 +42,7 @@ def crash_point() -> None:
 # ---------------------------------------------------------------- atomic file helpers
 
 
-def _replace_atomically(path: Path, fill: Callable[[str], object]) -> None:
+def replace_atomically(path: Path, fill: Callable[[str], object]) -> None:
     """The one write protocol: ``fill`` writes a temp file beside ``path``; it is made durable, then
     renamed over ``path`` (readers see the old file or the new one, never a torn one) and the folder
     is synced. A crash point before and after the rename lets the kill -9 tests stop at both."""
@@ -64,7 +64,7 @@ def _replace_atomically(path: Path, fill: Callable[[str], object]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -72,7 +72,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    _replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    replace_atomically(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def fsync_dir(path: Path) -> None:

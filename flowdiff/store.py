@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, syncfs
+from flowdiff.durable import atomic_write_text, crash_point, file_lock, fsync_dir, replace_atomically, syncfs
 from flowdiff.errors import StoreError
 from flowdiff.objstore import (
     ENDPOINT_ENV,
@@ -484,11 +484,10 @@ class Store:
             _SOURCES_KEY: json.dumps(sources).encode(),
         }
         schema = schema.with_metadata(meta)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         rows = 0
-        try:
+
+        def fill(tmp: str) -> None:
+            nonlocal rows
             with pq.ParquetWriter(tmp, schema, **_parquet_options(schema)) as w:
                 for piece in pieces:
                     if piece.num_rows:
@@ -496,16 +495,8 @@ class Store:
                             piece.replace_schema_metadata(meta), row_group_size=max(piece.num_rows, 1)
                         )
                         rows += piece.num_rows
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            crash_point()
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(path.parent)
-        crash_point()
+
+        replace_atomically(path, fill)
         return rows
 
     def remove_files(self, paths: Iterable[Path]) -> int:
@@ -761,28 +752,12 @@ class WriteBatch:
     ) -> pa.Table | None:
         """The rows ``path`` must hold once ``part`` is merged in, with their sources list; None when
         the file holds ``source`` already."""
-        sources: list[str] = []
         compacted = self._compacted_sources(path)
         if source in compacted:  # this part is already in the day file
             return None
         # a leftover of an interrupted compaction (all its sources in the day file) is replaced, not added to
-        if path.exists() and not (compacted and set(file_sources(path)) <= compacted):
-            try:
-                with pq.ParquetFile(path) as f:  # not read_table: that imports pyarrow.dataset (0.2 s)
-                    meta = f.schema_arrow.metadata or {}
-                    old = f.read().select(schema.names)
-                if old.schema != schema:
-                    old = old.cast(schema)
-            except (OSError, KeyError, pa.ArrowInvalid) as e:
-                raise StoreError(f"{path}: unreadable interval file: {e}") from None
-            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
-            if source in sources:
-                return None
-            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
-        elif not presorted:
-            part = _sort(part, keys)
-        sources = sorted({*sources, source})
-        return part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+        old = path if path.exists() and not (compacted and set(file_sources(path)) <= compacted) else None
+        return _merged(old, str(path), keys, schema, part, source, presorted)
 
     def _put(self, path: Path, data: pa.Buffer) -> None:
         """An encoded interval file as the temp file that commit renames to ``path``: one open and
@@ -823,6 +798,31 @@ class WriteBatch:
         for d in sorted(dirs):
             fsync_dir(d)
         self.pending.clear()
+
+
+def _merged(
+    old: Any, label: str, keys: Sequence[str], schema: pa.Schema, part: pa.Table, source: str, presorted: bool
+) -> pa.Table | None:
+    """The rows an interval file must hold once ``part`` is merged into ``old`` (a path or buffer, None
+    for a new file), with its sources list; None when ``old`` holds ``source`` already."""
+    sources: list[str] = []
+    if old is not None:
+        try:
+            with pq.ParquetFile(old) as f:  # not read_table: that imports pyarrow.dataset (0.2 s)
+                meta = f.schema_arrow.metadata or {}
+                rows = f.read().select(schema.names)
+            if rows.schema != schema:
+                rows = rows.cast(schema)
+        except (OSError, KeyError, pa.ArrowInvalid) as e:
+            raise StoreError(f"{label}: unreadable interval file: {e}") from None
+        sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
+        if source in sources:
+            return None
+        part = _reaggregate(pa.concat_tables([rows, part]), keys, schema)
+    elif not presorted:
+        part = _sort(part, keys)
+    sources = sorted({*sources, source})
+    return part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
 
 
 def _entry_time(entry: LedgerEntry) -> float | None:
@@ -1236,28 +1236,11 @@ class S3WriteBatch(WriteBatch):
         presorted: bool,
     ) -> pa.Table | None:
         store: S3Store = self.store  # type: ignore[assignment]
-        sources: list[str] = []
         try:
-            raw = store._read_bytes(str(path))
+            old: Any = pa.BufferReader(store._read_bytes(str(path)))
         except FileNotFoundError:
-            raw = None
-        if raw is not None:
-            try:
-                with pq.ParquetFile(pa.BufferReader(raw)) as f:
-                    meta = f.schema_arrow.metadata or {}
-                    old = f.read().select(schema.names)
-                if old.schema != schema:
-                    old = old.cast(schema)
-            except (OSError, KeyError, pa.ArrowInvalid) as e:
-                raise StoreError(f"{SCHEME}{path}: unreadable interval file: {e}") from None
-            sources = json.loads(meta.get(_SOURCES_KEY, b"[]"))
-            if source in sources:
-                return None
-            part = _reaggregate(pa.concat_tables([old, part]), keys, schema)
-        elif not presorted:
-            part = _sort(part, keys)
-        sources = sorted({*sources, source})
-        return part.replace_schema_metadata({_SOURCES_KEY: json.dumps(sources).encode()})
+            old = None
+        return _merged(old, f"{SCHEME}{path}", keys, schema, part, source, presorted)
 
     def _put(self, path: PurePosixPath, data: pa.Buffer) -> None:  # type: ignore[override]
         """One PUT under the final key: readers see the old object or the new one."""

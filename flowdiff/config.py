@@ -33,6 +33,7 @@ from flowdiff.schema import (
     STATIONS,
     STATIONS_KEYS,
     is_key_field,
+    is_log_table,
 )
 
 CONFIG_ENV = "FLOWDIFF_CONFIG"
@@ -293,6 +294,8 @@ def with_stations(tables: dict[str, TableConfig]) -> dict[str, TableConfig]:
         if tables[STATIONS].keys != STATIONS_KEYS:
             raise ConfigError("the stations table is keyed by src_mac, src", key=f"tables.{STATIONS}.keys")
         return tables
+    if tables and all(is_log_table(tc.keys) for tc in tables.values()):
+        return tables  # a syslog-only listener sees no frames: a stations table would stay empty forever
     collapse: list[str] = []
     for tc in tables.values():
         collapse += [c for c in tc.collapse if c not in collapse]

@@ -292,3 +292,15 @@ def test_a_live_log_that_grew_is_read_from_where_it_was_left(cfg, tmp_path):
     live.rename(tmp_path / "syslog.1")  # rotated: the same content, nothing new
     assert "1 already collected" in run("collect", "--config", str(cfg), str(tmp_path / "syslog.1")).output
     assert int(messages(cfg)["packets"].sum()) == 3 + len(FRI)
+
+
+def test_a_log_only_listener_learns_without_naming_its_tables(write_config, tmp_path):
+    """A box that only receives syslog defines only log tables: no packet tables and no stations
+    table stand in the way of a plain `flowdiff learn` (they would stay empty forever)."""
+    cfg = write_config(CONFIG)
+    assert sorted(load_config(cfg).tables) == ["messages"]
+    mon = write_log(tmp_path / "mon.log", MON, mtime="2026-12-02T00:00:00+00:00")
+    assert run("collect", "--config", str(cfg), str(mon)).exit_code == 0
+    r = run("learn", "--config", str(cfg))
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("messages ") and "stations" not in r.output

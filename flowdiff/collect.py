@@ -640,12 +640,13 @@ def _read_all(
         return _read_zeek(reader, agg, parts, total, progress, config)
     wire = 0
     keep = 1 if router is None else _flow_keep(agg.interval)
+    every = 1 if router is None else keep
     for packets, nbytes, flows in _decoded(reader, router):
         if router is not None and flows is not None and len(flows["ts_ns"]):
             agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes
-        if agg.closed_intervals(keep):
+        if agg.closed_intervals(keep + every - 1):
             parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
@@ -657,7 +658,9 @@ def _read_all(
 
 
 # Flow records arrive late (an exporter sends a flow when it ends or at its active timeout): the intervals
-# of the last 10 minutes stay open, so that late records rarely make extra parts to merge.
+# of the last 10 minutes stay open, so that late records rarely make extra parts to merge. Every drain
+# reads all the rows kept open, so flows drain once that many more intervals have closed (each drain
+# hands over about as many intervals as it keeps: the work per record stays constant).
 _FLOW_LATENESS = 600
 
 
@@ -683,7 +686,7 @@ def _read_zeek(
         agg.add_flows(records)
         wire += int(records["bytes"].sum())
         keep = _flow_keep(agg.interval)  # conn.log is written when connections end: late like flows
-        if agg.closed_intervals(keep):
+        if agg.closed_intervals(2 * keep - 1):
             parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(reader.path, min(reader.stats.file_bytes_read, total), total)

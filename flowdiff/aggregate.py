@@ -609,6 +609,11 @@ def _syn_roles(ver, shi, slo, sport, dhi, dlo, dport, proto, syn, out):
 
 
 @njit(inline="always")
+def _conn_hash(w0, w1, w2, w3, w4):
+    return _finalize(w0 * _C0 + w1 * _C1 + w2 * _C2 + w3 * _C3 + w4 * _C4)
+
+
+@njit(inline="always")
 def _conn_key(shi, slo, dhi, dlo, k6):
     """(source is side a, hash, the 5 words of the connection's key) of a TCP fine row: both
     directions of a connection share the key (sides a/b in ``_endpoint_order``)."""
@@ -620,7 +625,7 @@ def _conn_key(shi, slo, dhi, dlo, k6):
         w0, w1, w2, w3, w4 = shi, slo, dhi, dlo, (ver << _S32) | (sp << _U(16)) | dp
     else:
         w0, w1, w2, w3, w4 = dhi, dlo, shi, slo, (ver << _S32) | (dp << _U(16)) | sp
-    h = _mix(_mix(_mix(_mix(_mix(_SEED, w0), w1), w2), w3), w4)
+    h = _conn_hash(w0, w1, w2, w3, w4)
     return a_first, h, w0, w1, w2, w3, w4
 
 
@@ -692,7 +697,7 @@ def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
     if m_slots.shape[0]:
         for s in range(g):
             w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
-            h = _mix(_mix(_mix(_mix(_mix(_SEED, w0), w1), w2), w3), w4)
+            h = _conn_hash(w0, w1, w2, w3, w4)
             m = _conn_find(m_slots, m_keys, h, w0, w1, w2, w3, w4, -1)
             if m >= 0:
                 syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
@@ -728,7 +733,7 @@ def _conn_remember(rows, sel, slots, keys, syn, n):
 def _conn_reindex(slots, keys, n):
     for s in range(n):
         w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
-        h = _mix(_mix(_mix(_mix(_mix(_SEED, w0), w1), w2), w3), w4)
+        h = _conn_hash(w0, w1, w2, w3, w4)
         _conn_find(slots, keys, h, w0, w1, w2, w3, w4, s)
 
 
@@ -1305,8 +1310,12 @@ class Aggregator:
         if len(sel) == 0:
             return None
         kept = np.flatnonzero(~out_mask)
-        perm = sel[np.argsort(inum[sel], kind="stable")] if np.any(np.diff(inum[sel]) < 0) else sel
-        cis = _roles_for_rows(rows, perm, self.service_ports, kept, self._syns) if self._needs_roles else None
+        order = np.argsort(inum[sel], kind="stable") if np.any(np.diff(inum[sel]) < 0) else None
+        perm = sel if order is None else sel[order]
+        cis = None
+        if self._needs_roles:  # read in row order (memory order), handed over in interval order
+            cis = _roles_for_rows(rows, sel, self.service_ports, kept, self._syns)
+            cis = cis if order is None else cis[order]
         out = Drained(self, rows[perm], cis)
         if self._needs_roles:
             self._syns.add(rows, sel)

@@ -237,7 +237,12 @@ class FlowDecoder:
     # -- step 1, many datagrams at once -------------------------------------------------------------
 
     def add_batch(
-        self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, exporters: Sequence[str], which: np.ndarray
+        self,
+        buf: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        exporters: Sequence[str],
+        which: np.ndarray,
     ) -> None:
         """Datagrams ``buf[offsets[i] : offsets[i] + lengths[i]]`` from ``exporters[which[i]]``, in order:
         the same as ``add`` for each, with the plain datagrams (v5; v9/IPFIX data sets of known
@@ -275,7 +280,9 @@ class FlowDecoder:
                 self._sequence(exporters[which[j]], int(d[3][j]), int(d[2][j]), int(d[4][j]), int(d[5][j]))
             self.datagrams += stop - i
             if ns:
-                self._add_sets(buf, s_slot[:ns], s_off[:ns], s_count[:ns], s_dgram[:ns], s_init[:ns], d, codes)
+                self._add_sets(
+                    buf, s_slot[:ns], s_off[:ns], s_count[:ns], s_dgram[:ns], s_init[:ns], d, codes
+                )
             i = stop
             if why == fw.SLOW:
                 a = int(offsets[i])

@@ -195,7 +195,8 @@ def bench_listen(work: Path, datagrams: int, rate: int, rcvbuf: int | None = Non
         f"listen   {datagrams:,} datagrams of 1,400 B sent at {datagrams / sent_in:,.0f}/s: "
         f"{spooled:,} in the spool ({len(list(spool.iterdir()))} files), "
         f"kernel drops {drops.group(1) if drops else 0}, lost {datagrams - spooled:,}; listen used "
-        f"{cpu:.1f} s CPU ({cpu / max(spooled, 1) * 1e6:.1f} us per datagram)"
+        f"{cpu:.1f} s CPU ({usage.ru_utime:.1f} user, {usage.ru_stime:.1f} system; "
+        f"{cpu / max(spooled, 1) * 1e6:.1f} us per datagram)"
     )
     print("         " + out.strip())
 

@@ -287,6 +287,9 @@ class SpoolWriter:
         self.files: list[Path] = []  # every file opened, in order
         self.records = 0
         self.bytes_written = 0  # record bytes written (flushed or not)
+        self._wall = clock is time.time  # write_v4 may then compare the receive time with the rotation
+        self._ends_ns = 0
+        self._v4: dict[tuple[str, str], tuple[bytes, int, bytes, bytes]] = {}
         self._f: BinaryIO | None = None
         self._path: Path | None = None
         self._ends_at = 0.0
@@ -332,10 +335,14 @@ class SpoolWriter:
         """:meth:`write_one` for IPv4 on both sides, with the payload already in ``buf[HEAD_V4:HEAD_V4 + n]``
         (received there): the headers are packed in front of it and the record goes out in one write,
         without copying the payload into new objects (the listener's hot path)."""
-        if self._f is None or self.clock() >= self._ends_at:
+        if self._f is None or (ts_ns >= self._ends_ns if self._wall else self.clock() >= self._ends_at):
             self._open(self.clock())
-        n = min(n, _MAX_PAYLOAD)
-        head, partial, sa, da = _v4_parts(src[0], dst[0])
+        if n > _MAX_PAYLOAD:
+            n = _MAX_PAYLOAD
+        parts = self._v4.get((src[0], dst[0]))
+        if parts is None:
+            parts = self._v4[(src[0], dst[0])] = _v4_parts(src[0], dst[0])
+        _, partial, sa, da = parts
         total = 28 + n
         c = partial + total
         c = (c & 0xFFFF) + (c >> 16)
@@ -406,6 +413,7 @@ class SpoolWriter:
         self._path = path
         self.files.append(path)
         self._ends_at = (int(now) // self.rotate + 1) * self.rotate
+        self._ends_ns = self._ends_at * 1_000_000_000
         log.info("listen: writing %s", path)
 
 

@@ -19,6 +19,7 @@ from flowdiff.listen import HEAD_V4, SpoolWriter
 from flowdiff.netflow import FlowDecoder, TemplateCache, _udp_payload
 from tests.netflow_ref import (
     V4_FIELDS,
+    Rec,
     data_set,
     ipfix_message,
     reference_decode,
@@ -262,3 +263,86 @@ def test_syn_memory_forgets_the_oldest_first():
     assert mem.n == 6  # over the cap: down to three quarters, the newest SYNs
     kept = sorted(int(np.minimum(mem.syn[i, 0], mem.syn[i, 1]) ^ (1 << 63)) for i in range(mem.n))
     assert kept == [4, 5, 6, 7, 8, 9]
+
+
+def test_flow_spool_drained_in_parts_gives_the_tables_of_one_pass(tmp_path, monkeypatch):
+    """Flow records over 40 minutes, read in small chunks and drained in many parts (every keep intervals
+    and past the row bound), give exactly the tables of one pass; a connection whose SYN record came in
+    the first minute keeps its roles (client port 80, server port 5000) in every later part."""
+    import dataclasses
+    import importlib
+
+    import pandas as pd
+
+    from flowdiff.collect import collect
+    from flowdiff.config import parse_config
+    from flowdiff.listen import SpoolRecord
+    from flowdiff.store import Store
+
+    fc = importlib.import_module("flowdiff.collect")  # the package exports a function of that name
+    rng = random.Random(11)
+    fields = [*V4_FIELDS, (152, 8), (153, 8)]
+    w = SpoolWriter(tmp_path / "spool", rotate=10**9, clock=lambda: T0 / 1000)
+    grams = [ipfix_message([template_set(10, 256, fields)], export_s=T0 // 1000, domain=1)]
+    for minute in range(40):
+        recs = [
+            dataclasses.replace(
+                r, start_ms=T0 + minute * 60_000 + r.start_ms % 60_000, end_ms=T0 + minute * 60_000 + 59_000
+            )
+            for r in random_recs(rng, 30)
+        ]
+        flags = 0x02 if minute == 0 else 0x10
+        recs.append(
+            Rec(
+                "10.9.9.1",
+                "10.9.9.2",
+                6,
+                80,
+                5000,
+                flags,
+                5,
+                500,
+                T0 + minute * 60_000,
+                T0 + minute * 60_000 + 10,
+            )
+        )
+        recs.append(
+            Rec(
+                "10.9.9.2",
+                "10.9.9.1",
+                6,
+                5000,
+                80,
+                flags | 0x10,
+                5,
+                500,
+                T0 + minute * 60_000 + 5,
+                T0 + minute * 60_000 + 10,
+            )
+        )
+        grams.append(
+            ipfix_message([data_set(256, recs, fields)], export_s=T0 // 1000 + minute * 60 + 61, domain=1)
+        )
+    w.write([SpoolRecord(T0 * 10**6, ("198.51.100.1", 2055), ("127.0.0.1", 4739), g) for g in grams])
+    w.close()
+    spool = w.files[-1]
+    one = parse_config({"sensor": "s", "store": str(tmp_path / "one"), "interval": 60})
+    many = parse_config({"sensor": "s", "store": str(tmp_path / "many"), "interval": 60})
+    with monkeypatch.context() as m:  # the reference: no drain, one pass
+        m.setattr(fc.Aggregator, "closed_intervals", lambda self, keep=1: False)
+        assert collect([spool], one).flow_records == 40 * 32
+    monkeypatch.setattr(fc, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(fc, "_FLOW_DRAIN_ROWS", 100)
+    res = collect([spool], many)
+    assert res.flow_records == 40 * 32 and res.files[0].status == "ok"
+    assert res.files[0].again is False
+    from tests.test_collect import _sources
+
+    assert len({x.rsplit("#", 1)[1] for x in _sources(tmp_path / "many")}) >= 4  # drained in parts
+    for table in ("hosts", "pairs", "services", "link"):
+        pd.testing.assert_frame_equal(
+            Store(tmp_path / "many").read(table), Store(tmp_path / "one").read(table)
+        )
+    services = Store(tmp_path / "many").read("services", where={"proto": 6})
+    long = services[services.server == "10.9.9.2"]
+    assert len(long) == 40 and set(long.client) == {"10.9.9.1"} and set(long.service_port) == {5000}

@@ -153,14 +153,15 @@ def bench_collect(work: Path, records: int) -> None:
         print("         " + out.strip())
 
 
-def bench_listen(work: Path, datagrams: int, rate: int) -> None:
+def bench_listen(work: Path, datagrams: int, rate: int, rcvbuf: int | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spool = work / "listen"
+    rcvbuf = ["--rcvbuf", str(rcvbuf)] if rcvbuf else []  # default: listen's own (32 MiB asked for)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowdiff", "listen", "--spool", str(spool), "--rcvbuf", str(4 << 20),
+        [sys.executable, "-m", "flowdiff", "listen", "--spool", str(spool), *rcvbuf,
          "--rotate", "5", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -179,7 +180,9 @@ def bench_listen(work: Path, datagrams: int, rate: int) -> None:
     sent_in = time.perf_counter() - t0
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    _, _, usage = os.wait4(proc.pid, 0)
+    out = proc.stdout.read() if proc.stdout else ""
+    cpu = usage.ru_utime + usage.ru_stime
     spooled = 0
     for f in sorted(spool.iterdir()):
         data = f.read_bytes()
@@ -191,7 +194,9 @@ def bench_listen(work: Path, datagrams: int, rate: int) -> None:
     print(
         f"listen   {datagrams:,} datagrams of 1,400 B sent at {datagrams / sent_in:,.0f}/s: "
         f"{spooled:,} in the spool ({len(list(spool.iterdir()))} files), "
-        f"kernel drops {drops.group(1) if drops else 0}, lost {datagrams - spooled:,}"
+        f"kernel drops {drops.group(1) if drops else 0}, lost {datagrams - spooled:,}; listen used "
+        f"{cpu:.1f} s CPU ({usage.ru_utime:.1f} user, {usage.ru_stime:.1f} system; "
+        f"{cpu / max(spooled, 1) * 1e6:.1f} us per datagram)"
     )
     print("         " + out.strip())
 
@@ -201,6 +206,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--datagrams", type=int, default=300_000)
     ap.add_argument("--rate", type=int, default=50_000)
+    ap.add_argument("--rcvbuf", type=int, help="listen --rcvbuf (default: listen's own)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--only", choices=["collect", "listen"])
     a = ap.parse_args()
@@ -209,7 +215,7 @@ def main() -> None:
         if a.only != "listen":
             bench_collect(work, a.records)
         if a.only != "collect":
-            bench_listen(work, a.datagrams, a.rate)
+            bench_listen(work, a.datagrams, a.rate, a.rcvbuf)
 
 
 if __name__ == "__main__":

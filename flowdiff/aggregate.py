@@ -134,6 +134,8 @@ _COUNTED_STATUSES_IP = (DecodeStatus.OK,)
 _COUNTED_STATUSES_LINK = (DecodeStatus.OK, DecodeStatus.NOT_IP, DecodeStatus.BAD_IP)
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
+_HI31 = np.int64(0x7FFFFFFF << 32)
+_LO32 = np.int64(0xFFFFFFFF)
 
 
 @njit(inline="always")
@@ -714,6 +716,174 @@ def _syn_roles(ver, shi, slo, sport, dhi, dlo, dport, proto, syn, out):
                 out[i] = a_first == (syn_a[s] < syn_b[s])
 
 
+@njit(inline="always")
+def _conn_hash(w0, w1, w2, w3, w4):
+    return _finalize(w0 * _C0 + w1 * _C1 + w2 * _C2 + w3 * _C3 + w4 * _C4)
+
+
+@njit(inline="always")
+def _conn_key(shi, slo, dhi, dlo, k6):
+    """(source is side a, hash, the 5 words of the connection's key) of a TCP fine row: both
+    directions of a connection share the key (sides a/b in ``_endpoint_order``)."""
+    ver = (k6 >> _U(56)) & _U(15)
+    sp = (k6 >> _U(8)) & _U(0xFFFF)
+    dp = (k6 >> _U(24)) & _U(0xFFFF)
+    a_first = _endpoint_order(shi, slo, sp, dhi, dlo, dp)
+    if a_first:
+        w0, w1, w2, w3, w4 = shi, slo, dhi, dlo, (ver << _S32) | (sp << _U(16)) | dp
+    else:
+        w0, w1, w2, w3, w4 = dhi, dlo, shi, slo, (ver << _S32) | (dp << _U(16)) | sp
+    h = _conn_hash(w0, w1, w2, w3, w4)
+    return a_first, h, w0, w1, w2, w3, w4
+
+
+@njit(inline="always")
+def _conn_find(slots, keys, h, w0, w1, w2, w3, w4, new):
+    """Open-addressing lookup of a connection key: its entry, or ``new`` (>= 0: inserted as that
+    entry; -1: not inserted) when absent. A slot holds the entry and 31 bits of the hash, so a probe
+    reads the key only when those match (a miss touches one cache line)."""
+    mask = _U(slots.shape[0] - 1)
+    tag = np.int64(h >> _U(33)) << 32
+    j = h & mask
+    while True:
+        v = slots[j]
+        if v < 0:
+            if new >= 0:
+                slots[j] = tag | new
+                keys[new, 0], keys[new, 1], keys[new, 2], keys[new, 3], keys[new, 4] = w0, w1, w2, w3, w4
+            return new
+        if (v & _HI31) == tag:
+            s = v & _LO32
+            if keys[s, 0] == w0 and keys[s, 1] == w1 and keys[s, 2] == w2 and keys[s, 3] == w3 and keys[s, 4] == w4:
+                return s
+        j = (j + _ONE) & mask
+
+
+@njit(cache=True, nogil=True)
+def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
+    """The first-SYN rule for the fine rows ``perm`` (``out`` in ``perm`` order, set where a SYN
+    decides): their connections in a small hash table, then the SYNs of those rows, of the TCP rows
+    ``kept`` (not handed over yet) and of the drained connections remembered (``m_*``, a
+    ``_SynMemory``) are folded in. Work in proportion to ``perm`` and ``kept`` only."""
+    n = perm.shape[0]
+    cap = 1024
+    while cap < 2 * n:
+        cap *= 2
+    slots = np.full(cap, -1, dtype=np.int64)
+    keys = np.empty((n, 5), dtype=np.uint64)
+    syn = np.full((n, 2), _NOSYN, dtype=np.uint64)
+    conn = np.full(n, -1, dtype=np.int64)
+    side_a = np.zeros(n, dtype=np.bool_)
+    g = 0
+    for t in range(n):
+        r = perm[t]
+        k6 = rows[r, 7]
+        if (k6 & _U(0xFF)) != _U(6):
+            continue
+        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
+        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, g)
+        if s == g:
+            g += 1
+        conn[t] = s
+        side_a[t] = af
+        sy = rows[r, _C_SYN]
+        c = 0 if af else 1
+        if sy < syn[s, c]:
+            syn[s, c] = sy
+    if g == 0:
+        return
+    for r in kept:
+        k6 = rows[r, 7]
+        sy = rows[r, _C_SYN]
+        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
+            continue
+        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
+        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, -1)
+        c = 0 if af else 1
+        if s >= 0 and sy < syn[s, c]:
+            syn[s, c] = sy
+    if m_slots.shape[0]:
+        for s in range(g):
+            w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
+            h = _conn_hash(w0, w1, w2, w3, w4)
+            m = _conn_find(m_slots, m_keys, h, w0, w1, w2, w3, w4, -1)
+            if m >= 0:
+                syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
+                syn[s, 1] = min(syn[s, 1], m_syn[m, 1])
+    for t in range(n):
+        s = conn[t]
+        if s >= 0 and syn[s, 0] != syn[s, 1]:  # not a simultaneous open at the same instant
+            out[t] = side_a[t] == (syn[s, 0] < syn[s, 1])
+
+
+@njit(cache=True, nogil=True)
+def _conn_remember(rows, sel, slots, keys, syn, n):
+    """Adds the SYNs of the TCP fine rows ``sel`` to a ``_SynMemory`` holding ``n`` connections
+    (room for every row of ``sel`` is made by the caller); returns the new count."""
+    for r in sel:
+        k6 = rows[r, 7]
+        sy = rows[r, _C_SYN]
+        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
+            continue
+        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
+        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, n)
+        if s == n:
+            syn[s, 0] = _NOSYN
+            syn[s, 1] = _NOSYN
+            n += 1
+        c = 0 if af else 1
+        if sy < syn[s, c]:
+            syn[s, c] = sy
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _conn_reindex(slots, keys, n):
+    for s in range(n):
+        w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
+        h = _conn_hash(w0, w1, w2, w3, w4)
+        _conn_find(slots, keys, h, w0, w1, w2, w3, w4, s)
+
+
+class _SynMemory:
+    """The earliest SYN of each side of the TCP connections of drained fine rows (a hash table kept
+    across drains, updated in proportion to what is drained), at most ``cap`` connections: past
+    that, those whose first SYN is oldest are forgotten (down to three quarters of ``cap``)."""
+
+    def __init__(self, cap: int):
+        self.cap = max(int(cap), 1)
+        self.n = 0
+        self.keys = np.empty((0, 5), dtype=np.uint64)
+        self.syn = np.empty((0, 2), dtype=np.uint64)
+        self.slots = np.empty(0, dtype=np.int64)
+
+    def add(self, rows: np.ndarray, sel: np.ndarray) -> None:
+        need = self.n + len(sel)
+        if need > self.keys.shape[0]:
+            size = max(1024, self.keys.shape[0])
+            while size < need:
+                size *= 2
+            self._resize(size)
+        self.n = _conn_remember(rows, sel, self.slots, self.keys, self.syn, self.n)
+        if self.n > self.cap:
+            target = self.cap - self.cap // 4
+            first = np.minimum(self.syn[: self.n, 0], self.syn[: self.n, 1])
+            keep = np.sort(np.argpartition(first, self.n - target)[self.n - target :])
+            self.keys[:target] = self.keys[keep]
+            self.syn[:target] = self.syn[keep]
+            self.n = target
+            self._resize(self.keys.shape[0])
+
+    def _resize(self, size: int) -> None:
+        keys = np.empty((size, 5), dtype=np.uint64)
+        syn = np.empty((size, 2), dtype=np.uint64)
+        keys[: self.n] = self.keys[: self.n]
+        syn[: self.n] = self.syn[: self.n]
+        self.keys, self.syn = keys, syn
+        self.slots = np.full(2 * size, -1, dtype=np.int64)
+        _conn_reindex(self.slots, self.keys, self.n)
+
+
 @njit(cache=True, nogil=True)
 def _runs(order, code, inum):
     """Start positions (in ``order``) of the runs of equal (interval, code)."""
@@ -895,65 +1065,58 @@ class _Fields:
         return got
 
 
-_SYN_SLOTS = np.array([1, 2, 3, 4, 7, _C_SYN], dtype=np.int64)  # what the client/server rule reads
+_ROLE_SLOTS = np.array([1, 2, 3, 4, 7], dtype=np.int64)  # what the port rule reads
+_NO_KEYS = np.empty((0, 5), dtype=np.uint64)
+_NO_SYNS = np.empty((0, 2), dtype=np.uint64)
 
 
 def _roles_for_rows(
-    rows: np.ndarray, perm: np.ndarray, service_ports: np.ndarray, context: np.ndarray | None = None
+    rows: np.ndarray,
+    perm: np.ndarray,
+    service_ports: np.ndarray,
+    kept: np.ndarray | None = None,
+    memory: _SynMemory | None = None,
 ) -> np.ndarray:
     """client_is_src for every fine row (in ``perm`` order): over all rows at once, because a SYN seen
-    in one interval decides the roles of its connection in every other. ``context`` (columns as
-    ``_gather_rows(.., _SYN_SLOTS)``) adds SYNs of rows that are not in ``perm`` (kept or drained)."""
-    cols = _gather_rows(rows, perm, _SYN_SLOTS)
-    n = cols.shape[1]
-    if context is not None and context.shape[1]:
-        cols = np.concatenate([cols, context], axis=1)
+    in one interval decides the roles of its connection in every other. The SYNs of the rows ``kept``
+    (not handed over yet) and of the connections in ``memory`` (drained before) count too."""
+    cols = _gather_rows(rows, perm, _ROLE_SLOTS)
     k6 = cols[4]
 
     def field(name: str) -> np.ndarray:
         _, shift, width = _FIELD_BITS[name]
         return (k6 >> _U(shift)) & _U((1 << width) - 1)
 
-    syn = (cols[5] ^ _SIGN).view(np.int64)
-    out = client_is_src(
-        field("ip_version"),
-        cols[0],
-        cols[1],
-        cols[2],
-        cols[3],
-        field("proto"),
-        field("sport"),
-        field("dport"),
-        field("icmp_type"),
-        syn,
-        service_ports,
+    out = _port_roles(field("proto"), field("sport"), field("dport"), field("icmp_type"), service_ports)
+    if memory is None or memory.n == 0:
+        m_slots, m_keys, m_syn = np.empty(0, dtype=np.int64), _NO_KEYS, _NO_SYNS
+    else:
+        m_slots, m_keys, m_syn = memory.slots, memory.keys, memory.syn
+    _conn_roles(
+        rows,
+        np.ascontiguousarray(perm, dtype=np.int64),
+        np.empty(0, dtype=np.int64) if kept is None else np.ascontiguousarray(kept, dtype=np.int64),
+        m_slots,
+        m_keys,
+        m_syn,
+        out,
     )
     out[(k6 & _FORCED_CLIENT) != _ZERO] = True  # flow records that name their client (Zeek)
-    return out[:n]
+    return out
 
 
-def _syn_columns(rows: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """The ``_SYN_SLOTS`` columns of the TCP rows among ``sel`` that saw a SYN without ACK."""
-    cols = _gather_rows(rows, sel, _SYN_SLOTS)
-    proto = cols[4] & _U(0xFF)
-    return cols[:, (cols[5] != _NOSYN) & (proto == _U(6))]
 
-
-def _merge_syns(a: np.ndarray, b: np.ndarray, cap: int) -> np.ndarray:
-    """One column per directional connection (earliest SYN kept), at most ``cap`` of them (the most
-    recent SYNs): the memory of SYNs stays bounded however long the capture."""
-    cols = np.concatenate([a, b], axis=1) if a.shape[1] else b
-    if cols.shape[1] == 0:
-        return cols
-    order = np.lexsort((cols[5], cols[4], cols[3], cols[2], cols[1], cols[0]))
-    cols = cols[:, order]
-    key = cols[:5]
-    first = np.ones(cols.shape[1], dtype=bool)
-    first[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
-    cols = cols[:, first]
-    if cols.shape[1] > cap:
-        cols = cols[:, np.argsort(cols[5], kind="stable")[-cap:]]
-    return np.ascontiguousarray(cols)
+def _port_roles(
+    proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, icmp_type: np.ndarray, service_ports: np.ndarray
+) -> np.ndarray:
+    """client_is_src by the port rule (TCP/UDP) and the ICMP echo rule, before any SYN is looked at."""
+    sp = np.asarray(service_ports, dtype=np.uint64)
+    qual_s = (sport < 1024) | np.isin(sport, sp)
+    qual_d = (dport < 1024) | np.isin(dport, sp)
+    by_port = np.where(qual_s != qual_d, qual_d, dport <= sport)
+    tcpudp = (proto == 6) | (proto == 17)
+    echo_reply = ((proto == 1) & (icmp_type == 0)) | ((proto == 58) & (icmp_type == 129))
+    return np.where(tcpudp, by_port, ~echo_reply)
 
 
 def client_is_src(
@@ -974,13 +1137,7 @@ def client_is_src(
     ``syn_ts`` is the time of the row's first SYN without ACK (INT64_MAX when none): the first SYN
     of a connection, over both directions, decides its roles.
     """
-    sp = np.asarray(service_ports, dtype=np.uint64)
-    qual_s = (sport < 1024) | np.isin(sport, sp)
-    qual_d = (dport < 1024) | np.isin(dport, sp)
-    by_port = np.where(qual_s != qual_d, qual_d, dport <= sport)
-    tcpudp = (proto == 6) | (proto == 17)
-    echo_reply = ((proto == 1) & (icmp_type == 0)) | ((proto == 58) & (icmp_type == 129))
-    out = np.where(tcpudp, by_port, ~echo_reply)
+    out = _port_roles(proto, sport, dport, icmp_type, service_ports)
 
     def u(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.uint64)
@@ -1030,7 +1187,7 @@ class Aggregator:
     _INITIAL_CAPACITY = 1 << 14  # index slots / 2
     _INITIAL_ROWS = 1 << 20  # 128 MiB of address space, resident only as rows are written
     max_rows = 1 << 21  # drain() hands over every interval, the newest too, above this (256 MiB)
-    max_syns = 1 << 21  # connections whose first SYN is remembered across drains (48 MiB)
+    max_syns = 1 << 21  # connections whose first SYN is remembered across drains (64 bytes each)
 
     def __init__(
         self,
@@ -1088,7 +1245,7 @@ class Aggregator:
         self._needs_roles = any(
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
-        self._syns = np.zeros((len(_SYN_SLOTS), 0), dtype=np.uint64)  # SYNs of drained rows
+        self._syns = _SynMemory(self.max_syns)  # SYNs of drained rows
 
     # -- stage 1 -------------------------------------------------------------------------------
 
@@ -1230,7 +1387,7 @@ class Aggregator:
         rows = self._rows[: self._used]
         inum = rows[:, 9].view(np.int64)
         perm = np.argsort(inum, kind="stable") if np.any(inum[1:] < inum[:-1]) else np.arange(len(inum))
-        return self._tables_of(perm, self._syns)
+        return self._tables_of(perm)
 
     def closed_intervals(self, keep: int = 1) -> bool:
         """True when :meth:`drain` with the same ``keep`` has intervals to hand over (cheap: no scan)."""
@@ -1267,14 +1424,15 @@ class Aggregator:
         if len(sel) == 0:
             return None
         kept = np.flatnonzero(~out_mask)
-        perm = sel[np.argsort(inum[sel], kind="stable")] if np.any(np.diff(inum[sel]) < 0) else sel
-        context = self._syns
-        if self._needs_roles and len(kept):
-            context = np.concatenate([context, _syn_columns(rows, kept)], axis=1)
-        cis = _roles_for_rows(rows, perm, self.service_ports, context) if self._needs_roles else None
+        order = np.argsort(inum[sel], kind="stable") if np.any(np.diff(inum[sel]) < 0) else None
+        perm = sel if order is None else sel[order]
+        cis = None
+        if self._needs_roles:  # read in row order (memory order), handed over in interval order
+            cis = _roles_for_rows(rows, sel, self.service_ports, kept, self._syns)
+            cis = cis if order is None else cis[order]
         out = Drained(self, rows[perm], cis)
         if self._needs_roles:
-            self._syns = _merge_syns(self._syns, _syn_columns(rows, sel), self.max_syns)
+            self._syns.add(rows, sel)
         self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))
         return out
 
@@ -1287,12 +1445,12 @@ class Aggregator:
         self._index[:] = -1
         _reindex(self._rows, self._base, self._used, self._index)
 
-    def _tables_of(self, perm: np.ndarray, syn_context: np.ndarray) -> dict[str, pa.Table]:
+    def _tables_of(self, perm: np.ndarray) -> dict[str, pa.Table]:
         """Stage 2 over the fine rows ``perm`` (sorted by interval)."""
         rows = self._rows[: self._used]
         needs_roles = self._needs_roles
         cis = (
-            _roles_for_rows(rows, perm, self.service_ports, syn_context)
+            _roles_for_rows(rows, perm, self.service_ports, None, self._syns)
             if needs_roles and len(perm)
             else None
         )

@@ -751,7 +751,7 @@ def _read_all(
             agg.add_flows(flows, router.exporters)
         agg.add(packets)
         wire += nbytes
-        if agg.closed_intervals(keep):
+        if _drain_due(agg, keep, router is not None):
             parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(str(reader.path), min(reader.stats.file_bytes_read, total), total)
@@ -763,12 +763,24 @@ def _read_all(
 
 
 # Flow records arrive late (an exporter sends a flow when it ends or at its active timeout): the intervals
-# of the last 10 minutes stay open, so that late records rarely make extra parts to merge.
+# of the last 10 minutes stay open, so that late records rarely make extra parts to merge. Every drain
+# reads all the rows kept open, so flows drain once that many more intervals have closed (each drain
+# hands over about as many intervals as it keeps: the work per record stays constant), or sooner when
+# the rows held pass _FLOW_DRAIN_ROWS (memory stays bounded however dense the flows).
 _FLOW_LATENESS = 600
+_FLOW_DRAIN_ROWS = 1 << 18
 
 
 def _flow_keep(interval: int) -> int:
     return 1 + -(-_FLOW_LATENESS // interval)
+
+
+def _drain_due(agg: Aggregator, keep: int, flows: bool) -> bool:
+    if not flows:
+        return agg.closed_intervals(keep)
+    return agg.closed_intervals(2 * keep - 1) or (
+        agg.fine_rows >= _FLOW_DRAIN_ROWS and agg.closed_intervals(keep)
+    )
 
 
 def _read_zeek(
@@ -789,7 +801,7 @@ def _read_zeek(
         agg.add_flows(records)
         wire += int(records["bytes"].sum())
         keep = _flow_keep(agg.interval)  # conn.log is written when connections end: late like flows
-        if agg.closed_intervals(keep):
+        if _drain_due(agg, keep, True):
             parts.submit(agg.drain_deferred(keep))
         if progress is not None:
             progress(reader.path, min(reader.stats.file_bytes_read, total), total)

@@ -34,7 +34,7 @@ import json
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +172,9 @@ class _Group:
     init_ms: list[int] = field(default_factory=list)  # -1: unknown
     exporter: list[int] = field(default_factory=list)
     n: int = 0
+    # records read by the compiled fast path (FlowDecoder.add_batch), one tuple of arrays per batch:
+    # (record bytes, counts, export_ns, uptime_ms, init_ms, exporter) like the lists above
+    pieces: list[tuple[np.ndarray, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +203,9 @@ class FlowDecoder:
         self._seq: dict[tuple[str, int, int], int] = {}  # (exporter, domain, version) -> next sequence
         self.records = 0  # records decoded into rows so far (take)
         self.datagrams = 0
+        self._table: tuple[np.ndarray, np.ndarray] | None = None  # add_batch's templates; None: stale
+        self._slots: dict[Template, int] = {}
+        self._slot_tpl: list[Template] = []
 
     # -- step 1 --------------------------------------------------------------------------------
 
@@ -225,7 +231,106 @@ class FlowDecoder:
         if code is None:
             self.exporters.append(exporter)
             code = self._codes[exporter] = len(self.exporters)
+            self._table = None
         return code
+
+    # -- step 1, many datagrams at once -------------------------------------------------------------
+
+    def add_batch(
+        self,
+        buf: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        exporters: Sequence[str],
+        which: np.ndarray,
+    ) -> None:
+        """Datagrams ``buf[offsets[i] : offsets[i] + lengths[i]]`` from ``exporters[which[i]]``, in order:
+        the same as ``add`` for each, with the plain datagrams (v5; v9/IPFIX data sets of known
+        fixed-length templates) read by compiled code (flowdiff/_flowwalk.py) a chunk at a time and the
+        rest (templates, options, unknown templates, anything odd) by ``add``."""
+        from flowdiff import _flowwalk as fw
+
+        m = len(offsets)
+        if m == 0:
+            return
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        which = np.ascontiguousarray(which, dtype=np.int64)
+        # exporter codes, given in order of first appearance (as add does)
+        present = np.zeros(len(exporters), dtype=bool)
+        present[which[lengths >= 4]] = True
+        firsts = np.full(len(exporters), m, dtype=np.int64)
+        np.minimum.at(firsts, which, np.arange(m, dtype=np.int64))
+        for k in sorted(np.flatnonzero(present).tolist(), key=lambda k: firsts[k]):
+            self._code(exporters[k])
+        code_of = np.array([self._codes.get(e, 0) for e in exporters], dtype=np.int64)
+        codes = code_of[which]
+        cap = max(16384, 2 * m)
+        s_slot, s_off, s_count, s_dgram, s_init = (np.empty(cap, dtype=np.int64) for _ in range(5))
+        d = [np.empty(m, dtype=np.int64) for _ in range(6)]  # export, uptime, version, domain, seq, advance
+        v5_slot = self._slot(_V5_TEMPLATE)
+        i = 0
+        while i < m:
+            tkeys, tinfo = self._fast_table()
+            stop, why, ns = fw.walk(
+                buf, offsets, lengths, codes, i, tkeys, tinfo, v5_slot,
+                s_slot, s_off, s_count, s_dgram, s_init, *d,
+            )  # fmt: skip
+            for j in range(i, stop):  # sequence numbers, in order (a few per thousand records)
+                self._sequence(exporters[which[j]], int(d[3][j]), int(d[2][j]), int(d[4][j]), int(d[5][j]))
+            self.datagrams += stop - i
+            if ns:
+                self._add_sets(
+                    buf, s_slot[:ns], s_off[:ns], s_count[:ns], s_dgram[:ns], s_init[:ns], d, codes
+                )
+            i = stop
+            if why == fw.SLOW:
+                a = int(offsets[i])
+                self.add(bytes(buf[a : a + int(lengths[i])]), exporters[which[i]])
+                i += 1
+
+    def _slot(self, tpl: Template) -> int:
+        slot = self._slots.get(tpl)
+        if slot is None:
+            slot = self._slots[tpl] = len(self._slot_tpl)
+            self._slot_tpl.append(tpl)
+        return slot
+
+    def _fast_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """add_batch's view of the templates: sorted keys (code, domain, template id) of the fixed-length
+        data templates of the exporters seen so far, with (slot, record length, init ms)."""
+        if self._table is None:
+            keys, info = [], []
+            for (exporter, domain, tid), tpl in self.cache.templates.items():
+                code = self._codes.get(exporter)
+                fixed = tpl.fixed_length
+                if code is None or code >= 1 << 15 or tpl.options or not fixed:
+                    continue
+                keys.append((code << 48) | (domain << 16) | tid)
+                info.append((self._slot(tpl), fixed, self.cache.init_ms.get((exporter, domain), -1)))
+            order = np.argsort(np.array(keys, dtype=np.int64), kind="stable")
+            self._table = (
+                np.ascontiguousarray(np.array(keys, dtype=np.int64)[order]),
+                np.ascontiguousarray(np.array(info, dtype=np.int64).reshape(-1, 3)[order]),
+            )
+        return self._table
+
+    def _add_sets(self, buf, s_slot, s_off, s_count, s_dgram, s_init, d, codes) -> None:
+        """The data sets found by the walker, into the groups of their templates (as ``_group``)."""
+        from flowdiff._flowwalk import gather_records
+
+        slots = np.unique(s_slot)
+        for slot in slots.tolist():
+            sel = np.flatnonzero(s_slot == slot) if len(slots) > 1 else slice(None)
+            tpl = self._slot_tpl[slot]
+            counts, dg = s_count[sel], s_dgram[sel]
+            total = int(counts.sum())
+            data = gather_records(buf, s_off[sel], counts, tpl.fixed_length, total)
+            g = self._groups.get(tpl)
+            if g is None:
+                g = self._groups[tpl] = _Group(tpl)
+            g.pieces.append((data, counts.copy(), d[0][dg], d[1][dg], s_init[sel].copy(), codes[dg]))
+            g.n += total
 
     def _sequence(self, exporter: str, domain: int, version: int, seq: int, advance: int) -> None:
         key = (exporter, domain, version)
@@ -380,9 +485,11 @@ class FlowDecoder:
         if old is not None:
             self.skipped["flow-template-changed"] += 1
         self.cache.templates[key] = tpl
+        self._table = None
         self._retry_pending(exporter, domain, tid)
 
     def _withdraw(self, exporter: str, domain: int, tid: int) -> None:
+        self._table = None
         if tid == 2 or tid == 3:  # all templates (2) / all options templates (3) of the domain
             for key in [k for k, t in self.cache.templates.items() if k[:2] == (exporter, domain)]:
                 if self.cache.templates[key].options == (tid == 3):
@@ -472,6 +579,7 @@ class FlowDecoder:
             if ie == IE_INIT_MS and pen == 0 and length <= 8 and count:
                 start = (count - 1) * fixed + off
                 self.cache.init_ms[(exporter, domain)] = int.from_bytes(body[start : start + length], "big")
+                self._table = None
             off += length
 
     def _retry_pending(self, exporter: str, domain: int, tid: int) -> None:
@@ -557,15 +665,20 @@ def _decode_group(g: _Group, skipped: Counter) -> dict[str, np.ndarray]:
     tpl = g.template
     reclen = tpl.fixed_length or 0
     n = g.n
-    raw = np.frombuffer(b"".join(g.chunks), dtype=np.uint8)
+    pieces = list(g.pieces)
+    if g.chunks:
+        pieces.insert(0, (np.frombuffer(b"".join(g.chunks), dtype=np.uint8),
+                          *(np.asarray(v, dtype=np.int64) for v in (g.counts, g.export_ns, g.uptime_ms, g.init_ms, g.exporter))))  # fmt: skip
+    raw, counts, export_ns, uptime, init, exporter = (
+        p[0] if len(pieces) == 1 else np.concatenate(p) for p in zip(*pieces, strict=True)
+    )
     arr = raw.reshape(n, reclen)
     rec = raw.view(_record_dtype(tpl))  # big-endian fields read by numpy (strided reads of whole words)
-    counts = np.asarray(g.counts, dtype=np.int64)
-    export_ns = np.repeat(np.asarray(g.export_ns, dtype=np.int64), counts)
-    uptime = np.repeat(np.asarray(g.uptime_ms, dtype=np.int64), counts)
-    init = np.repeat(np.asarray(g.init_ms, dtype=np.int64), counts)
+    export_ns = np.repeat(export_ns, counts)
+    uptime = np.repeat(uptime, counts)
+    init = np.repeat(init, counts)
     out = empty_records(n)
-    out["exporter"][:] = np.repeat(np.asarray(g.exporter, dtype=np.uint32), counts)
+    out["exporter"][:] = np.repeat(exporter, counts)
     at: dict[int, tuple[int, int]] = {}
     name_of: dict[int, str] = {}
     off = 0
@@ -799,20 +912,31 @@ class FlowRouter:
         mask = udp if self.all_udp else udp & np.isin(packets["dport"], self.ports)
         if not mask.any():
             return packets, empty_records()
+        from flowdiff._flowwalk import udp_payloads
+
         sel = np.flatnonzero(mask)
-        buf, off, cap, wire = batch.buf, batch.offset, batch.caplen, batch.wirelen
-        for i in sel.tolist():
-            self.datagrams += 1
-            if cap[i] < wire[i]:
-                self.decoder.skipped["flow-export-truncated"] += 1
-                continue
-            frame = bytes(buf[off[i] : off[i] + cap[i]])
-            payload = _udp_payload(frame, int(packets["sport"][i]), int(packets["dport"][i]))
-            if payload is None:
-                self.decoder.skipped["flow-export-truncated"] += 1
-                continue
-            exporter = self._name(packets, i)
-            self.decoder.add(payload, exporter, int(packets["ts_ns"][i]))
+        self.datagrams += len(sel)
+        cut = batch.caplen[sel] < batch.wirelen[sel]
+        if cut.any():
+            self.decoder.skipped["flow-export-truncated"] += int(cut.sum())
+            sel = sel[~cut]
+        poff = np.empty(len(sel), dtype=np.int64)
+        plen = np.empty(len(sel), dtype=np.int64)
+        udp_payloads(
+            batch.buf,
+            batch.offset[sel].astype(np.int64),
+            batch.caplen[sel].astype(np.int64),
+            packets["sport"][sel].astype(np.int64),
+            packets["dport"][sel].astype(np.int64),
+            poff,
+            plen,
+        )
+        found = poff >= 0
+        if not found.all():
+            self.decoder.skipped["flow-export-truncated"] += int((~found).sum())
+            sel, poff, plen = sel[found], poff[found], plen[found]
+        names, which = self._names_of(packets, sel)
+        self.decoder.add_batch(batch.buf, poff, plen, names, which)
         rest = {k: v[~mask] for k, v in packets.items()}
         return rest, self.take()
 
@@ -829,16 +953,27 @@ class FlowRouter:
     def exporters(self) -> list[str]:
         return self.decoder.exporters
 
-    def _name(self, packets: dict[str, np.ndarray], i: int) -> str:
-        key = (int(packets["ip_version"][i]), int(packets["src_hi"][i]), int(packets["src_lo"][i]))
+    def _names_of(self, packets: dict[str, np.ndarray], sel: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """The exporters (source addresses as text) of the datagrams ``sel``: distinct names, and which
+        one each datagram has."""
+        if len(sel) == 0:
+            return [], np.zeros(0, dtype=np.int64)
+        ver, hi, lo = (packets[k][sel].astype(np.uint64) for k in ("ip_version", "src_hi", "src_lo"))
+        if (ver == ver[0]).all() and (hi == hi[0]).all() and (lo == lo[0]).all():
+            return [self._name(int(ver[0]), int(hi[0]), int(lo[0]))], np.zeros(len(sel), dtype=np.int64)
+        keys, which = np.unique(np.stack([ver, hi, lo], axis=1), axis=0, return_inverse=True)
+        return [self._name(*(int(x) for x in k)) for k in keys], which.reshape(-1).astype(np.int64)
+
+    def _name(self, version: int, hi: int, lo: int) -> str:
+        key = (version, hi, lo)
         name = self._names.get(key)
         if name is None:
             import ipaddress
 
-            if key[0] == 4:
-                name = str(ipaddress.IPv4Address(key[2] & 0xFFFFFFFF))
+            if version == 4:
+                name = str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
             else:
-                name = str(ipaddress.IPv6Address((key[1] << 64) | key[2]))
+                name = str(ipaddress.IPv6Address((hi << 64) | lo))
             self._names[key] = name
         return name
 

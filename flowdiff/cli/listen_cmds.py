@@ -42,7 +42,7 @@ def register(main: click.Group) -> None:
     "--rcvbuf",
     type=click.IntRange(min=1024),
     default=None,
-    help="Socket receive buffer in bytes (SO_RCVBUF; the kernel caps it at net.core.rmem_max).",
+    help="Socket receive buffer in bytes (SO_RCVBUF; default 32 MiB, forced past net.core.rmem_max where allowed).",
 )
 @handle_errors
 def listen_cmd(addresses, syslog, config_path, spool, rotate, rcvbuf) -> None:

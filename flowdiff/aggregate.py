@@ -754,7 +754,13 @@ def _conn_find(slots, keys, h, w0, w1, w2, w3, w4, new):
             return new
         if (v & _HI31) == tag:
             s = v & _LO32
-            if keys[s, 0] == w0 and keys[s, 1] == w1 and keys[s, 2] == w2 and keys[s, 3] == w3 and keys[s, 4] == w4:
+            if (
+                keys[s, 0] == w0
+                and keys[s, 1] == w1
+                and keys[s, 2] == w2
+                and keys[s, 3] == w3
+                and keys[s, 4] == w4
+            ):
                 return s
         j = (j + _ONE) & mask
 
@@ -1103,7 +1109,6 @@ def _roles_for_rows(
     )
     out[(k6 & _FORCED_CLIENT) != _ZERO] = True  # flow records that name their client (Zeek)
     return out
-
 
 
 def _port_roles(

@@ -428,18 +428,29 @@ class Store:
         merged = _reaggregate(full, [PARTITION, *merge_keys], schema)
         return merged.select(list(columns)) if columns else merged
 
-    def read_intervals(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pd.DataFrame:
+    def read_intervals(
+        self, table: str, keys: Sequence[str], starts: Sequence[Any], *, sensor_column: str | None = None
+    ) -> pd.DataFrame:
         """Rows of exactly the given intervals (interval_start, key columns, metrics), every sensor's rows
         kept apart; ``df.attrs["sensors"]`` says how many sensors they came from (learn and diff add up
-        rows of several sensors after canonicalisation)."""
+        rows of several sensors after canonicalisation). With ``sensor_column`` the sensor of each row is
+        kept under that name, as a categorical (one small code per row: diff names the sensors of a row)."""
         import pandas as pd
 
         cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen"]
         if not starts:
-            return table_schema(keys).empty_table().select(cols).to_pandas(coerce_temporal_nanoseconds=False)
+            df = table_schema(keys).empty_table().select(cols).to_pandas(coerce_temporal_nanoseconds=False)
+            if sensor_column:
+                df[sensor_column] = pd.Categorical([])
+            return df
         lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
         df = self.read(table, since=lo, until=hi, columns=cols + [PARTITION])
-        sensors = df.pop(PARTITION).nunique() if PARTITION in df.columns else 1
+        part = df.pop(PARTITION) if PARTITION in df.columns else None
+        sensors = part.nunique() if part is not None else 1
+        if sensor_column:
+            df[sensor_column] = (
+                part.fillna("").astype("category") if part is not None else pd.Categorical([""] * len(df))
+            )
         mask = df[INTERVAL].isin(pd.DatetimeIndex(list(starts))).to_numpy()
         if not mask.all():
             df = df[mask].reset_index(drop=True)

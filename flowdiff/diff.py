@@ -166,17 +166,14 @@ def find_new(
     sub = df.loc[hit, [INTERVAL, *keys, "first_seen", "last_seen", "packets", "bytes", *extra]].copy()
     sub["reason"] = row_reason[hit]
     group = sub.groupby([*keys, "reason"], sort=False, observed=True, dropna=False)
-    out = (
-        group.agg(
-            interval_start=(INTERVAL, "min"),
-            first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"),
-            packets=("packets", "sum"),
-            bytes=("bytes", "sum"),
-            last_interval=(INTERVAL, "max"),
-        )
-        .reset_index()
-    )
+    out = group.agg(
+        interval_start=(INTERVAL, "min"),
+        first_seen=("first_seen", "min"),
+        last_seen=("last_seen", "max"),
+        packets=("packets", "sum"),
+        bytes=("bytes", "sum"),
+        last_interval=(INTERVAL, "max"),
+    ).reset_index()
     if by_sensor:  # groupby keeps the order of first appearance: ngroup numbers the rows of ``out``
         names = sub[SENSOR].astype(object).to_numpy()
         out[SENSORS] = sensor_sets(group.ngroup().to_numpy(), len(out), names)
@@ -201,7 +198,9 @@ def sensor_sets(gid: np.ndarray, n: int, names: np.ndarray) -> np.ndarray:
     mask = np.zeros(n, dtype=np.int64)
     np.bitwise_or.at(mask, gid, umask[codes])
     um, inv = np.unique(mask, return_inverse=True)
-    text = np.array([", ".join(a for i, a in enumerate(atoms) if (int(m) >> i) & 1) for m in um], dtype=object)
+    text = np.array(
+        [", ".join(a for i, a in enumerate(atoms) if (int(m) >> i) & 1) for m in um], dtype=object
+    )
     return text[inv.ravel()]
 
 
@@ -588,17 +587,14 @@ def _diff_table(
         return parts[0]
     allp = pd.concat(parts, ignore_index=True)
     group = allp.groupby([*tc.keys, "reason"], sort=False, observed=True, dropna=False)
-    out = (
-        group.agg(
-            interval_start=("interval_start", "min"),
-            first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"),
-            packets=("packets", "sum"),
-            bytes=("bytes", "sum"),
-            last_interval=("last_interval", "max"),
-        )
-        .reset_index()
-    )
+    out = group.agg(
+        interval_start=("interval_start", "min"),
+        first_seen=("first_seen", "min"),
+        last_seen=("last_seen", "max"),
+        packets=("packets", "sum"),
+        bytes=("bytes", "sum"),
+        last_interval=("last_interval", "max"),
+    ).reset_index()
     if SENSORS in allp.columns:
         out[SENSORS] = sensor_sets(group.ngroup().to_numpy(), len(out), allp[SENSORS].to_numpy(dtype=object))
     return out

@@ -9,8 +9,9 @@ rows per interval and table at --scale 1), then reports:
 
 * file count and bytes before and after ``compact --older-than 0`` (target: at least 100x fewer files);
 * ``learn`` over all the days for one sensor and for all sensors (``baseline_scope = "all"``), before
-  and after compaction, each in a fresh child process with its peak RSS (target for all sensors: under
-  2 GB, learn streams 48 intervals at a time);
+  and after compaction, each in a fresh child process with its wall and CPU seconds and peak RSS (target
+  for all sensors: under 2 GB; learn streams one day of one sensor, or 48 intervals of all sensors, at a
+  time, each read in one dataset scan and reduced in Arrow);
 * DuckDB's ``GROUP BY`` over the same files (the keys with their interval count and sums: what learn
   computes before its thresholds), one sensor, in the same run (target: learn of one sensor after
   compaction within 2x of it);
@@ -151,12 +152,12 @@ def child_learn(config_path: str, scheduler: str | None) -> None:
     kw = {"force": True}
     if scheduler:
         kw["scheduler"] = scheduler
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = learn(config, **kw)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     keys = sum(t.rows for t in res.tables.values())
-    print(json.dumps({"seconds": secs, "rss": rss, "keys": keys, "startup": warm}))
+    print(json.dumps({"seconds": secs, "cpu": cpu, "rss": rss, "keys": keys, "startup": warm}))
 
 
 def learn_in_child(root: Path, scope: str, tag: str, scheduler: str | None = None) -> dict:
@@ -170,14 +171,15 @@ def learn_in_child(root: Path, scope: str, tag: str, scheduler: str | None = Non
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def duckdb_group_by(store: Path, sensor: str) -> float | None:
-    """The learn-equivalent aggregation of one sensor's files, every table, in DuckDB (seconds)."""
+def duckdb_group_by(store: Path, sensor: str) -> tuple[float, float] | None:
+    """The learn-equivalent aggregation of one sensor's files, every table, in DuckDB (wall and CPU
+    seconds: the machine may be shared, CPU seconds compare runs under different loads)."""
     try:
         import duckdb
     except ImportError:
         return None
     con = duckdb.connect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for table, keys in TABLES.items():
         k = ", ".join(keys)
         con.sql(
@@ -185,7 +187,7 @@ def duckdb_group_by(store: Path, sensor: str) -> float | None:
             f"min(first_seen), max(last_seen) FROM read_parquet('{store}/{table}/sensor={sensor}/*.parquet') "
             "GROUP BY ALL"
         ).to_arrow_table()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def dask_supported() -> bool:
@@ -263,10 +265,12 @@ def report(f: dict[str, dict]) -> None:
     for phase in ("before", "after"):
         x = f[phase]
         one, alls = x["learn_one"], x["learn_all"]
-        duck = f"{x['duckdb_one']:.2f} s" if x["duckdb_one"] is not None else "n/a (no duckdb)"
-        ratio = f" ({one['seconds'] / x['duckdb_one']:.1f}x DuckDB)" if x["duckdb_one"] else ""
+        dw, dc = x["duckdb_one"] or (None, None)
+        duck = f"{dw:.2f} s ({dc:.2f} s CPU)" if dw is not None else "n/a (no duckdb)"
+        ratio = f" ({one['seconds'] / dw:.1f}x DuckDB)" if dw else ""
         print(
-            f"{phase} compaction: learn one sensor {one['seconds']:.2f} s{ratio} (+{one['startup']:.1f} s "
+            f"{phase} compaction: learn one sensor {one['seconds']:.2f} s{ratio}, {one['cpu']:.2f} s CPU"
+            f" (+{one['startup']:.1f} s "
             f"process start-up: numba cache), peak RSS "
             f"{one['rss'] / 1e6:,.0f} MB; learn all sensors {alls['seconds']:.2f} s, peak RSS "
             f"{alls['rss'] / 1e6:,.0f} MB; DuckDB GROUP BY one sensor {duck}"

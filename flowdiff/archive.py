@@ -63,6 +63,7 @@ ROW_COLUMNS = (
     "deny_cmd",  # str: exact `flowdiff deny ...` command for this row
     "incident",  # int64: the incident (flowdiff.incidents) the row belongs to, 1.. within the report; 0 none
     "incident_title",  # str: that incident's title in words
+    "sensors",  # str: the sensor(s) whose intervals held the key, sorted, "gw1" or "gw1, gw2"
 )
 INCIDENTS_FILE = "incidents.json"
 ROW_NUMBER = "row"
@@ -100,6 +101,15 @@ class DiffResult:
         table skipped for want of a baseline is a warning (and a health alert in ``run``), not a failure."""
         return ExitCode.NEW_ROWS if exit_on_new and self.total else ExitCode.OK
 
+    def sensors(self) -> list[str]:
+        """Every sensor named by a row of this result, sorted."""
+        names: set[str] = set()
+        for df in self.rows.values():
+            if "sensors" in df.columns and len(df):
+                for text in pd.unique(df["sensors"].dropna()):
+                    names.update(a for a in str(text).split(", ") if a)
+        return sorted(names)
+
     def counts(self) -> dict[str, int]:
         return {t: len(df) for t, df in self.rows.items() if len(df)}
 
@@ -115,6 +125,7 @@ def _row_schema(keys: Sequence[str]) -> pa.Schema:
     fields += [pa.field(c, pa.uint64()) for c in ("packets", "bytes")]
     fields += [pa.field(c, pa.string()) for c in ("reason", "neighbour", "accept_cmd", "deny_cmd")]
     fields += [pa.field("incident", pa.int64()), pa.field("incident_title", pa.string())]
+    fields.append(pa.field("sensors", pa.string()))
     fields.append(pa.field(ROW_NUMBER, pa.int64()))
     return pa.schema(fields)
 
@@ -123,6 +134,8 @@ def typed_rows(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     schema = _row_schema(keys)
     if "incident" not in df.columns or "incident_title" not in df.columns:  # reports before incidents
         df = df.assign(incident=0, incident_title="")
+    if "sensors" not in df.columns:  # reports before rows named their sensors
+        df = df.assign(sensors="")
     t = pa.Table.from_pandas(df[list(schema.names)], preserve_index=False).cast(schema)
     return t.to_pandas(coerce_temporal_nanoseconds=False)
 
@@ -201,6 +214,7 @@ def write_report_tmp(config: Config, result: DiffResult) -> None:
         "baseline_versions": result.baseline_versions,
         "keys": {t: list(k) for t, k in result.keys.items()},
         "counts": result.counts(),
+        "sensors": result.sensors(),
     }
     atomic_write_text(d / "report.json", json.dumps(meta, indent=1) + "\n")
     incidents = [i.to_json() for i in result.incidents]

@@ -31,14 +31,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdiff.canon import FINGERPRINT, aggregate, canonicalise, definition, key_hashes
+from flowdiff.canon import FINGERPRINT, canonical_keys, definition, key_hashes
 from flowdiff.config import Config, TableConfig, parse_duration
 from flowdiff.durable import atomic_write_parquet, atomic_write_text
 from flowdiff.errors import BaselineError, ConfigError, LearnRefused, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
 from flowdiff.rules import current_user, parse_where, where_mask
-from flowdiff.schema import INTERVAL, TIMESTAMP, empty_frame, key_type
+from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
 from flowdiff.sensors import claim_baselines
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
@@ -56,6 +56,7 @@ BASELINE_METRICS: dict[str, pa.DataType] = {
 _META_KEY = b"flowdiff.baseline"
 _VERSION_RE = re.compile(r"^v?(\d{1,9})$")
 _CHUNK_INTERVALS = 48  # intervals read at once while learning: bounds memory on long windows
+_CHUNK_ONE_SENSOR = 288  # one sensor's day (one day file once compacted) in one scan
 
 __all__ = [
     "Version",
@@ -485,38 +486,71 @@ def _learn_table(
     both: bool,
     scheduler: str | None = None,
 ) -> tuple[pd.DataFrame, int]:
-    """Per-key evidence over the window: (rows meeting the thresholds, candidates before thresholds)."""
+    """Per-key evidence over the window: (rows meeting the thresholds, candidates before thresholds).
+
+    Everything stays in Arrow: each chunk is one dataset scan, canonicalised on its distinct values and
+    reduced by Arrow's hash aggregation; the partial evidence of the chunks is reduced the same way."""
     keys = list(tc.keys)
-    parts: list[pd.DataFrame] = []
-    chunks = [starts[i : i + _CHUNK_INTERVALS] for i in range(0, len(starts), _CHUNK_INTERVALS)]
+    parts: list[pa.Table] = []
+    size = _CHUNK_INTERVALS if store.sensor is None else _CHUNK_ONE_SENSOR
+    chunks = [starts[i : i + size] for i in range(0, len(starts), size)]
     if scheduler:  # the same chunks on a Dask cluster, combined below in the same order
         from flowdiff.distributed import map_chunks
 
-        partials: Iterable[pd.DataFrame] = map_chunks(scheduler, _learn_chunk, chunks, store, tc, nmap)
+        partials: Iterable[pa.Table] = map_chunks(scheduler, _learn_chunk, chunks, store, tc, nmap)
     else:
         partials = (_learn_chunk(store, tc, nmap, chunk) for chunk in chunks)
     for part in partials:
         parts.append(part)
         if len(parts) > 8:
-            parts = [aggregate(pd.concat(parts, ignore_index=True), keys)]
+            parts = [_add_evidence(pa.concat_tables(parts), keys)]
     if not parts:
-        empty = empty_frame(keys).drop(columns=[INTERVAL])
-        empty["intervals"] = np.zeros(0, dtype=np.uint32)
-        return empty, 0
-    allrows = aggregate(pd.concat(parts, ignore_index=True), keys) if len(parts) > 1 else parts[0]
-    candidates = len(allrows)
-    ok = (allrows["intervals"].to_numpy() >= min_intervals) & (allrows["packets"].to_numpy() >= min_packets)
+        return _evidence_schema(keys).empty_table(), 0
+    allrows = _add_evidence(pa.concat_tables(parts), keys) if len(parts) > 1 else parts[0]
+    candidates = allrows.num_rows
+    ok = (_np(allrows["intervals"]) >= min_intervals) & (_np(allrows["packets"]) >= min_packets)
     if both:
-        ok &= _both_directions(allrows, keys)
-    return allrows[ok].reset_index(drop=True), candidates
+        ok &= _both_directions(allrows.select(keys).to_pandas(), keys)
+    return allrows.filter(pa.array(ok)), candidates
 
 
-def _learn_chunk(store: Store, tc: TableConfig, nmap: NetworkMap, starts: list[pd.Timestamp]) -> pd.DataFrame:
-    """Per-key evidence of one chunk of intervals (runs locally, or on a Dask worker)."""
-    chunk = store.read_intervals(tc.name, tc.keys, starts)
-    canon = canonicalise(chunk, tc, nmap, force_aggregate=chunk.attrs.get("sensors", 1) > 1)
-    canon["intervals"] = np.ones(len(canon), dtype=np.uint32)
-    return aggregate(canon.drop(columns=[INTERVAL]), list(tc.keys))
+def _np(col: pa.ChunkedArray) -> np.ndarray:
+    return col.to_numpy()
+
+
+def _evidence_schema(keys: Sequence[str]) -> pa.Schema:
+    fields = [pa.field(k, key_type(k)) for k in keys]
+    fields += [pa.field(m, BASELINE_METRICS[m]) for m in ("packets", "bytes", "first_seen", "last_seen")]
+    return pa.schema([*fields, pa.field("intervals", BASELINE_METRICS["intervals"])])
+
+
+_EVIDENCE = {"packets": "sum", "bytes": "sum", "first_seen": "min", "last_seen": "max"}
+
+
+def _reduce(table: pa.Table, keys: Sequence[str], aggs: Mapping[str, str]) -> pa.Table:
+    """One row per distinct key; column ``c`` becomes ``aggs[c]`` of its values (Arrow hash aggregation;
+    null keys are a group of their own, as pandas' ``dropna=False``)."""
+    out = table.group_by(list(keys), use_threads=False).aggregate([(c, f) for c, f in aggs.items()])
+    names = {f"{c}_{f}": c for c, f in aggs.items()}
+    out = out.rename_columns([names.get(n, n) for n in out.column_names])
+    return out.select([*keys, *aggs])
+
+
+def _add_evidence(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """Evidence of several chunks added up (the chunks' intervals never overlap)."""
+    return _reduce(table, keys, {**_EVIDENCE, "intervals": "sum"}).cast(_evidence_schema(keys))
+
+
+def _learn_chunk(store: Store, tc: TableConfig, nmap: NetworkMap, starts: list[pd.Timestamp]) -> pa.Table:
+    """Per-key evidence of one chunk of intervals (runs locally, or on a Dask worker): the number of
+    distinct intervals a canonical key was seen in (by any sensor), and its summed metrics."""
+    keys = list(tc.keys)
+    chunk = canonical_keys(store.interval_table(tc.name, keys, starts), tc, nmap)
+    return (
+        _reduce(chunk, keys, {**_EVIDENCE, INTERVAL: "count_distinct"})
+        .rename_columns([*keys, *_EVIDENCE, "intervals"])
+        .cast(_evidence_schema(keys))
+    )
 
 
 _SWAP = {
@@ -749,7 +783,7 @@ def _plan_table(
         rows, candidates = _learn_table(store, tc, chosen, nmap, mi, mp, both, scheduler)
     except StoreError as e:
         raise BaselineError(f"cannot learn table {tc.name!r}: {e}") from None
-    table = _to_baseline_table(rows, tc.keys)
+    table = baseline_table(rows, tc.keys)
     thresholds = {"min_intervals": mi, "min_packets": mp, "both_directions": both}
     plan = _Planned(tc, tokens, chosen, table, candidates, thresholds)
     if current is not None and dict(current.definition) == definition(tc):

@@ -40,6 +40,7 @@ __all__ = [
     "FINGERPRINT",
     "definition",
     "canonicalise",
+    "canonical_keys",
     "canon_values",
     "random_mac_mask",
     "key_hashes",
@@ -128,6 +129,32 @@ def canonicalise(
     if merged and len(out):
         out = aggregate(out, [*group, *keys])
     return out.reset_index(drop=True)
+
+
+def canonical_keys(
+    table: pa.Table, tc: TableConfig, networks: Mapping[str, str] | NetworkMap | None
+) -> pa.Table:
+    """``table`` (Arrow) with the key columns of ``tc`` in canonical form, rows not re-aggregated: the
+    caller groups anyway (learn). The distinct values of a column are rewritten once, by
+    :func:`canon_values` as in :func:`canonicalise`, then gathered back by their dictionary codes."""
+    if is_identity(tc) or not table.num_rows:
+        return table
+    nmap = networks if isinstance(networks, NetworkMap) or networks is None else NetworkMap(networks)
+    for col in tc.keys:
+        if col not in ADDRESS_KEYS and col not in MAC_KEYS:
+            continue
+        i = table.schema.get_field_index(col)
+        arr = table[col].combine_chunks()
+        typ = arr.type
+        enc = arr if pa.types.is_dictionary(typ) else arr.dictionary_encode()
+        uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        new = canon_values(col, uniq, tc, nmap)
+        if np.array_equal(new, uniq):
+            continue
+        value_type = typ.value_type if pa.types.is_dictionary(typ) else typ
+        out = pa.array(new.tolist(), type=value_type).take(enc.indices)
+        table = table.set_column(i, table.schema.field(i), out.cast(typ) if out.type != typ else out)
+    return table
 
 
 def aggregate(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

@@ -74,6 +74,8 @@ __all__ = [
     "row_records",
 ]
 
+SENSOR = "_sensor"  # the store's sensor of each pending row, while diff needs it (read_intervals)
+SENSORS = "sensors"  # the row field: sorted distinct sensors that saw the key, "gw1, gw2"
 _CHUNK_INTERVALS = 12  # intervals per anti-join pass: bounds memory when many intervals wait
 _BATCH_ROWS = 1 << 20  # baseline rows per streamed batch
 
@@ -134,12 +136,18 @@ def find_new(
     baseline nor allowed (reason ``new``) plus deny-rule hits (reason ``deny-rule NAME``). One row per
     key and reason, aggregated over the intervals of ``df``; ``last_interval`` is the latest interval seen.
     ``baseline_fingerprints`` yields ``(h1, h2)`` arrays (``baseline.iter_fingerprints``). Pure function (no
-    I/O besides iterating), so tests call it directly."""
+    I/O besides iterating), so tests call it directly.
+
+    With a ``_sensor`` column (rows of each sensor kept apart) every row found gets ``sensors``: the
+    sensors that saw its key, sorted and comma-joined."""
     keys = list(tc.keys)
     cols = [*keys, "interval_start", "first_seen", "last_seen", "packets", "bytes", "reason", "last_interval"]
+    by_sensor = SENSOR in df.columns
+    if by_sensor:
+        cols.append(SENSORS)
     if not len(df):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).iloc[0:0]
-    if df[INTERVAL].nunique() == 1:
+    if df[INTERVAL].nunique() == 1 and (not by_sensor or df[SENSOR].nunique() <= 1):
         # canonical rows of one interval: every key is already unique (the usual cron case)
         gid = np.arange(len(df))
         uk = df[keys].reset_index(drop=True)
@@ -154,21 +162,46 @@ def find_new(
     hit = row_reason != ""
     if not hit.any():
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).iloc[0:0]
-    sub = df.loc[hit, [INTERVAL, *keys, "first_seen", "last_seen", "packets", "bytes"]].copy()
+    extra = [SENSOR] if by_sensor else []
+    sub = df.loc[hit, [INTERVAL, *keys, "first_seen", "last_seen", "packets", "bytes", *extra]].copy()
     sub["reason"] = row_reason[hit]
-    out = (
-        sub.groupby([*keys, "reason"], sort=False, observed=True, dropna=False)
-        .agg(
-            interval_start=(INTERVAL, "min"),
-            first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"),
-            packets=("packets", "sum"),
-            bytes=("bytes", "sum"),
-            last_interval=(INTERVAL, "max"),
-        )
-        .reset_index()
-    )
+    group = sub.groupby([*keys, "reason"], sort=False, observed=True, dropna=False)
+    out = group.agg(
+        interval_start=(INTERVAL, "min"),
+        first_seen=("first_seen", "min"),
+        last_seen=("last_seen", "max"),
+        packets=("packets", "sum"),
+        bytes=("bytes", "sum"),
+        last_interval=(INTERVAL, "max"),
+    ).reset_index()
+    if by_sensor:  # groupby keeps the order of first appearance: ngroup numbers the rows of ``out``
+        names = sub[SENSOR].astype(object).to_numpy()
+        out[SENSORS] = sensor_sets(group.ngroup().to_numpy(), len(out), names)
     return out[cols]
+
+
+def sensor_sets(gid: np.ndarray, n: int, names: np.ndarray) -> np.ndarray:
+    """For each group ``0..n-1``: the distinct sensor names of its rows, sorted, joined with ", ".
+
+    ``names`` may already be such joined sets (rows merged over chunks). Each distinct set becomes a
+    bit mask and the groups OR them together, so the work per row is vectorised whatever the count."""
+    codes, uniq = pd.factorize(pd.Series(names, dtype=object).fillna(""), sort=False)
+    parts = [sorted({a for a in str(u).split(", ") if a}) for u in uniq]
+    atoms = sorted({a for p in parts for a in p})
+    if len(atoms) > 62:  # too many for one int64 mask: distinct (group, name) pairs, joined per group
+        pairs = pd.DataFrame({"g": gid, "s": [parts[c] for c in codes]}).explode("s").dropna()
+        pairs = pairs.drop_duplicates().sort_values(["g", "s"])
+        joined = pairs.groupby("g")["s"].agg(", ".join)
+        return joined.reindex(range(n), fill_value="").to_numpy(dtype=object)
+    bit = {a: i for i, a in enumerate(atoms)}
+    umask = np.array([sum(1 << bit[a] for a in p) for p in parts], dtype=np.int64)
+    mask = np.zeros(n, dtype=np.int64)
+    np.bitwise_or.at(mask, gid, umask[codes])
+    um, inv = np.unique(mask, return_inverse=True)
+    text = np.array(
+        [", ".join(a for i, a in enumerate(atoms) if (int(m) >> i) & 1) for m in um], dtype=object
+    )
+    return text[inv.ravel()]
 
 
 def _first_index(gid: np.ndarray, n: int) -> np.ndarray:
@@ -460,6 +493,7 @@ def diff(
             pending = _pending(tokens, done, since, until)
             spans += pending
             cand = _diff_table(config, tc, entries[name], pending, rules, nmap, store, scheduler)
+            cand = _name_sensors(cand, config)
             if name == STATIONS and tc.keys == STATIONS_KEYS:  # arpwatch's words, before they are remembered
                 cols = list(STATIONS_KEYS)
                 cand = station_reasons(cand, iter_baseline(config, entries[name], cols, _BATCH_ROWS))
@@ -512,6 +546,19 @@ def _result(
     )
 
 
+def _name_sensors(cand: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Every candidate row names its sensor(s); rows of a store written before sensor partitions
+    existed belong to this config's sensor."""
+    if SENSORS not in cand.columns:
+        cand = cand.assign(**{SENSORS: pd.Series([""] * len(cand), dtype=object, index=cand.index)})
+    if len(cand):
+        missing = (cand[SENSORS].fillna("") == "").to_numpy()
+        if missing.any():
+            cand = cand.copy()
+            cand.loc[missing, SENSORS] = config.sensor
+    return cand
+
+
 def _diff_table(
     config: Config,
     tc: TableConfig,
@@ -539,18 +586,18 @@ def _diff_table(
     if len(parts) == 1:
         return parts[0]
     allp = pd.concat(parts, ignore_index=True)
-    return (
-        allp.groupby([*tc.keys, "reason"], sort=False, observed=True, dropna=False)
-        .agg(
-            interval_start=("interval_start", "min"),
-            first_seen=("first_seen", "min"),
-            last_seen=("last_seen", "max"),
-            packets=("packets", "sum"),
-            bytes=("bytes", "sum"),
-            last_interval=("last_interval", "max"),
-        )
-        .reset_index()
-    )
+    group = allp.groupby([*tc.keys, "reason"], sort=False, observed=True, dropna=False)
+    out = group.agg(
+        interval_start=("interval_start", "min"),
+        first_seen=("first_seen", "min"),
+        last_seen=("last_seen", "max"),
+        packets=("packets", "sum"),
+        bytes=("bytes", "sum"),
+        last_interval=("last_interval", "max"),
+    ).reset_index()
+    if SENSORS in allp.columns:
+        out[SENSORS] = sensor_sets(group.ngroup().to_numpy(), len(out), allp[SENSORS].to_numpy(dtype=object))
+    return out
 
 
 def _diff_chunk(
@@ -563,8 +610,8 @@ def _diff_chunk(
 ) -> pd.DataFrame:
     """Candidate rows of one chunk of intervals (runs locally, or on a Dask worker with the baseline's
     fingerprints in ``shared``)."""
-    raw = store.read_intervals(tc.name, tc.keys, starts)
-    canon = canonicalise(raw, tc, nmap, force_aggregate=raw.attrs.get("sensors", 1) > 1)
+    raw = store.read_intervals(tc.name, tc.keys, starts, sensor_column=SENSOR)
+    canon = canonicalise(raw, tc, nmap, group=(INTERVAL, SENSOR))  # each sensor's rows kept apart
     return find_new(canon, tc, shared, rules, nmap)
 
 

@@ -141,8 +141,14 @@ def _row_context(row: dict[str, Any], keys: tuple[str, ...], number: int) -> dic
         "deny_cmd": str(row["deny_cmd"]),
         "incident": _incident_number(row.get("incident")),
         "incident_title": str(row.get("incident_title") or ""),
+        "sensors": _text(row.get("sensors")),
         "example": "",  # log tables: one line of the key (flowdiff.logsource.add_examples)
     }
+
+
+def _text(value: Any) -> str:
+    """A text field of a row; "" for missing ones (None, NaN: rows of older reports)."""
+    return "" if value is None or value != value else str(value)
 
 
 def _incident_number(value: Any) -> int:

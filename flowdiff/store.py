@@ -374,6 +374,17 @@ class Store:
     ) -> pd.DataFrame:
         """Rows of ``table`` with ``since <= interval_start < until``; ``where`` maps a column to a value
         or a list of values. Filters are pushed down to Parquet; the result always has the full dtypes."""
+        return _to_pandas(self.read_table(table, since, until, columns, where))
+
+    def read_table(
+        self,
+        table: str,
+        since: Any = None,
+        until: Any = None,
+        columns: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> pa.Table:
+        """:meth:`read` as an Arrow table (learn reduces it in Arrow, without a pandas copy)."""
         keys = self.table_keys(table)
         if keys is None:
             raise StoreError(
@@ -388,10 +399,10 @@ class Store:
         for attempt in range(3):
             files, overlap = self._files(table, since, until)
             if not files:
-                return _empty(schema, columns)
+                empty = schema.empty_table()
+                return empty.select(list(columns)) if columns else empty
             try:
-                result = self._read_files(table, files, schema, expr, columns, keys if overlap else None)
-                return _to_pandas(result)
+                return self._read_files(table, files, schema, expr, columns, keys if overlap else None)
             except FileNotFoundError:  # a compaction replaced the files since they were listed
                 if attempt == 2:
                     raise StoreError(
@@ -428,23 +439,48 @@ class Store:
         merged = _reaggregate(full, [PARTITION, *merge_keys], schema)
         return merged.select(list(columns)) if columns else merged
 
-    def read_intervals(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pd.DataFrame:
+    def read_intervals(
+        self, table: str, keys: Sequence[str], starts: Sequence[Any], *, sensor_column: str | None = None
+    ) -> pd.DataFrame:
         """Rows of exactly the given intervals (interval_start, key columns, metrics), every sensor's rows
         kept apart; ``df.attrs["sensors"]`` says how many sensors they came from (learn and diff add up
-        rows of several sensors after canonicalisation)."""
+        rows of several sensors after canonicalisation). With ``sensor_column`` the sensor of each row is
+        kept under that name, as a categorical (one small code per row: diff names the sensors of a row)."""
         import pandas as pd
 
         cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen"]
         if not starts:
-            return table_schema(keys).empty_table().select(cols).to_pandas(coerce_temporal_nanoseconds=False)
+            df = table_schema(keys).empty_table().select(cols).to_pandas(coerce_temporal_nanoseconds=False)
+            if sensor_column:
+                df[sensor_column] = pd.Categorical([])
+            return df
         lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
         df = self.read(table, since=lo, until=hi, columns=cols + [PARTITION])
-        sensors = df.pop(PARTITION).nunique() if PARTITION in df.columns else 1
+        part = df.pop(PARTITION) if PARTITION in df.columns else None
+        sensors = part.nunique() if part is not None else 1
+        if sensor_column:
+            df[sensor_column] = (
+                part.fillna("").astype("category") if part is not None else pd.Categorical([""] * len(df))
+            )
         mask = df[INTERVAL].isin(pd.DatetimeIndex(list(starts))).to_numpy()
         if not mask.all():
             df = df[mask].reset_index(drop=True)
         df.attrs["sensors"] = sensors
         return df
+
+    def interval_table(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pa.Table:
+        """Rows of exactly the given intervals as Arrow (interval_start, key columns, metrics, and the
+        ``sensor`` partition): one dataset scan for all of them (learn's read)."""
+        import pandas as pd
+
+        cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen", PARTITION]
+        if not starts:
+            return table_schema(keys).append(pa.field(PARTITION, pa.string())).empty_table().select(cols)
+        lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
+        t = self.read_table(table, since=lo, until=hi, columns=cols)
+        want = pa.array(pd.DatetimeIndex(list(starts)).as_unit("us"), type=t.schema.field(INTERVAL).type)
+        mask = pc.is_in(t[INTERVAL], value_set=want)
+        return t if pc.all(mask).as_py() is not False else t.filter(mask)
 
     # -- writing
     def write_interval_rows(
@@ -964,13 +1000,6 @@ def _reaggregate(table: pa.Table, keys: Sequence[str], schema: pa.Schema) -> pa.
 def _sort(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     order = [(INTERVAL, "ascending")] + [(k, "ascending") for k in keys]
     return table.take(pc.sort_indices(table, sort_keys=order))
-
-
-def _empty(schema: pa.Schema, columns: Sequence[str] | None) -> pd.DataFrame:
-    t = schema.empty_table()
-    if columns:
-        t = t.select(list(columns))
-    return _to_pandas(t)
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -143,3 +146,68 @@ def test_show_and_status_take_sensor(two):
     assert [d["sensor"] for d in docs] == ["a", "b"]
     res = run("status", "--sensor", "b", "--config", str(two["a"]))
     assert res.exit_code in (0, 1) and " b" in res.output
+
+
+def _rows(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_shared_baseline_rows_name_the_sensors_that_saw_them(tmp_path):
+    """baseline_scope = "all": a key seen by both sensors names both, one seen by one names it alone, in
+    every place a row is shown: diff json/csv/table, rows.json/rows.parquet, report.json, report text/HTML."""
+    cfg = {s: write_config(tmp_path, s, 'baseline_scope = "all"') for s in ("a", "b")}
+    for s, clients in (("a", [10, 11]), ("b", [10, 20])):
+        assert (
+            run("collect", str(capture(tmp_path / f"{s}.pcap", clients)), "--config", str(cfg[s])).exit_code
+            == 0
+        )
+    assert run("learn", "--config", str(cfg["a"])).exit_code == 0
+    # later: a sees the new client .30; b sees .30 and .40
+    for s, clients in (("a", [10, 30]), ("b", [30, 40])):
+        cap = capture(tmp_path / f"{s}2.pcap", clients, t0=T0 + 3600)
+        assert run("collect", str(cap), "--config", str(cfg[s])).exit_code == 0
+    dry = run("diff", "--dry-run", "--format", "csv", "--config", str(cfg["a"]))
+    assert dry.exit_code == 0, dry.output
+    table = pd.read_csv(io.StringIO(dry.output), dtype=str, keep_default_na=False)
+    hosts = table[table["table"] == "hosts"].set_index("src")["sensors"].to_dict()
+    assert hosts == {"192.0.2.30": "a, b", "192.0.2.40": "b"}
+    res = run("diff", "--format", "json", "--config", str(cfg["a"]))
+    assert res.exit_code == 0, res.output
+    rows = _rows(res.output)
+    assert {r["src"]: r["sensors"] for r in rows if r["table"] == "hosts"} == hosts
+    services = {r["client"]: r["sensors"] for r in rows if r["table"] == "services"}
+    assert services == {"192.0.2.30": "a, b", "192.0.2.40": "b"}
+    report = next((tmp_path / "reports").glob("*/report.json")).parent
+    assert json.loads((report / "report.json").read_text())["sensors"] == ["a", "b"]
+    saved = {r["src"]: r["sensors"] for r in json.loads((report / "rows.json").read_text()) if "src" in r}
+    assert saved == hosts
+    back = pd.read_parquet(report / "rows.parquet")
+    assert dict(zip(back["src"].dropna(), back.loc[back["src"].notna(), "sensors"], strict=True)) == hosts
+    run("notify", "--config", str(cfg["a"]))  # no [mail]: rendered and archived
+    text = (report / "report.txt").read_text()
+    assert "seen by:    a, b" in text and "seen by:    b" in text
+    assert "seen by a, b" in (report / "report.html").read_text()
+
+
+def test_per_sensor_rows_name_their_sensor(two, tmp_path):
+    assert run("learn", "--sensor", "all", "--config", str(two["a"])).exit_code == 0
+    cap = capture(tmp_path / "b2.pcap", [10, 30], t0=T0 + 3600)
+    assert run("collect", str(cap), "--config", str(two["b"])).exit_code == 0
+    res = run("diff", "--sensor", "b", "--format", "json", "--config", str(two["a"]))
+    assert res.exit_code == 0, res.output
+    rows = _rows(res.output)
+    assert rows and {r["sensors"] for r in rows} == {"b"}
+    res = run("diff", "--sensor", "a", "--dry-run", "--config", str(two["a"]))
+    assert res.exit_code == 0 and "192.0.2.30" not in res.output
+
+
+def test_sensor_sets_merge_names_and_joined_sets():
+    from flowdiff.diff import sensor_sets
+
+    gid = np.array([0, 1, 0, 2, 1, 2])
+    names = np.array(["gw2", "gw1", "gw1", "gw1, gw3", "gw1", None], dtype=object)
+    assert sensor_sets(gid, 3, names).tolist() == ["gw1, gw2", "gw1", "gw1, gw3"]
+    many = np.array([f"s{i:02d}" for i in range(70)], dtype=object)  # beyond one int64 mask
+    out = sensor_sets(np.arange(70) % 2, 2, many)
+    assert out[0] == ", ".join(f"s{i:02d}" for i in range(0, 70, 2))
+    assert out[1] == ", ".join(f"s{i:02d}" for i in range(1, 70, 2))

@@ -385,7 +385,8 @@ def _print_diff(res: Any, fmt: str) -> None:
             continue
         keys = list(res.keys[t])
         click.echo(f"== {t}: {len(df)} new")
-        show = df[["row", *keys, "interval_start", "first_seen", "packets", "bytes", "reason", "neighbour"]]
+        cols = ["interval_start", "first_seen", "packets", "bytes", "reason", "sensors", "neighbour"]
+        show = df[["row", *keys, *cols]]
         click.echo(format_frame(show, "table"))
         for r, cmd in zip(df["row"], df["accept_cmd"], strict=True):
             click.echo(f"  [{r}] {cmd}")

@@ -271,6 +271,8 @@ class SpoolWriter:
     always at the first record after (re)start: a file that a crash may have left torn is never
     appended to. The previous file is flushed, fsync'ed and closed first. Records are never split."""
 
+    header = _PCAP_HEADER  # what every spool file starts with (a subclass writing text has none)
+
     def __init__(
         self,
         directory: str | os.PathLike,
@@ -408,7 +410,7 @@ class SpoolWriter:
             f = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
         except OSError as e:
             raise ListenError(f"{path}: cannot create spool file: {e.strerror}") from e
-        f.write(_PCAP_HEADER)
+        f.write(self.header)
         self._f = f
         self._path = path
         self.files.append(path)

@@ -121,15 +121,10 @@ class SyslogTcpReceiver(StreamReceiver):
 class SyslogSpoolWriter(SpoolWriter):
     """The listener's rotating writer, writing one text line per record instead of a pcap record."""
 
+    header = b""  # plain text, one message per line
+
     def __init__(self, directory, rotate: int = 300, **kw) -> None:  # noqa: ANN001
         super().__init__(directory, rotate, suffix=SYSLOG_SPOOL_SUFFIX, **kw)
-
-    def _open(self, now: float) -> None:
-        super()._open(now)
-        # the base class starts every file with a pcap header: a syslog spool file is plain text
-        f: Any = self._f
-        f.seek(0)
-        f.truncate()
 
     def write(self, records: Iterable[SpoolRecord]) -> int:
         n = 0
@@ -139,6 +134,7 @@ class SyslogSpoolWriter(SpoolWriter):
                 self._open(now)
             f: Any = self._f
             f.write(r.payload + b"\n")
+            self.bytes_written += len(r.payload) + 1  # the listener flushes when this moves
             n += 1
         self.records += n
         return n

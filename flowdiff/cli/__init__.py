@@ -72,7 +72,8 @@ def main(verbose: int, config_path: str | None) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal only).")
 @handle_errors
 def collect(paths, config_path, store, interval, tables, all_files, progress) -> None:
-    """Read captures (files, directories, globs; pcap, pcapng, .gz) into the count tables.
+    """Read captures (files, directories, globs; pcap, pcapng, .gz) into the count tables; also flow
+    spools of `flowdiff listen`, Zeek conn.logs and syslog files, recognised by their content.
 
     Captures already collected are skipped (or read again for tables they have not filled yet);
     damaged captures keep every record before the damage. A path or glob that names nothing is an

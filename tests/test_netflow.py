@@ -12,11 +12,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from flowdiff.cli import main
-from flowdiff.listen import SpoolRecord, SpoolWriter
-from flowdiff.netflow import FlowDecoder, TemplateCache, decode_datagrams, split_proportional
-from tests.netflow_ref import (
+from netflow_ref import (
     V4_FIELDS,
     V6_FIELDS,
     Rec,
@@ -28,6 +24,10 @@ from tests.netflow_ref import (
     v5_datagram,
     v9_datagram,
 )
+
+from flowdiff.cli import main
+from flowdiff.listen import SpoolRecord, SpoolWriter
+from flowdiff.netflow import FlowDecoder, TemplateCache, decode_datagrams, split_proportional
 
 T0 = 1_700_000_000_000  # epoch ms
 

@@ -13,11 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from flowdiff.aggregate import Aggregator
-from flowdiff.listen import HEAD_V4, SpoolWriter
-from flowdiff.netflow import FlowDecoder, TemplateCache, _udp_payload
-from tests.netflow_ref import (
+from netflow_ref import (
     V4_FIELDS,
     Rec,
     data_set,
@@ -28,7 +24,11 @@ from tests.netflow_ref import (
     v5_datagram,
     v9_datagram,
 )
-from tests.test_netflow import T0, generated_datagrams, random_recs
+from test_netflow import T0, generated_datagrams, random_recs
+
+from flowdiff.aggregate import Aggregator
+from flowdiff.listen import HEAD_V4, SpoolWriter
+from flowdiff.netflow import FlowDecoder, TemplateCache, _udp_payload
 
 
 def _as_batch(
@@ -336,7 +336,7 @@ def test_flow_spool_drained_in_parts_gives_the_tables_of_one_pass(tmp_path, monk
     res = collect([spool], many)
     assert res.flow_records == 40 * 32 and res.files[0].status == "ok"
     assert res.files[0].again is False
-    from tests.test_collect import _sources
+    from test_collect import _sources
 
     assert len({x.rsplit("#", 1)[1] for x in _sources(tmp_path / "many")}) >= 4  # drained in parts
     for table in ("hosts", "pairs", "services", "link"):

@@ -234,7 +234,7 @@ def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, c
     from distributed import Client
 
     with Client(cluster, set_as_default=False) as client:
-        client.run(os.environ.__setitem__, fdist._DELAY_ENV, "0.3")
+        client.run(os.environ.__setitem__, fdist._DELAY_ENV, "1.5")  # long enough to be seen mid-task
         pids = list(client.run(os.getpid).values())
         outcome: dict = {}
 
@@ -249,7 +249,7 @@ def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, c
         deadline = time.monotonic() + 30
         while not any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert any(client.processing().values()), "the learn never reached the workers"
+        assert any(client.processing().values()), f"the learn never reached the workers: {outcome}"
         os.kill(pids[0], signal.SIGKILL)
         t.join(120)
         assert not t.is_alive()

@@ -148,6 +148,25 @@ def test_diff_json_carries_the_incident_and_incidents_json_is_written(site):
     assert load_report(site.config, rid).incidents[0].title == by[1]
 
 
+def test_diff_table_output_lists_the_incidents_before_the_rows(site):
+    site.inject(_new_device(site) + _telnet(site))
+    out = _run("diff", "--config", site.config_path)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    head = lines.index("== 2 incidents")
+    assert lines[head + 1] == f"#1 new station {NEW_IP} {NEW_MAC}, 9 rows: rows 1-3, 5-10"
+    rid = next(line.rsplit(" ", 1)[1] for line in lines if " new rows (" in line)  # "...; report <id>"
+    assert lines[head + 2] == (
+        f"  accept all: flowdiff accept {rid} --incident 1 --config {site.config_path.resolve()}"
+    )
+    telnet = next(i for i, line in enumerate(lines) if line.startswith("#2 new service"))
+    assert lines[telnet].endswith(": row 4") and head < telnet < lines.index("== hosts: 1 new")
+    assert (
+        "  [4] flowdiff accept services --where client=internet"
+        in lines[lines.index("== services: 2 new") + 4]
+    )
+
+
 def test_accept_by_incident_accepts_exactly_its_rows(site):
     site.inject(_new_device(site) + _telnet(site))
     res = diff(site.config, since=site.scenario.last_day)

@@ -27,7 +27,11 @@ from flowdiff.cli.store_cmds import sensor_configs, sensor_heading, sensor_optio
 from flowdiff.vocab import iso_time
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
+
+    from flowdiff.incidents import Incident
 
 _FORMATS = click.Choice(["table", "json", "csv"])
 
@@ -380,15 +384,41 @@ def _print_diff(res: Any, fmt: str) -> None:
         n = res.intervals
         click.echo(f"no new rows ({n} interval{'s' if n != 1 else ''} diffed)")
         return
+    _print_incidents(getattr(res, "incidents", None) or [])
     for t, df in res.rows.items():
         if not len(df):
             continue
         keys = list(res.keys[t])
         click.echo(f"== {t}: {len(df)} new")
         cols = ["interval_start", "first_seen", "packets", "bytes", "reason", "sensors", "neighbour"]
+        cols += ["incident"] if "incident" in df.columns else []
         show = df[["row", *keys, *cols]]
         click.echo(format_frame(show, "table"))
         for r, cmd in zip(df["row"], df["accept_cmd"], strict=True):
             click.echo(f"  [{r}] {cmd}")
     where = f"report {res.report_id}" if res.report_id else "not recorded (--dry-run)"
     click.echo(f"{res.total} new rows ({', '.join(f'{t} {n}' for t, n in res.counts().items())}); {where}")
+
+
+def _print_incidents(incidents: Sequence[Incident]) -> None:
+    """The report's grouping on the terminal too: an admin at the shell reads causes first, then the rows
+    (numbered as the rows' ``[n]`` below), with one command per cause."""
+    if not incidents:
+        return
+    click.echo(f"== {len(incidents)} incident{'s' if len(incidents) != 1 else ''}")
+    for inc in incidents:
+        click.echo(f"#{inc.number} {inc.title}: row{'s' if len(inc.rows) != 1 else ''} {_spans(inc.rows)}")
+        if inc.accept_cmd:
+            click.echo(f"  accept all: {inc.accept_cmd}")
+
+
+def _spans(rows: Sequence[tuple[str, int]]) -> str:
+    """Row numbers (unique within a report) as runs: 1-3, 5, 7-10."""
+    nums = sorted({r for _, r in rows})
+    runs: list[list[int]] = []
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)

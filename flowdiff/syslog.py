@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+
+from flowdiff._jit import njit
 
 NIL = "-"  # unknown host / program / facility / severity (RFC 5424's nil value)
 

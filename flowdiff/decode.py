@@ -540,7 +540,7 @@ def _decode_batch(
                     if p >= end:
                         st = _TRUNC
                     else:
-                        p += buf[p] & 0x1F
+                        p += np.int64(buf[p]) & 0x1F  # int64 interpreted too (flowdiff/_jit.py)
                 if st < 0:
                     smac = smac & np.uint64(0x7FFFFFFFFFFF)
                     if buf[pos + 1] & 0xC0 != 0x40:  # MAC frame, not LLC

@@ -302,6 +302,7 @@ def test_kernels_are_lazy_then_all_compiled_at_once():
 FUZZ = """
 import random, sys
 import numpy as np
+import pyarrow as pa
 from types import SimpleNamespace
 import dpkt
 from flowdiff import _jit
@@ -328,14 +329,18 @@ off = np.cumsum([0] + [len(f) for _, f in frames[:-1]]).astype(np.int64)
 cap = np.array([len(f) for _, f in frames], dtype=np.uint32)
 batch = SimpleNamespace(buf=np.frombuffer(buf, np.uint8), offset=off, caplen=cap, wirelen=cap + 4,
                         ts_ns=np.arange(len(frames), dtype=np.int64), linktype=np.array([lt for lt, _ in frames], np.uint16))
-pieces = [b"<13>", b"<165>1 ", b"1 ", b"Dec  1 ", b"Feb 29 ", b"23:59:59 ", b"2026-12-01T", b"10:02:03", b".123456",
-          b"+05:30", b"Z", b"-", b" host ", b"prog[12]: ", b"[x@1 a=\\"]\\"]", b"\\xef\\xbb\\xbf", b"msg 42 ", b"\\xff"]
-text = b"\\n".join(b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 8))) for _ in range(3000))
+slots = [[b"", b"<13>", b"<165>", b"<9999>"], [b"", b"1 "],
+         [b"Dec  1 23:59:59", b"Feb 29 10:02:03", b"2026-12-01T10:02:03", b"2026-12-01 10:02:03.123456+05:30",
+          b"2026-12-01T10:02:03,5Z", b"-", b"Jan 1 00:00:00", b"2026-13-45T99:99:99-0800", b"Dec 02 00:59:58"],
+         [b" ", b"  ", b""], [b"host", b"h-1", b""], [b" ", b""],
+         [b"prog[12]: ", b"prog: ", b"app 812 ID47 [x@1 a=\\"]\\"] ", b"- - - ", b"\\xef\\xbb\\xbf"], [b"msg 42", b"\\xff", b""]]
+lines = [b"".join(rnd.choice(c) for c in slots) for _ in range(3000)]
+text = b"\\n".join(x[: rnd.randrange(len(x) + 1)] if rnd.random() < 0.2 else x for x in lines)
 
 def syslog():
     lines = parse_bytes(text, ref_us=1_764_979_200_000_000, tz_offset_s=3600)
     return [lines.ts_us.tolist(), lines.parsed.tolist(), lines.nbytes.tolist()] + [
-        getattr(lines, k).to_pylist() for k in ("host", "program", "facility", "severity", "message")]
+        getattr(lines, k).cast(pa.binary()).to_pylist() for k in ("host", "program", "facility", "severity", "message")]
 
 with _jit.interpreted():
     a, sa = decode(batch), syslog()

@@ -46,6 +46,7 @@ INTERPRET_BYTES = 64 * 1024
 
 _lock = threading.RLock()
 _kernels: list[Kernel] = []
+_made: dict[int, Any] = {}  # id(kernel) -> its numba dispatcher, once compiled
 _engaged = False  # numba imported and every kernel is a dispatcher: the process stays compiled
 _interpret = 0  # nesting depth of interpreted() (process-wide: collect's threads share it)
 _local = threading.local()  # depth of interpreted kernel calls in this thread
@@ -98,8 +99,13 @@ def compiled() -> None:
     with _lock:
         if _engaged:
             return
+        from numba import njit as numba_njit
+
+        for k in _kernels:  # every dispatcher exists before any is reachable (typeof below needs it)
+            _made[id(k)] = numba_njit(**k.options)(k.py_func)
+        _type_kernels_as_dispatchers()
         for k in _kernels:
-            _compile(k)
+            k.dispatcher = _made[id(k)]
         _rebind(_kernels)
         _engaged = True
 
@@ -165,7 +171,18 @@ def _run_interpreted(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 def _compile(k: Kernel) -> None:
     from numba import njit as numba_njit
 
-    k.dispatcher = numba_njit(**k.options)(k.py_func)
+    k.dispatcher = _made[id(k)] = numba_njit(**k.options)(k.py_func)
+
+
+def _type_kernels_as_dispatchers() -> None:
+    """A compiled kernel may still find a Kernel in some globals (one not rebound yet while another
+    thread compiles, or a module outside flowdiff): numba types it as its dispatcher."""
+    from numba.core import types
+    from numba.extending import typeof_impl
+
+    @typeof_impl.register(Kernel)
+    def _typeof_kernel(val: Kernel, c: Any) -> Any:
+        return types.Dispatcher(_made[id(val)])
 
 
 def _rebind(kernels: list[Kernel]) -> None:

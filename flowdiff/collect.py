@@ -689,7 +689,7 @@ class _PartWriter:
 
 def _interval_starts(rows: pa.Table) -> set[datetime]:
     starts = int64_values(rows.column(INTERVAL))
-    return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
+    return {datetime.fromtimestamp(v / 1e6, UTC) for v in set(starts.tolist())}  # np.unique imports numpy.ma
 
 
 _DONE = object()

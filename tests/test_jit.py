@@ -369,3 +369,51 @@ def test_fuzzed_frames_and_syslog_lines_decode_the_same_interpreted_and_compiled
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames, parsed = map(int, proc.stdout.split())
     assert frames > 1500 and parsed > 100
+
+
+EXT_MOD = """
+import numpy as np
+from flowdiff._jit import njit
+
+@njit(cache=False)
+def inner(x):
+    return x * np.uint64(0x9E3779B97F4A7C15)
+
+@njit(cache=False)
+def outer(a):
+    s = np.uint64(0)
+    for v in a:
+        s ^= inner(v)
+    return s
+"""
+
+EXT_RUN = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import extmod
+from flowdiff import _jit
+a = np.arange(1, 50, dtype=np.uint64) << np.uint64(40)
+with _jit.interpreted():
+    first = int(extmod.outer(a))
+_jit.compiled()
+assert isinstance(extmod.inner, _jit.Kernel)  # not a flowdiff module: not rebound
+print(first, int(extmod.outer(a)), int(extmod.outer.dispatcher(a)))
+"""
+
+
+def test_a_kernel_left_in_some_globals_is_typed_as_its_dispatcher(tmp_path):
+    """A compiled kernel calling a Kernel object (a module outside flowdiff, or one not rebound yet
+    while another thread compiles) still compiles: numba types a Kernel as its dispatcher."""
+    (tmp_path / "extmod.py").write_text(EXT_MOD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(EXT_RUN), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values = proc.stdout.split()
+    assert len(values) == 3 and len(set(values)) == 1  # wrapped the same interpreted and compiled

@@ -63,14 +63,14 @@ class Kernel:
         self.dispatcher: Any = None
         functools.update_wrapper(self, func)
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         d = self.dispatcher
         if d is not None:
-            return d(*args)
+            return d(*args, **kwargs)
         if _interpret and not _engaged:
-            return _run_interpreted(self.py_func, args)
+            return _run_interpreted(self.py_func, args, kwargs)
         compiled()
-        return self.dispatcher(*args)
+        return self.dispatcher(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<flowdiff kernel {self.__module__}.{self.__qualname__}>"
@@ -155,15 +155,15 @@ def _input_size(path: str | os.PathLike[str]) -> int:
         return max(int.from_bytes(f.read(4), "little"), 4 * size)
 
 
-def _run_interpreted(func: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+def _run_interpreted(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if getattr(_local, "depth", 0):  # a kernel called by a kernel: the errstate is already set
-        return func(*args)
+        return func(*args, **kwargs)
     import numpy as np
 
     _local.depth = 1
     try:
         with np.errstate(over="ignore"):  # numba's integers wrap silently; numpy's scalars warn
-            return func(*args)
+            return func(*args, **kwargs)
     finally:
         _local.depth = 0
 

@@ -12,7 +12,8 @@ counts and template state in every case. Imported lazily (collect only): numba s
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from flowdiff._jit import njit
 
 __all__ = ["FULL", "SLOW", "udp_payloads", "walk", "gather_records"]
 

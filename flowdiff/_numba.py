@@ -14,7 +14,8 @@ needs none of them, only the runtime (NRT) symbols: :func:`lean_cache_load` make
 that. A cache miss still compiles as before, because numba's compiler refreshes the target itself
 (``compile_extra``), and so does a lowering lookup that misses (``BaseContext.get_function``).
 
-This module imports nothing heavy: :func:`skip_blas_probe` only installs an import hook, and
+Both matter only once numba is imported: a collect of a tiny input runs its kernels as plain Python and
+never imports numba at all (flowdiff/_jit.py). This module imports nothing heavy: :func:`skip_blas_probe` only installs an import hook, and
 :func:`lean_cache_load` patches numba only once numba is imported (another import hook).
 """
 

@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
 
+from flowdiff._jit import njit
 from flowdiff.config import TableConfig
 from flowdiff.errors import ConfigError
 from flowdiff.netmap import (

@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from flowdiff._jit import njit
 from flowdiff.config import TableConfig
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
 from flowdiff.schema import ADDRESS_KEYS, INTERVAL
@@ -187,7 +187,7 @@ _SEED2 = np.uint64(0x2545F4914F6CDD1D)
 FINGERPRINT = ("_h1", "_h2")
 
 
-@numba.njit(cache=True, inline="always")
+@njit(cache=True, inline="always")
 def _mix(x: np.uint64) -> np.uint64:
     """splitmix64 finaliser: every input bit affects every output bit."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -195,7 +195,7 @@ def _mix(x: np.uint64) -> np.uint64:
     return x ^ (x >> np.uint64(31))
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _hash_strings(offsets: np.ndarray, data: np.ndarray, a_out: np.ndarray, b_out: np.ndarray) -> None:
     # FNV-1a and a multiply-rotate hash: unrelated, so a collision of one says nothing about the other
     for i in range(len(a_out)):
@@ -211,7 +211,7 @@ def _hash_strings(offsets: np.ndarray, data: np.ndarray, a_out: np.ndarray, b_ou
         b_out[i] = _mix(b + n)
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _hash_ints(values: np.ndarray, a_out: np.ndarray, b_out: np.ndarray) -> None:
     for i in range(len(values)):
         v = values[i]
@@ -219,7 +219,7 @@ def _hash_ints(values: np.ndarray, a_out: np.ndarray, b_out: np.ndarray) -> None
         b_out[i] = _mix(v ^ np.uint64(0x8CB92BA72F3D8DD7))
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _combine(h1: np.ndarray, h2: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     for i in range(len(h1)):
         h1[i] = _mix(h1[i] ^ a[i])

@@ -47,9 +47,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
+from flowdiff._jit import njit
 from flowdiff.errors import CaptureError
 
 __all__ = [
@@ -189,14 +189,14 @@ _POW10 = np.array([10**i for i in range(20)], dtype=np.uint64)
 # ---------------------------------------------------------------------------------------------------
 
 
-@numba.njit(inline="always")
+@njit(inline="always")
 def _u16(b, p, big):
     if big:
         return (np.int64(b[p]) << 8) | np.int64(b[p + 1])
     return np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
 
 
-@numba.njit(inline="always")
+@njit(inline="always")
 def _u32(b, p, big):
     if big:
         return (
@@ -210,7 +210,7 @@ def _u32(b, p, big):
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _walk_pcap(
     buf,
     pos,
@@ -253,7 +253,7 @@ def _walk_pcap(
         pos += total
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _units_to_ns(hi, lo, kind, exp, off_ns):
     """pcapng time stamp (64-bit count of 10^-exp or 2^-exp s) -> (ok, UTC ns incl. if_tsoffset)."""
     units = (np.uint64(hi) << np.uint64(32)) | np.uint64(lo)
@@ -298,7 +298,7 @@ def _units_to_ns(hi, lo, kind, exp, off_ns):
     return True, ns + off_ns
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _walk_pcapng(
     buf,
     pos,

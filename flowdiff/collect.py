@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from flowdiff._jit import interpreted, interpreted_below
 from flowdiff.aggregate import Aggregator, Drained
 from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_capture, sniff_start
 from flowdiff.config import Config, TableConfig
@@ -341,7 +342,8 @@ def collect(
     result.ignored = [str(p) for p in found.ignored]
     result.ignored_reasons = {str(p): why for p, why in found.ignored.items()}
     result.empty_dirs = [str(d) for d in found.empty_dirs]
-    with store.lock():
+    small = interpreted_below(found.files)  # a cron pass of a few packets: no numba (flowdiff/_jit.py)
+    with store.lock(), interpreted(small):
         store.remove_stale_temp_files()
         for name, tc in selected.items():
             store.ensure_table(name, tc.keys, config.interval)
@@ -687,7 +689,7 @@ class _PartWriter:
 
 def _interval_starts(rows: pa.Table) -> set[datetime]:
     starts = int64_values(rows.column(INTERVAL))
-    return {datetime.fromtimestamp(int(v) / 1e6, UTC) for v in np.unique(starts)}
+    return {datetime.fromtimestamp(v / 1e6, UTC) for v in set(starts.tolist())}  # np.unique imports numpy.ma
 
 
 _DONE = object()

@@ -43,9 +43,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 
+from flowdiff._jit import njit
 from flowdiff.schema import PACKET_FIELDS, DecodeStatus
 
 __all__ = ["LINKTYPES", "LINKTYPE_NAMES", "decode", "linktype_name", "decoded_linktypes"]
@@ -187,17 +187,17 @@ def decoded_linktypes() -> list[int]:
 _JIT = {"cache": True, "nogil": True}
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _be16(buf, p):
     return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _le16(buf, p):
     return (np.int64(buf[p + 1]) << 8) | np.int64(buf[p])
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _be32(buf, p):
     return (
         (np.int64(buf[p]) << 24)
@@ -207,7 +207,7 @@ def _be32(buf, p):
     )
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _le32(buf, p):
     return (
         (np.int64(buf[p + 3]) << 24)
@@ -217,17 +217,17 @@ def _le32(buf, p):
     )
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _mac(buf, p):
     return np.uint64((_be16(buf, p) << 32) | _be32(buf, p + 2))
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _be64(buf, p):
     return (np.uint64(_be32(buf, p)) << np.uint64(32)) | np.uint64(_be32(buf, p + 4))
 
 
-@numba.njit(inline="always", **_JIT)
+@njit(inline="always", **_JIT)
 def _ppp_to_ethertype(proto):
     """PPP protocol number -> Ethernet type (0 when the PPP payload is not a network protocol we follow)."""
     if proto == 0x0021:
@@ -241,7 +241,7 @@ def _ppp_to_ethertype(proto):
     return 0
 
 
-@numba.njit(**_JIT)
+@njit(**_JIT)
 def _decode_batch(
     buf,
     offset,
@@ -540,7 +540,7 @@ def _decode_batch(
                     if p >= end:
                         st = _TRUNC
                     else:
-                        p += buf[p] & 0x1F
+                        p += np.int64(buf[p]) & 0x1F  # int64 interpreted too (flowdiff/_jit.py)
                 if st < 0:
                     smac = smac & np.uint64(0x7FFFFFFFFFFF)
                     if buf[pos + 1] & 0xC0 != 0x40:  # MAC frame, not LLC

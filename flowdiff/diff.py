@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowdiff._jit import njit
 from flowdiff.archive import (
     ROW_COLUMNS,
     ROW_NUMBER,
@@ -245,7 +245,7 @@ def _strategies(keys: Sequence[str]) -> list[_Strategy]:
     return out
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _net4_hash(offsets: np.ndarray, data: np.ndarray, h: np.ndarray, valid: np.ndarray) -> None:
     # IPv4 text "a.b.c.d": hash of "a.b.c" (its /24); anything else is left invalid
     for i in range(len(h)):

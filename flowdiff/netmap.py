@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+
+from flowdiff._jit import njit
 
 if TYPE_CHECKING:
     import pandas as pd

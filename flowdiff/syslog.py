@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+
+from flowdiff._jit import njit
 
 NIL = "-"  # unknown host / program / facility / severity (RFC 5424's nil value)
 
@@ -132,7 +133,7 @@ def _digit(c: int) -> bool:
 def _num(buf: np.ndarray, i: int, n: int) -> int:
     v = 0
     for k in range(i, i + n):
-        v = v * 10 + (buf[k] - 48)
+        v = v * 10 + (np.int64(buf[k]) - 48)  # int64 interpreted too (flowdiff/_jit.py)
     return v
 
 
@@ -196,7 +197,7 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
                     and buf[i + 2] == months[3 * m + 2]
                 ):
                     mon = m + 1
-            d0 = buf[i + 4]
+            d0 = np.int64(buf[i + 4])
             if (
                 mon
                 and (d0 == 32 or _digit(d0))
@@ -204,7 +205,7 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
                 and _all_digits(buf, i + 7, 2, e)
                 and (_all_digits(buf, i + 10, 2, e) and _all_digits(buf, i + 13, 2, e))
             ):
-                day = (0 if d0 == 32 else d0 - 48) * 10 + buf[i + 5] - 48
+                day = (0 if d0 == 32 else d0 - 48) * 10 + np.int64(buf[i + 5]) - 48
                 secs = _num(buf, i + 7, 2) * 3600 + _num(buf, i + 10, 2) * 60 + _num(buf, i + 13, 2)
                 ts = (_days(year, mon, day) * 86400 + secs) * 1_000_000 - tz_us
                 if ts > ref_us + 86_400_000_000:
@@ -233,7 +234,7 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
                 k = 0
                 while j < e and _digit(buf[j]):
                     if k < 6:
-                        frac = frac * 10 + buf[j] - 48
+                        frac = frac * 10 + np.int64(buf[j]) - 48
                     k += 1
                     j += 1
                 while k < 6:

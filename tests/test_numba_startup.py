@@ -1,7 +1,9 @@
-"""The numba BLAS-probe skip (flowdiff/_numba.py): installed by the CLI entry point, not by importing a
-library module, and it keeps scipy.linalg out of a compiling process without making it unimportable.
+"""Start-up of a collect: a tiny capture never imports numba (flowdiff/_jit.py runs its kernels as plain
+Python); a larger one imports it on the first kernel call, with the BLAS-probe skip and the lean cache
+load of flowdiff/_numba.py (installed by the CLI entry point, not by importing a library module), which
+keep scipy.linalg and numba's target refresh out of a compiling process without making them unusable.
 
-Each check runs in a fresh interpreter: the skip is about what a process imports, once.
+Each check runs in a fresh interpreter: these are about what a process imports, once.
 """
 
 from __future__ import annotations
@@ -35,13 +37,24 @@ assert twice(21) == 42
 """
 
 
+def _big_capture(tmp_path: Path) -> Path:
+    """A capture above the interpreted-path limit (tcpdump__pptp.pcap's records, repeated)."""
+    from flowdiff._jit import INTERPRET_BYTES
+
+    blob = (DATA / "tcpdump__pptp.pcap").read_bytes()
+    path = tmp_path / "big.pcap"
+    path.write_bytes(blob[:24] + blob[24:] * (INTERPRET_BYTES // len(blob) + 2))
+    return path
+
+
 def test_importing_the_library_changes_nothing():
     proc = _python("""
         import sys
         before = list(sys.meta_path)
-        import flowdiff.capture, flowdiff.decode, flowdiff.aggregate
-        assert sys.meta_path == before, sys.meta_path
-        assert "numba.np.arraymath" not in sys.modules
+        import flowdiff.capture, flowdiff.decode, flowdiff.aggregate, flowdiff.collect, flowdiff.diff
+        added = [f for f in sys.meta_path if f not in before]
+        assert not [f for f in added if type(f).__module__.startswith("flowdiff")], added
+        assert "numba" not in sys.modules  # kernels are made on first call (flowdiff/_jit.py)
         print("ok")
     """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
@@ -95,7 +108,7 @@ def test_skip_stands_down_when_scipy_linalg_is_loaded():
 def test_flowdiff_collect_never_imports_scipy_linalg(tmp_path):
     """The user's command, watched with -X importtime: collect compiles (or loads cached) numba code
     without importing scipy.linalg."""
-    capture = DATA / "tcpdump__pptp.pcap"
+    capture = _big_capture(tmp_path)
     proc = _python(
         "import sys\nfrom flowdiff.cli import main\n"
         f"sys.argv = ['flowdiff', 'collect', '--store', {str(tmp_path / 'store')!r}, {str(capture)!r}]\n"
@@ -115,7 +128,7 @@ def test_cached_collect_skips_the_target_refresh_and_pandas(tmp_path):
     """Start-up of a cron run: with the numba cache filled (by the first run), collect loads compiled
     code without numba's target refresh (which would import numba.np.arraymath and every other
     implementation module) and never imports pandas."""
-    capture = DATA / "tcpdump__pptp.pcap"
+    capture = _big_capture(tmp_path)
     code = (
         "import sys\nfrom flowdiff.cli import main\n"
         f"sys.argv = ['flowdiff', 'collect', '--store', {str(tmp_path / 'store')!r}, {str(capture)!r}]\n"
@@ -130,6 +143,27 @@ def test_cached_collect_skips_the_target_refresh_and_pandas(tmp_path):
     assert "numba.core.runtime.nrtdynmod" in imported  # compiled code was loaded and run
     assert "numba.np.arraymath" not in imported
     assert "pandas" not in imported
+
+
+def test_tiny_collect_never_imports_numba(tmp_path):
+    """A cron pass over a capture of a few packets: the kernels run interpreted, numba (and pandas) are
+    never imported, and the rows are stored (tests/test_jit.py proves them equal to the compiled ones)."""
+    capture = DATA / "tcpdump__pptp.pcap"
+    code = (
+        "import sys\nfrom flowdiff.cli import main\n"
+        f"sys.argv = ['flowdiff', 'collect', '--store', {str(tmp_path / 'store')!r}, {str(capture)!r}]\n"
+        "main()\n"
+    )
+    proc = _python(code, "-X", "importtime")
+    assert proc.returncode == 0 and proc.stdout.startswith("1 file collected"), proc.stderr[-2000:]
+    assert "rows written" in proc.stdout and " 0 rows" not in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "flowdiff.aggregate" in imported
+    assert "numba" not in imported and "llvmlite" not in imported
+    assert "pandas" not in imported
+    big = _python(code.replace(str(capture), str(_big_capture(tmp_path))), "-X", "importtime")
+    assert big.returncode == 0 and big.stdout.startswith("1 file collected"), big.stderr[-2000:]
+    assert "numba" in {line.rsplit("|", 1)[-1].strip() for line in big.stderr.splitlines() if "|" in line}
 
 
 LEAN_CACHE = """

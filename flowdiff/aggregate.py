@@ -153,6 +153,14 @@ def _finalize(h):
     return h | _ONE
 
 
+def _row_array(n: int) -> np.ndarray:
+    """``n`` uninitialised fine rows, each on two whole cache lines: a large ``np.empty`` starts 16 bytes
+    past a page boundary (malloc's header), which spreads every 128-byte row over three lines."""
+    flat = np.empty(n * _ROW + 8, dtype=np.uint64)
+    skip = (-flat.ctypes.data % 64) // 8
+    return flat[skip : skip + n * _ROW].reshape(n, _ROW)
+
+
 # Frames per block of _ingest: the keys of a block are made first and the index slots and rows they
 # will read are asked for (prefetched), so that the cache misses of a whole block overlap; 64 frames
 # of keys (6 KiB) and the lines they name stay in L1/L2.
@@ -1297,7 +1305,7 @@ class Aggregator:
         # Rows: a generous np.empty reservation. Untouched pages cost no memory, numpy asks for
         # transparent huge pages on large arrays, and every doubling copy avoided saves more time
         # than the rest of an insert; _ingest writes every slot of a row it uses.
-        self._rows = np.empty((self._INITIAL_ROWS, _ROW), dtype=np.uint64)
+        self._rows = _row_array(self._INITIAL_ROWS)
         self._used = 0
         self._base = 0  # rows base.. are in the index
         self._newest = _INT64_MIN  # newest interval number seen
@@ -1428,7 +1436,7 @@ class Aggregator:
     def _grow(self) -> None:
         """Make room for more rows (the thresholds of ``_ingest``)."""
         if self._used >= self._rows.shape[0]:
-            rows = np.empty((self._rows.shape[0] * 2, _ROW), dtype=np.uint64)
+            rows = _row_array(self._rows.shape[0] * 2)
             rows[: self._used] = self._rows[: self._used]
             self._rows = rows
         if self._used - self._base >= self._index.shape[0] // 2:

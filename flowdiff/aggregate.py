@@ -272,7 +272,15 @@ def _ingest(
                 cur_hi = cur_lo + interval_ns
             k8 = _U(inum)
             h = _finalize(
-                k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
+                k0 * _C0
+                + k1 * _C1
+                + k2 * _C2
+                + k3 * _C3
+                + k4 * _C4
+                + k5 * _C5
+                + k6 * _C6
+                + k7 * _C7
+                + k8 * _C8
             )
             syn = _NOSYN
             if ok and proto[q] == 6 and (tcp_flags[q] & 0x12) == 0x02:

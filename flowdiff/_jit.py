@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["INTERPRET_BYTES", "Kernel", "compiled", "interpreted", "interpreted_below", "njit"]
+__all__ = ["INTERPRET_BYTES", "Kernel", "compiled", "interpreted", "interpreted_below", "njit", "on_compile"]
 
 # Inputs up to this many bytes (all files of one collect together, gzip files by their uncompressed
 # size) run interpreted when numba is not loaded yet. Measured on the 2-core box (CPU seconds, whole
@@ -47,6 +47,7 @@ INTERPRET_BYTES = 64 * 1024
 _lock = threading.RLock()
 _kernels: list[Kernel] = []
 _made: dict[int, Any] = {}  # id(kernel) -> its numba dispatcher, once compiled
+_on_compile: list[Callable[[], None]] = []  # numba extensions to register before the first compile
 _engaged = False  # numba imported and every kernel is a dispatcher: the process stays compiled
 _interpret = 0  # nesting depth of interpreted() (process-wide: collect's threads share it)
 _local = threading.local()  # depth of interpreted kernel calls in this thread
@@ -101,6 +102,8 @@ def compiled() -> None:
             return
         from numba import njit as numba_njit
 
+        for register in _on_compile:
+            register()
         for k in _kernels:  # every dispatcher exists before any is reachable (typeof below needs it)
             _made[id(k)] = numba_njit(**k.options)(k.py_func)
         _type_kernels_as_dispatchers()
@@ -108,6 +111,18 @@ def compiled() -> None:
             k.dispatcher = _made[id(k)]
         _rebind(_kernels)
         _engaged = True
+
+
+def on_compile(register: Callable[[], None]) -> None:
+    """Run ``register`` (it defines numba extensions: ``overload``, ``intrinsic``) when the process goes
+    compiled, before any kernel compiles; at once if it already has. A module whose kernels call a
+    helper numba must implement (an LLVM intrinsic, say) defines the helper as plain Python for the
+    interpreted path and registers its compiled implementation here, so importing it imports no numba."""
+    with _lock:
+        if _engaged:
+            register()
+        else:
+            _on_compile.append(register)
 
 
 @contextlib.contextmanager

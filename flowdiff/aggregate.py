@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowdiff._jit import njit
+from flowdiff._prefetch import prefetch1, prefetch2
 from flowdiff.config import TableConfig
 from flowdiff.errors import ConfigError
 from flowdiff.netmap import (
@@ -152,6 +153,21 @@ def _finalize(h):
     return h | _ONE
 
 
+def _row_array(n: int) -> np.ndarray:
+    """``n`` uninitialised fine rows, each on two whole cache lines: a large ``np.empty`` starts 16 bytes
+    past a page boundary (malloc's header), which spreads every 128-byte row over three lines."""
+    flat = np.empty(n * _ROW + 8, dtype=np.uint64)
+    skip = (-flat.ctypes.data % 64) // 8
+    return flat[skip : skip + n * _ROW].reshape(n, _ROW)
+
+
+# Frames per block of _ingest: the keys of a block are made first and the index slots and rows they
+# will read are asked for (prefetched), so that the cache misses of a whole block overlap; 64 frames
+# of keys (6 KiB) and the lines they name stay in L1/L2.
+_BLOCK = 64
+_K_H, _K_SYN, _K_COUNTED = 9, 10, 11  # scratch slots of a block's keys after k0..k8
+
+
 @njit(cache=True, nogil=True)
 def _ingest(
     index,
@@ -185,7 +201,12 @@ def _ingest(
 ):
     """Hash frames ``start..`` into the fine rows; rows ``base..used`` are in the index, ``newest``
     is the newest interval number seen. Stops early (returning the state reached) when the rows are
-    full or the index half full, so that the caller can grow them and resume."""
+    full or the index half full, so that the caller can grow them and resume.
+
+    A block of frames at a time: (1) make every key and hash of the block and prefetch its home index
+    slot, (2) prefetch the row each home slot names, (3) count the frames in order. Passes 1 and 2
+    read and change no state (a hint for a slot that pass 3 rewrites is merely wasted), so the counts
+    are exactly those of a frame-by-frame loop."""
     n = ts_ns.shape[0]
     cmask = _U(index.shape[0] - 1)
     half = index.shape[0] // 2
@@ -199,113 +220,165 @@ def _ingest(
     cur = np.int64(0)
     cur_lo = np.int64(1)  # empty range: the first frame computes its interval
     cur_hi = np.int64(0)
+    keys = np.empty((_BLOCK, 12), dtype=np.uint64)  # k0..k8, hash, first-SYN time, counted
     i = start
     while i < n:
-        if used >= nrows or used - base >= half:
-            return i, used, base, newest
-        st = status[i]
-        status_counts[st] += 1
-        if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
-            i += 1
-            continue
-        ok = st == 0
-        k0 = _ZERO
-        k1 = _ZERO
-        k2 = _ZERO
-        k3 = _ZERO
-        k4 = _ZERO
-        k5 = _ZERO
-        if use_src and (ok or ethertype[i] == 0x0806):  # ARP: the sender address (stations)
-            k0 = src_hi[i]
-            k1 = src_lo[i]
-        if ok and use_dst:
-            k2 = dst_hi[i]
-            k3 = dst_lo[i]
-        if use_smac:
-            k4 = src_mac[i]
-        if use_dmac:
-            k5 = dst_mac[i]
-        k6 = _U(st & 7) << _U(60)
-        k7 = _U(vlan[i]) | (_U(ethertype[i]) << _U(16))
-        if ok:
-            k6 |= (
-                _U(proto[i])
-                | (_U(sport[i]) << _U(8))
-                | (_U(dport[i]) << _U(24))
-                | (_U(icmp_type[i]) << _U(40))
-                | (_U(icmp_code[i]) << _U(48))
-                | (_U(ip_version[i] & 15) << _U(56))
+        e = min(i + _BLOCK, n)
+        # pass 1: keys and hashes; hint the home index slots
+        for q in range(i, e):
+            kq = keys[q - i]
+            st = status[q]
+            if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
+                kq[_K_COUNTED] = _ZERO
+                continue
+            ok = st == 0
+            k0 = _ZERO
+            k1 = _ZERO
+            k2 = _ZERO
+            k3 = _ZERO
+            k4 = _ZERO
+            k5 = _ZERO
+            if use_src and (ok or ethertype[q] == 0x0806):  # ARP: the sender address (stations)
+                k0 = src_hi[q]
+                k1 = src_lo[q]
+            if ok and use_dst:
+                k2 = dst_hi[q]
+                k3 = dst_lo[q]
+            if use_smac:
+                k4 = src_mac[q]
+            if use_dmac:
+                k5 = dst_mac[q]
+            k6 = _U(st & 7) << _U(60)
+            k7 = _U(vlan[q]) | (_U(ethertype[q]) << _U(16))
+            if ok:
+                k6 |= (
+                    _U(proto[q])
+                    | (_U(sport[q]) << _U(8))
+                    | (_U(dport[q]) << _U(24))
+                    | (_U(icmp_type[q]) << _U(40))
+                    | (_U(icmp_code[q]) << _U(48))
+                    | (_U(ip_version[q] & 15) << _U(56))
+                )
+                k7 |= _U(tcp_flags[q]) << _U(32)
+            k6 &= m6
+            k7 &= m7
+            ts = ts_ns[q]
+            if cur_lo <= ts < cur_hi:  # a 64-bit division costs more than the rest of the key
+                inum = cur
+            else:
+                inum = ts // interval_ns
+                cur = inum
+                cur_lo = inum * interval_ns
+                cur_hi = cur_lo + interval_ns
+            k8 = _U(inum)
+            h = _finalize(
+                k0 * _C0
+                + k1 * _C1
+                + k2 * _C2
+                + k3 * _C3
+                + k4 * _C4
+                + k5 * _C5
+                + k6 * _C6
+                + k7 * _C7
+                + k8 * _C8
             )
-            k7 |= _U(tcp_flags[i]) << _U(32)
-        k6 &= m6
-        k7 &= m7
-        ts = ts_ns[i]
-        if cur_lo <= ts < cur_hi:  # a 64-bit division costs more than the rest of the key
-            inum = cur
-        else:
-            inum = ts // interval_ns
-            cur = inum
-            cur_lo = inum * interval_ns
-            cur_hi = cur_lo + interval_ns
-        if inum > newest:
-            newest = inum
-            index[:] = -1
-            base = used
-        k8 = _U(inum)
-        h = _finalize(
-            k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
-        )
-        tsf = _U(ts) ^ _SIGN
-        syn = _NOSYN
-        if ok and proto[i] == 6 and (tcp_flags[i] & 0x12) == 0x02:
-            syn = tsf
-        j = h & cmask
-        while True:
-            r = index[j]
-            if r < 0:
-                index[j] = used
-                row = rows[used]
-                row[0] = h
-                row[1] = k0
-                row[2] = k1
-                row[3] = k2
-                row[4] = k3
-                row[5] = k4
-                row[6] = k5
-                row[7] = k6
-                row[8] = k7
-                row[9] = k8
-                row[10] = _ONE
-                row[11] = _U(wirelen[i])
-                row[12] = tsf
-                row[13] = tsf
-                row[14] = syn
-                used += 1
-                break
-            row = rows[r]
-            if (
-                row[0] == h
-                and row[1] == k0
-                and row[2] == k1
-                and row[3] == k2
-                and row[4] == k3
-                and row[5] == k4
-                and row[6] == k5
-                and row[7] == k6
-                and row[8] == k7
-                and row[9] == k8
-            ):
-                row[10] += _ONE
-                row[11] += _U(wirelen[i])
-                if tsf < row[12]:
+            syn = _NOSYN
+            if ok and proto[q] == 6 and (tcp_flags[q] & 0x12) == 0x02:
+                syn = _U(ts) ^ _SIGN
+            kq[0] = k0
+            kq[1] = k1
+            kq[2] = k2
+            kq[3] = k3
+            kq[4] = k4
+            kq[5] = k5
+            kq[6] = k6
+            kq[7] = k7
+            kq[8] = k8
+            kq[_K_H] = h
+            kq[_K_SYN] = syn
+            kq[_K_COUNTED] = _ONE
+            prefetch1(index, np.int64(h & cmask))
+        # pass 2: hint both cache lines of the row each home slot names (keys, then the counts)
+        for q in range(i, e):
+            kq = keys[q - i]
+            if kq[_K_COUNTED] != _ZERO:
+                r = index[np.int64(kq[_K_H] & cmask)]
+                if r >= 0:
+                    prefetch2(rows, np.int64(r), 0)
+                    prefetch2(rows, np.int64(r), 8)
+        # pass 3: count, in frame order
+        for q in range(i, e):
+            if used >= nrows or used - base >= half:
+                return q, used, base, newest
+            st = status[q]
+            status_counts[st] += 1
+            kq = keys[q - i]
+            if kq[_K_COUNTED] == _ZERO:
+                continue
+            k8 = kq[8]
+            inum = np.int64(k8)
+            if inum > newest:
+                newest = inum
+                index[:] = -1
+                base = used
+            k0 = kq[0]
+            k1 = kq[1]
+            k2 = kq[2]
+            k3 = kq[3]
+            k4 = kq[4]
+            k5 = kq[5]
+            k6 = kq[6]
+            k7 = kq[7]
+            h = kq[_K_H]
+            syn = kq[_K_SYN]
+            tsf = _U(ts_ns[q]) ^ _SIGN
+            j = h & cmask
+            while True:
+                r = index[j]
+                if r < 0:
+                    index[j] = used
+                    row = rows[used]
+                    row[0] = h
+                    row[1] = k0
+                    row[2] = k1
+                    row[3] = k2
+                    row[4] = k3
+                    row[5] = k4
+                    row[6] = k5
+                    row[7] = k6
+                    row[8] = k7
+                    row[9] = k8
+                    row[10] = _ONE
+                    row[11] = _U(wirelen[q])
                     row[12] = tsf
-                if tsf > row[13]:
                     row[13] = tsf
-                if syn < row[14]:
                     row[14] = syn
-                break
-            j = (j + _ONE) & cmask
-        i += 1
+                    used += 1
+                    break
+                row = rows[r]
+                if (
+                    row[0] == h
+                    and row[1] == k0
+                    and row[2] == k1
+                    and row[3] == k2
+                    and row[4] == k3
+                    and row[5] == k4
+                    and row[6] == k5
+                    and row[7] == k6
+                    and row[8] == k7
+                    and row[9] == k8
+                ):
+                    row[10] += _ONE
+                    row[11] += _U(wirelen[q])
+                    if tsf < row[12]:
+                        row[12] = tsf
+                    if tsf > row[13]:
+                        row[13] = tsf
+                    if syn < row[14]:
+                        row[14] = syn
+                    break
+                j = (j + _ONE) & cmask
+        i = e
     return i, used, base, newest
 
 
@@ -1240,7 +1313,7 @@ class Aggregator:
         # Rows: a generous np.empty reservation. Untouched pages cost no memory, numpy asks for
         # transparent huge pages on large arrays, and every doubling copy avoided saves more time
         # than the rest of an insert; _ingest writes every slot of a row it uses.
-        self._rows = np.empty((self._INITIAL_ROWS, _ROW), dtype=np.uint64)
+        self._rows = _row_array(self._INITIAL_ROWS)
         self._used = 0
         self._base = 0  # rows base.. are in the index
         self._newest = _INT64_MIN  # newest interval number seen
@@ -1371,7 +1444,7 @@ class Aggregator:
     def _grow(self) -> None:
         """Make room for more rows (the thresholds of ``_ingest``)."""
         if self._used >= self._rows.shape[0]:
-            rows = np.empty((self._rows.shape[0] * 2, _ROW), dtype=np.uint64)
+            rows = _row_array(self._rows.shape[0] * 2)
             rows[: self._used] = self._rows[: self._used]
             self._rows = rows
         if self._used - self._base >= self._index.shape[0] // 2:

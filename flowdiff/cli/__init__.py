@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import sys
+
+# The CLI process is flowdiff's alone and calls no BLAS: OpenBLAS, loaded with numpy, would start a
+# thread per extra core that spins after any call. Set before numpy is first imported (just below).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from collections.abc import Callable, Iterator
 from typing import IO
 

@@ -84,12 +84,13 @@ def _register() -> None:
 
         return types.void(arr, i, j), codegen
 
+    # the overloads' parameters carry no annotations: numba compares them with the implementation's
     @overload(prefetch1)
-    def _prefetch1(arr: Any, i: Any) -> Any:
+    def _prefetch1(arr, i):  # type: ignore[no-untyped-def]
         return lambda arr, i: _hint1(arr, i)
 
     @overload(prefetch2)
-    def _prefetch2(arr: Any, i: Any, j: Any) -> Any:
+    def _prefetch2(arr, i, j):  # type: ignore[no-untyped-def]
         return lambda arr, i, j: _hint2(arr, i, j)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from numba import njit
 
+from flowdiff._jit import njit
 from flowdiff._prefetch import prefetch1, prefetch2
 from flowdiff.aggregate import Aggregator
 from flowdiff.schema import PACKET_FIELDS

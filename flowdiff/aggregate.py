@@ -1247,6 +1247,7 @@ class Aggregator:
         self._status_counts = np.zeros(256, dtype=np.int64)
         self.packets_seen = 0
         self._drained_below = _INT64_MIN  # drain has handed over every interval below this number
+        self._kept = 0  # fine rows the last drain kept (the intervals it left open)
         self._needs_roles = any(
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
@@ -1258,6 +1259,12 @@ class Aggregator:
     def fine_rows(self) -> int:
         """Distinct fine rows held (memory: about 128 bytes per row plus an 8-16 byte index slot)."""
         return self._used
+
+    @property
+    def rows_kept(self) -> int:
+        """Fine rows the last drain kept (0 before any): a caller that drains on a row count waits until
+        the rows held have grown well past these, since every drain reads all of them again."""
+        return self._kept
 
     @property
     def skipped(self) -> Counter[str]:
@@ -1446,7 +1453,7 @@ class Aggregator:
         n = len(kept)
         if n:
             self._rows[:n] = self._rows[kept]
-        self._used, self._base = n, new_base
+        self._used, self._base, self._kept = n, new_base, n
         self._index[:] = -1
         _reindex(self._rows, self._base, self._used, self._index)
 

@@ -766,7 +766,8 @@ def _read_all(
 # of the last 10 minutes stay open, so that late records rarely make extra parts to merge. Every drain
 # reads all the rows kept open, so flows drain once that many more intervals have closed (each drain
 # hands over about as many intervals as it keeps: the work per record stays constant), or sooner when
-# the rows held pass _FLOW_DRAIN_ROWS (memory stays bounded however dense the flows).
+# the rows held pass _FLOW_DRAIN_ROWS and twice what the last drain kept (memory stays bounded however
+# dense the flows; a dense window is not read again for every chunk that closes one more interval).
 _FLOW_LATENESS = 600
 _FLOW_DRAIN_ROWS = 1 << 18
 
@@ -779,7 +780,7 @@ def _drain_due(agg: Aggregator, keep: int, flows: bool) -> bool:
     if not flows:
         return agg.closed_intervals(keep)
     return agg.closed_intervals(2 * keep - 1) or (
-        agg.fine_rows >= _FLOW_DRAIN_ROWS and agg.closed_intervals(keep)
+        agg.fine_rows >= max(_FLOW_DRAIN_ROWS, 2 * agg.rows_kept) and agg.closed_intervals(keep)
     )
 
 

@@ -929,6 +929,54 @@ def _reduce_runs(rows, starts, metrics):
     return p, b, f, la
 
 
+@njit(inline="always")
+def _acc_first(acc, g, m):
+    acc[g, 0] = m[0]
+    acc[g, 1] = m[1]
+    acc[g, 2] = m[2]
+    acc[g, 3] = m[3]
+
+
+@njit(inline="always")
+def _acc_add(acc, g, m):
+    acc[g, 0] += m[0]
+    acc[g, 1] += m[1]
+    if m[2] < acc[g, 2]:
+        acc[g, 2] = m[2]
+    if m[3] > acc[g, 3]:
+        acc[g, 3] = m[3]
+
+
+@njit(cache=True, nogil=True)
+def _reduce_direct(key, size, rows, metrics):
+    """Groups of equal ``key`` (all below ``size``) by direct addressing, in key order: (fine row of
+    each group's first element, metrics (g, 4) as in ``metrics``). ``rows``: the fine row of each
+    element (empty: element t is fine row t). One sequential pass, no sort: for tables of few groups."""
+    n = key.shape[0]
+    first = np.full(size, -1, dtype=np.int64)
+    acc = np.empty((size, 4), dtype=np.uint64)
+    g = 0
+    for t in range(n):
+        k = key[t]
+        r = rows[t] if rows.shape[0] else t
+        m = metrics[r]
+        if first[k] < 0:
+            first[k] = r
+            _acc_first(acc, k, m)
+            g += 1
+        else:
+            _acc_add(acc, k, m)
+    firsts = np.empty(g, dtype=np.int64)
+    out = np.empty((g, 4), dtype=np.uint64)
+    q = 0
+    for k in range(size):
+        if first[k] >= 0:
+            firsts[q] = first[k]
+            out[q] = acc[k]
+            q += 1
+    return firsts, out
+
+
 @njit(cache=True, nogil=True)
 def _gather_metrics(rows, perm):
     m = perm.shape[0]
@@ -1550,11 +1598,15 @@ class Aggregator:
         inum = fine.interval_no
         if sel is not None:
             code, inum = code[sel], inum[sel]
-        order = _sort_within_intervals(inum, code, card)
-        starts = _runs(order, code, inum)
-        rows = order if sel is None else sel[order]  # fine-row number of each sorted row
-        firsts = rows[starts]
-        p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
+        grouped = _group_reduce(inum, code, card, sel, fine.metrics)
+        if grouped is not None:
+            firsts, p, b, f, la = grouped
+        else:
+            order = _sort_within_intervals(inum, code, card)
+            starts = _runs(order, code, inum)
+            rows = order if sel is None else sel[order]  # fine-row number of each sorted row
+            firsts = rows[starts]
+            p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
         start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
         columns = [_ts_array(start_us)]
         columns += [build(firsts) for _, _, build in ranks]
@@ -1809,6 +1861,29 @@ def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tu
         uniq, inv = np.unique(key, return_inverse=True)
         key, card = inv.astype(np.uint64).reshape(-1), len(uniq)
     return key * np.uint64(rank_card) + rank, card * rank_card
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+def _group_reduce(
+    inum: np.ndarray, code: np.ndarray, card: int, sel: np.ndarray | None, metrics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(first fine row, packets, bytes, first_seen, last_seen) of each group of equal (interval, code),
+    in that order, when the key space is small (at most about twice the rows): one sequential pass over
+    the rows by direct addressing, no sort, no random reads of the metrics (hosts, pairs, link and
+    stations tables, services of flows). None otherwise: the caller sorts."""
+    n = len(inum)
+    span = int(inum[-1]) - int(inum[0]) + 1
+    size = card * span
+    if size > max(2 * n, 1 << 16):
+        return None
+    key = (inum - inum[0]).astype(np.uint64) * np.uint64(card) + code
+    rows = _NO_ROWS if sel is None else np.ascontiguousarray(sel, dtype=np.int64)
+    firsts, acc = _reduce_direct(key, size, rows, metrics)
+    f = (acc[:, 2] ^ _SIGN).view(np.int64)
+    la = (acc[:, 3] ^ _SIGN).view(np.int64)
+    return firsts, acc[:, 0], acc[:, 1], f, la
 
 
 def _sort_within_intervals(inum: np.ndarray, code: np.ndarray, card: int) -> np.ndarray:

@@ -62,3 +62,41 @@ def test_dense_flows_drain_when_the_rows_held_doubled_not_on_every_closed_interv
     got = pa.concat_tables([p["services"] for p in parts if p["services"].num_rows])
     key = [(c, "ascending") for c in ("interval_start", "client", "server", "proto", "service_port")]
     assert got.sort_by(key).equals(want["services"].sort_by(key))
+
+
+def _random_packets(n: int, seed: int) -> dict[str, np.ndarray]:
+    from flowdiff.schema import PACKET_FIELDS
+
+    rng = np.random.default_rng(seed)
+    cols = {k: np.zeros(n, dtype=t) for k, t in PACKET_FIELDS.items()}
+    cols["ts_ns"][:] = np.sort(1_700_000_000 * 10**9 + rng.integers(0, 1800 * 10**9, n))
+    cols["wirelen"][:] = rng.integers(60, 1500, n)
+    cols["ethertype"][:] = 0x0800
+    cols["src_mac"][:] = rng.integers(1, 40, n)
+    cols["dst_mac"][:] = rng.integers(1, 40, n)
+    v6 = rng.random(n) < 0.3
+    cols["ip_version"][:] = np.where(v6, 6, 4)
+    cols["src_hi"][:] = np.where(v6, 0x20010DB800000000, 0)
+    cols["dst_hi"][:] = np.where(v6, 0x20010DB800000000, 0)
+    cols["src_lo"][:] = 0x0A000000 + rng.integers(0, 300, n)
+    cols["dst_lo"][:] = 0x0A000000 + rng.integers(0, 3000, n)
+    cols["proto"][:] = rng.choice([6, 17, 1], n)
+    cols["sport"][:] = rng.integers(0, 2000, n)
+    cols["dport"][:] = rng.choice([22, 53, 80, 443, 5000], n)
+    cols["tcp_flags"][:] = rng.choice([0x02, 0x10, 0x12, 0x18], n)
+    return cols
+
+
+def test_tables_by_direct_addressing_equal_the_sorted_runs(monkeypatch):
+    """Small key spaces are grouped in one pass by direct addressing: the same rows, in the same order,
+    as sorting and reducing runs (the path of large key spaces), on every default table and a 5-tuple."""
+    import flowdiff.aggregate as fa
+
+    tables = {**DEFAULT_TABLES, "t5": ("src", "dst", "proto", "sport", "dport")}
+    packets = _random_packets(20_000, 3)
+    fast = fa.aggregate(packets, tables, interval=300, networks={"10.0.0.0/8": "corp"})
+    monkeypatch.setattr(fa, "_group_reduce", lambda *a: None)
+    slow = fa.aggregate(packets, tables, interval=300, networks={"10.0.0.0/8": "corp"})
+    for name in tables:
+        assert fast[name].num_rows > 0
+        assert fast[name].equals(slow[name]), name

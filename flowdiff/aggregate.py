@@ -538,6 +538,39 @@ def _take_strings(offsets, data, idx):
     return out_off, out
 
 
+@njit(cache=True, nogil=True)
+def _merge_text(off_a, data_a, off_b, data_b):
+    """Merge of two string lists each in byte order: True where the merged list takes from ``a``."""
+    na = off_a.shape[0] - 1
+    nb = off_b.shape[0] - 1
+    out = np.empty(na + nb, dtype=np.bool_)
+    i = 0
+    j = 0
+    for t in range(na + nb):
+        if j >= nb:
+            take_a = True
+        elif i >= na:
+            take_a = False
+        else:
+            a0, a1, b0, b1 = off_a[i], off_a[i + 1], off_b[j], off_b[j + 1]
+            la, lb = a1 - a0, b1 - b0
+            c = 0
+            for k in range(min(la, lb)):
+                x, y = data_a[a0 + k], data_b[b0 + k]
+                if x != y:
+                    c = -1 if x < y else 1
+                    break
+            if c == 0:
+                c = -1 if la < lb else (1 if la > lb else 0)
+            take_a = c <= 0
+        out[t] = take_a
+        if take_a:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 @njit(inline="always")
 def _put_dec(out, pos, o):
     """Decimal text of 0 <= o < 256 at ``out[pos:]``; returns the new position."""
@@ -1571,7 +1604,7 @@ class Aggregator:
             np.where(real, fine.src_hi, _ZERO),
             np.where(arp | real, fine.src_lo, _ZERO),
         )
-        src = _text_rank(words, _station_text)
+        src = _text_rank(words, _station_text, order=_station_order)
         return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[self._rank(fine, "src_mac"), src])
 
     def _build(
@@ -1682,11 +1715,13 @@ class Aggregator:
                     np.concatenate([fine.src_lo, fine.dst_lo]),
                 ]
                 joint = _text_ranking(
-                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
+                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_address_order
                 )
             else:
                 joint = _text_ranking(
-                    [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: mac_array(w[:, 0])
+                    [np.concatenate([fine.src_mac, fine.dst_mac])],
+                    lambda w: mac_array(w[:, 0]),
+                    order=_value_order,  # fixed-width lowercase hex: text order is value order
                 )
             fine.joint[what] = joint
         rank2, ordered = joint
@@ -1750,9 +1785,13 @@ def _fill_empty(text: pa.Array, word: bytes) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(new_off), pa.py_buffer(out))
 
 
-def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array]) -> _Ranked:
+def _text_rank(
+    words: tuple[np.ndarray, ...],
+    fn: Callable[[np.ndarray], pa.Array],
+    order: Callable[[np.ndarray], np.ndarray | None] | None = None,
+) -> _Ranked:
     """A key stored as text: formats distinct values only and ranks them in text (byte) order."""
-    rank, ordered = _text_ranking(words, fn)
+    rank, ordered = _text_ranking(words, fn, order=order)
     return rank, len(ordered), lambda idx: _take(ordered, rank[idx])
 
 
@@ -1776,9 +1815,7 @@ def _text_ranking(
         ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
     else:
         text = fn(uniq)
-        idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
-        srt = np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8)
-        srt = srt.astype(np.int64)
+        srt = _text_sorted(text)
         ordered = _take(text, srt)
     rank_of = np.empty(len(srt), dtype=np.uint64)
     rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
@@ -1792,12 +1829,17 @@ _OCTET_TEXT_RANK = np.argsort(np.argsort(np.array([str(i) for i in range(256)]),
 
 
 def _ipv4_text_order(uniq: np.ndarray) -> np.ndarray | None:
-    """Order of distinct (version, hi, lo) addresses by their text, without making or comparing text,
-    when all are IPv4: dotted quads compare octet by octet in the order of the octets' own text (a
-    shorter octet that is a prefix of a longer one is followed by '.' or the end, both below any
-    digit), so the octets' text ranks, packed into one integer, sort like the strings. None otherwise."""
+    """:func:`_ipv4_key_order` when every address is IPv4, else None."""
     if len(uniq) == 0 or not (uniq[:, 0] == 4).all():
         return None
+    return _ipv4_key_order(uniq)
+
+
+def _ipv4_key_order(uniq: np.ndarray) -> np.ndarray:
+    """Order of distinct IPv4 (version, hi, lo) addresses by their text, without making or comparing
+    text: dotted quads compare octet by octet in the order of the octets' own text (a shorter octet
+    that is a prefix of a longer one is followed by '.' or the end, both below any digit), so the
+    octets' text ranks, packed into one integer, sort like the strings."""
     v = uniq[:, 2] & _U(0xFFFFFFFF)
     r = _OCTET_TEXT_RANK
     key = (
@@ -1809,6 +1851,56 @@ def _ipv4_text_order(uniq: np.ndarray) -> np.ndarray | None:
     # keys are distinct 32-bit values: sorting them with the position in the low bits beats argsort
     packed = np.sort((key << _U(32)) | np.arange(len(key), dtype=np.uint64))
     return (packed & _U(0xFFFFFFFF)).astype(np.int64)
+
+
+def _value_order(uniq: np.ndarray) -> np.ndarray:
+    """Order of distinct single words (MACs: their text is fixed-width lowercase hex) by value."""
+    return np.argsort(uniq[:, 0], kind="stable")
+
+
+def _text_sorted(text: pa.Array) -> np.ndarray:
+    idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
+    return np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8).astype(
+        np.int64
+    )
+
+
+def _address_order(uniq: np.ndarray, empty_last: bool = False) -> np.ndarray:
+    """Text order of distinct (version, hi, lo) addresses: IPv4 ones by their octets' text ranks (no
+    text compared), the IPv6 ones by text, the two merged by comparing the text of the two lists once;
+    anything else has the empty text, first (or last: ``empty_last``, stations' ``internet``, which
+    sorts after every address text since no address character is above 'f')."""
+    ver = uniq[:, 0]
+    v4 = np.flatnonzero(ver == 4)
+    v6 = np.flatnonzero(ver == 6)
+    other = np.flatnonzero((ver != 4) & (ver != 6))
+    o4 = v4[_ipv4_key_order(uniq[v4])] if len(v4) else v4
+    if len(v6):
+        t6 = _address_arrow(uniq[v6, 0], uniq[v6, 1], uniq[v6, 2])
+        o6 = v6[_text_sorted(t6)]
+        if len(o4):
+            a = _address_arrow(uniq[o4, 0], uniq[o4, 1], uniq[o4, 2])
+            b = _address_arrow(uniq[o6, 0], uniq[o6, 1], uniq[o6, 2])
+            from_a = _merge_text(*_string_buffers(a), *_string_buffers(b))
+            merged = np.empty(len(o4) + len(o6), dtype=np.int64)
+            merged[from_a] = o4
+            merged[~from_a] = o6
+            o4 = merged
+        else:
+            o4 = o6
+    return np.concatenate([o4, other] if empty_last else [other, o4])
+
+
+def _station_order(uniq: np.ndarray) -> np.ndarray:
+    return _address_order(uniq, empty_last=True)
+
+
+def _string_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, data) of a plain string array without nulls and offset 0."""
+    bufs = text.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(text) + 1).astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    return offsets, data
 
 
 def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:

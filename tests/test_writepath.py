@@ -100,3 +100,32 @@ def test_tables_by_direct_addressing_equal_the_sorted_runs(monkeypatch):
     for name in tables:
         assert fast[name].num_rows > 0
         assert fast[name].equals(slow[name]), name
+
+
+def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
+    """Distinct addresses are ordered without sorting all their text: IPv4 by octet ranks, IPv6 by
+    text, merged; the empty text (no address) first, or last as stations' ``internet``."""
+    import pyarrow.compute as pc
+
+    from flowdiff.aggregate import _address_order, _fill_empty, _station_order, _value_order
+    from flowdiff.netmap import address_array, mac_array
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    ver = rng.choice([4, 6, 0], n, p=[0.6, 0.35, 0.05]).astype(np.uint64)
+    hi = np.where(ver == 6, rng.choice([0, 0x20010DB800000000, 0xFE80000000000000, 1], n), 0).astype(np.uint64)
+    lo = rng.integers(0, 1 << 32, n, dtype=np.uint64)
+    lo = np.where(rng.random(n) < 0.3, lo & np.uint64(0xFF), lo)  # short texts, "::1"-like IPv6
+    lo = np.where(ver == 0, 0, lo).astype(np.uint64)
+    hi = np.where(ver == 0, 0, hi).astype(np.uint64)
+    uniq = np.unique(np.stack([ver, hi, lo], axis=1), axis=0)
+    text = address_array(uniq[:, 0], uniq[:, 1], uniq[:, 2])
+    want = text.take(pc.sort_indices(text)).to_pylist()
+    assert text.take(_address_order(uniq)).to_pylist() == want
+    stations = _fill_empty(text, b"internet")
+    want = stations.take(pc.sort_indices(stations)).to_pylist()
+    assert stations.take(_station_order(uniq)).to_pylist() == want and want[-1] == "internet"
+    macs = np.unique(rng.integers(0, 1 << 48, 2000, dtype=np.uint64))[::-1].copy()
+    m = np.stack([macs, macs, macs], axis=1)
+    mt = mac_array(macs)
+    assert mt.take(_value_order(m)).to_pylist() == mt.take(pc.sort_indices(mt)).to_pylist()

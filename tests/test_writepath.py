@@ -113,7 +113,9 @@ def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
     rng = np.random.default_rng(11)
     n = 3000
     ver = rng.choice([4, 6, 0], n, p=[0.6, 0.35, 0.05]).astype(np.uint64)
-    hi = np.where(ver == 6, rng.choice([0, 0x20010DB800000000, 0xFE80000000000000, 1], n), 0).astype(np.uint64)
+    hi = np.where(ver == 6, rng.choice([0, 0x20010DB800000000, 0xFE80000000000000, 1], n), 0).astype(
+        np.uint64
+    )
     lo = rng.integers(0, 1 << 32, n, dtype=np.uint64)
     lo = np.where(rng.random(n) < 0.3, lo & np.uint64(0xFF), lo)  # short texts, "::1"-like IPv6
     lo = np.where(ver == 0, 0, lo).astype(np.uint64)
@@ -129,3 +131,55 @@ def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
     m = np.stack([macs, macs, macs], axis=1)
     mt = mac_array(macs)
     assert mt.take(_value_order(m)).to_pylist() == mt.take(pc.sort_indices(mt)).to_pylist()
+
+
+def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhere(tmp_path):
+    """first_seen, last_seen and bytes are DELTA_BINARY_PACKED: pandas (pyarrow), DuckDB and polars read
+    back exactly the rows written, values at the extremes of their types included."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flowdiff.schema import table_schema
+    from flowdiff.store import Store
+
+    keys = ("src", "dst", "proto", "sport", "dport")
+    n = 5000
+    rng = np.random.default_rng(5)
+    start = 1_700_000_040 * 10**6
+    first = start + np.sort(rng.integers(0, 60 * 10**6, n))
+    cols = {
+        "interval_start": np.full(n, start),
+        "src": [f"10.0.{i // 256}.{i % 256}" for i in range(n)],
+        "dst": ["192.0.2.1"] * n,
+        "proto": np.full(n, 6),
+        "sport": rng.integers(0, 65536, n),
+        "dport": np.full(n, 443),
+        "packets": rng.integers(1, 10, n),
+        "bytes": np.r_[rng.integers(40, 10**6, n - 2).astype(np.uint64), np.array([0, 2**64 - 1], np.uint64)],
+        "first_seen": first,
+        "last_seen": first + rng.integers(0, 10**6, n),
+    }
+    schema = table_schema(keys)
+    rows = pa.Table.from_arrays([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema).sort_by(
+        [("src", "ascending")]
+    )
+    store = Store(tmp_path / "store", "s")
+    store.ensure_table("t5", keys, 60)
+    assert store.write_interval_rows("t5", keys, rows, "cap#0") == n
+    (path,) = store.files("t5")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    enc = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    for col in ("first_seen", "last_seen", "bytes"):
+        assert "DELTA_BINARY_PACKED" in enc[col], enc[col]
+    want = rows.to_pandas(coerce_temporal_nanoseconds=False)
+    got = store.read("t5").drop(columns=["sensor"])
+    pd.testing.assert_frame_equal(got, want)
+    by_duck = duckdb.sql(f"SELECT bytes, epoch_us(first_seen) AS f FROM '{path}' ORDER BY src").fetchall()
+    assert [b for b, _ in by_duck] == want["bytes"].tolist()
+    assert [f for _, f in by_duck] == (want["first_seen"].astype("int64")).tolist()
+    by_polars = pl.read_parquet(path).sort("src")
+    assert by_polars["bytes"].to_list() == want["bytes"].tolist()
+    assert by_polars["last_seen"].dt.epoch("us").to_list() == want["last_seen"].astype("int64").tolist()

@@ -460,6 +460,16 @@ def _reindex(rows, base, used, index):
 
 
 @njit(cache=True, nogil=True)
+def _keep_rows(rows, kept):
+    """Move the rows ``kept`` (increasing) to the front, in place: no temporary copy of them."""
+    for t in range(kept.shape[0]):
+        r = kept[t]
+        if r != t:
+            for c in range(rows.shape[1]):
+                rows[t, c] = rows[r, c]
+
+
+@njit(cache=True, nogil=True)
 def _group_triples(a0, a1, a2, b0, b1, b2):
     """Distinct values among the triples (a0, a1, a2)[i] followed by (b0, b1, b2)[i]: returns the
     group of each of the 2n triples and the distinct triples (g, 3), in order of first appearance.
@@ -470,6 +480,8 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
     na = a0.shape[0]
     n = na + b0.shape[0]
     cap = 1024
+    while cap < n // 4 and cap < 1 << 16:  # values repeat: a quarter of the rows saves most re-hashing
+        cap *= 2
     slots = np.full(2 * cap, -1, dtype=np.int64)
     gkeys = np.empty((cap, 3), dtype=np.uint64)
     ghash = np.empty(cap, dtype=np.uint64)
@@ -480,7 +492,7 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
             k0, k1, k2 = a0[i], a1[i], a2[i]
         else:
             k0, k1, k2 = b0[i - na], b1[i - na], b2[i - na]
-        h = _mix(_mix(_mix(_SEED, k0), k1), k2)
+        h = _finalize(k0 * _C0 + k1 * _C1 + k2 * _C2)  # independent products: shorter than chained mixes
         smask = np.int64(slots.shape[0] - 1)
         j = np.int64(h) & smask
         while True:
@@ -1533,7 +1545,7 @@ class Aggregator:
         """Keep rows ``kept`` (in order) at the front; re-index the ones of the newest interval."""
         n = len(kept)
         if n:
-            self._rows[:n] = self._rows[kept]
+            _keep_rows(self._rows, np.ascontiguousarray(kept, dtype=np.int64))
         self._used, self._base, self._kept = n, new_base, n
         self._index[:] = -1
         _reindex(self._rows, self._base, self._used, self._index)

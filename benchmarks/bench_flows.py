@@ -8,7 +8,8 @@
    counters, interfaces and millisecond times each, one template message first, records spread over
    an hour in export order; 100 clients, 20 servers) is collected by a separate `flowdiff collect` process into
    the default tables (60 s intervals), measured whole (start-up, imports, JIT cache, writing the store):
-   wall time, records/s, peak RSS from wait4(2). Memory flatness: the same at a quarter of the size.
+   wall time, CPU seconds (user + system), records/s, peak RSS from wait4(2). Memory flatness: the
+   same at a quarter of the size.
 2. **listen**: a `flowdiff listen` process on 127.0.0.1 receives ``--datagrams`` IPFIX-sized datagrams
    (1,400 bytes) from a sender in this process paced at ``--rate`` per second; the datagrams in the
    spool are counted back and the kernel's drops taken from listen's summary line.
@@ -109,15 +110,20 @@ def make_spool(directory: Path, records: int) -> Path:
     return w.files[-1]
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds (user + system, the figure to compare on a shared machine), peak RSS
+    in bytes, stdout) of ``cmd`` run as its own process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read() if proc.stdout else ""
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        proc = subprocess.Popen(cmd, env=env, stdout=out_f, stderr=err_f)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read().decode(), err_f.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{out}\n{proc.stderr.read() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss * 1024, out
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{out}\n{err}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out
 
 
 def bench_collect(work: Path, records: int) -> None:
@@ -130,7 +136,7 @@ def bench_collect(work: Path, records: int) -> None:
         path = make_spool(spool, n)
         made = time.perf_counter() - t
         store = work / f"store{n}"
-        wall, rss, out = run_measured(
+        wall, cpu, rss, out = run_measured(
             [
                 sys.executable,
                 "-m",
@@ -147,8 +153,9 @@ def bench_collect(work: Path, records: int) -> None:
         got = int(re.search(r"([\d,]+) flow records", out).group(1).replace(",", ""))
         assert got == n, out
         print(
-            f"collect  {n:>10,} IPFIX records  {path.stat().st_size / 1e6:7.1f} MB  {wall:6.2f} s  "
-            f"{n / wall / 1e6:5.2f} M records/s  peak RSS {rss / 2**20:6.0f} MiB   (spool made in {made:.1f} s)"
+            f"collect  {n:>10,} IPFIX records  {path.stat().st_size / 1e6:7.1f} MB  {wall:6.2f} s wall "
+            f"{cpu:6.2f} s CPU  {n / wall / 1e6:5.2f} M records/s  peak RSS {rss / 2**20:6.0f} MiB   "
+            f"(spool made in {made:.1f} s)"
         )
         print("         " + out.strip())
 

@@ -533,6 +533,16 @@ def _reindex(rows, base, used, index):
 
 
 @njit(cache=True, nogil=True)
+def _keep_rows(rows, kept):
+    """Move the rows ``kept`` (increasing) to the front, in place: no temporary copy of them."""
+    for t in range(kept.shape[0]):
+        r = kept[t]
+        if r != t:
+            for c in range(rows.shape[1]):
+                rows[t, c] = rows[r, c]
+
+
+@njit(cache=True, nogil=True)
 def _group_triples(a0, a1, a2, b0, b1, b2):
     """Distinct values among the triples (a0, a1, a2)[i] followed by (b0, b1, b2)[i]: returns the
     group of each of the 2n triples and the distinct triples (g, 3), in order of first appearance.
@@ -543,6 +553,8 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
     na = a0.shape[0]
     n = na + b0.shape[0]
     cap = 1024
+    while cap < n // 4 and cap < 1 << 16:  # values repeat: a quarter of the rows saves most re-hashing
+        cap *= 2
     slots = np.full(2 * cap, -1, dtype=np.int64)
     gkeys = np.empty((cap, 3), dtype=np.uint64)
     ghash = np.empty(cap, dtype=np.uint64)
@@ -553,7 +565,7 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
             k0, k1, k2 = a0[i], a1[i], a2[i]
         else:
             k0, k1, k2 = b0[i - na], b1[i - na], b2[i - na]
-        h = _mix(_mix(_mix(_SEED, k0), k1), k2)
+        h = _finalize(k0 * _C0 + k1 * _C1 + k2 * _C2)  # independent products: shorter than chained mixes
         smask = np.int64(slots.shape[0] - 1)
         j = np.int64(h) & smask
         while True:
@@ -609,6 +621,39 @@ def _take_strings(offsets, data, idx):
         for c in range(offsets[k + 1] - a):
             out[o + c] = data[a + c]
     return out_off, out
+
+
+@njit(cache=True, nogil=True)
+def _merge_text(off_a, data_a, off_b, data_b):
+    """Merge of two string lists each in byte order: True where the merged list takes from ``a``."""
+    na = off_a.shape[0] - 1
+    nb = off_b.shape[0] - 1
+    out = np.empty(na + nb, dtype=np.bool_)
+    i = 0
+    j = 0
+    for t in range(na + nb):
+        if j >= nb:
+            take_a = True
+        elif i >= na:
+            take_a = False
+        else:
+            a0, a1, b0, b1 = off_a[i], off_a[i + 1], off_b[j], off_b[j + 1]
+            la, lb = a1 - a0, b1 - b0
+            c = 0
+            for k in range(min(la, lb)):
+                x, y = data_a[a0 + k], data_b[b0 + k]
+                if x != y:
+                    c = -1 if x < y else 1
+                    break
+            if c == 0:
+                c = -1 if la < lb else (1 if la > lb else 0)
+            take_a = c <= 0
+        out[t] = take_a
+        if take_a:
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 @njit(inline="always")
@@ -1002,6 +1047,54 @@ def _reduce_runs(rows, starts, metrics):
     return p, b, f, la
 
 
+@njit(inline="always")
+def _acc_first(acc, g, m):
+    acc[g, 0] = m[0]
+    acc[g, 1] = m[1]
+    acc[g, 2] = m[2]
+    acc[g, 3] = m[3]
+
+
+@njit(inline="always")
+def _acc_add(acc, g, m):
+    acc[g, 0] += m[0]
+    acc[g, 1] += m[1]
+    if m[2] < acc[g, 2]:
+        acc[g, 2] = m[2]
+    if m[3] > acc[g, 3]:
+        acc[g, 3] = m[3]
+
+
+@njit(cache=True, nogil=True)
+def _reduce_direct(key, size, rows, metrics):
+    """Groups of equal ``key`` (all below ``size``) by direct addressing, in key order: (fine row of
+    each group's first element, metrics (g, 4) as in ``metrics``). ``rows``: the fine row of each
+    element (empty: element t is fine row t). One sequential pass, no sort: for tables of few groups."""
+    n = key.shape[0]
+    first = np.full(size, -1, dtype=np.int64)
+    acc = np.empty((size, 4), dtype=np.uint64)
+    g = 0
+    for t in range(n):
+        k = key[t]
+        r = rows[t] if rows.shape[0] else t
+        m = metrics[r]
+        if first[k] < 0:
+            first[k] = r
+            _acc_first(acc, k, m)
+            g += 1
+        else:
+            _acc_add(acc, k, m)
+    firsts = np.empty(g, dtype=np.int64)
+    out = np.empty((g, 4), dtype=np.uint64)
+    q = 0
+    for k in range(size):
+        if first[k] >= 0:
+            firsts[q] = first[k]
+            out[q] = acc[k]
+            q += 1
+    return firsts, out
+
+
 @njit(cache=True, nogil=True)
 def _gather_metrics(rows, perm):
     m = perm.shape[0]
@@ -1320,6 +1413,7 @@ class Aggregator:
         self._status_counts = np.zeros(256, dtype=np.int64)
         self.packets_seen = 0
         self._drained_below = _INT64_MIN  # drain has handed over every interval below this number
+        self._kept = 0  # fine rows the last drain kept (the intervals it left open)
         self._needs_roles = any(
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
@@ -1331,6 +1425,12 @@ class Aggregator:
     def fine_rows(self) -> int:
         """Distinct fine rows held (memory: about 128 bytes per row plus an 8-16 byte index slot)."""
         return self._used
+
+    @property
+    def rows_kept(self) -> int:
+        """Fine rows the last drain kept (0 before any): a caller that drains on a row count waits until
+        the rows held have grown well past these, since every drain reads all of them again."""
+        return self._kept
 
     @property
     def skipped(self) -> Counter[str]:
@@ -1518,8 +1618,8 @@ class Aggregator:
         """Keep rows ``kept`` (in order) at the front; re-index the ones of the newest interval."""
         n = len(kept)
         if n:
-            self._rows[:n] = self._rows[kept]
-        self._used, self._base = n, new_base
+            _keep_rows(self._rows, np.ascontiguousarray(kept, dtype=np.int64))
+        self._used, self._base, self._kept = n, new_base, n
         self._index[:] = -1
         _reindex(self._rows, self._base, self._used, self._index)
 
@@ -1589,7 +1689,7 @@ class Aggregator:
             np.where(real, fine.src_hi, _ZERO),
             np.where(arp | real, fine.src_lo, _ZERO),
         )
-        src = _text_rank(words, _station_text)
+        src = _text_rank(words, _station_text, order=_station_order)
         return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[self._rank(fine, "src_mac"), src])
 
     def _build(
@@ -1616,11 +1716,15 @@ class Aggregator:
         inum = fine.interval_no
         if sel is not None:
             code, inum = code[sel], inum[sel]
-        order = _sort_within_intervals(inum, code, card)
-        starts = _runs(order, code, inum)
-        rows = order if sel is None else sel[order]  # fine-row number of each sorted row
-        firsts = rows[starts]
-        p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
+        grouped = _group_reduce(inum, code, card, sel, fine.metrics)
+        if grouped is not None:
+            firsts, p, b, f, la = grouped
+        else:
+            order = _sort_within_intervals(inum, code, card)
+            starts = _runs(order, code, inum)
+            rows = order if sel is None else sel[order]  # fine-row number of each sorted row
+            firsts = rows[starts]
+            p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
         start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
         columns = [_ts_array(start_us)]
         columns += [build(firsts) for _, _, build in ranks]
@@ -1696,11 +1800,13 @@ class Aggregator:
                     np.concatenate([fine.src_lo, fine.dst_lo]),
                 ]
                 joint = _text_ranking(
-                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_ipv4_text_order
+                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_address_order
                 )
             else:
                 joint = _text_ranking(
-                    [np.concatenate([fine.src_mac, fine.dst_mac])], lambda w: mac_array(w[:, 0])
+                    [np.concatenate([fine.src_mac, fine.dst_mac])],
+                    lambda w: mac_array(w[:, 0]),
+                    order=_value_order,  # fixed-width lowercase hex: text order is value order
                 )
             fine.joint[what] = joint
         rank2, ordered = joint
@@ -1764,9 +1870,13 @@ def _fill_empty(text: pa.Array, word: bytes) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(new_off), pa.py_buffer(out))
 
 
-def _text_rank(words: tuple[np.ndarray, ...], fn: Callable[[np.ndarray], pa.Array]) -> _Ranked:
+def _text_rank(
+    words: tuple[np.ndarray, ...],
+    fn: Callable[[np.ndarray], pa.Array],
+    order: Callable[[np.ndarray], np.ndarray | None] | None = None,
+) -> _Ranked:
     """A key stored as text: formats distinct values only and ranks them in text (byte) order."""
-    rank, ordered = _text_ranking(words, fn)
+    rank, ordered = _text_ranking(words, fn, order=order)
     return rank, len(ordered), lambda idx: _take(ordered, rank[idx])
 
 
@@ -1790,9 +1900,7 @@ def _text_ranking(
         ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
     else:
         text = fn(uniq)
-        idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
-        srt = np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8)
-        srt = srt.astype(np.int64)
+        srt = _text_sorted(text)
         ordered = _take(text, srt)
     rank_of = np.empty(len(srt), dtype=np.uint64)
     rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
@@ -1806,12 +1914,17 @@ _OCTET_TEXT_RANK = np.argsort(np.argsort(np.array([str(i) for i in range(256)]),
 
 
 def _ipv4_text_order(uniq: np.ndarray) -> np.ndarray | None:
-    """Order of distinct (version, hi, lo) addresses by their text, without making or comparing text,
-    when all are IPv4: dotted quads compare octet by octet in the order of the octets' own text (a
-    shorter octet that is a prefix of a longer one is followed by '.' or the end, both below any
-    digit), so the octets' text ranks, packed into one integer, sort like the strings. None otherwise."""
+    """:func:`_ipv4_key_order` when every address is IPv4, else None."""
     if len(uniq) == 0 or not (uniq[:, 0] == 4).all():
         return None
+    return _ipv4_key_order(uniq)
+
+
+def _ipv4_key_order(uniq: np.ndarray) -> np.ndarray:
+    """Order of distinct IPv4 (version, hi, lo) addresses by their text, without making or comparing
+    text: dotted quads compare octet by octet in the order of the octets' own text (a shorter octet
+    that is a prefix of a longer one is followed by '.' or the end, both below any digit), so the
+    octets' text ranks, packed into one integer, sort like the strings."""
     v = uniq[:, 2] & _U(0xFFFFFFFF)
     r = _OCTET_TEXT_RANK
     key = (
@@ -1823,6 +1936,56 @@ def _ipv4_text_order(uniq: np.ndarray) -> np.ndarray | None:
     # keys are distinct 32-bit values: sorting them with the position in the low bits beats argsort
     packed = np.sort((key << _U(32)) | np.arange(len(key), dtype=np.uint64))
     return (packed & _U(0xFFFFFFFF)).astype(np.int64)
+
+
+def _value_order(uniq: np.ndarray) -> np.ndarray:
+    """Order of distinct single words (MACs: their text is fixed-width lowercase hex) by value."""
+    return np.argsort(uniq[:, 0], kind="stable")
+
+
+def _text_sorted(text: pa.Array) -> np.ndarray:
+    idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
+    return np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8).astype(
+        np.int64
+    )
+
+
+def _address_order(uniq: np.ndarray, empty_last: bool = False) -> np.ndarray:
+    """Text order of distinct (version, hi, lo) addresses: IPv4 ones by their octets' text ranks (no
+    text compared), the IPv6 ones by text, the two merged by comparing the text of the two lists once;
+    anything else has the empty text, first (or last: ``empty_last``, stations' ``internet``, which
+    sorts after every address text since no address character is above 'f')."""
+    ver = uniq[:, 0]
+    v4 = np.flatnonzero(ver == 4)
+    v6 = np.flatnonzero(ver == 6)
+    other = np.flatnonzero((ver != 4) & (ver != 6))
+    o4 = v4[_ipv4_key_order(uniq[v4])] if len(v4) else v4
+    if len(v6):
+        t6 = _address_arrow(uniq[v6, 0], uniq[v6, 1], uniq[v6, 2])
+        o6 = v6[_text_sorted(t6)]
+        if len(o4):
+            a = _address_arrow(uniq[o4, 0], uniq[o4, 1], uniq[o4, 2])
+            b = _address_arrow(uniq[o6, 0], uniq[o6, 1], uniq[o6, 2])
+            from_a = _merge_text(*_string_buffers(a), *_string_buffers(b))
+            merged = np.empty(len(o4) + len(o6), dtype=np.int64)
+            merged[from_a] = o4
+            merged[~from_a] = o6
+            o4 = merged
+        else:
+            o4 = o6
+    return np.concatenate([o4, other] if empty_last else [other, o4])
+
+
+def _station_order(uniq: np.ndarray) -> np.ndarray:
+    return _address_order(uniq, empty_last=True)
+
+
+def _string_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, data) of a plain string array without nulls and offset 0."""
+    bufs = text.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(text) + 1).astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    return offsets, data
 
 
 def _take(strings: pa.Array, idx: np.ndarray) -> pa.Array:
@@ -1875,6 +2038,29 @@ def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tu
         uniq, inv = np.unique(key, return_inverse=True)
         key, card = inv.astype(np.uint64).reshape(-1), len(uniq)
     return key * np.uint64(rank_card) + rank, card * rank_card
+
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+def _group_reduce(
+    inum: np.ndarray, code: np.ndarray, card: int, sel: np.ndarray | None, metrics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(first fine row, packets, bytes, first_seen, last_seen) of each group of equal (interval, code),
+    in that order, when the key space is small (at most about twice the rows): one sequential pass over
+    the rows by direct addressing, no sort, no random reads of the metrics (hosts, pairs, link and
+    stations tables, services of flows). None otherwise: the caller sorts."""
+    n = len(inum)
+    span = int(inum[-1]) - int(inum[0]) + 1
+    size = card * span
+    if size > max(2 * n, 1 << 16):
+        return None
+    key = (inum - inum[0]).astype(np.uint64) * np.uint64(card) + code
+    rows = _NO_ROWS if sel is None else np.ascontiguousarray(sel, dtype=np.int64)
+    firsts, acc = _reduce_direct(key, size, rows, metrics)
+    f = (acc[:, 2] ^ _SIGN).view(np.int64)
+    la = (acc[:, 3] ^ _SIGN).view(np.int64)
+    return firsts, acc[:, 0], acc[:, 1], f, la
 
 
 def _sort_within_intervals(inum: np.ndarray, code: np.ndarray, card: int) -> np.ndarray:

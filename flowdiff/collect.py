@@ -767,8 +767,9 @@ def _read_all(
 # Flow records arrive late (an exporter sends a flow when it ends or at its active timeout): the intervals
 # of the last 10 minutes stay open, so that late records rarely make extra parts to merge. Every drain
 # reads all the rows kept open, so flows drain once that many more intervals have closed (each drain
-# hands over about as many intervals as it keeps: the work per record stays constant), or sooner when
-# the rows held pass _FLOW_DRAIN_ROWS (memory stays bounded however dense the flows).
+# hands over about as many intervals as it keeps: the work per record stays constant), or sooner once the
+# rows held exceed what the last drain kept by _FLOW_DRAIN_ROWS and by half of it (memory stays bounded
+# however dense the flows; a dense window is not read again for every chunk that closes one more interval).
 _FLOW_LATENESS = 600
 _FLOW_DRAIN_ROWS = 1 << 18
 
@@ -781,7 +782,7 @@ def _drain_due(agg: Aggregator, keep: int, flows: bool) -> bool:
     if not flows:
         return agg.closed_intervals(keep)
     return agg.closed_intervals(2 * keep - 1) or (
-        agg.fine_rows >= _FLOW_DRAIN_ROWS and agg.closed_intervals(keep)
+        agg.fine_rows >= agg.rows_kept + max(_FLOW_DRAIN_ROWS, agg.rows_kept // 2) and agg.closed_intervals(keep)
     )
 
 

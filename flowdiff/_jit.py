@@ -74,7 +74,7 @@ class Kernel:
         return self.dispatcher(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"<flowdiff kernel {self.__module__}.{self.__qualname__}>"
+        return f"<flowdiff kernel {self.py_func.__module__}.{self.py_func.__qualname__}>"
 
 
 def njit(func: Callable[..., Any] | None = None, **options: Any) -> Any:

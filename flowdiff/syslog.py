@@ -131,10 +131,10 @@ def _digit(c: int) -> bool:
 
 @njit(inline="always")
 def _num(buf: np.ndarray, i: int, n: int) -> int:
-    v = 0
+    v = np.int64(0)
     for k in range(i, i + n):
         v = v * 10 + (np.int64(buf[k]) - 48)  # int64 interpreted too (flowdiff/_jit.py)
-    return v
+    return int(v)
 
 
 @njit(inline="always")

@@ -311,8 +311,8 @@ def _scan(buf, starts, ends, year, ref_us, tz_us, months, out_i, out_ts):  # noq
                             i += 1
                             break
                     i += 1
-            else:
-                i += 1  # "-"
+            elif i < e and buf[i] == 45:
+                i += 1  # "-" (anything else is malformed: the message starts there, whole characters)
             if i < e and buf[i] == 32:
                 i += 1
             if i + 3 <= e and buf[i] == 0xEF and buf[i + 1] == 0xBB and buf[i + 2] == 0xBF:
@@ -388,10 +388,25 @@ def _gather(buf, starts, ends, nil, collapse):  # noqa: ANN001, ANN202
 def _string_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
     n = len(offsets) - 1
     if len(data) < 2**31 - 1:
-        return pa.Array.from_buffers(
+        arr = pa.Array.from_buffers(
             pa.string(), n, [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
-        ).cast(pa.string())
-    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        )
+    else:
+        arr = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return _valid_utf8(arr)
+
+
+def _valid_utf8(arr: pa.Array) -> pa.Array:
+    """The input is valid UTF-8 (:func:`utf8`), but a field cut inside a character (a 64-byte program
+    name, a malformed header) is not: such values get U+FFFD, as :func:`utf8` gives bad bytes, so that
+    no reader (pandas, the report, Parquet) ever meets invalid text. Validation is one SIMD pass."""
+    try:
+        arr.validate(full=True)
+        return arr
+    except pa.ArrowInvalid:
+        raw = arr.view(pa.large_binary() if pa.types.is_large_string(arr.type) else pa.binary())
+        text = [None if b is None else b.decode("utf-8", "replace") for b in raw.to_pylist()]
+        return pa.array(text, arr.type)
 
 
 def _names(code: np.ndarray, names: list[str]) -> pa.Array:

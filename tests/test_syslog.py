@@ -109,6 +109,29 @@ def test_any_bytes_parse_to_one_row_per_line(data):
     assert len(lines) == expected
     assert len(lines.host) == len(lines.program) == len(lines.message) == expected
     assert len(mask(lines.message)) == expected
+    for col in (lines.host, lines.program, lines.message, lines.line):
+        col.validate(full=True)  # valid UTF-8 whatever the bytes
+
+
+@given(
+    st.sampled_from(
+        [b"1 Dec 02 00:59:58 host - - - ", b"<13>1 2026-12-02T00:59:58Z h p 1 m ", b"<13>Dec  2 00:59:58 h "]
+    ),
+    st.binary(max_size=80),
+)
+@settings(max_examples=300, deadline=None)
+def test_fields_cut_anywhere_are_still_valid_text(header, tail):
+    lines = parse_bytes(header + tail + b"\n", ref_us=REF)
+    for col in (lines.host, lines.program, lines.message):
+        col.validate(full=True)
+        col.to_pylist()
+
+
+def test_a_malformed_structured_data_field_does_not_cut_a_character():
+    lines = parse_bytes("1 Dec 02 00:59:58 host - - - \u00e9t\u00e9\n".encode(), ref_us=REF)
+    assert lines.message.to_pylist() == ["\u00e9t\u00e9"]
+    lines = parse_bytes(b"1 Dec 02 00:59:58 host - - - \xff\n", ref_us=REF)
+    assert lines.message.to_pylist() == ["\ufffd"]  # invalid bytes replaced, as in the line itself
 
 
 @given(st.lists(st.text(max_size=60), max_size=20))

@@ -154,8 +154,7 @@ def day_meta(path: Path) -> dict[str, dict[str, Any]]:
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key in _day_meta_cache:
             return _day_meta_cache[key]
-        with pq.ParquetFile(path) as f:
-            meta = f.schema_arrow.metadata or {}
+        meta = file_metadata(path)
         out = json.loads(meta.get(_DAY_KEY, b"{}"))
     except (OSError, ValueError, pa.ArrowInvalid) as e:
         raise StoreError(f"{path}: unreadable day file: {e}") from None
@@ -165,12 +164,18 @@ def day_meta(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def file_metadata(path: Path | str) -> dict[bytes, bytes]:
+    """The key-value metadata of a store file's footer. Not ``schema_arrow.metadata``: a day file
+    written by collect gets its record when it is closed, after its schema (flowdiff/dayfile.py); the
+    footer has both kinds (Arrow copies a schema's metadata into it)."""
+    with pq.ParquetFile(path) as f:
+        return dict(f.metadata.metadata or {})
+
+
 def file_sources(path: Path) -> list[str]:
     """The sources an interval file records (empty for a file written before sources were recorded)."""
     try:
-        with pq.ParquetFile(path) as f:
-            meta = f.schema_arrow.metadata or {}
-        return list(json.loads(meta.get(_SOURCES_KEY, b"[]")))
+        return list(json.loads(file_metadata(path).get(_SOURCES_KEY, b"[]")))
     except (OSError, ValueError, pa.ArrowInvalid) as e:
         raise StoreError(f"{path}: unreadable interval file: {e}") from None
 

@@ -47,11 +47,13 @@ from flowdiff.store import (
     _DAY_KEY,
     _EPOCH,
     _SOURCES_KEY,
+    DAY_ROW_GROUP_ROWS,
     Store,
     WriteBatch,
     _file_name_us,
     _parquet_options,
     int64_values,
+    write_row_group,
 )
 
 __all__ = ["MIN_INTERVALS", "DayFiles"]
@@ -70,6 +72,8 @@ class _OpenDay:
     writer: pq.ParquetWriter
     record: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: int = 0
+    held: list[pa.Table] = field(default_factory=list)  # the next row group (DAY_ROW_GROUP_ROWS)
+    held_rows: int = 0
 
 
 class DayFiles:
@@ -123,7 +127,10 @@ class DayFiles:
             elif name in day.record:  # a late frame: beside the day file, once it is in place
                 self._late.append((table, keys, piece, source))
             else:
-                day.writer.write_table(piece.replace_schema_metadata(None), row_group_size=piece.num_rows)
+                day.held.append(piece.replace_schema_metadata(None))
+                day.held_rows += piece.num_rows
+                if day.held_rows >= DAY_ROW_GROUP_ROWS:
+                    _flush(day)
                 day.record[name] = {"sources": [source], "token": ""}
                 day.rows += piece.num_rows
                 written += piece.num_rows
@@ -165,6 +172,7 @@ class DayFiles:
             rec["token"] = f"{sensor}:{day.path.name}:{name}:{','.join(rec['sources'])}"
         sources = sorted({s for rec in day.record.values() for s in rec["sources"]})
         try:
+            _flush(day)
             day.writer.add_key_value_metadata(
                 {
                     _DAY_KEY: json.dumps(day.record, sort_keys=True).encode(),
@@ -208,6 +216,11 @@ class DayFiles:
             _unlink(day.tmp)
         self._open.clear()
         self._late.clear()
+
+
+def _flush(day: _OpenDay) -> None:
+    write_row_group(day.writer, day.held)
+    day.held, day.held_rows = [], 0
 
 
 def _unlink(path: str) -> None:

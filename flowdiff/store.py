@@ -256,6 +256,29 @@ def scan_sensor_dir(d: Path) -> SensorDir:
     return out
 
 
+def _time_order(sd: SensorDir, files: list[tuple[Any, Path]]) -> tuple[list[Path], bool]:
+    """The files of one sensor folder in time order, so rows read in interval order as they did from
+    interval files alone: a day file sorts by its first interval when interval files of its day are
+    beside it (a capture collected straight into a day file after its first parts went to interval
+    files). True when an interval file falls between the intervals of its day file: readers then merge
+    the rows (as for a late part), which puts them in order."""
+    beside = {start.normalize() for start, p in files if p.name[8:9] == "T" and start.normalize() in sd.days}
+    keyed: list[tuple[Any, Path]] = []
+    spans: dict[Any, tuple[Any, Any]] = {}
+    for start, p in files:
+        if start in sd.days and sd.days[start] == p and start in beside:
+            held = sorted(s for name in day_meta(p) if (s := _interval_of_file(name)) is not None)
+            if held:
+                spans[start] = (held[0], held[-1])
+                start = held[0]
+        keyed.append((start, p))
+    mixed = any(
+        p.name[8:9] == "T" and (span := spans.get(start.normalize())) and span[0] < start < span[1]
+        for start, p in files
+    )
+    return [p for _, p in sorted(keyed, key=lambda sp: (sp[0], len(sp[1].name)))], mixed
+
+
 class Store:
     """A directory of count tables. ``sensor=None`` reads every sensor; writes need a sensor.
     ``Store("s3://bucket/prefix")`` is a store on object storage (flowdiff.objstore.S3Store)."""
@@ -352,9 +375,11 @@ class Store:
         out: list[Path] = []
         overlap = False
         for sd in self.sensor_dirs(table):
-            out += [p for start, p in sd.days.items() if wanted(start, _DAY)]
-            out += [p for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
-            overlap = overlap or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
+            mine = [(start, p) for start, p in sd.days.items() if wanted(start, _DAY)]
+            mine += [(start, p) for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
+            order, mixed = _time_order(sd, mine)
+            out += order
+            overlap = overlap or mixed or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
         return out, overlap
 
     def interval_tokens(self, table: str) -> dict[Any, str]:

@@ -13,7 +13,8 @@ elsewhere; a workload whose generator is missing is skipped with one line saying
   against the naive dpkt loop of bench_collect.py on the same file (its first ``--dpkt-packets``);
   and the same table from a capture 5x smaller, for memory flatness;
 * ``hcdef``: the same capture, the four default tables, ``interval = 300``;
-* ``week``: one capture over a week (2,017 intervals, 8,068 files), default tables; then
+* ``week``: one capture over a week (2,017 intervals; 40 day files, one per table and UTC day, where
+  it was 10,085 interval files before collect wrote day files), default tables; then
   ``flowdiff learn`` over the collected store against DuckDB's GROUP BY of the same keys over the
   same files (``pip install flowdiff[bench]`` for duckdb);
 * ``startup``: collecting a capture of 20 packets, whole process, median of 5 runs after one warm-up;
@@ -246,9 +247,10 @@ class Bench:
         packets = self.packets_of(cap)
         cfg = self.config("week", 300, "")
         r = self.collect(cfg, cap, "collect default tables, a week", packets)
-        files = sum(1 for _ in (cfg.parent / "store").rglob("*.parquet"))
+        found = [p.stem for p in (cfg.parent / "store").rglob("*.parquet")]
+        files, days = len(found), sum(1 for s in found if len(s) == 8)
         show(r, ">= 1 Mpps", self.check("week collect >= 1 Mpps", r.mpps >= 1.0))
-        print(f"  {files:,} interval files")
+        print(f"  {files:,} files in the store ({days:,} day files, {files - days:,} interval files)")
         self.memory("week", r)
         learn = run(
             [sys.executable, "-m", "flowdiff", "learn", "--config", str(cfg), "--force"], "flowdiff learn"
@@ -298,7 +300,7 @@ class Bench:
 
 def duckdb_groupby(store: Path) -> None:
     """The peer of `flowdiff learn`: per table, every key's intervals, packets, bytes, first and last
-    seen over all interval files, in one GROUP BY each."""
+    seen over all the store's files (day and interval files), in one GROUP BY each."""
     try:
         import duckdb
     except ImportError:

@@ -64,6 +64,7 @@ from flowdiff._jit import interpreted, interpreted_below
 from flowdiff.aggregate import Aggregator, Drained
 from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_capture, sniff_start
 from flowdiff.config import Config, TableConfig
+from flowdiff.dayfile import DayFiles
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
@@ -655,6 +656,7 @@ class _PartWriter:
         self.store, self.tables, self.capture_id = store, tables, capture_id
         self.fr, self.result = fr, result
         self.parts = 0
+        self.days = DayFiles(store)  # a capture of many intervals writes day files (flowdiff/dayfile.py)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowdiff-store")
         self._pending: collections.deque[Future] = collections.deque()
 
@@ -674,6 +676,7 @@ class _PartWriter:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self.fr.rows_written += self.days.close()  # the parts written so far count, even on an error
 
     def _write(self, drained: Drained | dict[str, pa.Table], source: str) -> None:
         tables = drained.tables() if isinstance(drained, Drained) else drained
@@ -681,9 +684,7 @@ class _PartWriter:
             for name, rows in tables.items():
                 if not rows.num_rows:
                     continue
-                self.fr.rows_written += batch.write_interval_rows(
-                    name, self.tables[name].keys, rows, source, presorted=True
-                )
+                self.fr.rows_written += self.days.write(batch, name, self.tables[name].keys, rows, source)
                 self.result.intervals.update(_interval_starts(rows))
 
 

@@ -2,8 +2,10 @@
 
 A week of 5-minute intervals is 2,016 files per table and sensor; a year is 100,000. ``compact``
 merges the interval files of each complete UTC day older than ``compact_after`` into
-``<table>/sensor=<name>/<YYYYMMDD>.parquet``, one row group per interval (the ``interval_start``
-statistics of each row group let an interval filter skip every other interval of the day).
+``<table>/sensor=<name>/<YYYYMMDD>.parquet``: whole intervals in time order, gathered into row groups of
+about 64k rows (``store.DAY_ROW_GROUP_ROWS``: far fewer, larger row groups read 3 to 5 times faster than
+one per interval, and the ``interval_start`` statistics still let an interval filter skip the others).
+Collect writes the same day files directly when a capture spans many intervals (flowdiff/dayfile.py).
 
 The day file's footer records, per interval, the sources (capture parts) it holds and the data token the
 interval had (see :meth:`flowdiff.store.Store.interval_tokens`), so that
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdiff.config import Config
@@ -211,19 +214,22 @@ def _write_day(store: Store, table: str, keys: Sequence[str], path: Path, live: 
 
 
 def _row_groups(path: Path, schema: pa.Schema) -> dict[str, list[int]]:
-    """Interval file name -> row groups of the day file holding it (from the row groups' statistics)."""
+    """Interval file name -> row groups of the day file holding it (from the row groups' statistics; a
+    row group holding several intervals is listed under each, its interval column read to know them)."""
     out: dict[str, list[int]] = {}
     with pq.ParquetFile(path) as f:
         md = f.metadata
         col = f.schema_arrow.get_field_index(INTERVAL)
         for i in range(md.num_row_groups):
             stats = md.row_group(i).column(col).statistics
-            if stats is not None and stats.has_min_max:
-                start = stats.min
+            if stats is not None and stats.has_min_max and stats.min == stats.max:
+                starts = [stats.min]
             else:
-                start = f.read_row_group(i, columns=[INTERVAL]).column(0)[0].as_py()
-            name = interval_file_name(start if start.tzinfo else start.replace(tzinfo=UTC))
-            out.setdefault(name, []).append(i)
+                values = f.read_row_group(i, columns=[INTERVAL]).column(0)
+                starts = pc.unique(values).to_pylist()
+            for start in starts:
+                name = interval_file_name(start if start.tzinfo else start.replace(tzinfo=UTC))
+                out.setdefault(name, []).append(i)
     return out
 
 
@@ -245,11 +251,22 @@ def _pieces(
     keys: Sequence[str],
     schema: pa.Schema,
 ) -> Iterator[pa.Table]:
-    """One table per interval, in time order, streamed: a day is never held in memory at once."""
+    """One table per interval, in time order, streamed: a day is never held in memory at once (a row
+    group holding several intervals is read once, kept while its intervals are handed out)."""
+    held: dict[int, pa.Table] = {}
     for name in record:
         parts = []
         if name in groups:
-            parts.append(_read(day_path, schema, groups[name]))
+            rgs = groups[name]
+            for i in [i for i in held if i not in rgs]:
+                del held[i]  # intervals come in time order: that row group is done
+            for i in rgs:
+                if i not in held:
+                    held[i] = _read(day_path, schema, [i])
+            got = pa.concat_tables([held[i] for i in rgs]) if len(rgs) > 1 else held[rgs[0]]
+            start = _start_of(Path(name)).to_pydatetime()
+            mask = pc.equal(got[INTERVAL], pa.scalar(start, type=schema.field(INTERVAL).type))
+            parts.append(got if pc.all(mask).as_py() else got.filter(mask))
         if name in files:
             parts.append(_read(files[name], schema))
         if not parts:

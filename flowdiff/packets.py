@@ -429,16 +429,15 @@ def _ns(t: Any) -> int:
 def _sources(store: Store, table: str, start: int | None, end: int | None) -> set[str] | None:
     """Capture ids that fed ``table`` in the intervals ``[start, end)`` (None: a file without the record)."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    from flowdiff.store import _SOURCES_KEY
+    from flowdiff.store import _SOURCES_KEY, file_metadata
 
     since = pd.Timestamp(start, unit="ns", tz="UTC") if start is not None else None
     until = pd.Timestamp(end, unit="ns", tz="UTC") if end is not None else None
     ids: set[str] = set()
     for p in store.files(table, since, until):
         try:
-            meta = pq.ParquetFile(p).schema_arrow.metadata or {}
+            meta = file_metadata(p)
         except (OSError, ValueError) as e:
             raise StoreError(f"{p}: unreadable interval file: {e}") from None
         if _SOURCES_KEY not in meta:

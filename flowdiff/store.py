@@ -32,6 +32,7 @@ counts for those too): a count is never doubled, at worst a table lacks an old c
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -117,13 +118,23 @@ def interval_file_name(start: pd.Timestamp | datetime) -> str:
     return start.astimezone(UTC).strftime(_FILE_FMT) + ".parquet"
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _interval_of_file(name: str) -> pd.Timestamp | None:
+    """Interval start of an interval file name (cached: a week of day files names 2,016 intervals per
+    table, read at every listing; strptime was a second of learn's time)."""
     import pandas as pd
 
+    stem = name.removesuffix(".parquet")
+    if len(stem) != 16 or stem[8] != "T" or stem[15] != "Z" or not (stem[:8] + stem[9:15]).isdigit():
+        return None
     try:
-        return pd.Timestamp(datetime.strptime(name.removesuffix(".parquet"), _FILE_FMT).replace(tzinfo=UTC))
+        start = datetime(
+            int(stem[:4]), int(stem[4:6]), int(stem[6:8]), int(stem[9:11]), int(stem[11:13]), int(stem[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
+    return pd.Timestamp(start)
 
 
 def _day_of_file(name: str) -> pd.Timestamp | None:
@@ -154,8 +165,7 @@ def day_meta(path: Path) -> dict[str, dict[str, Any]]:
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key in _day_meta_cache:
             return _day_meta_cache[key]
-        with pq.ParquetFile(path) as f:
-            meta = f.schema_arrow.metadata or {}
+        meta = file_metadata(path)
         out = json.loads(meta.get(_DAY_KEY, b"{}"))
     except (OSError, ValueError, pa.ArrowInvalid) as e:
         raise StoreError(f"{path}: unreadable day file: {e}") from None
@@ -165,12 +175,32 @@ def day_meta(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Rows of a day file's row group: whole intervals, in time order, gathered up to about this many rows.
+# A row group per 5-minute interval (a few hundred rows each) made reading a day 3 to 5 times slower
+# (per row group and page costs); an interval filter still skips the row groups of other intervals.
+DAY_ROW_GROUP_ROWS = 1 << 16
+
+
+def write_row_group(writer: pq.ParquetWriter, pieces: list[pa.Table]) -> None:
+    """One row group holding ``pieces`` (whole intervals) of a day file."""
+    if not pieces:
+        return
+    t = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+    writer.write_table(t, row_group_size=max(t.num_rows, 1))
+
+
+def file_metadata(path: Path | str) -> dict[bytes, bytes]:
+    """The key-value metadata of a store file's footer. Not ``schema_arrow.metadata``: a day file
+    written by collect gets its record when it is closed, after its schema (flowdiff/dayfile.py); the
+    footer has both kinds (Arrow copies a schema's metadata into it)."""
+    with pq.ParquetFile(path) as f:
+        return dict(f.metadata.metadata or {})
+
+
 def file_sources(path: Path) -> list[str]:
     """The sources an interval file records (empty for a file written before sources were recorded)."""
     try:
-        with pq.ParquetFile(path) as f:
-            meta = f.schema_arrow.metadata or {}
-        return list(json.loads(meta.get(_SOURCES_KEY, b"[]")))
+        return list(json.loads(file_metadata(path).get(_SOURCES_KEY, b"[]")))
     except (OSError, ValueError, pa.ArrowInvalid) as e:
         raise StoreError(f"{path}: unreadable interval file: {e}") from None
 
@@ -235,6 +265,29 @@ def scan_sensor_dir(d: Path) -> SensorDir:
         else:
             out.overlap.add(start)
     return out
+
+
+def _time_order(sd: SensorDir, files: list[tuple[Any, Path]]) -> tuple[list[Path], bool]:
+    """The files of one sensor folder in time order, so rows read in interval order as they did from
+    interval files alone: a day file sorts by its first interval when interval files of its day are
+    beside it (a capture collected straight into a day file after its first parts went to interval
+    files). True when an interval file falls between the intervals of its day file: readers then merge
+    the rows (as for a late part), which puts them in order."""
+    beside = {start.normalize() for start, p in files if p.name[8:9] == "T" and start.normalize() in sd.days}
+    keyed: list[tuple[Any, Path]] = []
+    spans: dict[Any, tuple[Any, Any]] = {}
+    for start, p in files:
+        if start in sd.days and sd.days[start] == p and start in beside:
+            held = sorted(s for name in day_meta(p) if (s := _interval_of_file(name)) is not None)
+            if held:
+                spans[start] = (held[0], held[-1])
+                start = held[0]
+        keyed.append((start, p))
+    mixed = any(
+        p.name[8:9] == "T" and (span := spans.get(start.normalize())) and span[0] < start < span[1]
+        for start, p in files
+    )
+    return [p for _, p in sorted(keyed, key=lambda sp: (sp[0], len(sp[1].name)))], mixed
 
 
 class Store:
@@ -333,9 +386,11 @@ class Store:
         out: list[Path] = []
         overlap = False
         for sd in self.sensor_dirs(table):
-            out += [p for start, p in sd.days.items() if wanted(start, _DAY)]
-            out += [p for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
-            overlap = overlap or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
+            mine = [(start, p) for start, p in sd.days.items() if wanted(start, _DAY)]
+            mine += [(start, p) for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
+            order, mixed = _time_order(sd, mine)
+            out += order
+            overlap = overlap or mixed or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
         return out, overlap
 
     def interval_tokens(self, table: str) -> dict[Any, str]:
@@ -511,7 +566,8 @@ class Store:
         pieces: Iterable[pa.Table],
         record: Mapping[str, Mapping[str, Any]],
     ) -> int:
-        """Write a day file, one row group per piece (an interval each), under a temp name readers ignore;
+        """Write a day file, pieces (an interval each, in time order) gathered into row groups of about
+        :data:`DAY_ROW_GROUP_ROWS` rows, under a temp name readers ignore;
         make it durable, then rename it into place. ``record`` (interval file name -> sources and token) goes
         in the footer: it is what tells readers which interval files the day file replaces. Returns rows."""
         sources = sorted({s for rec in record.values() for s in rec.get("sources", ())})
@@ -525,12 +581,15 @@ class Store:
         def fill(tmp: str) -> None:
             nonlocal rows
             with pq.ParquetWriter(tmp, schema, **_parquet_options(schema)) as w:
+                held: list[pa.Table] = []
                 for piece in pieces:
                     if piece.num_rows:
-                        w.write_table(
-                            piece.replace_schema_metadata(meta), row_group_size=max(piece.num_rows, 1)
-                        )
+                        held.append(piece.replace_schema_metadata(meta))
                         rows += piece.num_rows
+                        if sum(t.num_rows for t in held) >= DAY_ROW_GROUP_ROWS:
+                            write_row_group(w, held)
+                            held = []
+                write_row_group(w, held)
 
         replace_atomically(path, fill)
         return rows

@@ -386,11 +386,11 @@ def long_frames(*, t0: int = 1_700_000_040, minutes: int = 4) -> list[synth.Fram
 def _sources(store: Path) -> set[str]:
     import json
 
-    import pyarrow.parquet as pq
+    from flowdiff.store import file_metadata  # a day file collect wrote has its record in the footer only
 
     out: set[str] = set()
     for f in [store] if store.is_file() else store.rglob("*.parquet"):
-        out.update(json.loads(pq.read_schema(f).metadata[b"flowdiff.sources"]))
+        out.update(json.loads(file_metadata(f)[b"flowdiff.sources"]))
     return out
 
 

@@ -95,15 +95,33 @@ def test_compact_merges_each_day_into_one_file_and_readers_see_the_same(site):
     assert f"merged into {3 * N} day file(s)" in res.line()
 
 
-def test_day_file_has_one_row_group_per_interval_and_a_filter_reads_one(site):
+def test_day_file_row_groups_hold_whole_intervals_and_a_filter_skips_the_others(site, monkeypatch):
+    """Row groups gather whole intervals in time order up to DAY_ROW_GROUP_ROWS rows: a filter on
+    interval_start reads only the row groups of its interval, and no interval is split across two."""
+    import flowdiff.store as fs
+
+    day = Store(site.store, "s1").read(
+        "services", since=pd.Timestamp("2026-11-03T00:00Z"), until=pd.Timestamp("2026-11-04T00:00Z")
+    )
+    sizes = day.groupby("interval_start").size()
+    assert len(sizes) == fx.INTERVALS
+    monkeypatch.setattr(fs, "DAY_ROW_GROUP_ROWS", int(sizes.max()) + 1)  # two intervals or more a group
     compact(site, older_than=0, now=NOW)
     path = Path(site.store) / "services" / "sensor=s1" / "20261103.parquet"
-    assert pq.ParquetFile(path).metadata.num_row_groups == fx.INTERVALS
+    f = pq.ParquetFile(path)
+    assert 1 < f.metadata.num_row_groups < fx.INTERVALS
+    seen: list = []
+    for i in range(f.metadata.num_row_groups):
+        starts = sorted(set(f.read_row_group(i, columns=["interval_start"]).column(0).to_pylist()))
+        assert not set(starts) & set(seen)  # an interval is in one row group only
+        assert not seen or starts[0] > seen[-1]  # time order
+        seen += starts
+    assert len(seen) == fx.INTERVALS
     one = pd.Timestamp("2026-11-03T08:05:00Z")
     frag = next(ds.dataset(path, format="parquet").get_fragments())
     hit = frag.split_by_row_group(filter=ds.field("interval_start") == one.to_pydatetime())
-    assert len(hit) == 1
-    assert set(hit[0].to_table().column("interval_start").to_pylist()) == {one.to_pydatetime()}
+    assert len(hit) == 1 < f.metadata.num_row_groups
+    assert one.to_pydatetime() in set(hit[0].to_table().column("interval_start").to_pylist())
 
 
 def test_compact_is_idempotent_and_respects_the_age(site):

@@ -41,7 +41,7 @@ def _duration(value: str | None, key: str) -> int | None:
 def compact_cmd(config_path, store, older_than, sensors) -> None:
     """Merge the interval files of each complete UTC day into one day file per table and sensor.
 
-    One row group per interval, so interval filters still read one interval; every reader (learn,
+    Row groups of whole intervals, so interval filters skip the other intervals; every reader (learn,
     diff, show, pandas, DuckDB, polars) gives the same results before and after. Safe to interrupt and
     to re-run. `run` does it once a day by itself. Prints one line saying what it merged.
     """

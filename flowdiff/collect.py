@@ -783,7 +783,8 @@ def _drain_due(agg: Aggregator, keep: int, flows: bool) -> bool:
     if not flows:
         return agg.closed_intervals(keep)
     return agg.closed_intervals(2 * keep - 1) or (
-        agg.fine_rows >= agg.rows_kept + max(_FLOW_DRAIN_ROWS, agg.rows_kept // 2) and agg.closed_intervals(keep)
+        agg.fine_rows >= agg.rows_kept + max(_FLOW_DRAIN_ROWS, agg.rows_kept // 2)
+        and agg.closed_intervals(keep)
     )
 
 

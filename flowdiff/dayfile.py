@@ -92,9 +92,7 @@ class DayFiles:
         self._closed: set[tuple[str, int]] = set()  # (table, day) written by others or already finished
         self._late: list[tuple[str, Sequence[str], pa.Table, str]] = []
 
-    def write(
-        self, batch: WriteBatch, table: str, keys: Sequence[str], rows: pa.Table, source: str
-    ) -> int:
+    def write(self, batch: WriteBatch, table: str, keys: Sequence[str], rows: pa.Table, source: str) -> int:
         """Merge the rows of one part (sorted by interval, unique per key, as the Aggregator drains them)
         into the store: into day files when the capture writes them, else through ``batch``."""
         if not rows.num_rows:

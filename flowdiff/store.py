@@ -129,7 +129,12 @@ def _interval_of_file(name: str) -> pd.Timestamp | None:
         return None
     try:
         start = datetime(
-            int(stem[:4]), int(stem[4:6]), int(stem[6:8]), int(stem[9:11]), int(stem[11:13]), int(stem[13:15]),
+            int(stem[:4]),
+            int(stem[4:6]),
+            int(stem[6:8]),
+            int(stem[9:11]),
+            int(stem[11:13]),
+            int(stem[13:15]),
             tzinfo=UTC,
         )
     except ValueError:
@@ -387,10 +392,14 @@ class Store:
         overlap = False
         for sd in self.sensor_dirs(table):
             mine = [(start, p) for start, p in sd.days.items() if wanted(start, _DAY)]
-            mine += [(start, p) for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))]
+            mine += [
+                (start, p) for start, p in sd.intervals.items() if wanted(start, timedelta(microseconds=1))
+            ]
             order, mixed = _time_order(sd, mine)
             out += order
-            overlap = overlap or mixed or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
+            overlap = (
+                overlap or mixed or any(wanted(start, timedelta(microseconds=1)) for start in sd.overlap)
+            )
         return out, overlap
 
     def interval_tokens(self, table: str) -> dict[Any, str]:

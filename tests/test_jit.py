@@ -28,6 +28,7 @@ from netflow_ref import (
     v5_datagram,
     v9_datagram,
 )
+from test_zeek import HEADER as ZEEK_HEADER  # the same conn.log header the Zeek tests read
 
 from flowdiff import _jit
 from flowdiff.listen import SpoolRecord, SpoolWriter
@@ -127,15 +128,6 @@ def _flow_spool(d: Path) -> Path:
     return w.files[-1]
 
 
-ZEEK_HEADER = [
-    "#separator \\x09",
-    "#set_separator\t,",
-    "#empty_field\t(empty)",
-    "#unset_field\t-",
-    "#path\tconn",
-    "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tduration\torig_pkts\torig_ip_bytes\tresp_pkts\tresp_ip_bytes",
-    "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tinterval\tcount\tcount\tcount\tcount",
-]
 ZEEK_LINES = [
     "1700000000.5\tC1\t10.0.0.1\t53\t10.0.0.2\t40000\tudp\t0.5\t2\t100\t3\t300",
     "1700000001.0\tC2\t2001:db8::1\t50000\t2001:db8::2\t443\ttcp\t-\t4\t400\t-\t-",
@@ -167,7 +159,7 @@ def inputs(tmp_path_factory) -> list[str]:
     )
     paths.append(str(_flow_spool(d / "flows")))
     tsv = d / "conn.log"
-    tsv.write_text("\n".join([*ZEEK_HEADER, *ZEEK_LINES]) + "\n")
+    tsv.write_text("\n".join([ZEEK_HEADER, *ZEEK_LINES]) + "\n")
     (d / "conn.log.gz").write_bytes(gzip.compress(tsv.read_bytes().replace(b"C1", b"G1"), mtime=0))
     keys = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration",
             "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")  # fmt: skip

@@ -30,6 +30,7 @@ from flowdiff.errors import ClusterError, FlowdiffError
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler before giving up with one line
 _DELAY_ENV = "FLOWDIFF_TEST_TASK_DELAY"  # tests: seconds each task sleeps (to kill a worker mid-learn)
+_STARTED_ENV = "FLOWDIFF_TEST_TASK_STARTED"  # tests: a folder where a delayed task leaves its worker's pid
 
 
 @contextlib.contextmanager
@@ -87,6 +88,9 @@ def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Runs on a worker."""
     delay = os.environ.get(_DELAY_ENV)
     if delay:
+        started = os.environ.get(_STARTED_ENV)
+        if started:  # the test kills exactly the worker that is inside a task
+            open(os.path.join(started, str(os.getpid())), "w").close()
         time.sleep(float(delay))
     return fn(*args, **kwargs)
 

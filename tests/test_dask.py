@@ -186,7 +186,6 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(site, monkeypatch)
 def test_learn_from_a_store_on_s3_on_the_cluster(site, cluster, tmp_path, monkeypatch):
     """Workers read the partitions straight from object storage (a moto server on loopback)."""
     moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    from distributed import Client
     from pyarrow import fs
 
     local, _ = site
@@ -217,8 +216,7 @@ def test_learn_from_a_store_on_s3_on_the_cluster(site, cluster, tmp_path, monkey
             Path(remote.source).read_text().replace(f'store = "{remote.store}"', 'store = "s3://flows/site"')
         )
         Path(remote.source).write_text(text)
-        with Client(cluster, set_as_default=False) as client:
-            client.run(os.environ.update, aws)  # the workers' credentials come from their environment
+        _set_worker_env(cluster, aws)  # the workers' credentials come from their environment
         learn(local)
         r = _cli(remote, "learn", "--scheduler", cluster)
         assert r.exit_code == 0, r.output
@@ -227,33 +225,36 @@ def test_learn_from_a_store_on_s3_on_the_cluster(site, cluster, tmp_path, monkey
         srv.stop()
 
 
-def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, cluster):
-    """Last in the module: it kills a worker of the shared cluster (its nanny starts a new one)."""
+def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, cluster, tmp_path):
+    """Last in the module: it kills a worker of the shared cluster (its nanny starts a new one).
+
+    The worker to kill is the one that reports (through a file) that it is inside a learn task, which
+    the task delay keeps busy long enough."""
     local, remote = site
     expected = _hashes_after_learn(local)
-    from distributed import Client
+    started = tmp_path / "started"
+    started.mkdir()
+    env = {fdist._DELAY_ENV: "1.5", fdist._STARTED_ENV: str(started)}  # long enough to be killed mid-task
+    _set_worker_env(cluster, env)
+    outcome: dict = {}
 
-    with Client(cluster, set_as_default=False) as client:
-        client.run(os.environ.__setitem__, fdist._DELAY_ENV, "1.5")  # long enough to be seen mid-task
-        pids = list(client.run(os.getpid).values())
-        outcome: dict = {}
+    def run() -> None:
+        try:
+            outcome["result"] = learn(remote, scheduler=cluster)
+        except ClusterError as e:
+            outcome["error"] = e
 
-        def run() -> None:
-            try:
-                outcome["result"] = learn(remote, scheduler=cluster)
-            except ClusterError as e:
-                outcome["error"] = e
-
-        t = threading.Thread(target=run)
-        t.start()
-        deadline = time.monotonic() + 30
-        while not any(client.processing().values()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert any(client.processing().values()), f"the learn never reached the workers: {outcome}"
-        os.kill(pids[0], signal.SIGKILL)
-        t.join(120)
-        assert not t.is_alive()
-        client.run(os.environ.pop, fdist._DELAY_ENV, None)
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 120
+    while not any(started.iterdir()) and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    inside = [int(p.name) for p in started.iterdir()]
+    assert inside, f"no learn task reached a worker: {outcome}"
+    os.kill(inside[0], signal.SIGKILL)
+    t.join(180)
+    assert not t.is_alive()
+    _set_worker_env(cluster, dict.fromkeys(env))
     if "error" in outcome:  # failed cleanly: one line, nothing written
         assert "\n" not in str(outcome["error"]) and "nothing was written" in str(outcome["error"])
         assert list(history(remote)) == []
@@ -261,6 +262,26 @@ def test_worker_killed_during_learn_fails_cleanly_or_completes_correctly(site, c
     else:
         assert _hashes(remote) == expected
         assert outcome["result"].version == "v0001"
+
+
+def _set_worker_env(cluster: str, items: dict) -> None:
+    """Sets (or, for None, removes) environment variables in every worker process.
+
+    Not ``client.run(os.environ.update, ...)``: that pickles a copy of this process's ``os.environ``
+    and updates the copy. A local function is sent by value and runs on the worker itself."""
+    from distributed import Client
+
+    def setenv(items: dict) -> dict:
+        for k, v in items.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return {k: os.environ.get(k) for k in items}
+
+    with Client(cluster, set_as_default=False) as client:
+        seen = client.run(setenv, items)
+    assert seen and all(v == items for v in seen.values()), seen
 
 
 def _hashes_after_learn(config) -> dict[str, str]:

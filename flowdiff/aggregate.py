@@ -42,9 +42,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowdiff._jit import njit
+from flowdiff._lazy import lazy
 from flowdiff._prefetch import prefetch1, prefetch2
 from flowdiff.config import TableConfig
 from flowdiff.errors import ConfigError
@@ -65,6 +65,8 @@ from flowdiff.schema import (
     parse_net_key,
     table_schema,
 )
+
+pc = lazy("pyarrow.compute")
 
 __all__ = ["Aggregator", "Drained", "aggregate"]
 

@@ -56,6 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -69,19 +70,12 @@ from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
-from flowdiff.logsource import (
-    appended_to,
-    is_log_file,
-    iter_file_rows,
-    log_tables,
-    merge_examples,
-    packet_tables,
-)
-from flowdiff.logsource import content_sha256 as log_sha256
-from flowdiff.netflow import FlowRouter, TemplateStore
-from flowdiff.schema import INTERVAL, DecodeStatus
+from flowdiff.schema import INTERVAL, DecodeStatus, is_log_table
 from flowdiff.store import LedgerEntry, Store, int64_values
 from flowdiff.zeek import ZeekReader, sniff_conn_log
+
+if TYPE_CHECKING:  # flow records and syslog are imported when a file needs them (start-up of cron runs)
+    from flowdiff.netflow import FlowRouter, TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +286,7 @@ def _scan_dir(d: Path, found: Found, *, all_files: bool, settle: int, now: float
         if not stat.S_ISREG(st.st_mode):
             continue
         kind = sniff_start(p)
-        if kind == "other" and is_log_file(p):  # syslog: same spool rules, its own newest file
+        if kind == "other" and _is_log_file(p):  # syslog: same spool rules, its own newest file
             kind = "log"
         if kind == "other" and sniff_conn_log(p):  # a Zeek conn.log: read like a capture
             kind = "capture"
@@ -411,9 +405,10 @@ def _collect_one(
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in known.failed:
         return FileResult(str(path), "known")
-    if sniff_start(path) == "other" and is_log_file(path):
-        return _collect_log(path, key, config, log_tables(tables), store, known, result)
-    tables = packet_tables(tables)
+    if sniff_start(path) == "other" and _is_log_file(path):
+        logs = {n: tc for n, tc in tables.items() if is_log_table(tc.keys)}
+        return _collect_log(path, key, config, logs, store, known, result)
+    tables = {n: tc for n, tc in tables.items() if not is_log_table(tc.keys)}
     ident = known.by_stat.get(key)
     if ident is not None and not set(tables) - known.filled[ident]:
         return FileResult(str(path), "known")
@@ -461,6 +456,8 @@ def _collect_one(
         parts = _PartWriter(store, tables, capture_id, fr, result)
         router, again = None, False
         if not zeek_kind and (config.flow_ports or is_flow_spool(path)):
+            from flowdiff.netflow import FlowRouter
+
             cache, again = (templates or _LazyTemplates(config.store)).get().for_file(capture_id)
             router = FlowRouter(
                 cache,
@@ -512,6 +509,9 @@ def _collect_log(
     """A syslog file (flowdiff.logsource): the same ledger, part ids and idempotence as a capture. Its
     identity and part ids are the sha256 of its decompressed lines, so logrotate's renamed and gzipped
     copies are recognised as collected."""
+    from flowdiff.logsource import appended_to, iter_file_rows, merge_examples
+    from flowdiff.logsource import content_sha256 as log_sha256
+
     fr = FileResult(str(path), "ok")
     if not tables:
         why = "syslog, but no log table is configured (add a [logs] section to the config)"
@@ -592,6 +592,12 @@ def _collect_log(
     return fr
 
 
+def _is_log_file(path: Path) -> bool:
+    from flowdiff.logsource import is_log_file
+
+    return is_log_file(path)
+
+
 class _LazyTemplates:
     """The flow template store (``netflow.TemplateStore``), opened on first use only."""
 
@@ -601,6 +607,8 @@ class _LazyTemplates:
 
     def get(self) -> TemplateStore:
         if self._store is None:
+            from flowdiff.netflow import TemplateStore
+
             self._store = TemplateStore(self.root)
         return self._store
 
@@ -639,9 +647,12 @@ class _PartWriter:
 
     Part ``k`` of capture ``c`` has the source id ``c#k``: reading is deterministic, so a re-run after a
     crash drains the same parts and the store skips exactly those an interval file already holds.
-    Tables are built and written on a helper thread (Arrow and the compiled stage 2 release the GIL)
-    while reading goes on; at most ``_AHEAD`` parts wait, which bounds memory. Parts are written in
-    order, one at a time; :meth:`close` waits for all of them (and raises a store error, if any)."""
+    Two helper threads work while reading goes on: one builds the tables of a part while the other
+    writes the tables of the part before it (Arrow, zstd and the compiled stage 2 release the GIL, so on
+    a capture that makes many rows the second core is busy all the time instead of one thread building
+    and writing in turn). At most ``_AHEAD`` parts are in flight, which bounds memory. Parts are built in
+    order and written in order, one at a time; :meth:`close` waits for all of them (and raises a store
+    error, if any)."""
 
     _AHEAD = 2
 
@@ -657,6 +668,7 @@ class _PartWriter:
         self.fr, self.result = fr, result
         self.parts = 0
         self.days = DayFiles(store)  # a capture of many intervals writes day files (flowdiff/dayfile.py)
+        self._build = ThreadPoolExecutor(1, thread_name_prefix="flowdiff-build")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowdiff-store")
         self._pending: collections.deque[Future] = collections.deque()
 
@@ -667,7 +679,8 @@ class _PartWriter:
         self.parts += 1
         while len(self._pending) >= self._AHEAD:
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self._write, drained, source))
+        built = self._build.submit(_tables_of, drained)
+        self._pending.append(self._pool.submit(self._write, built, source))
 
     def close(self) -> None:
         """Wait until every part is durable; the first error is raised (the other parts still finish)."""
@@ -676,10 +689,11 @@ class _PartWriter:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._build.shutdown(wait=True, cancel_futures=True)
             self.fr.rows_written += self.days.close()  # the parts written so far count, even on an error
 
-    def _write(self, drained: Drained | dict[str, pa.Table], source: str) -> None:
-        tables = drained.tables() if isinstance(drained, Drained) else drained
+    def _write(self, built: Future, source: str) -> None:
+        tables = built.result()  # a part that failed to build fails its write: the parts before it stand
         with self.store.batch() as batch:
             for name, rows in tables.items():
                 if not rows.num_rows:
@@ -688,9 +702,14 @@ class _PartWriter:
                 self.result.intervals.update(_interval_starts(rows))
 
 
+def _tables_of(drained: Drained | dict[str, pa.Table]) -> dict[str, pa.Table]:
+    return drained.tables() if isinstance(drained, Drained) else drained
+
+
 def _interval_starts(rows: pa.Table) -> set[datetime]:
     starts = int64_values(rows.column(INTERVAL))
-    return {datetime.fromtimestamp(v / 1e6, UTC) for v in set(starts.tolist())}  # np.unique imports numpy.ma
+    heads = starts[np.flatnonzero(starts[1:] != starts[:-1]) + 1]  # rows come grouped by interval
+    return {datetime.fromtimestamp(v / 1e6, UTC) for v in {int(starts[0]), *heads.tolist()}}
 
 
 _DONE = object()

@@ -32,9 +32,11 @@ Placeholders hold no digit, so masking a template again changes nothing.
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from flowdiff._lazy import lazy
 from flowdiff.syslog import collapse_digits
+
+pc = lazy("pyarrow.compute")
 
 _TOKEN_END = r"[^\s,;:()\[\]{}<>\"'=]"
 

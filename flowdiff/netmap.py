@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowdiff._jit import njit
+from flowdiff._lazy import lazy
+
+pc = lazy("pyarrow.compute")
 
 if TYPE_CHECKING:
     import pandas as pd

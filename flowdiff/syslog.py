@@ -33,9 +33,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flowdiff._jit import njit
+from flowdiff._lazy import lazy
+
+pc = lazy("pyarrow.compute")
 
 NIL = "-"  # unknown host / program / facility / severity (RFC 5424's nil value)
 

@@ -291,6 +291,73 @@ def test_kernels_are_lazy_then_all_compiled_at_once():
     assert first == second  # the same wrapped uint64 value interpreted and compiled
 
 
+SMALL_COLLECT = """
+import json, os, sys
+from flowdiff.cli import main
+try:
+    main(["collect", "--store", sys.argv[2], sys.argv[1]], standalone_mode=False)
+finally:
+    heavy = ("numba", "pandas", "pyarrow.compute", "pyarrow.dataset")
+    print(json.dumps({m: m in sys.modules for m in heavy}))
+"""
+
+
+def test_collecting_a_small_capture_loads_neither_numba_nor_pandas_nor_arrow_compute(tmp_path):
+    """What cron and watch pay on every pass: these imports cost 0.05-0.5 s each, and a capture of a
+    few packets needs none of them (pyarrow's Array.cast imports pyarrow.compute: avoided too)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(SMALL_COLLECT),
+            str(DATA / "tcpdump__LINKTYPE_IPV4.pcap"),
+            str(tmp_path / "s"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 file collected" in proc.stdout
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert not any(loaded.values()), loaded
+    assert list((tmp_path / "s").rglob("*.parquet"))
+
+
+WARM = """
+import sys, threading
+import numpy as np
+from flowdiff import _jit, canon
+assert "numba" not in sys.modules
+_jit.warm_up()
+print(int(canon._mix(np.uint64(12345))))  # called while numba may still be loading: waits for it
+assert "numba" in sys.modules and _jit._engaged
+_jit.warm_up()  # engaged already: no second thread
+assert sum(t.name == "flowdiff-jit-warm-up" for t in threading.enumerate()) <= 1
+"""
+
+
+def test_warm_up_engages_numba_on_a_thread_and_a_kernel_called_meanwhile_waits_for_it():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(WARM)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with _jit.interpreted():
+        import numpy as np
+
+        from flowdiff import canon
+
+        assert int(proc.stdout.split()[0]) == int(canon._mix(np.uint64(12345)))
+
+
 FUZZ = """
 import random, sys
 import numpy as np

@@ -91,6 +91,7 @@ class DayFiles:
         self._open: dict[tuple[str, int], _OpenDay] = {}
         self._closed: set[tuple[str, int]] = set()  # (table, day) written by others or already finished
         self._late: list[tuple[str, Sequence[str], pa.Table, str]] = []
+        self._files: dict[Path, set[str]] = {}  # folder -> names of its files, listed once
 
     def write(self, batch: WriteBatch, table: str, keys: Sequence[str], rows: pa.Table, source: str) -> int:
         """Merge the rows of one part (sorted by interval, unique per key, as the Aggregator drains them)
@@ -115,13 +116,15 @@ class DayFiles:
         folder = self.store.interval_path(table, _EPOCH).parent
         written = 0
         plain: list[pa.Table] = []
+        plain_names: list[str] = []
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             start = int(starts[lo])
             name = _file_name_us(start)
             piece = rows.slice(int(lo), int(hi - lo))
             day = self._day(table, folder, start // _DAY_US, schema)
-            if day is None or (folder / name).exists():
+            if day is None or name in self._listing(folder):
                 plain.append(piece)
+                plain_names.append(name)
             elif name in day.record:  # a late frame: beside the day file, once it is in place
                 self._late.append((table, keys, piece, source))
             else:
@@ -133,9 +136,22 @@ class DayFiles:
                 day.rows += piece.num_rows
                 written += piece.num_rows
         if plain:
+            self._listing(folder).update(plain_names)
             merged = plain[0] if len(plain) == 1 else pa.concat_tables(plain)
             written += batch.write_interval_rows(table, keys, merged, source, presorted=True)
         return written
+
+    def _listing(self, folder: Path) -> set[str]:
+        """The files of a sensor's table folder, listed on first use: one listing instead of a stat per
+        interval (a week is 2,016 intervals per table). The store lock keeps other writers out, and the
+        interval files this capture writes are added as it writes them."""
+        got = self._files.get(folder)
+        if got is None:
+            try:
+                got = self._files[folder] = set(os.listdir(folder))
+            except FileNotFoundError:
+                got = self._files[folder] = set()
+        return got
 
     def _day(self, table: str, folder: Path, day: int, schema: pa.Schema) -> _OpenDay | None:
         """The open day file of ``day``, opened now when the day has no day file yet; None when the

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdiff._jit import warm_up
@@ -39,7 +40,7 @@ from flowdiff.errors import BaselineError, ConfigError, LearnRefused, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.netmap import NetworkMap
 from flowdiff.rules import current_user, parse_where, where_mask
-from flowdiff.schema import INTERVAL, TIMESTAMP, key_type
+from flowdiff.schema import INTERVAL, PARTITION, TIMESTAMP, key_type
 from flowdiff.sensors import claim_baselines
 from flowdiff.state import commit_state, load_state, lock
 from flowdiff.store import Store
@@ -547,12 +548,27 @@ def _learn_chunk(store: Store, tc: TableConfig, nmap: NetworkMap, starts: list[p
     """Per-key evidence of one chunk of intervals (runs locally, or on a Dask worker): the number of
     distinct intervals a canonical key was seen in (by any sensor), and its summed metrics."""
     keys = list(tc.keys)
-    chunk = canonical_keys(store.interval_table(tc.name, keys, starts), tc, nmap)
+    rows = store.interval_table(tc.name, keys, starts)
+    chunk = canonical_keys(rows, tc, nmap)
+    # The store holds one row per sensor, interval and key (its writes and reads merge them): unless
+    # canonical forms merged keys or several sensors share the intervals, a key's rows are its intervals,
+    # and Arrow's "count" is 3-4x cheaper than the hash set per group of "count_distinct".
+    one_row_each = _COUNT_ROWS and chunk is rows and (store.sensor is not None or _sensors(rows) <= 1)
+    intervals = "count" if one_row_each else "count_distinct"
     return (
-        _reduce(chunk, keys, {**_EVIDENCE, INTERVAL: "count_distinct"})
+        _reduce(chunk, keys, {**_EVIDENCE, INTERVAL: intervals})
         .rename_columns([*keys, *_EVIDENCE, "intervals"])
         .cast(_evidence_schema(keys))
     )
+
+
+_COUNT_ROWS = True  # tests turn it off to check that both ways give the same baseline
+
+
+def _sensors(rows: pa.Table) -> int:
+    if PARTITION not in rows.column_names or not rows.num_rows:
+        return 1
+    return int(pc.count_distinct(rows[PARTITION]).as_py())
 
 
 _SWAP = {

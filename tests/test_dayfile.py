@@ -172,3 +172,29 @@ def test_compacting_a_collected_day_keeps_rows_and_tokens(tmp_path, day_mode):
     assert f.metadata.num_rows == len(
         before["hosts"][before["hosts"].interval_start < pd.Timestamp(MIDNIGHT, unit="s", tz="UTC")]
     )
+
+
+def test_learn_counts_intervals_by_rows_and_the_late_file_once(tmp_path, day_mode, monkeypatch):
+    """learn counts a key's intervals by its rows when each sensor, interval and key is one row (the
+    store merges a late interval file into its day file's interval as it reads): the baseline is the
+    one counting distinct intervals gives."""
+    from flowdiff import baseline
+
+    cap = _capture(tmp_path)
+    store = tmp_path / "st"
+    hashes, intervals = {}, {}
+    for by_rows in (True, False):
+        monkeypatch.setattr(baseline, "_COUNT_ROWS", by_rows)
+        cfg = parse_config(
+            {"sensor": "s", "store": str(store), "baselines": str(tmp_path / f"b{by_rows}"), "interval": 60}
+        )
+        if by_rows:
+            collect([cap], cfg)
+            assert (store / "hosts" / "sensor=s" / "20231114T235400Z.parquet").exists()
+        baseline.learn(cfg, min_intervals=1, min_packets=1)
+        version = baseline.get_version(cfg)
+        hashes[by_rows] = {t: e.hash for t, e in version.tables.items()}
+        entry = version.tables["hosts"]
+        intervals[by_rows] = baseline.read_baseline(cfg, entry).column("intervals").to_pylist()
+    assert hashes[True] == hashes[False] and len(hashes[True]) >= 4
+    assert intervals[True] == intervals[False] and max(intervals[True]) == 12

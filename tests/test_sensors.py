@@ -211,3 +211,24 @@ def test_sensor_sets_merge_names_and_joined_sets():
     out = sensor_sets(np.arange(70) % 2, 2, many)
     assert out[0] == ", ".join(f"s{i:02d}" for i in range(0, 70, 2))
     assert out[1] == ", ".join(f"s{i:02d}" for i in range(1, 70, 2))
+
+
+def test_shared_baseline_counts_an_interval_seen_by_two_sensors_once(tmp_path, monkeypatch):
+    """Both sensors saw 192.0.2.10 in the same two intervals: 2 intervals, not 4 (learn counts rows
+    only where a key's rows are its intervals, one sensor)."""
+    from flowdiff import baseline
+
+    cfg = {s: write_config(tmp_path, s, 'baseline_scope = "all"') for s in ("a", "b")}
+    for s, clients in (("a", [10, 11]), ("b", [10, 20])):
+        res = run("collect", str(capture(tmp_path / f"{s}.pcap", clients)), "--config", str(cfg[s]))
+        assert res.exit_code == 0, res.output
+    config = load_config(cfg["a"])
+    counted = {}
+    for by_rows in (True, False):
+        monkeypatch.setattr(baseline, "_COUNT_ROWS", by_rows)
+        baseline.learn(config, force=True, reason=f"by rows: {by_rows}")
+        entry = get_version(config).tables["hosts"]
+        t = read_baseline(config, entry).to_pandas()
+        counted[by_rows] = (entry.hash, dict(zip(t["src"], t["intervals"], strict=True)))
+    assert counted[True] == counted[False]
+    assert counted[True][1]["192.0.2.10"] == 2

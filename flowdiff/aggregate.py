@@ -606,21 +606,35 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
 
 @njit(cache=True, nogil=True)
 def _take_strings(offsets, data, idx):
-    """Arrow string gather: the values ``idx`` of a string array given by its buffers."""
+    """Arrow string gather: the values ``idx`` of a string array given by its buffers. Strings are
+    copied in fixed steps of 16 bytes (a loop of known length the compiler unrolls; the bytes written
+    past a string's end are overwritten by the next one, or fall in the slack at the end)."""
     m = idx.shape[0]
     out_off = np.empty(m + 1, dtype=np.int64)
     out_off[0] = 0
     for t in range(m):
         k = idx[t]
         out_off[t + 1] = out_off[t] + offsets[k + 1] - offsets[k]
-    out = np.empty(out_off[m], dtype=np.uint8)
+    total = out_off[m]
+    out = np.empty(total + 16, dtype=np.uint8)
+    nd = _U(data.shape[0])
     for t in range(m):
         k = idx[t]
-        a = offsets[k]
-        o = out_off[t]
-        for c in range(offsets[k + 1] - a):
-            out[o + c] = data[a + c]
-    return out_off, out
+        # unsigned indices: no negative-index wraparound test per byte, which keeps the copy a loop
+        a = _U(offsets[k])
+        ln = _U(offsets[k + 1]) - a
+        o = _U(out_off[t])
+        if a + ln + _U(16) <= nd:
+            c = _ZERO
+            while c < ln:
+                for j in range(16):
+                    jj = _U(j)
+                    out[o + c + jj] = data[a + c + jj]
+                c += _U(16)
+        else:  # near the end of the data: no reading past it
+            for c in range(ln):
+                out[o + _U(c)] = data[a + _U(c)]
+    return out_off, out[:total]
 
 
 @njit(cache=True, nogil=True)
@@ -1045,6 +1059,61 @@ def _reduce_runs(rows, starts, metrics):
         f[q] = np.int64(lo ^ _SIGN)
         la[q] = np.int64(hi ^ _SIGN)
     return p, b, f, la
+
+
+@njit(cache=True, nogil=True)
+def _reduce_sorted(keys, shift, elems, sel, metrics):
+    """Runs of equal key in sorted ``keys``, reduced in one sequential pass: (fine row of each run's
+    first element, packets, bytes, first_seen, last_seen). Element t is ``elems[t]``, or when ``elems``
+    is empty, the low ``shift`` bits of ``keys[t]`` (whose key is then the bits above); its fine row
+    is ``sel[element]`` (empty ``sel``: the element itself). The metrics of the rows a few dozen
+    elements ahead are prefetched: sorted order reads them at random places."""
+    n = keys.shape[0]
+    packed = elems.shape[0] == 0
+    has_sel = sel.shape[0] > 0
+    sh = _U(shift) if packed else _ZERO
+    mask = (_ONE << sh) - _ONE
+    firsts = np.empty(n, dtype=np.int64)
+    p = np.empty(n, dtype=np.uint64)
+    b = np.empty(n, dtype=np.uint64)
+    lo = np.empty(n, dtype=np.uint64)
+    hi = np.empty(n, dtype=np.uint64)
+    g = -1
+    prev = _ZERO
+    for t in range(n):
+        ahead = t + 24
+        if ahead < n:
+            ea = np.int64(keys[ahead] & mask) if packed else elems[ahead]
+            if has_sel:
+                if ahead + 16 < n:
+                    prefetch1(sel, np.int64(keys[ahead + 16] & mask) if packed else elems[ahead + 16])
+                ea = sel[ea]
+            prefetch2(metrics, ea, 0)
+            prefetch2(metrics, ea, 3)
+        v = keys[t]
+        e = np.int64(v & mask) if packed else elems[t]
+        r = sel[e] if has_sel else e
+        k = v >> sh
+        if t == 0 or k != prev:
+            g += 1
+            firsts[g] = r
+            p[g] = metrics[r, 0]
+            b[g] = metrics[r, 1]
+            lo[g] = metrics[r, 2]
+            hi[g] = metrics[r, 3]
+            prev = k
+        else:
+            p[g] += metrics[r, 0]
+            b[g] += metrics[r, 1]
+            lo[g] = min(lo[g], metrics[r, 2])
+            hi[g] = max(hi[g], metrics[r, 3])
+    g += 1
+    f = np.empty(g, dtype=np.int64)
+    la = np.empty(g, dtype=np.int64)
+    for q in range(g):
+        f[q] = np.int64(lo[q] ^ _SIGN)
+        la[q] = np.int64(hi[q] ^ _SIGN)
+    return firsts[:g], p[:g], b[:g], f, la
 
 
 @njit(inline="always")
@@ -1720,11 +1789,7 @@ class Aggregator:
         if grouped is not None:
             firsts, p, b, f, la = grouped
         else:
-            order = _sort_within_intervals(inum, code, card)
-            starts = _runs(order, code, inum)
-            rows = order if sel is None else sel[order]  # fine-row number of each sorted row
-            firsts = rows[starts]
-            p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
+            firsts, p, b, f, la = _sorted_groups(inum, code, card, sel, fine.metrics)
         start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
         columns = [_ts_array(start_us)]
         columns += [build(firsts) for _, _, build in ranks]
@@ -2061,6 +2126,28 @@ def _group_reduce(
     f = (acc[:, 2] ^ _SIGN).view(np.int64)
     la = (acc[:, 3] ^ _SIGN).view(np.int64)
     return firsts, acc[:, 0], acc[:, 1], f, la
+
+
+def _sorted_groups(
+    inum: np.ndarray, code: np.ndarray, card: int, sel: np.ndarray | None, metrics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_group_reduce`'s result by sorting (large key spaces). While (interval, code) and the row
+    number fit in one word, the words are sorted (no argsort) and reduced in order, keys read from them."""
+    span = int(inum[-1]) - int(inum[0]) + 1
+    n = len(inum)
+    rows = _NO_ROWS if sel is None else np.ascontiguousarray(sel, dtype=np.int64)
+    if card * span < 1 << 63:
+        key = code if span == 1 else (inum - inum[0]).astype(np.uint64) * np.uint64(card) + code
+        bits = max(n - 1, 1).bit_length()
+        if card * span < 1 << (64 - bits):
+            packed = np.sort((key << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
+            return _reduce_sorted(packed, bits, _NO_ROWS, rows, metrics)  # type: ignore[no-any-return]
+        order = np.argsort(key)
+        return _reduce_sorted(key[order], 0, order, rows, metrics)  # type: ignore[no-any-return]
+    order = _sort_within_intervals(inum, code, card)
+    starts = _runs(order, code, inum)
+    fine_rows = order if sel is None else sel[order]  # fine-row number of each sorted row
+    return (fine_rows[starts], *_reduce_runs(fine_rows, starts, metrics))
 
 
 def _sort_within_intervals(inum: np.ndarray, code: np.ndarray, card: int) -> np.ndarray:

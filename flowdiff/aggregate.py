@@ -1189,6 +1189,47 @@ def _gather_rows(rows, perm, which):
     return out
 
 
+_ST_OK = np.uint64(DecodeStatus.OK)
+_ST_NOT_IP = np.uint64(DecodeStatus.NOT_IP)
+
+
+@njit(cache=True, nogil=True)
+def _station_rows(k6, k7, src_hi, src_lo, own):
+    """The fine rows that give a station (ARP senders, and IP sources but 0.0.0.0 / ::), with the
+    words of the address they carry: (4, 0, sender) for ARP; the source for neighbour discovery,
+    link-local and own-network (``own``, per row; empty: none) sources; (0, 0, 0), ``internet``, for
+    any other IP source. One pass over the packed key words, no temporary per condition."""
+    n = k6.shape[0]
+    has_own = own.shape[0] > 0
+    sel = np.empty(n, dtype=np.int64)
+    w0 = np.empty(n, dtype=np.uint64)
+    w1 = np.empty(n, dtype=np.uint64)
+    w2 = np.empty(n, dtype=np.uint64)
+    m = 0
+    for i in range(n):
+        x = k6[i]
+        status = (x >> _U(60)) & _U(7)
+        ver = (x >> _U(56)) & _U(15)
+        hi = src_hi[i]
+        lo = src_lo[i]
+        ok = status == _ST_OK
+        arp = status == _ST_NOT_IP and ((k7[i] >> _U(16)) & _U(0xFFFF)) == _U(0x0806) and lo != _ZERO
+        if not (arp or (ok and (hi != _ZERO or lo != _ZERO))):
+            continue
+        icmp_type = (x >> _U(40)) & _U(0xFF)
+        nd = ok and ver == _U(6) and (x & _U(0xFF)) == _U(58) and _U(133) <= icmp_type <= _U(137)
+        link_local = (ver == _U(6) and (hi >> _U(54)) == _U(0x3FA)) or (
+            ver == _U(4) and (lo >> _U(16)) == _U(0xA9FE)
+        )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
+        real = (has_own and ok and own[i]) or nd or link_local
+        w0[m] = _U(4) if arp else (ver if real else _ZERO)
+        w1[m] = hi if real else _ZERO
+        w2[m] = lo if (arp or real) else _ZERO
+        sel[m] = i
+        m += 1
+    return sel[:m], w0[:m], w1[:m], w2[:m]
+
+
 # ---------------------------------------------------------------------------------------------
 # planning: which base fields the configured tables need
 
@@ -1487,6 +1528,11 @@ class Aggregator:
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
         self._syns = _SynMemory(self.max_syns)  # SYNs of drained rows
+        keys = self._all_keys()  # stage 2: which values are ranked for both sides at once
+        self._both_sides = {
+            "addresses": bool(keys & {"client", "server"}) or {"src", "dst"} <= keys,
+            "macs": {"src_mac", "dst_mac"} <= keys,
+        }
 
     # -- stage 1 -------------------------------------------------------------------------------
 
@@ -1732,34 +1778,27 @@ class Aggregator:
         address, IPv6 neighbour discovery and IP frames from the config's own networks (or link-local)
         their source; any other IP source is ``internet`` (a router's MAC carrying the internet is one
         row); a source of 0.0.0.0 or :: (DHCP discover, duplicate address detection) is no address."""
-        small, ver = fine.small, fine.ip_version
-        ok = small["status"] == DecodeStatus.OK
-        arp = (small["status"] == DecodeStatus.NOT_IP) & (small["ethertype"] == 0x0806) & (fine.src_lo != 0)
-        nd = (
-            ok
-            & (ver == 6)
-            & (small["proto"] == 58)
-            & (small["icmp_type"] >= 133)
-            & (small["icmp_type"] <= 137)
-        )
-        unspecified = (fine.src_hi == 0) & (fine.src_lo == 0)  # DHCP discover, duplicate address detection
-        link_local = ((ver == 6) & ((fine.src_hi >> _U(54)) == _U(0x3FA))) | (
-            (ver == 4) & ((fine.src_lo >> _U(16)) == _U(0xA9FE))
-        )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
-        own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
-        real = own | nd | link_local
-        sel = np.flatnonzero(
-            arp | (ok & ~unspecified)
-        )  # links without MACs (raw IP) give 00:00:00:00:00:00 rows
+        k6, k7 = fine.small._words
+        own = _NO_OWN
+        if self._own_codes.any():  # without own networks no label is looked up
+            ok = fine.small["status"] == DecodeStatus.OK
+            own = ok & self._own_codes[_label_codes(self.netmap, fine.ip_version, fine.src_hi, fine.src_lo)]
+        sel, w0, w1, w2 = _station_rows(k6, k7, fine.src_hi, fine.src_lo, own)
         if len(sel) == 0:
             return table_schema(STATIONS_KEYS).empty_table()
-        words = (
-            np.where(arp, _U(4), np.where(real, ver, _ZERO)),
-            np.where(real, fine.src_hi, _ZERO),
-            np.where(arp | real, fine.src_lo, _ZERO),
-        )
-        src = _text_rank(words, _station_text, order=_station_order)
-        return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[self._rank(fine, "src_mac"), src])
+        # both keys are ranked over the selected rows only, then spread to fine-row numbering
+        src = _spread(_text_rank((w0, w1, w2), _station_text, order=_station_order), sel, fine.n)
+        mac = fine.ranks.get("src_mac")
+        if mac is None:
+            if "macs" in fine.joint:  # the link table's ranking of both sides
+                mac = self._rank(fine, "src_mac")
+            else:
+                mac = _spread(
+                    _text_rank((fine.src_mac[sel],), lambda w: mac_array(w[:, 0]), order=_value_order),
+                    sel,
+                    fine.n,
+                )
+        return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[mac, src])
 
     def _build(
         self,
@@ -1854,30 +1893,30 @@ class Aggregator:
 
     def _side_rank(self, fine: _Fine, side: str, what: str) -> _Ranked:
         """Sources and destinations share one ranking of their values (addresses or MACs), so text is
-        made once for both, and client/server ranks are picked from them by role."""
-        joint = fine.joint.get(what)
+        made once for both, and client/server ranks are picked from them by role. When the tables
+        need one side only (``hosts`` alone: sources), only that side is ranked."""
+        both = self._both_sides[what] or side in ("client", "server")
+        cache = what if both else f"{what}/{side}"
+        joint = fine.joint.get(cache)
         if joint is None:
             if what == "addresses":
                 ver = fine.ip_version
-                words = [
-                    np.concatenate([ver, ver]),
-                    np.concatenate([fine.src_hi, fine.dst_hi]),
-                    np.concatenate([fine.src_lo, fine.dst_lo]),
-                ]
-                joint = _text_ranking(
-                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_address_order
-                )
+                src, dst = (ver, fine.src_hi, fine.src_lo), (ver, fine.dst_hi, fine.dst_lo)
+                fn, order = (lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2])), _address_order
             else:
-                joint = _text_ranking(
-                    [np.concatenate([fine.src_mac, fine.dst_mac])],
-                    lambda w: mac_array(w[:, 0]),
-                    order=_value_order,  # fixed-width lowercase hex: text order is value order
-                )
-            fine.joint[what] = joint
+                src, dst = (fine.src_mac,), (fine.dst_mac,)
+                fn, order = (lambda w: mac_array(w[:, 0])), _value_order  # fixed-width hex: value order
+            if both:  # the two lists are read in place, as one of 2n rows
+                joint = _text_ranking(src, fn, second=dst, order=order)
+            else:
+                joint = _text_ranking(src if side == "src" else dst, fn, order=order)
+            fine.joint[cache] = joint
         rank2, ordered = joint
         card = len(ordered)
         n = fine.n
-        if side == "src":
+        if not both:
+            rank = rank2
+        elif side == "src":
             rank = rank2[:n]
         elif side == "dst":
             rank = rank2[n:]
@@ -1943,6 +1982,17 @@ def _text_rank(
     """A key stored as text: formats distinct values only and ranks them in text (byte) order."""
     rank, ordered = _text_ranking(words, fn, order=order)
     return rank, len(ordered), lambda idx: _take(ordered, rank[idx])
+
+
+def _spread(ranked: _Ranked, sel: np.ndarray, n: int) -> _Ranked:
+    """A rank made over the fine rows ``sel`` only, as one over all ``n`` fine rows (the others 0:
+    a caller that selected ``sel`` never reads them)."""
+    rank, card, build = ranked
+    full = np.zeros(n, dtype=np.uint64)
+    full[sel] = rank
+    where = np.zeros(n, dtype=np.int64)
+    where[sel] = np.arange(len(sel), dtype=np.int64)
+    return full, card, lambda idx: build(where[idx])
 
 
 def _text_ranking(
@@ -2106,6 +2156,7 @@ def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tu
 
 
 _NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_OWN = np.empty(0, dtype=np.bool_)
 
 
 def _group_reduce(
@@ -2141,9 +2192,9 @@ def _sorted_groups(
         bits = max(n - 1, 1).bit_length()
         if card * span < 1 << (64 - bits):
             packed = np.sort((key << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
-            return _reduce_sorted(packed, bits, _NO_ROWS, rows, metrics)  # type: ignore[no-any-return]
+            return _reduce_sorted(packed, bits, _NO_ROWS, rows, metrics)
         order = np.argsort(key)
-        return _reduce_sorted(key[order], 0, order, rows, metrics)  # type: ignore[no-any-return]
+        return _reduce_sorted(key[order], 0, order, rows, metrics)
     order = _sort_within_intervals(inum, code, card)
     starts = _runs(order, code, inum)
     fine_rows = order if sel is None else sel[order]  # fine-row number of each sorted row

@@ -1165,16 +1165,38 @@ def _reduce_direct(key, size, rows, metrics):
 
 
 @njit(cache=True, nogil=True)
-def _gather_metrics(rows, perm):
+def _small_rank(values, size):
+    """Dense rank of each value (all below ``size``) in value order, and the number of distinct ones."""
+    rank_of = np.zeros(size, dtype=np.uint64)
+    for i in range(values.shape[0]):
+        rank_of[values[i]] = _ONE
+    c = _ZERO
+    for v in range(size):
+        if rank_of[v] != _ZERO:
+            rank_of[v] = c
+            c += _ONE
+    out = np.empty(values.shape[0], dtype=np.uint64)
+    for i in range(values.shape[0]):
+        out[i] = rank_of[values[i]]
+    return out, c
+
+
+@njit(cache=True, nogil=True)
+def _gather_fine(rows, perm, which):
+    """One read of the fine rows ``perm``: their columns ``which`` transposed, (len(which), len(perm)),
+    and their metrics (len(perm), 4), packets, bytes, first, last (one cache line per fine row)."""
     m = perm.shape[0]
-    out = np.empty((m, 4), dtype=np.uint64)
+    out = np.empty((which.shape[0], m), dtype=np.uint64)
+    metrics = np.empty((m, 4), dtype=np.uint64)
     for t in range(m):
         r = perm[t]
-        out[t, 0] = rows[r, _C_PKT]
-        out[t, 1] = rows[r, _C_BYTES]
-        out[t, 2] = rows[r, _C_FIRST]
-        out[t, 3] = rows[r, _C_LAST]
-    return out
+        for c in range(which.shape[0]):
+            out[c, t] = rows[r, which[c]]
+        metrics[t, 0] = rows[r, _C_PKT]
+        metrics[t, 1] = rows[r, _C_BYTES]
+        metrics[t, 2] = rows[r, _C_FIRST]
+        metrics[t, 3] = rows[r, _C_LAST]
+    return out, metrics
 
 
 @njit(cache=True, nogil=True)
@@ -1290,7 +1312,9 @@ class _Fine:
         self.interval_no = cols[8].view(np.int64)
         self.ifs = cols[9] if cols.shape[0] > 9 else None  # input_if << 32 | output_if (flow rows)
         self.metrics = metrics
-        self.all_ok = bool((self.small["status"] == DecodeStatus.OK).all())
+        ok = self.small["status"] == DecodeStatus.OK
+        self.all_ok = bool(ok.all())
+        self.ok_rows = None if self.all_ok else np.flatnonzero(ok)  # what IP tables count
         self.ranks: dict[str, _Ranked] = {}
         self.joint: dict[str, tuple[np.ndarray, pa.Array]] = {}
         self._cis = client_is_src
@@ -1754,8 +1778,7 @@ class Aggregator:
         sorted_inum = rows[:, 9].view(np.int64)[perm]
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
-            cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
-            metrics = _gather_metrics(rows, perm[lo:hi])
+            cols, metrics = _gather_fine(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
                 parts[name].append(
@@ -1812,14 +1835,14 @@ class Aggregator:
         (``sel`` and ``ranks``: the fine rows and the key ranks of a table with its own row filter.)"""
         schema = table_schema(keys)
         if ranks is None and is_ip_table(keys) and not fine.all_ok:
-            sel = np.flatnonzero(fine.small["status"] == DecodeStatus.OK)
+            sel = fine.ok_rows
             if len(sel) == 0:
                 return schema.empty_table()
         if ranks is None:
             ranks = [self._rank(fine, k) for k in keys]
-        code = np.zeros(fine.n, dtype=np.uint64)
-        card = 1
-        for rank, kcard, _ in ranks:
+        code = ranks[0][0].astype(np.uint64)  # a copy: _combine appends the other keys in place
+        card = max(ranks[0][1], 1)
+        for rank, kcard, _ in ranks[1:]:
             code, card = _combine(code, card, rank, kcard)
         inum = fine.interval_no
         if sel is not None:
@@ -2138,21 +2161,21 @@ def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
 
 def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:
     """A small unsigned key (at most 16 bits): dense rank through a lookup table, no sort."""
-    v = values.astype(np.int64)
-    present = np.zeros(1 << typ.bit_width, dtype=np.int64)
-    present[v] = 1
-    rank_of = np.cumsum(present) - 1
-    return rank_of[v].astype(np.uint64), int(present.sum()), lambda idx: _arrow(values[idx], typ)
+    rank, card = _small_rank(np.ascontiguousarray(values, dtype=np.uint64), 1 << typ.bit_width)
+    return rank, int(card), lambda idx: _arrow(values[idx], typ)
 
 
 def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tuple[np.ndarray, int]:
-    """Append ``rank`` as the next (less significant) sort digit of ``key``: mixed radix while it fits
-    in 63 bits, else ``key`` is first replaced by its dense rank (which keeps it injective)."""
+    """Append ``rank`` as the next (less significant) sort digit of ``key`` (changed in place): mixed
+    radix while it fits in 63 bits, else ``key`` is first replaced by its dense rank (which keeps it
+    injective)."""
     rank_card = max(rank_card, 1)
     if card * rank_card >= 1 << 63:
         uniq, inv = np.unique(key, return_inverse=True)
         key, card = inv.astype(np.uint64).reshape(-1), len(uniq)
-    return key * np.uint64(rank_card) + rank, card * rank_card
+    key *= np.uint64(rank_card)  # in place: the caller owns ``key``
+    key += rank
+    return key, card * rank_card
 
 
 _NO_ROWS = np.empty(0, dtype=np.int64)

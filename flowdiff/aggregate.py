@@ -1165,23 +1165,6 @@ def _reduce_direct(key, size, rows, metrics):
 
 
 @njit(cache=True, nogil=True)
-def _small_rank(values, size):
-    """Dense rank of each value (all below ``size``) in value order, and the number of distinct ones."""
-    rank_of = np.zeros(size, dtype=np.uint64)
-    for i in range(values.shape[0]):
-        rank_of[values[i]] = _ONE
-    c = _ZERO
-    for v in range(size):
-        if rank_of[v] != _ZERO:
-            rank_of[v] = c
-            c += _ONE
-    out = np.empty(values.shape[0], dtype=np.uint64)
-    for i in range(values.shape[0]):
-        out[i] = rank_of[values[i]]
-    return out, c
-
-
-@njit(cache=True, nogil=True)
 def _gather_fine(rows, perm, which):
     """One read of the fine rows ``perm``: their columns ``which`` transposed, (len(which), len(perm)),
     and their metrics (len(perm), 4), packets, bytes, first, last (one cache line per fine row)."""
@@ -2161,8 +2144,11 @@ def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
 
 def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:
     """A small unsigned key (at most 16 bits): dense rank through a lookup table, no sort."""
-    rank, card = _small_rank(np.ascontiguousarray(values, dtype=np.uint64), 1 << typ.bit_width)
-    return rank, int(card), lambda idx: _arrow(values[idx], typ)
+    v = values.astype(np.int64)
+    present = np.zeros(1 << typ.bit_width, dtype=np.int64)
+    present[v] = 1
+    rank_of = np.cumsum(present) - 1
+    return rank_of[v].astype(np.uint64), int(present.sum()), lambda idx: _arrow(values[idx], typ)
 
 
 def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tuple[np.ndarray, int]:

@@ -1073,11 +1073,16 @@ def _reduce_sorted(keys, shift, elems, sel, metrics):
     has_sel = sel.shape[0] > 0
     sh = _U(shift) if packed else _ZERO
     mask = (_ONE << sh) - _ONE
-    firsts = np.empty(n, dtype=np.int64)
-    p = np.empty(n, dtype=np.uint64)
-    b = np.empty(n, dtype=np.uint64)
-    lo = np.empty(n, dtype=np.uint64)
-    hi = np.empty(n, dtype=np.uint64)
+    # runs counted first: the results are exactly as long as they need to be (the tables keep them)
+    runs = 1 if n else 0
+    for t in range(1, n):
+        if (keys[t] >> sh) != (keys[t - 1] >> sh):
+            runs += 1
+    firsts = np.empty(runs, dtype=np.int64)
+    p = np.empty(runs, dtype=np.uint64)
+    b = np.empty(runs, dtype=np.uint64)
+    lo = np.empty(runs, dtype=np.uint64)
+    hi = np.empty(runs, dtype=np.uint64)
     g = -1
     prev = _ZERO
     for t in range(n):
@@ -1107,13 +1112,12 @@ def _reduce_sorted(keys, shift, elems, sel, metrics):
             b[g] += metrics[r, 1]
             lo[g] = min(lo[g], metrics[r, 2])
             hi[g] = max(hi[g], metrics[r, 3])
-    g += 1
-    f = np.empty(g, dtype=np.int64)
-    la = np.empty(g, dtype=np.int64)
-    for q in range(g):
+    f = np.empty(runs, dtype=np.int64)
+    la = np.empty(runs, dtype=np.int64)
+    for q in range(runs):
         f[q] = np.int64(lo[q] ^ _SIGN)
         la[q] = np.int64(hi[q] ^ _SIGN)
-    return firsts[:g], p[:g], b[:g], f, la
+    return firsts, p, b, f, la
 
 
 @njit(inline="always")
@@ -1302,6 +1306,7 @@ class _Fine:
         self.joint: dict[str, tuple[np.ndarray, pa.Array]] = {}
         self._cis = client_is_src
         self._roles: tuple[np.ndarray, ...] | None = None
+        self._service: np.ndarray | None = None
 
     @property
     def ip_version(self) -> np.ndarray:
@@ -1315,20 +1320,26 @@ class _Fine:
     def roles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(client_hi, client_lo, server_hi, server_lo, service_port) per fine row."""
         if self._roles is None:
-            cis = self._cis
-            assert cis is not None
-            proto = self.small["proto"]
-            sport, dport = self.small["sport"], self.small["dport"]
-            tcpudp = (proto == 6) | (proto == 17)
-            service = np.where(tcpudp, np.where(cis, dport, sport), _ZERO)
+            cis = self.client_is_src
             self._roles = (
                 np.where(cis, self.src_hi, self.dst_hi),
                 np.where(cis, self.src_lo, self.dst_lo),
                 np.where(cis, self.dst_hi, self.src_hi),
                 np.where(cis, self.dst_lo, self.src_lo),
-                service,
+                self.service_port(),
             )
         return self._roles
+
+    def service_port(self) -> np.ndarray:
+        """The server's port per fine row (0 but for TCP/UDP), without the client/server addresses,
+        which only label and network keys read (client/server ranks are picked from the src/dst ones)."""
+        if self._service is None:
+            cis = self.client_is_src
+            proto = self.small["proto"]
+            sport, dport = self.small["sport"], self.small["dport"]
+            tcpudp = (proto == 6) | (proto == 17)
+            self._service = np.where(tcpudp, np.where(cis, dport, sport), _ZERO)
+        return self._service
 
     def address(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         if side == "src":
@@ -1535,6 +1546,7 @@ class Aggregator:
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
         self._syns = _SynMemory(self.max_syns)  # SYNs of drained rows
+        self._schemas: dict[tuple[str, ...], pa.Schema] = {}  # stage 2: each table's, made once
         keys = self._all_keys()  # stage 2: which values are ranked for both sides at once
         self._both_sides = {
             "addresses": bool(keys & {"client", "server"}) or {"src", "dst"} <= keys,
@@ -1816,7 +1828,9 @@ class Aggregator:
         """Group and sort at once: every key becomes a dense rank in its stored order, the ranks are
         combined into one integer per fine row, and equal integers within an interval are a group.
         (``sel`` and ``ranks``: the fine rows and the key ranks of a table with its own row filter.)"""
-        schema = table_schema(keys)
+        schema = self._schemas.get(keys)
+        if schema is None:
+            schema = self._schemas[keys] = table_schema(keys)
         if ranks is None and is_ip_table(keys) and not fine.all_ok:
             sel = fine.ok_rows
             if len(sel) == 0:
@@ -1876,7 +1890,7 @@ class Aggregator:
             return self._side_rank(fine, key.removesuffix("_mac"), "macs")
         if key in ("input_if", "output_if", "exporter"):
             return self._flow_rank(fine, key)
-        value = fine.roles()[4] if key == "service_port" else fine.small[key]
+        value = fine.service_port() if key == "service_port" else fine.small[key]
         return _int_rank(value, KEY_FIELDS[key])
 
     def _flow_rank(self, fine: _Fine, key: str) -> _Ranked:
@@ -1991,14 +2005,12 @@ def _text_rank(
 
 
 def _spread(ranked: _Ranked, sel: np.ndarray, n: int) -> _Ranked:
-    """A rank made over the fine rows ``sel`` only, as one over all ``n`` fine rows (the others 0:
-    a caller that selected ``sel`` never reads them)."""
+    """A rank made over the fine rows ``sel`` (increasing) only, as one over all ``n`` fine rows (the
+    others 0: a caller that selected ``sel`` never reads them)."""
     rank, card, build = ranked
     full = np.zeros(n, dtype=np.uint64)
     full[sel] = rank
-    where = np.zeros(n, dtype=np.int64)
-    where[sel] = np.arange(len(sel), dtype=np.int64)
-    return full, card, lambda idx: build(where[idx])
+    return full, card, lambda idx: build(np.searchsorted(sel, idx))
 
 
 def _text_ranking(

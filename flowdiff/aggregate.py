@@ -608,21 +608,35 @@ def _group_triples(a0, a1, a2, b0, b1, b2):
 
 @njit(cache=True, nogil=True)
 def _take_strings(offsets, data, idx):
-    """Arrow string gather: the values ``idx`` of a string array given by its buffers."""
+    """Arrow string gather: the values ``idx`` of a string array given by its buffers. Strings are
+    copied in fixed steps of 16 bytes (a loop of known length the compiler unrolls; the bytes written
+    past a string's end are overwritten by the next one, or fall in the slack at the end)."""
     m = idx.shape[0]
     out_off = np.empty(m + 1, dtype=np.int64)
     out_off[0] = 0
     for t in range(m):
         k = idx[t]
         out_off[t + 1] = out_off[t] + offsets[k + 1] - offsets[k]
-    out = np.empty(out_off[m], dtype=np.uint8)
+    total = out_off[m]
+    out = np.empty(total + 16, dtype=np.uint8)
+    nd = _U(data.shape[0])
     for t in range(m):
         k = idx[t]
-        a = offsets[k]
-        o = out_off[t]
-        for c in range(offsets[k + 1] - a):
-            out[o + c] = data[a + c]
-    return out_off, out
+        # unsigned indices: no negative-index wraparound test per byte, which keeps the copy a loop
+        a = _U(offsets[k])
+        ln = _U(offsets[k + 1]) - a
+        o = _U(out_off[t])
+        if a + ln + _U(16) <= nd:
+            c = _ZERO
+            while c < ln:
+                for j in range(16):
+                    jj = _U(j)
+                    out[o + c + jj] = data[a + c + jj]
+                c += _U(16)
+        else:  # near the end of the data: no reading past it
+            for c in range(ln):
+                out[o + _U(c)] = data[a + _U(c)]
+    return out_off, out[:total]
 
 
 @njit(cache=True, nogil=True)
@@ -1049,6 +1063,65 @@ def _reduce_runs(rows, starts, metrics):
     return p, b, f, la
 
 
+@njit(cache=True, nogil=True)
+def _reduce_sorted(keys, shift, elems, sel, metrics):
+    """Runs of equal key in sorted ``keys``, reduced in one sequential pass: (fine row of each run's
+    first element, packets, bytes, first_seen, last_seen). Element t is ``elems[t]``, or when ``elems``
+    is empty, the low ``shift`` bits of ``keys[t]`` (whose key is then the bits above); its fine row
+    is ``sel[element]`` (empty ``sel``: the element itself). The metrics of the rows a few dozen
+    elements ahead are prefetched: sorted order reads them at random places."""
+    n = keys.shape[0]
+    packed = elems.shape[0] == 0
+    has_sel = sel.shape[0] > 0
+    sh = _U(shift) if packed else _ZERO
+    mask = (_ONE << sh) - _ONE
+    # runs counted first: the results are exactly as long as they need to be (the tables keep them)
+    runs = 1 if n else 0
+    for t in range(1, n):
+        if (keys[t] >> sh) != (keys[t - 1] >> sh):
+            runs += 1
+    firsts = np.empty(runs, dtype=np.int64)
+    p = np.empty(runs, dtype=np.uint64)
+    b = np.empty(runs, dtype=np.uint64)
+    lo = np.empty(runs, dtype=np.uint64)
+    hi = np.empty(runs, dtype=np.uint64)
+    g = -1
+    prev = _ZERO
+    for t in range(n):
+        ahead = t + 24
+        if ahead < n:
+            ea = np.int64(keys[ahead] & mask) if packed else elems[ahead]
+            if has_sel:
+                if ahead + 16 < n:
+                    prefetch1(sel, np.int64(keys[ahead + 16] & mask) if packed else elems[ahead + 16])
+                ea = sel[ea]
+            prefetch2(metrics, ea, 0)
+            prefetch2(metrics, ea, 3)
+        v = keys[t]
+        e = np.int64(v & mask) if packed else elems[t]
+        r = sel[e] if has_sel else e
+        k = v >> sh
+        if t == 0 or k != prev:
+            g += 1
+            firsts[g] = r
+            p[g] = metrics[r, 0]
+            b[g] = metrics[r, 1]
+            lo[g] = metrics[r, 2]
+            hi[g] = metrics[r, 3]
+            prev = k
+        else:
+            p[g] += metrics[r, 0]
+            b[g] += metrics[r, 1]
+            lo[g] = min(lo[g], metrics[r, 2])
+            hi[g] = max(hi[g], metrics[r, 3])
+    f = np.empty(runs, dtype=np.int64)
+    la = np.empty(runs, dtype=np.int64)
+    for q in range(runs):
+        f[q] = np.int64(lo[q] ^ _SIGN)
+        la[q] = np.int64(hi[q] ^ _SIGN)
+    return firsts, p, b, f, la
+
+
 @njit(inline="always")
 def _acc_first(acc, g, m):
     acc[g, 0] = m[0]
@@ -1098,16 +1171,21 @@ def _reduce_direct(key, size, rows, metrics):
 
 
 @njit(cache=True, nogil=True)
-def _gather_metrics(rows, perm):
+def _gather_fine(rows, perm, which):
+    """One read of the fine rows ``perm``: their columns ``which`` transposed, (len(which), len(perm)),
+    and their metrics (len(perm), 4), packets, bytes, first, last (one cache line per fine row)."""
     m = perm.shape[0]
-    out = np.empty((m, 4), dtype=np.uint64)
+    out = np.empty((which.shape[0], m), dtype=np.uint64)
+    metrics = np.empty((m, 4), dtype=np.uint64)
     for t in range(m):
         r = perm[t]
-        out[t, 0] = rows[r, _C_PKT]
-        out[t, 1] = rows[r, _C_BYTES]
-        out[t, 2] = rows[r, _C_FIRST]
-        out[t, 3] = rows[r, _C_LAST]
-    return out
+        for c in range(which.shape[0]):
+            out[c, t] = rows[r, which[c]]
+        metrics[t, 0] = rows[r, _C_PKT]
+        metrics[t, 1] = rows[r, _C_BYTES]
+        metrics[t, 2] = rows[r, _C_FIRST]
+        metrics[t, 3] = rows[r, _C_LAST]
+    return out, metrics
 
 
 @njit(cache=True, nogil=True)
@@ -1120,6 +1198,47 @@ def _gather_rows(rows, perm, which):
         for c in range(which.shape[0]):
             out[c, t] = rows[r, which[c]]
     return out
+
+
+_ST_OK = np.uint64(DecodeStatus.OK)
+_ST_NOT_IP = np.uint64(DecodeStatus.NOT_IP)
+
+
+@njit(cache=True, nogil=True)
+def _station_rows(k6, k7, src_hi, src_lo, own):
+    """The fine rows that give a station (ARP senders, and IP sources but 0.0.0.0 / ::), with the
+    words of the address they carry: (4, 0, sender) for ARP; the source for neighbour discovery,
+    link-local and own-network (``own``, per row; empty: none) sources; (0, 0, 0), ``internet``, for
+    any other IP source. One pass over the packed key words, no temporary per condition."""
+    n = k6.shape[0]
+    has_own = own.shape[0] > 0
+    sel = np.empty(n, dtype=np.int64)
+    w0 = np.empty(n, dtype=np.uint64)
+    w1 = np.empty(n, dtype=np.uint64)
+    w2 = np.empty(n, dtype=np.uint64)
+    m = 0
+    for i in range(n):
+        x = k6[i]
+        status = (x >> _U(60)) & _U(7)
+        ver = (x >> _U(56)) & _U(15)
+        hi = src_hi[i]
+        lo = src_lo[i]
+        ok = status == _ST_OK
+        arp = status == _ST_NOT_IP and ((k7[i] >> _U(16)) & _U(0xFFFF)) == _U(0x0806) and lo != _ZERO
+        if not (arp or (ok and (hi != _ZERO or lo != _ZERO))):
+            continue
+        icmp_type = (x >> _U(40)) & _U(0xFF)
+        nd = ok and ver == _U(6) and (x & _U(0xFF)) == _U(58) and _U(133) <= icmp_type <= _U(137)
+        link_local = (ver == _U(6) and (hi >> _U(54)) == _U(0x3FA)) or (
+            ver == _U(4) and (lo >> _U(16)) == _U(0xA9FE)
+        )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
+        real = (has_own and ok and own[i]) or nd or link_local
+        w0[m] = _U(4) if arp else (ver if real else _ZERO)
+        w1[m] = hi if real else _ZERO
+        w2[m] = lo if (arp or real) else _ZERO
+        sel[m] = i
+        m += 1
+    return sel[:m], w0[:m], w1[:m], w2[:m]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1182,11 +1301,14 @@ class _Fine:
         self.interval_no = cols[8].view(np.int64)
         self.ifs = cols[9] if cols.shape[0] > 9 else None  # input_if << 32 | output_if (flow rows)
         self.metrics = metrics
-        self.all_ok = bool((self.small["status"] == DecodeStatus.OK).all())
+        ok = self.small["status"] == DecodeStatus.OK
+        self.all_ok = bool(ok.all())
+        self.ok_rows = None if self.all_ok else np.flatnonzero(ok)  # what IP tables count
         self.ranks: dict[str, _Ranked] = {}
         self.joint: dict[str, tuple[np.ndarray, pa.Array]] = {}
         self._cis = client_is_src
         self._roles: tuple[np.ndarray, ...] | None = None
+        self._service: np.ndarray | None = None
 
     @property
     def ip_version(self) -> np.ndarray:
@@ -1200,20 +1322,26 @@ class _Fine:
     def roles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(client_hi, client_lo, server_hi, server_lo, service_port) per fine row."""
         if self._roles is None:
-            cis = self._cis
-            assert cis is not None
-            proto = self.small["proto"]
-            sport, dport = self.small["sport"], self.small["dport"]
-            tcpudp = (proto == 6) | (proto == 17)
-            service = np.where(tcpudp, np.where(cis, dport, sport), _ZERO)
+            cis = self.client_is_src
             self._roles = (
                 np.where(cis, self.src_hi, self.dst_hi),
                 np.where(cis, self.src_lo, self.dst_lo),
                 np.where(cis, self.dst_hi, self.src_hi),
                 np.where(cis, self.dst_lo, self.src_lo),
-                service,
+                self.service_port(),
             )
         return self._roles
+
+    def service_port(self) -> np.ndarray:
+        """The server's port per fine row (0 but for TCP/UDP), without the client/server addresses,
+        which only label and network keys read (client/server ranks are picked from the src/dst ones)."""
+        if self._service is None:
+            cis = self.client_is_src
+            proto = self.small["proto"]
+            sport, dport = self.small["sport"], self.small["dport"]
+            tcpudp = (proto == 6) | (proto == 17)
+            self._service = np.where(tcpudp, np.where(cis, dport, sport), _ZERO)
+        return self._service
 
     def address(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         if side == "src":
@@ -1420,6 +1548,12 @@ class Aggregator:
             k in _ROLE_KEYS or k.startswith(("client_net/", "server_net/")) for k in self._all_keys()
         )
         self._syns = _SynMemory(self.max_syns)  # SYNs of drained rows
+        self._schemas: dict[tuple[str, ...], pa.Schema] = {}  # stage 2: each table's, made once
+        keys = self._all_keys()  # stage 2: which values are ranked for both sides at once
+        self._both_sides = {
+            "addresses": bool(keys & {"client", "server"}) or {"src", "dst"} <= keys,
+            "macs": {"src_mac", "dst_mac"} <= keys,
+        }
 
     # -- stage 1 -------------------------------------------------------------------------------
 
@@ -1641,8 +1775,7 @@ class Aggregator:
         sorted_inum = rows[:, 9].view(np.int64)[perm]
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
-            cols = _gather_rows(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
-            metrics = _gather_metrics(rows, perm[lo:hi])
+            cols, metrics = _gather_fine(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
                 parts[name].append(
@@ -1665,34 +1798,27 @@ class Aggregator:
         address, IPv6 neighbour discovery and IP frames from the config's own networks (or link-local)
         their source; any other IP source is ``internet`` (a router's MAC carrying the internet is one
         row); a source of 0.0.0.0 or :: (DHCP discover, duplicate address detection) is no address."""
-        small, ver = fine.small, fine.ip_version
-        ok = small["status"] == DecodeStatus.OK
-        arp = (small["status"] == DecodeStatus.NOT_IP) & (small["ethertype"] == 0x0806) & (fine.src_lo != 0)
-        nd = (
-            ok
-            & (ver == 6)
-            & (small["proto"] == 58)
-            & (small["icmp_type"] >= 133)
-            & (small["icmp_type"] <= 137)
-        )
-        unspecified = (fine.src_hi == 0) & (fine.src_lo == 0)  # DHCP discover, duplicate address detection
-        link_local = ((ver == 6) & ((fine.src_hi >> _U(54)) == _U(0x3FA))) | (
-            (ver == 4) & ((fine.src_lo >> _U(16)) == _U(0xA9FE))
-        )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
-        own = ok & self._own_codes[_label_codes(self.netmap, ver, fine.src_hi, fine.src_lo)]
-        real = own | nd | link_local
-        sel = np.flatnonzero(
-            arp | (ok & ~unspecified)
-        )  # links without MACs (raw IP) give 00:00:00:00:00:00 rows
+        k6, k7 = fine.small._words
+        own = _NO_OWN
+        if self._own_codes.any():  # without own networks no label is looked up
+            ok = fine.small["status"] == DecodeStatus.OK
+            own = ok & self._own_codes[_label_codes(self.netmap, fine.ip_version, fine.src_hi, fine.src_lo)]
+        sel, w0, w1, w2 = _station_rows(k6, k7, fine.src_hi, fine.src_lo, own)
         if len(sel) == 0:
             return table_schema(STATIONS_KEYS).empty_table()
-        words = (
-            np.where(arp, _U(4), np.where(real, ver, _ZERO)),
-            np.where(real, fine.src_hi, _ZERO),
-            np.where(arp | real, fine.src_lo, _ZERO),
-        )
-        src = _text_rank(words, _station_text, order=_station_order)
-        return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[self._rank(fine, "src_mac"), src])
+        # both keys are ranked over the selected rows only, then spread to fine-row numbering
+        src = _spread(_text_rank((w0, w1, w2), _station_text, order=_station_order), sel, fine.n)
+        mac = fine.ranks.get("src_mac")
+        if mac is None:
+            if "macs" in fine.joint:  # the link table's ranking of both sides
+                mac = self._rank(fine, "src_mac")
+            else:
+                mac = _spread(
+                    _text_rank((fine.src_mac[sel],), lambda w: mac_array(w[:, 0]), order=_value_order),
+                    sel,
+                    fine.n,
+                )
+        return self._build(fine, STATIONS_KEYS, sel=sel, ranks=[mac, src])
 
     def _build(
         self,
@@ -1704,16 +1830,18 @@ class Aggregator:
         """Group and sort at once: every key becomes a dense rank in its stored order, the ranks are
         combined into one integer per fine row, and equal integers within an interval are a group.
         (``sel`` and ``ranks``: the fine rows and the key ranks of a table with its own row filter.)"""
-        schema = table_schema(keys)
+        schema = self._schemas.get(keys)
+        if schema is None:
+            schema = self._schemas[keys] = table_schema(keys)
         if ranks is None and is_ip_table(keys) and not fine.all_ok:
-            sel = np.flatnonzero(fine.small["status"] == DecodeStatus.OK)
+            sel = fine.ok_rows
             if len(sel) == 0:
                 return schema.empty_table()
         if ranks is None:
             ranks = [self._rank(fine, k) for k in keys]
-        code = np.zeros(fine.n, dtype=np.uint64)
-        card = 1
-        for rank, kcard, _ in ranks:
+        code = ranks[0][0].astype(np.uint64)  # a copy: _combine appends the other keys in place
+        card = max(ranks[0][1], 1)
+        for rank, kcard, _ in ranks[1:]:
             code, card = _combine(code, card, rank, kcard)
         inum = fine.interval_no
         if sel is not None:
@@ -1722,11 +1850,7 @@ class Aggregator:
         if grouped is not None:
             firsts, p, b, f, la = grouped
         else:
-            order = _sort_within_intervals(inum, code, card)
-            starts = _runs(order, code, inum)
-            rows = order if sel is None else sel[order]  # fine-row number of each sorted row
-            firsts = rows[starts]
-            p, b, f, la = _reduce_runs(rows, starts, fine.metrics)
+            firsts, p, b, f, la = _sorted_groups(inum, code, card, sel, fine.metrics)
         start_us = fine.interval_no[firsts] * np.int64(self.interval * 1_000_000)
         columns = [_ts_array(start_us)]
         columns += [build(firsts) for _, _, build in ranks]
@@ -1768,7 +1892,7 @@ class Aggregator:
             return self._side_rank(fine, key.removesuffix("_mac"), "macs")
         if key in ("input_if", "output_if", "exporter"):
             return self._flow_rank(fine, key)
-        value = fine.roles()[4] if key == "service_port" else fine.small[key]
+        value = fine.service_port() if key == "service_port" else fine.small[key]
         return _int_rank(value, KEY_FIELDS[key])
 
     def _flow_rank(self, fine: _Fine, key: str) -> _Ranked:
@@ -1791,30 +1915,30 @@ class Aggregator:
 
     def _side_rank(self, fine: _Fine, side: str, what: str) -> _Ranked:
         """Sources and destinations share one ranking of their values (addresses or MACs), so text is
-        made once for both, and client/server ranks are picked from them by role."""
-        joint = fine.joint.get(what)
+        made once for both, and client/server ranks are picked from them by role. When the tables
+        need one side only (``hosts`` alone: sources), only that side is ranked."""
+        both = self._both_sides[what] or side in ("client", "server")
+        cache = what if both else f"{what}/{side}"
+        joint = fine.joint.get(cache)
         if joint is None:
             if what == "addresses":
                 ver = fine.ip_version
-                words = [
-                    np.concatenate([ver, ver]),
-                    np.concatenate([fine.src_hi, fine.dst_hi]),
-                    np.concatenate([fine.src_lo, fine.dst_lo]),
-                ]
-                joint = _text_ranking(
-                    words, lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2]), order=_address_order
-                )
+                src, dst = (ver, fine.src_hi, fine.src_lo), (ver, fine.dst_hi, fine.dst_lo)
+                fn, order = (lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2])), _address_order
             else:
-                joint = _text_ranking(
-                    [np.concatenate([fine.src_mac, fine.dst_mac])],
-                    lambda w: mac_array(w[:, 0]),
-                    order=_value_order,  # fixed-width lowercase hex: text order is value order
-                )
-            fine.joint[what] = joint
+                src, dst = (fine.src_mac,), (fine.dst_mac,)
+                fn, order = (lambda w: mac_array(w[:, 0])), _value_order  # fixed-width hex: value order
+            if both:  # the two lists are read in place, as one of 2n rows
+                joint = _text_ranking(src, fn, second=dst, order=order)
+            else:
+                joint = _text_ranking(src if side == "src" else dst, fn, order=order)
+            fine.joint[cache] = joint
         rank2, ordered = joint
         card = len(ordered)
         n = fine.n
-        if side == "src":
+        if not both:
+            rank = rank2
+        elif side == "src":
             rank = rank2[:n]
         elif side == "dst":
             rank = rank2[n:]
@@ -1880,6 +2004,15 @@ def _text_rank(
     """A key stored as text: formats distinct values only and ranks them in text (byte) order."""
     rank, ordered = _text_ranking(words, fn, order=order)
     return rank, len(ordered), lambda idx: _take(ordered, rank[idx])
+
+
+def _spread(ranked: _Ranked, sel: np.ndarray, n: int) -> _Ranked:
+    """A rank made over the fine rows ``sel`` (increasing) only, as one over all ``n`` fine rows (the
+    others 0: a caller that selected ``sel`` never reads them)."""
+    rank, card, build = ranked
+    full = np.zeros(n, dtype=np.uint64)
+    full[sel] = rank
+    return full, card, lambda idx: build(np.searchsorted(sel, idx))
 
 
 def _text_ranking(
@@ -2033,16 +2166,20 @@ def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:
 
 
 def _combine(key: np.ndarray, card: int, rank: np.ndarray, rank_card: int) -> tuple[np.ndarray, int]:
-    """Append ``rank`` as the next (less significant) sort digit of ``key``: mixed radix while it fits
-    in 63 bits, else ``key`` is first replaced by its dense rank (which keeps it injective)."""
+    """Append ``rank`` as the next (less significant) sort digit of ``key`` (changed in place): mixed
+    radix while it fits in 63 bits, else ``key`` is first replaced by its dense rank (which keeps it
+    injective)."""
     rank_card = max(rank_card, 1)
     if card * rank_card >= 1 << 63:
         uniq, inv = np.unique(key, return_inverse=True)
         key, card = inv.astype(np.uint64).reshape(-1), len(uniq)
-    return key * np.uint64(rank_card) + rank, card * rank_card
+    key *= np.uint64(rank_card)  # in place: the caller owns ``key``
+    key += rank
+    return key, card * rank_card
 
 
 _NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_OWN = np.empty(0, dtype=np.bool_)
 
 
 def _group_reduce(
@@ -2063,6 +2200,28 @@ def _group_reduce(
     f = (acc[:, 2] ^ _SIGN).view(np.int64)
     la = (acc[:, 3] ^ _SIGN).view(np.int64)
     return firsts, acc[:, 0], acc[:, 1], f, la
+
+
+def _sorted_groups(
+    inum: np.ndarray, code: np.ndarray, card: int, sel: np.ndarray | None, metrics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_group_reduce`'s result by sorting (large key spaces). While (interval, code) and the row
+    number fit in one word, the words are sorted (no argsort) and reduced in order, keys read from them."""
+    span = int(inum[-1]) - int(inum[0]) + 1
+    n = len(inum)
+    rows = _NO_ROWS if sel is None else np.ascontiguousarray(sel, dtype=np.int64)
+    if card * span < 1 << 63:
+        key = code if span == 1 else (inum - inum[0]).astype(np.uint64) * np.uint64(card) + code
+        bits = max(n - 1, 1).bit_length()
+        if card * span < 1 << (64 - bits):
+            packed = np.sort((key << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
+            return _reduce_sorted(packed, bits, _NO_ROWS, rows, metrics)
+        order = np.argsort(key)
+        return _reduce_sorted(key[order], 0, order, rows, metrics)
+    order = _sort_within_intervals(inum, code, card)
+    starts = _runs(order, code, inum)
+    fine_rows = order if sel is None else sel[order]  # fine-row number of each sorted row
+    return (fine_rows[starts], *_reduce_runs(fine_rows, starts, metrics))
 
 
 def _sort_within_intervals(inum: np.ndarray, code: np.ndarray, card: int) -> np.ndarray:

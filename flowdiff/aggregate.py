@@ -883,12 +883,78 @@ def _conn_find(slots, keys, h, w0, w1, w2, w3, w4, new):
         j = (j + _ONE) & mask
 
 
+# Connection keys of a block (_conn_block): hash, w0..w4, side (0: b, 1: a, _NOCONN: not looked up), SYN
+_NOCONN = _U(2)
+
+
+@njit(inline="always")
+def _conn_put(blk, q, rows, r, slots):
+    """Row ``r``'s connection key into ``blk[q]`` and a hint for its home slot (TCP rows only)."""
+    k6 = rows[r, 7]
+    if (k6 & _U(0xFF)) != _U(6):
+        blk[q, 6] = _NOCONN
+        return
+    af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
+    blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5] = h, w0, w1, w2, w3, w4
+    blk[q, 6] = _ONE if af else _ZERO
+    blk[q, 7] = rows[r, _C_SYN]
+    prefetch1(slots, np.int64(h & _U(slots.shape[0] - 1)))
+
+
+@njit(inline="always")
+def _conn_block(slots, keys, blk, nb, g, insert, found):
+    """The connections ``blk[:nb]`` looked up (and inserted as entries ``g..`` when ``insert``), in
+    order: ``found[q]`` is the entry (-1: not a connection, or absent). Returns the new entry count.
+    The home slots were hinted by ``_conn_put``; the keys those slots name are hinted before the
+    probes, so the cache misses of a block overlap (hints change no value)."""
+    mask = _U(slots.shape[0] - 1)
+    for q in range(nb):
+        if blk[q, 6] != _NOCONN:
+            v = slots[np.int64(blk[q, 0] & mask)]
+            if v >= 0:
+                prefetch2(keys, np.int64(v & _LO32), 0)
+    for q in range(nb):
+        if blk[q, 6] == _NOCONN:
+            found[q] = -1
+            continue
+        s = _conn_find(slots, keys, blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5],
+                       g if insert else -1)  # fmt: skip
+        if insert and s == g:
+            g += 1
+        found[q] = s
+    return g
+
+
+@njit(inline="always")
+def _is_service(port, service_ports):
+    """``port`` < 1024 or in the sorted ``service_ports`` (the port rule's qualification)."""
+    if port < _U(1024):
+        return True
+    k = np.searchsorted(service_ports, port)
+    return k < service_ports.shape[0] and service_ports[k] == port
+
+
+@njit(inline="always")
+def _port_role(k6, service_ports):
+    """client_is_src of a fine row by the port rule (TCP/UDP) and the ICMP echo rule (``_port_roles``)."""
+    proto = k6 & _U(0xFF)
+    if proto == _U(6) or proto == _U(17):
+        sport = (k6 >> _U(8)) & _U(0xFFFF)
+        dport = (k6 >> _U(24)) & _U(0xFFFF)
+        qs = _is_service(sport, service_ports)
+        qd = _is_service(dport, service_ports)
+        return qd if qs != qd else dport <= sport
+    icmp_type = (k6 >> _U(40)) & _U(0xFF)
+    return not ((proto == _U(1) and icmp_type == _ZERO) or (proto == _U(58) and icmp_type == _U(129)))
+
+
 @njit(cache=True, nogil=True)
-def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
-    """The first-SYN rule for the fine rows ``perm`` (``out`` in ``perm`` order, set where a SYN
-    decides): their connections in a small hash table, then the SYNs of those rows, of the TCP rows
-    ``kept`` (not handed over yet) and of the drained connections remembered (``m_*``, a
-    ``_SynMemory``) are folded in. Work in proportion to ``perm`` and ``kept`` only."""
+def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, service_ports, out):
+    """client_is_src of the fine rows ``perm`` (``out``, in ``perm`` order): the port rule, then the
+    first-SYN rule where a SYN decides (their connections in a small hash table, then the SYNs of
+    those rows, of the TCP rows ``kept`` (not handed over yet) and of the drained connections
+    remembered (``m_*``, a ``_SynMemory``) are folded in), then the flow records that name their client.
+    Work in proportion to ``perm`` and ``kept`` only; a block of rows at a time (``_conn_block``)."""
     n = perm.shape[0]
     cap = 1024
     while cap < 2 * n:
@@ -898,66 +964,108 @@ def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
     syn = np.full((n, 2), _NOSYN, dtype=np.uint64)
     conn = np.full(n, -1, dtype=np.int64)
     side_a = np.zeros(n, dtype=np.bool_)
+    blk = np.empty((_BLOCK, 8), dtype=np.uint64)
+    found = np.empty(_BLOCK, dtype=np.int64)
     g = 0
+    i = 0
+    while i < n:
+        e = min(i + _BLOCK, n)
+        for t in range(i, e):
+            r = perm[t]
+            out[t] = _port_role(rows[r, 7], service_ports)
+            _conn_put(blk, t - i, rows, r, slots)
+        g = _conn_block(slots, keys, blk, e - i, g, True, found)
+        for t in range(i, e):
+            s = found[t - i]
+            if s < 0:
+                continue
+            conn[t] = s
+            af = blk[t - i, 6] == _ONE
+            side_a[t] = af
+            c = 0 if af else 1
+            sy = blk[t - i, 7]
+            if sy < syn[s, c]:
+                syn[s, c] = sy
+        i = e
+    if g > 0:
+        nk = kept.shape[0]
+        i = 0
+        while i < nk:
+            e = min(i + _BLOCK, nk)
+            for t in range(i, e):
+                r = kept[t]
+                if rows[r, _C_SYN] == _NOSYN:
+                    blk[t - i, 6] = _NOCONN
+                else:
+                    _conn_put(blk, t - i, rows, r, slots)
+            _conn_block(slots, keys, blk, e - i, g, False, found)
+            for q in range(e - i):
+                s = found[q]
+                c = 0 if blk[q, 6] == _ONE else 1
+                if s >= 0 and blk[q, 7] < syn[s, c]:
+                    syn[s, c] = blk[q, 7]
+            i = e
+        if m_slots.shape[0]:
+            mmask = _U(m_slots.shape[0] - 1)
+            i = 0
+            while i < g:
+                e = min(i + _BLOCK, g)
+                for s in range(i, e):
+                    w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
+                    h = _conn_hash(w0, w1, w2, w3, w4)
+                    q = s - i
+                    blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5] = h, w0, w1, w2, w3, w4
+                    blk[q, 6] = _ONE
+                    prefetch1(m_slots, np.int64(h & mmask))
+                _conn_block(m_slots, m_keys, blk, e - i, 0, False, found)
+                for s in range(i, e):
+                    m = found[s - i]
+                    if m >= 0:
+                        syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
+                        syn[s, 1] = min(syn[s, 1], m_syn[m, 1])
+                i = e
+        for t in range(n):
+            s = conn[t]
+            if s >= 0 and syn[s, 0] != syn[s, 1]:  # not a simultaneous open at the same instant
+                out[t] = side_a[t] == (syn[s, 0] < syn[s, 1])
     for t in range(n):
-        r = perm[t]
-        k6 = rows[r, 7]
-        if (k6 & _U(0xFF)) != _U(6):
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, g)
-        if s == g:
-            g += 1
-        conn[t] = s
-        side_a[t] = af
-        sy = rows[r, _C_SYN]
-        c = 0 if af else 1
-        if sy < syn[s, c]:
-            syn[s, c] = sy
-    if g == 0:
-        return
-    for r in kept:
-        k6 = rows[r, 7]
-        sy = rows[r, _C_SYN]
-        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, -1)
-        c = 0 if af else 1
-        if s >= 0 and sy < syn[s, c]:
-            syn[s, c] = sy
-    if m_slots.shape[0]:
-        for s in range(g):
-            w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
-            h = _conn_hash(w0, w1, w2, w3, w4)
-            m = _conn_find(m_slots, m_keys, h, w0, w1, w2, w3, w4, -1)
-            if m >= 0:
-                syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
-                syn[s, 1] = min(syn[s, 1], m_syn[m, 1])
-    for t in range(n):
-        s = conn[t]
-        if s >= 0 and syn[s, 0] != syn[s, 1]:  # not a simultaneous open at the same instant
-            out[t] = side_a[t] == (syn[s, 0] < syn[s, 1])
+        if (rows[perm[t], 7] & _FORCED_CLIENT) != _ZERO:  # flow records that name their client (Zeek)
+            out[t] = True
 
 
 @njit(cache=True, nogil=True)
 def _conn_remember(rows, sel, slots, keys, syn, n):
     """Adds the SYNs of the TCP fine rows ``sel`` to a ``_SynMemory`` holding ``n`` connections
     (room for every row of ``sel`` is made by the caller); returns the new count."""
-    for r in sel:
-        k6 = rows[r, 7]
-        sy = rows[r, _C_SYN]
-        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, n)
-        if s == n:
-            syn[s, 0] = _NOSYN
-            syn[s, 1] = _NOSYN
-            n += 1
-        c = 0 if af else 1
-        if sy < syn[s, c]:
-            syn[s, c] = sy
+    blk = np.empty((_BLOCK, 8), dtype=np.uint64)
+    m = sel.shape[0]
+    i = 0
+    while i < m:
+        e = min(i + _BLOCK, m)
+        for t in range(i, e):
+            r = sel[t]
+            if rows[r, _C_SYN] == _NOSYN:
+                blk[t - i, 6] = _NOCONN
+            else:
+                _conn_put(blk, t - i, rows, r, slots)
+        mask = _U(slots.shape[0] - 1)
+        for q in range(e - i):
+            if blk[q, 6] != _NOCONN:
+                v = slots[np.int64(blk[q, 0] & mask)]
+                if v >= 0:
+                    prefetch2(keys, np.int64(v & _LO32), 0)
+        for q in range(e - i):  # entries are made in order: one at a time, as the lookups find them absent
+            if blk[q, 6] == _NOCONN:
+                continue
+            s = _conn_find(slots, keys, blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5], n)
+            if s == n:
+                syn[s, 0] = _NOSYN
+                syn[s, 1] = _NOSYN
+                n += 1
+            c = 0 if blk[q, 6] == _ONE else 1
+            if blk[q, 7] < syn[s, c]:
+                syn[s, c] = blk[q, 7]
+        i = e
     return n
 
 
@@ -1237,7 +1345,6 @@ class _Fields:
         return got
 
 
-_ROLE_SLOTS = np.array([1, 2, 3, 4, 7], dtype=np.int64)  # what the port rule reads
 _NO_KEYS = np.empty((0, 5), dtype=np.uint64)
 _NO_SYNS = np.empty((0, 2), dtype=np.uint64)
 
@@ -1252,18 +1359,11 @@ def _roles_for_rows(
     """client_is_src for every fine row (in ``perm`` order): over all rows at once, because a SYN seen
     in one interval decides the roles of its connection in every other. The SYNs of the rows ``kept``
     (not handed over yet) and of the connections in ``memory`` (drained before) count too."""
-    cols = _gather_rows(rows, perm, _ROLE_SLOTS)
-    k6 = cols[4]
-
-    def field(name: str) -> np.ndarray:
-        _, shift, width = _FIELD_BITS[name]
-        return (k6 >> _U(shift)) & _U((1 << width) - 1)
-
-    out = _port_roles(field("proto"), field("sport"), field("dport"), field("icmp_type"), service_ports)
     if memory is None or memory.n == 0:
         m_slots, m_keys, m_syn = np.empty(0, dtype=np.int64), _NO_KEYS, _NO_SYNS
     else:
         m_slots, m_keys, m_syn = memory.slots, memory.keys, memory.syn
+    out = np.empty(len(perm), dtype=np.bool_)
     _conn_roles(
         rows,
         np.ascontiguousarray(perm, dtype=np.int64),
@@ -1271,9 +1371,9 @@ def _roles_for_rows(
         m_slots,
         m_keys,
         m_syn,
+        np.unique(np.asarray(service_ports, dtype=np.uint64)),
         out,
     )
-    out[(k6 & _FORCED_CLIENT) != _ZERO] = True  # flow records that name their client (Zeek)
     return out
 
 
@@ -1608,7 +1708,7 @@ class Aggregator:
         if self._needs_roles:  # read in row order (memory order), handed over in interval order
             cis = _roles_for_rows(rows, sel, self.service_ports, kept, self._syns)
             cis = cis if order is None else cis[order]
-        out = Drained(self, rows[perm], cis)
+        out = Drained(self, np.take(rows, perm, axis=0), cis)
         if self._needs_roles:
             self._syns.add(rows, sel)
         self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))

@@ -276,8 +276,8 @@ class FlowDecoder:
                 buf, offsets, lengths, codes, i, tkeys, tinfo, v5_slot,
                 s_slot, s_off, s_count, s_dgram, s_init, *d,
             )  # fmt: skip
-            for j in range(i, stop):  # sequence numbers, in order (a few per thousand records)
-                self._sequence(exporters[which[j]], int(d[3][j]), int(d[2][j]), int(d[4][j]), int(d[5][j]))
+            if stop > i:
+                self._sequences(exporters, which[i:stop], codes[i:stop], *(x[i:stop] for x in d[2:6]))
             self.datagrams += stop - i
             if ns:
                 self._add_sets(
@@ -340,6 +340,39 @@ class FlowDecoder:
             if 0 < gap < 1 << 31:  # ahead: missing; behind: a restart or reordering, not counted
                 self.skipped["flow-sequence-gap"] += gap
         self._seq[key] = (seq + advance) & 0xFFFFFFFF
+
+    def _sequences(
+        self,
+        exporters: Sequence[str],
+        which: np.ndarray,
+        codes: np.ndarray,
+        version: np.ndarray,
+        domain: np.ndarray,
+        seq: np.ndarray,
+        advance: np.ndarray,
+    ) -> None:
+        """``_sequence`` for many datagrams in order, vectorised per (exporter, domain, version): one
+        Python step per stream, not per datagram (a spool of a million records has 30,000 datagrams)."""
+        key = (codes << 40) | (domain << 8) | version  # code < 2**15, domain < 2**32, version < 2**8
+        if (key == key[0]).all():
+            streams = [(0, slice(None))]
+        else:
+            uniq, first = np.unique(key, return_index=True)
+            streams = [(int(f), np.flatnonzero(key == u)) for f, u in zip(first.tolist(), uniq, strict=True)]
+        gaps = 0
+        for f, sel in streams:
+            s, adv = seq[sel], advance[sel]
+            name = (exporters[int(which[f])], int(domain[f]), int(version[f]))
+            nxt = (s + adv) & 0xFFFFFFFF
+            expected = np.empty_like(s)
+            expected[1:] = nxt[:-1]
+            prev = self._seq.get(name)
+            expected[0] = s[0] if prev is None else prev
+            gap = (s - expected) & 0xFFFFFFFF
+            gaps += int(gap[(gap > 0) & (gap < 1 << 31)].sum())
+            self._seq[name] = int(nxt[-1])
+        if gaps:
+            self.skipped["flow-sequence-gap"] += gaps
 
     def _v5(self, p: bytes, exporter: str, code: int) -> None:
         if len(p) < 24:

@@ -298,14 +298,7 @@ def _ingest(
             kq[_K_SYN] = syn
             kq[_K_COUNTED] = _ONE
             prefetch1(index, np.int64(h & cmask))
-        # pass 2: hint both cache lines of the row each home slot names (keys, then the counts)
-        for q in range(i, e):
-            kq = keys[q - i]
-            if kq[_K_COUNTED] != _ZERO:
-                r = index[np.int64(kq[_K_H] & cmask)]
-                if r >= 0:
-                    prefetch2(rows, np.int64(r), 0)
-                    prefetch2(rows, np.int64(r), 8)
+        _hint_rows(index, rows, keys, e - i)  # pass 2: both cache lines of the rows the home slots name
         # pass 3: count, in frame order
         for q in range(i, e):
             if used >= nrows or used - base >= half:
@@ -321,65 +314,79 @@ def _ingest(
                 newest = inum
                 index[:] = -1
                 base = used
-            k0 = kq[0]
-            k1 = kq[1]
-            k2 = kq[2]
-            k3 = kq[3]
-            k4 = kq[4]
-            k5 = kq[5]
-            k6 = kq[6]
-            k7 = kq[7]
-            h = kq[_K_H]
-            syn = kq[_K_SYN]
             tsf = _U(ts_ns[q]) ^ _SIGN
-            j = h & cmask
-            while True:
-                r = index[j]
-                if r < 0:
-                    index[j] = used
-                    row = rows[used]
-                    row[0] = h
-                    row[1] = k0
-                    row[2] = k1
-                    row[3] = k2
-                    row[4] = k3
-                    row[5] = k4
-                    row[6] = k5
-                    row[7] = k6
-                    row[8] = k7
-                    row[9] = k8
-                    row[10] = _ONE
-                    row[11] = _U(wirelen[q])
-                    row[12] = tsf
-                    row[13] = tsf
-                    row[14] = syn
-                    used += 1
-                    break
-                row = rows[r]
-                if (
-                    row[0] == h
-                    and row[1] == k0
-                    and row[2] == k1
-                    and row[3] == k2
-                    and row[4] == k3
-                    and row[5] == k4
-                    and row[6] == k5
-                    and row[7] == k6
-                    and row[8] == k7
-                    and row[9] == k8
-                ):
-                    row[10] += _ONE
-                    row[11] += _U(wirelen[q])
-                    if tsf < row[12]:
-                        row[12] = tsf
-                    if tsf > row[13]:
-                        row[13] = tsf
-                    if syn < row[14]:
-                        row[14] = syn
-                    break
-                j = (j + _ONE) & cmask
+            used = _count(index, rows, used, kq, _ONE, _U(wirelen[q]), tsf, tsf, _ZERO)
         i = e
     return i, used, base, newest
+
+
+@njit(inline="always")
+def _count(index, rows, used, kq, pk, by, tsf, tef, k15):
+    """Adds one keyed frame or flow record (``kq``: k0..k8, hash, first-SYN time) to its fine row, or
+    starts the row at ``used``; returns the new ``used``. Shared by ``_ingest`` and ``_ingest_flows``:
+    a packet adds 1 and its wire length, first/last seen its time, and has no interfaces (k15 0)."""
+    cmask = _U(index.shape[0] - 1)
+    h = kq[_K_H]
+    j = h & cmask
+    while True:
+        r = index[j]
+        if r < 0:
+            index[j] = used
+            row = rows[used]
+            row[0] = h
+            row[1] = kq[0]
+            row[2] = kq[1]
+            row[3] = kq[2]
+            row[4] = kq[3]
+            row[5] = kq[4]
+            row[6] = kq[5]
+            row[7] = kq[6]
+            row[8] = kq[7]
+            row[9] = kq[8]
+            row[10] = pk
+            row[11] = by
+            row[12] = tsf
+            row[13] = tef
+            row[14] = kq[_K_SYN]
+            row[15] = k15
+            return used + 1
+        row = rows[r]
+        if (
+            row[0] == h
+            and row[1] == kq[0]
+            and row[2] == kq[1]
+            and row[3] == kq[2]
+            and row[4] == kq[3]
+            and row[5] == kq[4]
+            and row[6] == kq[5]
+            and row[7] == kq[6]
+            and row[8] == kq[7]
+            and row[9] == kq[8]
+            and row[15] == k15
+        ):
+            row[10] += pk
+            row[11] += by
+            if tsf < row[12]:
+                row[12] = tsf
+            if tef > row[13]:
+                row[13] = tef
+            if kq[_K_SYN] < row[14]:
+                row[14] = kq[_K_SYN]
+            return used
+        j = (j + _ONE) & cmask
+
+
+@njit(inline="always")
+def _hint_rows(index, rows, keys, nb):
+    """Pass 2 of a block: hint both cache lines of the row each home index slot names."""
+    cmask = _U(index.shape[0] - 1)
+    for q in range(nb):
+        kq = keys[q]
+        if kq[_K_COUNTED] != _ZERO:
+            r = index[np.int64(kq[_K_H] & cmask)]
+            if r >= 0:
+                prefetch2(rows, np.int64(r), 0)
+                prefetch2(rows, np.int64(r), 8)
 
 
 @njit(cache=True, nogil=True)
@@ -389,7 +396,8 @@ def _ingest_flows(
     tcp_flags, exporter, input_if, output_if, forced, wm, ifs_mask, interval_ns, count_mask, status_counts,
 ):  # fmt: skip
     """:func:`_ingest` for flow records: each adds its own packet and byte counts, first/last seen are
-    the flow's start and end, and the rows carry the flow mark, exporter and interfaces (slot 15)."""
+    the flow's start and end, and the rows carry the flow mark, exporter and interfaces (slot 15).
+    A block of records at a time, as ``_ingest`` (keys and hints, row hints, then counting in order)."""
     n = ts_ns.shape[0]
     cmask = _U(index.shape[0] - 1)
     half = index.shape[0] // 2
@@ -400,124 +408,101 @@ def _ingest_flows(
     use_dmac = wm[5] != _ZERO
     m6 = wm[6]
     m7 = wm[7]
+    keys = np.empty((_BLOCK, 12), dtype=np.uint64)
+    k15s = np.empty(_BLOCK, dtype=np.uint64)
     i = start
     while i < n:
-        if used >= nrows or used - base >= half:
-            return i, used, base, newest
-        st = status[i]
-        status_counts[st] += 1
-        if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
-            i += 1
-            continue
-        ok = st == 0
-        k0 = _ZERO
-        k1 = _ZERO
-        k2 = _ZERO
-        k3 = _ZERO
-        k4 = _ZERO
-        k5 = _ZERO
-        if ok and use_src:
-            k0 = src_hi[i]
-            k1 = src_lo[i]
-        if ok and use_dst:
-            k2 = dst_hi[i]
-            k3 = dst_lo[i]
-        if use_smac:
-            k4 = src_mac[i]
-        if use_dmac:
-            k5 = dst_mac[i]
-        k6 = _U(st & 7) << _U(60)
-        k7 = _U(vlan[i]) | (_U(ethertype[i]) << _U(16)) | ((exporter[i] & _U(0x3FFFFF)) << _U(40))
-        if ok:
-            k6 |= (
-                _U(proto[i])
-                | (_U(sport[i]) << _U(8))
-                | (_U(dport[i]) << _U(24))
-                | (_U(icmp_type[i]) << _U(40))
-                | (_U(icmp_code[i]) << _U(48))
-                | (_U(ip_version[i] & 15) << _U(56))
+        e = min(i + _BLOCK, n)
+        for q in range(i, e):  # pass 1: keys and hashes; hint the home index slots
+            kq = keys[q - i]
+            st = status[q]
+            if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
+                kq[_K_COUNTED] = _ZERO
+                continue
+            ok = st == 0
+            k0 = _ZERO
+            k1 = _ZERO
+            k2 = _ZERO
+            k3 = _ZERO
+            k4 = _ZERO
+            k5 = _ZERO
+            if ok and use_src:
+                k0 = src_hi[q]
+                k1 = src_lo[q]
+            if ok and use_dst:
+                k2 = dst_hi[q]
+                k3 = dst_lo[q]
+            if use_smac:
+                k4 = src_mac[q]
+            if use_dmac:
+                k5 = dst_mac[q]
+            k6 = _U(st & 7) << _U(60)
+            k7 = _U(vlan[q]) | (_U(ethertype[q]) << _U(16)) | ((exporter[q] & _U(0x3FFFFF)) << _U(40))
+            if ok:
+                k6 |= (
+                    _U(proto[q])
+                    | (_U(sport[q]) << _U(8))
+                    | (_U(dport[q]) << _U(24))
+                    | (_U(icmp_type[q]) << _U(40))
+                    | (_U(icmp_code[q]) << _U(48))
+                    | (_U(ip_version[q] & 15) << _U(56))
+                )
+                k7 |= _U(tcp_flags[q]) << _U(32)
+            k6 &= m6
+            k7 &= m7
+            k7 |= _FLOW_MARK
+            if forced[q] != 0:
+                k6 |= _FORCED_CLIENT
+            k15 = ((input_if[q] << _S32) | (output_if[q] & _U(0xFFFFFFFF))) & ifs_mask
+            k8 = _U(ts_ns[q] // interval_ns)
+            h = _finalize(
+                k0 * _C0
+                + k1 * _C1
+                + k2 * _C2
+                + k3 * _C3
+                + k4 * _C4
+                + k5 * _C5
+                + k6 * _C6
+                + k7 * _C7
+                + k8 * _C8
+                + k15 * _SEED
             )
-            k7 |= _U(tcp_flags[i]) << _U(32)
-        k6 &= m6
-        k7 &= m7
-        k7 |= _FLOW_MARK
-        if forced[i] != 0:
-            k6 |= _FORCED_CLIENT
-        k15 = ((input_if[i] << _S32) | (output_if[i] & _U(0xFFFFFFFF))) & ifs_mask
-        ts = ts_ns[i]
-        inum = ts // interval_ns
-        if inum > newest:
-            newest = inum
-            index[:] = -1
-            base = used
-        k8 = _U(inum)
-        h = _finalize(
-            k0 * _C0
-            + k1 * _C1
-            + k2 * _C2
-            + k3 * _C3
-            + k4 * _C4
-            + k5 * _C5
-            + k6 * _C6
-            + k7 * _C7
-            + k8 * _C8
-            + k15 * _SEED
-        )
-        tsf = _U(ts) ^ _SIGN
-        te = ts_end[i]
-        tef = _U(te if te > ts else ts) ^ _SIGN
-        syn = _NOSYN
-        if ok and proto[i] == 6 and (tcp_flags[i] & 0x02) != 0:
-            syn = tsf
-        j = h & cmask
-        while True:
-            r = index[j]
-            if r < 0:
-                index[j] = used
-                row = rows[used]
-                row[0] = h
-                row[1] = k0
-                row[2] = k1
-                row[3] = k2
-                row[4] = k3
-                row[5] = k4
-                row[6] = k5
-                row[7] = k6
-                row[8] = k7
-                row[9] = k8
-                row[10] = pk[i]
-                row[11] = by[i]
-                row[12] = tsf
-                row[13] = tef
-                row[14] = syn
-                row[15] = k15
-                used += 1
-                break
-            row = rows[r]
-            if (
-                row[0] == h
-                and row[1] == k0
-                and row[2] == k1
-                and row[3] == k2
-                and row[4] == k3
-                and row[5] == k4
-                and row[6] == k5
-                and row[7] == k6
-                and row[8] == k7
-                and row[9] == k8
-                and row[15] == k15
-            ):
-                row[10] += pk[i]
-                row[11] += by[i]
-                if tsf < row[12]:
-                    row[12] = tsf
-                if tef > row[13]:
-                    row[13] = tef
-                if syn < row[14]:
-                    row[14] = syn
-                break
-            j = (j + _ONE) & cmask
-        i += 1
+            syn = _NOSYN
+            if ok and proto[q] == 6 and (tcp_flags[q] & 0x02) != 0:
+                syn = _U(ts_ns[q]) ^ _SIGN
+            kq[0] = k0
+            kq[1] = k1
+            kq[2] = k2
+            kq[3] = k3
+            kq[4] = k4
+            kq[5] = k5
+            kq[6] = k6
+            kq[7] = k7
+            kq[8] = k8
+            kq[_K_H] = h
+            kq[_K_SYN] = syn
+            kq[_K_COUNTED] = _ONE
+            k15s[q - i] = k15
+            prefetch1(index, np.int64(h & cmask))
+        _hint_rows(index, rows, keys, e - i)  # pass 2
+        for q in range(i, e):  # pass 3: count, in record order
+            if used >= nrows or used - base >= half:
+                return q, used, base, newest
+            st = status[q]
+            status_counts[st] += 1
+            kq = keys[q - i]
+            if kq[_K_COUNTED] == _ZERO:
+                continue
+            inum = np.int64(kq[8])
+            if inum > newest:
+                newest = inum
+                index[:] = -1
+                base = used
+            ts = ts_ns[q]
+            te = ts_end[q]
+            tsf = _U(ts) ^ _SIGN
+            used = _count(index, rows, used, kq, pk[q], by[q], tsf, _U(te if te > ts else ts) ^ _SIGN, k15s[q - i])
+        i = e
     return i, used, base, newest
 
 
@@ -1547,7 +1532,6 @@ class Aggregator:
         if n == 0:
             return
         start = 0
-        first_new = self._used
         interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
         while True:
             start, self._used, self._base, self._newest = _ingest(
@@ -1583,8 +1567,6 @@ class Aggregator:
             if start >= n:
                 break
             self._grow()
-        if self._ifs_mask and self._used > first_new:
-            self._rows[first_new : self._used, _C_IFS] = 0  # packets have no interfaces
         self.packets_seen += n
 
     def add_flows(self, records: Mapping[str, np.ndarray], exporters: Sequence[str] = ()) -> None:

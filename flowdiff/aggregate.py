@@ -518,6 +518,58 @@ def _reindex(rows, base, used, index):
 
 
 @njit(cache=True, nogil=True)
+def _split_rows(inum, base, cutoff):
+    """A drain's rows: (those of intervals below ``cutoff``, the others, both in row order; the order
+    that sorts the first by interval, stably, or nothing when they are in that order already; how many
+    of the rows below ``base`` stay). A counting sort: the drained intervals are a few dozen."""
+    n = inum.shape[0]
+    ns = 0
+    stay_below_base = 0
+    lo = _INT64_MAX
+    hi = _INT64_MIN
+    in_order = True
+    for r in range(n):
+        v = inum[r]
+        if v < cutoff:
+            if ns and v < hi:
+                in_order = False
+            lo = min(lo, v)
+            hi = max(hi, v)
+            ns += 1
+        elif r < base:
+            stay_below_base += 1
+    sel = np.empty(ns, dtype=np.int64)
+    kept = np.empty(n - ns, dtype=np.int64)
+    a = 0
+    b = 0
+    for r in range(n):
+        if inum[r] < cutoff:
+            sel[a] = r
+            a += 1
+        else:
+            kept[b] = r
+            b += 1
+    if in_order:
+        return sel, kept, np.empty(0, dtype=np.int64), stay_below_base
+    if hi - lo > 4 * ns + 1024:  # intervals far apart (a late record from long ago): a comparison sort
+        vals = np.empty(ns, dtype=np.int64)
+        for t in range(ns):
+            vals[t] = inum[sel[t]]
+        return sel, kept, np.argsort(vals, kind="mergesort"), stay_below_base
+    pos = np.zeros(hi - lo + 2, dtype=np.int64)
+    for t in range(ns):
+        pos[inum[sel[t]] - lo + 1] += 1
+    for k in range(1, pos.shape[0]):
+        pos[k] += pos[k - 1]
+    order = np.empty(ns, dtype=np.int64)
+    for t in range(ns):
+        k = inum[sel[t]] - lo
+        order[pos[k]] = t
+        pos[k] += 1
+    return sel, kept, order, stay_below_base
+
+
+@njit(cache=True, nogil=True)
 def _keep_rows(rows, kept):
     """Move the rows ``kept`` (increasing) to the front, in place: no temporary copy of them."""
     for t in range(kept.shape[0]):
@@ -1678,13 +1730,10 @@ class Aggregator:
             cutoff = self._newest + 1
         self._drained_below = max(self._drained_below, cutoff)
         rows = self._rows[: self._used]
-        inum = rows[:, 9].view(np.int64)
-        out_mask = inum < cutoff
-        sel = np.flatnonzero(out_mask)
+        sel, kept, order, kept_below_base = _split_rows(rows[:, 9].view(np.int64), self._base, cutoff)
         if len(sel) == 0:
             return None
-        kept = np.flatnonzero(~out_mask)
-        order = np.argsort(inum[sel], kind="stable") if np.any(np.diff(inum[sel]) < 0) else None
+        order = order if len(order) else None
         perm = sel if order is None else sel[order]
         cis = None
         if self._needs_roles:  # read in row order (memory order), handed over in interval order
@@ -1693,7 +1742,7 @@ class Aggregator:
         out = Drained(self, np.take(rows, perm, axis=0), cis)
         if self._needs_roles:
             self._syns.add(rows, sel)
-        self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))
+        self._compact(kept, int(kept_below_base))
         return out
 
     def _compact(self, kept: np.ndarray, new_base: int) -> None:

@@ -501,7 +501,8 @@ def _ingest_flows(
             ts = ts_ns[q]
             te = ts_end[q]
             tsf = _U(ts) ^ _SIGN
-            used = _count(index, rows, used, kq, pk[q], by[q], tsf, _U(te if te > ts else ts) ^ _SIGN, k15s[q - i])
+            tef = _U(te if te > ts else ts) ^ _SIGN
+            used = _count(index, rows, used, kq, pk[q], by[q], tsf, tef, k15s[q - i])
         i = e
     return i, used, base, newest
 

@@ -300,14 +300,7 @@ def _ingest(
             kq[_K_SYN] = syn
             kq[_K_COUNTED] = _ONE
             prefetch1(index, np.int64(h & cmask))
-        # pass 2: hint both cache lines of the row each home slot names (keys, then the counts)
-        for q in range(i, e):
-            kq = keys[q - i]
-            if kq[_K_COUNTED] != _ZERO:
-                r = index[np.int64(kq[_K_H] & cmask)]
-                if r >= 0:
-                    prefetch2(rows, np.int64(r), 0)
-                    prefetch2(rows, np.int64(r), 8)
+        _hint_rows(index, rows, keys, e - i)  # pass 2: both cache lines of the rows the home slots name
         # pass 3: count, in frame order
         for q in range(i, e):
             if used >= nrows or used - base >= half:
@@ -323,65 +316,79 @@ def _ingest(
                 newest = inum
                 index[:] = -1
                 base = used
-            k0 = kq[0]
-            k1 = kq[1]
-            k2 = kq[2]
-            k3 = kq[3]
-            k4 = kq[4]
-            k5 = kq[5]
-            k6 = kq[6]
-            k7 = kq[7]
-            h = kq[_K_H]
-            syn = kq[_K_SYN]
             tsf = _U(ts_ns[q]) ^ _SIGN
-            j = h & cmask
-            while True:
-                r = index[j]
-                if r < 0:
-                    index[j] = used
-                    row = rows[used]
-                    row[0] = h
-                    row[1] = k0
-                    row[2] = k1
-                    row[3] = k2
-                    row[4] = k3
-                    row[5] = k4
-                    row[6] = k5
-                    row[7] = k6
-                    row[8] = k7
-                    row[9] = k8
-                    row[10] = _ONE
-                    row[11] = _U(wirelen[q])
-                    row[12] = tsf
-                    row[13] = tsf
-                    row[14] = syn
-                    used += 1
-                    break
-                row = rows[r]
-                if (
-                    row[0] == h
-                    and row[1] == k0
-                    and row[2] == k1
-                    and row[3] == k2
-                    and row[4] == k3
-                    and row[5] == k4
-                    and row[6] == k5
-                    and row[7] == k6
-                    and row[8] == k7
-                    and row[9] == k8
-                ):
-                    row[10] += _ONE
-                    row[11] += _U(wirelen[q])
-                    if tsf < row[12]:
-                        row[12] = tsf
-                    if tsf > row[13]:
-                        row[13] = tsf
-                    if syn < row[14]:
-                        row[14] = syn
-                    break
-                j = (j + _ONE) & cmask
+            used = _count(index, rows, used, kq, _ONE, _U(wirelen[q]), tsf, tsf, _ZERO)
         i = e
     return i, used, base, newest
+
+
+@njit(inline="always")
+def _count(index, rows, used, kq, pk, by, tsf, tef, k15):
+    """Adds one keyed frame or flow record (``kq``: k0..k8, hash, first-SYN time) to its fine row, or
+    starts the row at ``used``; returns the new ``used``. Shared by ``_ingest`` and ``_ingest_flows``:
+    a packet adds 1 and its wire length, first/last seen its time, and has no interfaces (k15 0)."""
+    cmask = _U(index.shape[0] - 1)
+    h = kq[_K_H]
+    j = h & cmask
+    while True:
+        r = index[j]
+        if r < 0:
+            index[j] = used
+            row = rows[used]
+            row[0] = h
+            row[1] = kq[0]
+            row[2] = kq[1]
+            row[3] = kq[2]
+            row[4] = kq[3]
+            row[5] = kq[4]
+            row[6] = kq[5]
+            row[7] = kq[6]
+            row[8] = kq[7]
+            row[9] = kq[8]
+            row[10] = pk
+            row[11] = by
+            row[12] = tsf
+            row[13] = tef
+            row[14] = kq[_K_SYN]
+            row[15] = k15
+            return used + 1
+        row = rows[r]
+        if (
+            row[0] == h
+            and row[1] == kq[0]
+            and row[2] == kq[1]
+            and row[3] == kq[2]
+            and row[4] == kq[3]
+            and row[5] == kq[4]
+            and row[6] == kq[5]
+            and row[7] == kq[6]
+            and row[8] == kq[7]
+            and row[9] == kq[8]
+            and row[15] == k15
+        ):
+            row[10] += pk
+            row[11] += by
+            if tsf < row[12]:
+                row[12] = tsf
+            if tef > row[13]:
+                row[13] = tef
+            if kq[_K_SYN] < row[14]:
+                row[14] = kq[_K_SYN]
+            return used
+        j = (j + _ONE) & cmask
+
+
+@njit(inline="always")
+def _hint_rows(index, rows, keys, nb):
+    """Pass 2 of a block: hint both cache lines of the row each home index slot names."""
+    cmask = _U(index.shape[0] - 1)
+    for q in range(nb):
+        kq = keys[q]
+        if kq[_K_COUNTED] != _ZERO:
+            r = index[np.int64(kq[_K_H] & cmask)]
+            if r >= 0:
+                prefetch2(rows, np.int64(r), 0)
+                prefetch2(rows, np.int64(r), 8)
 
 
 @njit(cache=True, nogil=True)
@@ -391,7 +398,8 @@ def _ingest_flows(
     tcp_flags, exporter, input_if, output_if, forced, wm, ifs_mask, interval_ns, count_mask, status_counts,
 ):  # fmt: skip
     """:func:`_ingest` for flow records: each adds its own packet and byte counts, first/last seen are
-    the flow's start and end, and the rows carry the flow mark, exporter and interfaces (slot 15)."""
+    the flow's start and end, and the rows carry the flow mark, exporter and interfaces (slot 15).
+    A block of records at a time, as ``_ingest`` (keys and hints, row hints, then counting in order)."""
     n = ts_ns.shape[0]
     cmask = _U(index.shape[0] - 1)
     half = index.shape[0] // 2
@@ -402,124 +410,102 @@ def _ingest_flows(
     use_dmac = wm[5] != _ZERO
     m6 = wm[6]
     m7 = wm[7]
+    keys = np.empty((_BLOCK, 12), dtype=np.uint64)
+    k15s = np.empty(_BLOCK, dtype=np.uint64)
     i = start
     while i < n:
-        if used >= nrows or used - base >= half:
-            return i, used, base, newest
-        st = status[i]
-        status_counts[st] += 1
-        if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
-            i += 1
-            continue
-        ok = st == 0
-        k0 = _ZERO
-        k1 = _ZERO
-        k2 = _ZERO
-        k3 = _ZERO
-        k4 = _ZERO
-        k5 = _ZERO
-        if ok and use_src:
-            k0 = src_hi[i]
-            k1 = src_lo[i]
-        if ok and use_dst:
-            k2 = dst_hi[i]
-            k3 = dst_lo[i]
-        if use_smac:
-            k4 = src_mac[i]
-        if use_dmac:
-            k5 = dst_mac[i]
-        k6 = _U(st & 7) << _U(60)
-        k7 = _U(vlan[i]) | (_U(ethertype[i]) << _U(16)) | ((exporter[i] & _U(0x3FFFFF)) << _U(40))
-        if ok:
-            k6 |= (
-                _U(proto[i])
-                | (_U(sport[i]) << _U(8))
-                | (_U(dport[i]) << _U(24))
-                | (_U(icmp_type[i]) << _U(40))
-                | (_U(icmp_code[i]) << _U(48))
-                | (_U(ip_version[i] & 15) << _U(56))
+        e = min(i + _BLOCK, n)
+        for q in range(i, e):  # pass 1: keys and hashes; hint the home index slots
+            kq = keys[q - i]
+            st = status[q]
+            if st >= 64 or ((count_mask >> _U(st)) & _ONE) == _ZERO:
+                kq[_K_COUNTED] = _ZERO
+                continue
+            ok = st == 0
+            k0 = _ZERO
+            k1 = _ZERO
+            k2 = _ZERO
+            k3 = _ZERO
+            k4 = _ZERO
+            k5 = _ZERO
+            if ok and use_src:
+                k0 = src_hi[q]
+                k1 = src_lo[q]
+            if ok and use_dst:
+                k2 = dst_hi[q]
+                k3 = dst_lo[q]
+            if use_smac:
+                k4 = src_mac[q]
+            if use_dmac:
+                k5 = dst_mac[q]
+            k6 = _U(st & 7) << _U(60)
+            k7 = _U(vlan[q]) | (_U(ethertype[q]) << _U(16)) | ((exporter[q] & _U(0x3FFFFF)) << _U(40))
+            if ok:
+                k6 |= (
+                    _U(proto[q])
+                    | (_U(sport[q]) << _U(8))
+                    | (_U(dport[q]) << _U(24))
+                    | (_U(icmp_type[q]) << _U(40))
+                    | (_U(icmp_code[q]) << _U(48))
+                    | (_U(ip_version[q] & 15) << _U(56))
+                )
+                k7 |= _U(tcp_flags[q]) << _U(32)
+            k6 &= m6
+            k7 &= m7
+            k7 |= _FLOW_MARK
+            if forced[q] != 0:
+                k6 |= _FORCED_CLIENT
+            k15 = ((input_if[q] << _S32) | (output_if[q] & _U(0xFFFFFFFF))) & ifs_mask
+            k8 = _U(ts_ns[q] // interval_ns)
+            h = _finalize(
+                k0 * _C0
+                + k1 * _C1
+                + k2 * _C2
+                + k3 * _C3
+                + k4 * _C4
+                + k5 * _C5
+                + k6 * _C6
+                + k7 * _C7
+                + k8 * _C8
+                + k15 * _SEED
             )
-            k7 |= _U(tcp_flags[i]) << _U(32)
-        k6 &= m6
-        k7 &= m7
-        k7 |= _FLOW_MARK
-        if forced[i] != 0:
-            k6 |= _FORCED_CLIENT
-        k15 = ((input_if[i] << _S32) | (output_if[i] & _U(0xFFFFFFFF))) & ifs_mask
-        ts = ts_ns[i]
-        inum = ts // interval_ns
-        if inum > newest:
-            newest = inum
-            index[:] = -1
-            base = used
-        k8 = _U(inum)
-        h = _finalize(
-            k0 * _C0
-            + k1 * _C1
-            + k2 * _C2
-            + k3 * _C3
-            + k4 * _C4
-            + k5 * _C5
-            + k6 * _C6
-            + k7 * _C7
-            + k8 * _C8
-            + k15 * _SEED
-        )
-        tsf = _U(ts) ^ _SIGN
-        te = ts_end[i]
-        tef = _U(te if te > ts else ts) ^ _SIGN
-        syn = _NOSYN
-        if ok and proto[i] == 6 and (tcp_flags[i] & 0x02) != 0:
-            syn = tsf
-        j = h & cmask
-        while True:
-            r = index[j]
-            if r < 0:
-                index[j] = used
-                row = rows[used]
-                row[0] = h
-                row[1] = k0
-                row[2] = k1
-                row[3] = k2
-                row[4] = k3
-                row[5] = k4
-                row[6] = k5
-                row[7] = k6
-                row[8] = k7
-                row[9] = k8
-                row[10] = pk[i]
-                row[11] = by[i]
-                row[12] = tsf
-                row[13] = tef
-                row[14] = syn
-                row[15] = k15
-                used += 1
-                break
-            row = rows[r]
-            if (
-                row[0] == h
-                and row[1] == k0
-                and row[2] == k1
-                and row[3] == k2
-                and row[4] == k3
-                and row[5] == k4
-                and row[6] == k5
-                and row[7] == k6
-                and row[8] == k7
-                and row[9] == k8
-                and row[15] == k15
-            ):
-                row[10] += pk[i]
-                row[11] += by[i]
-                if tsf < row[12]:
-                    row[12] = tsf
-                if tef > row[13]:
-                    row[13] = tef
-                if syn < row[14]:
-                    row[14] = syn
-                break
-            j = (j + _ONE) & cmask
-        i += 1
+            syn = _NOSYN
+            if ok and proto[q] == 6 and (tcp_flags[q] & 0x02) != 0:
+                syn = _U(ts_ns[q]) ^ _SIGN
+            kq[0] = k0
+            kq[1] = k1
+            kq[2] = k2
+            kq[3] = k3
+            kq[4] = k4
+            kq[5] = k5
+            kq[6] = k6
+            kq[7] = k7
+            kq[8] = k8
+            kq[_K_H] = h
+            kq[_K_SYN] = syn
+            kq[_K_COUNTED] = _ONE
+            k15s[q - i] = k15
+            prefetch1(index, np.int64(h & cmask))
+        _hint_rows(index, rows, keys, e - i)  # pass 2
+        for q in range(i, e):  # pass 3: count, in record order
+            if used >= nrows or used - base >= half:
+                return q, used, base, newest
+            st = status[q]
+            status_counts[st] += 1
+            kq = keys[q - i]
+            if kq[_K_COUNTED] == _ZERO:
+                continue
+            inum = np.int64(kq[8])
+            if inum > newest:
+                newest = inum
+                index[:] = -1
+                base = used
+            ts = ts_ns[q]
+            te = ts_end[q]
+            tsf = _U(ts) ^ _SIGN
+            tef = _U(te if te > ts else ts) ^ _SIGN
+            used = _count(index, rows, used, kq, pk[q], by[q], tsf, tef, k15s[q - i])
+        i = e
     return i, used, base, newest
 
 
@@ -532,6 +518,58 @@ def _reindex(rows, base, used, index):
         while index[j] >= 0:
             j = (j + _ONE) & cmask
         index[j] = r
+
+
+@njit(cache=True, nogil=True)
+def _split_rows(inum, base, cutoff):
+    """A drain's rows: (those of intervals below ``cutoff``, the others, both in row order; the order
+    that sorts the first by interval, stably, or nothing when they are in that order already; how many
+    of the rows below ``base`` stay). A counting sort: the drained intervals are a few dozen."""
+    n = inum.shape[0]
+    ns = 0
+    stay_below_base = 0
+    lo = _INT64_MAX
+    hi = _INT64_MIN
+    in_order = True
+    for r in range(n):
+        v = inum[r]
+        if v < cutoff:
+            if ns and v < hi:
+                in_order = False
+            lo = min(lo, v)
+            hi = max(hi, v)
+            ns += 1
+        elif r < base:
+            stay_below_base += 1
+    sel = np.empty(ns, dtype=np.int64)
+    kept = np.empty(n - ns, dtype=np.int64)
+    a = 0
+    b = 0
+    for r in range(n):
+        if inum[r] < cutoff:
+            sel[a] = r
+            a += 1
+        else:
+            kept[b] = r
+            b += 1
+    if in_order:
+        return sel, kept, np.empty(0, dtype=np.int64), stay_below_base
+    if hi - lo > 4 * ns + 1024:  # intervals far apart (a late record from long ago): a comparison sort
+        vals = np.empty(ns, dtype=np.int64)
+        for t in range(ns):
+            vals[t] = inum[sel[t]]
+        return sel, kept, np.argsort(vals, kind="mergesort"), stay_below_base
+    pos = np.zeros(hi - lo + 2, dtype=np.int64)
+    for t in range(ns):
+        pos[inum[sel[t]] - lo + 1] += 1
+    for k in range(1, pos.shape[0]):
+        pos[k] += pos[k - 1]
+    order = np.empty(ns, dtype=np.int64)
+    for t in range(ns):
+        k = inum[sel[t]] - lo
+        order[pos[k]] = t
+        pos[k] += 1
+    return sel, kept, order, stay_below_base
 
 
 @njit(cache=True, nogil=True)
@@ -899,12 +937,78 @@ def _conn_find(slots, keys, h, w0, w1, w2, w3, w4, new):
         j = (j + _ONE) & mask
 
 
+# Connection keys of a block (_conn_block): hash, w0..w4, side (0: b, 1: a, _NOCONN: not looked up), SYN
+_NOCONN = _U(2)
+
+
+@njit(inline="always")
+def _conn_put(blk, q, rows, r, slots):
+    """Row ``r``'s connection key into ``blk[q]`` and a hint for its home slot (TCP rows only)."""
+    k6 = rows[r, 7]
+    if (k6 & _U(0xFF)) != _U(6):
+        blk[q, 6] = _NOCONN
+        return
+    af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
+    blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5] = h, w0, w1, w2, w3, w4
+    blk[q, 6] = _ONE if af else _ZERO
+    blk[q, 7] = rows[r, _C_SYN]
+    prefetch1(slots, np.int64(h & _U(slots.shape[0] - 1)))
+
+
+@njit(inline="always")
+def _conn_block(slots, keys, blk, nb, g, insert, found):
+    """The connections ``blk[:nb]`` looked up (and inserted as entries ``g..`` when ``insert``), in
+    order: ``found[q]`` is the entry (-1: not a connection, or absent). Returns the new entry count.
+    The home slots were hinted by ``_conn_put``; the keys those slots name are hinted before the
+    probes, so the cache misses of a block overlap (hints change no value)."""
+    mask = _U(slots.shape[0] - 1)
+    for q in range(nb):
+        if blk[q, 6] != _NOCONN:
+            v = slots[np.int64(blk[q, 0] & mask)]
+            if v >= 0:
+                prefetch2(keys, np.int64(v & _LO32), 0)
+    for q in range(nb):
+        if blk[q, 6] == _NOCONN:
+            found[q] = -1
+            continue
+        s = _conn_find(slots, keys, blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5],
+                       g if insert else -1)  # fmt: skip
+        if insert and s == g:
+            g += 1
+        found[q] = s
+    return g
+
+
+@njit(inline="always")
+def _is_service(port, service_ports):
+    """``port`` < 1024 or in the sorted ``service_ports`` (the port rule's qualification)."""
+    if port < _U(1024):
+        return True
+    k = np.searchsorted(service_ports, port)
+    return k < service_ports.shape[0] and service_ports[k] == port
+
+
+@njit(inline="always")
+def _port_role(k6, service_ports):
+    """client_is_src of a fine row by the port rule (TCP/UDP) and the ICMP echo rule (``_port_roles``)."""
+    proto = k6 & _U(0xFF)
+    if proto == _U(6) or proto == _U(17):
+        sport = (k6 >> _U(8)) & _U(0xFFFF)
+        dport = (k6 >> _U(24)) & _U(0xFFFF)
+        qs = _is_service(sport, service_ports)
+        qd = _is_service(dport, service_ports)
+        return qd if qs != qd else dport <= sport
+    icmp_type = (k6 >> _U(40)) & _U(0xFF)
+    return not ((proto == _U(1) and icmp_type == _ZERO) or (proto == _U(58) and icmp_type == _U(129)))
+
+
 @njit(cache=True, nogil=True)
-def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
-    """The first-SYN rule for the fine rows ``perm`` (``out`` in ``perm`` order, set where a SYN
-    decides): their connections in a small hash table, then the SYNs of those rows, of the TCP rows
-    ``kept`` (not handed over yet) and of the drained connections remembered (``m_*``, a
-    ``_SynMemory``) are folded in. Work in proportion to ``perm`` and ``kept`` only."""
+def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, service_ports, out):
+    """client_is_src of the fine rows ``perm`` (``out``, in ``perm`` order): the port rule, then the
+    first-SYN rule where a SYN decides (their connections in a small hash table, then the SYNs of
+    those rows, of the TCP rows ``kept`` (not handed over yet) and of the drained connections
+    remembered (``m_*``, a ``_SynMemory``) are folded in), then the flow records that name their client.
+    Work in proportion to ``perm`` and ``kept`` only; a block of rows at a time (``_conn_block``)."""
     n = perm.shape[0]
     cap = 1024
     while cap < 2 * n:
@@ -914,66 +1018,108 @@ def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, out):
     syn = np.full((n, 2), _NOSYN, dtype=np.uint64)
     conn = np.full(n, -1, dtype=np.int64)
     side_a = np.zeros(n, dtype=np.bool_)
+    blk = np.empty((_BLOCK, 8), dtype=np.uint64)
+    found = np.empty(_BLOCK, dtype=np.int64)
     g = 0
+    i = 0
+    while i < n:
+        e = min(i + _BLOCK, n)
+        for t in range(i, e):
+            r = perm[t]
+            out[t] = _port_role(rows[r, 7], service_ports)
+            _conn_put(blk, t - i, rows, r, slots)
+        g = _conn_block(slots, keys, blk, e - i, g, True, found)
+        for t in range(i, e):
+            s = found[t - i]
+            if s < 0:
+                continue
+            conn[t] = s
+            af = blk[t - i, 6] == _ONE
+            side_a[t] = af
+            c = 0 if af else 1
+            sy = blk[t - i, 7]
+            if sy < syn[s, c]:
+                syn[s, c] = sy
+        i = e
+    if g > 0:
+        nk = kept.shape[0]
+        i = 0
+        while i < nk:
+            e = min(i + _BLOCK, nk)
+            for t in range(i, e):
+                r = kept[t]
+                if rows[r, _C_SYN] == _NOSYN:
+                    blk[t - i, 6] = _NOCONN
+                else:
+                    _conn_put(blk, t - i, rows, r, slots)
+            _conn_block(slots, keys, blk, e - i, g, False, found)
+            for q in range(e - i):
+                s = found[q]
+                c = 0 if blk[q, 6] == _ONE else 1
+                if s >= 0 and blk[q, 7] < syn[s, c]:
+                    syn[s, c] = blk[q, 7]
+            i = e
+        if m_slots.shape[0]:
+            mmask = _U(m_slots.shape[0] - 1)
+            i = 0
+            while i < g:
+                e = min(i + _BLOCK, g)
+                for s in range(i, e):
+                    w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
+                    h = _conn_hash(w0, w1, w2, w3, w4)
+                    q = s - i
+                    blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5] = h, w0, w1, w2, w3, w4
+                    blk[q, 6] = _ONE
+                    prefetch1(m_slots, np.int64(h & mmask))
+                _conn_block(m_slots, m_keys, blk, e - i, 0, False, found)
+                for s in range(i, e):
+                    m = found[s - i]
+                    if m >= 0:
+                        syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
+                        syn[s, 1] = min(syn[s, 1], m_syn[m, 1])
+                i = e
+        for t in range(n):
+            s = conn[t]
+            if s >= 0 and syn[s, 0] != syn[s, 1]:  # not a simultaneous open at the same instant
+                out[t] = side_a[t] == (syn[s, 0] < syn[s, 1])
     for t in range(n):
-        r = perm[t]
-        k6 = rows[r, 7]
-        if (k6 & _U(0xFF)) != _U(6):
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, g)
-        if s == g:
-            g += 1
-        conn[t] = s
-        side_a[t] = af
-        sy = rows[r, _C_SYN]
-        c = 0 if af else 1
-        if sy < syn[s, c]:
-            syn[s, c] = sy
-    if g == 0:
-        return
-    for r in kept:
-        k6 = rows[r, 7]
-        sy = rows[r, _C_SYN]
-        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, -1)
-        c = 0 if af else 1
-        if s >= 0 and sy < syn[s, c]:
-            syn[s, c] = sy
-    if m_slots.shape[0]:
-        for s in range(g):
-            w0, w1, w2, w3, w4 = keys[s, 0], keys[s, 1], keys[s, 2], keys[s, 3], keys[s, 4]
-            h = _conn_hash(w0, w1, w2, w3, w4)
-            m = _conn_find(m_slots, m_keys, h, w0, w1, w2, w3, w4, -1)
-            if m >= 0:
-                syn[s, 0] = min(syn[s, 0], m_syn[m, 0])
-                syn[s, 1] = min(syn[s, 1], m_syn[m, 1])
-    for t in range(n):
-        s = conn[t]
-        if s >= 0 and syn[s, 0] != syn[s, 1]:  # not a simultaneous open at the same instant
-            out[t] = side_a[t] == (syn[s, 0] < syn[s, 1])
+        if (rows[perm[t], 7] & _FORCED_CLIENT) != _ZERO:  # flow records that name their client (Zeek)
+            out[t] = True
 
 
 @njit(cache=True, nogil=True)
 def _conn_remember(rows, sel, slots, keys, syn, n):
     """Adds the SYNs of the TCP fine rows ``sel`` to a ``_SynMemory`` holding ``n`` connections
     (room for every row of ``sel`` is made by the caller); returns the new count."""
-    for r in sel:
-        k6 = rows[r, 7]
-        sy = rows[r, _C_SYN]
-        if (k6 & _U(0xFF)) != _U(6) or sy == _NOSYN:
-            continue
-        af, h, w0, w1, w2, w3, w4 = _conn_key(rows[r, 1], rows[r, 2], rows[r, 3], rows[r, 4], k6)
-        s = _conn_find(slots, keys, h, w0, w1, w2, w3, w4, n)
-        if s == n:
-            syn[s, 0] = _NOSYN
-            syn[s, 1] = _NOSYN
-            n += 1
-        c = 0 if af else 1
-        if sy < syn[s, c]:
-            syn[s, c] = sy
+    blk = np.empty((_BLOCK, 8), dtype=np.uint64)
+    m = sel.shape[0]
+    i = 0
+    while i < m:
+        e = min(i + _BLOCK, m)
+        for t in range(i, e):
+            r = sel[t]
+            if rows[r, _C_SYN] == _NOSYN:
+                blk[t - i, 6] = _NOCONN
+            else:
+                _conn_put(blk, t - i, rows, r, slots)
+        mask = _U(slots.shape[0] - 1)
+        for q in range(e - i):
+            if blk[q, 6] != _NOCONN:
+                v = slots[np.int64(blk[q, 0] & mask)]
+                if v >= 0:
+                    prefetch2(keys, np.int64(v & _LO32), 0)
+        for q in range(e - i):  # entries are made in order: one at a time, as the lookups find them absent
+            if blk[q, 6] == _NOCONN:
+                continue
+            s = _conn_find(slots, keys, blk[q, 0], blk[q, 1], blk[q, 2], blk[q, 3], blk[q, 4], blk[q, 5], n)
+            if s == n:
+                syn[s, 0] = _NOSYN
+                syn[s, 1] = _NOSYN
+                n += 1
+            c = 0 if blk[q, 6] == _ONE else 1
+            if blk[q, 7] < syn[s, c]:
+                syn[s, c] = blk[q, 7]
+        i = e
     return n
 
 
@@ -1367,7 +1513,6 @@ class _Fields:
         return got
 
 
-_ROLE_SLOTS = np.array([1, 2, 3, 4, 7], dtype=np.int64)  # what the port rule reads
 _NO_KEYS = np.empty((0, 5), dtype=np.uint64)
 _NO_SYNS = np.empty((0, 2), dtype=np.uint64)
 
@@ -1382,18 +1527,11 @@ def _roles_for_rows(
     """client_is_src for every fine row (in ``perm`` order): over all rows at once, because a SYN seen
     in one interval decides the roles of its connection in every other. The SYNs of the rows ``kept``
     (not handed over yet) and of the connections in ``memory`` (drained before) count too."""
-    cols = _gather_rows(rows, perm, _ROLE_SLOTS)
-    k6 = cols[4]
-
-    def field(name: str) -> np.ndarray:
-        _, shift, width = _FIELD_BITS[name]
-        return (k6 >> _U(shift)) & _U((1 << width) - 1)
-
-    out = _port_roles(field("proto"), field("sport"), field("dport"), field("icmp_type"), service_ports)
     if memory is None or memory.n == 0:
         m_slots, m_keys, m_syn = np.empty(0, dtype=np.int64), _NO_KEYS, _NO_SYNS
     else:
         m_slots, m_keys, m_syn = memory.slots, memory.keys, memory.syn
+    out = np.empty(len(perm), dtype=np.bool_)
     _conn_roles(
         rows,
         np.ascontiguousarray(perm, dtype=np.int64),
@@ -1401,9 +1539,9 @@ def _roles_for_rows(
         m_slots,
         m_keys,
         m_syn,
+        np.unique(np.asarray(service_ports, dtype=np.uint64)),
         out,
     )
-    out[(k6 & _FORCED_CLIENT) != _ZERO] = True  # flow records that name their client (Zeek)
     return out
 
 
@@ -1583,7 +1721,6 @@ class Aggregator:
         if n == 0:
             return
         start = 0
-        first_new = self._used
         interval_ns = np.int64(self.interval) * np.int64(1_000_000_000)
         while True:
             start, self._used, self._base, self._newest = _ingest(
@@ -1619,8 +1756,6 @@ class Aggregator:
             if start >= n:
                 break
             self._grow()
-        if self._ifs_mask and self._used > first_new:
-            self._rows[first_new : self._used, _C_IFS] = 0  # packets have no interfaces
         self.packets_seen += n
 
     def add_flows(self, records: Mapping[str, np.ndarray], exporters: Sequence[str] = ()) -> None:
@@ -1732,22 +1867,19 @@ class Aggregator:
             cutoff = self._newest + 1
         self._drained_below = max(self._drained_below, cutoff)
         rows = self._rows[: self._used]
-        inum = rows[:, 9].view(np.int64)
-        out_mask = inum < cutoff
-        sel = np.flatnonzero(out_mask)
+        sel, kept, order, kept_below_base = _split_rows(rows[:, 9].view(np.int64), self._base, cutoff)
         if len(sel) == 0:
             return None
-        kept = np.flatnonzero(~out_mask)
-        order = np.argsort(inum[sel], kind="stable") if np.any(np.diff(inum[sel]) < 0) else None
+        order = order if len(order) else None
         perm = sel if order is None else sel[order]
         cis = None
         if self._needs_roles:  # read in row order (memory order), handed over in interval order
             cis = _roles_for_rows(rows, sel, self.service_ports, kept, self._syns)
             cis = cis if order is None else cis[order]
-        out = Drained(self, rows[perm], cis)
+        out = Drained(self, np.take(rows, perm, axis=0), cis)
         if self._needs_roles:
             self._syns.add(rows, sel)
-        self._compact(kept, int(np.count_nonzero(~out_mask[: self._base])))
+        self._compact(kept, int(kept_below_base))
         return out
 
     def _compact(self, kept: np.ndarray, new_base: int) -> None:

@@ -1907,7 +1907,9 @@ class Aggregator:
         sorted_inum = rows[:, 9].view(np.int64)[perm]
         parts: dict[str, list[pa.Table]] = {name: [] for name in self.tables}
         for lo, hi in _segments(sorted_inum, self._SEGMENT_ROWS):
-            cols, metrics = _gather_fine(rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS)
+            cols, metrics = _gather_fine(
+                rows, perm[lo:hi], _Fine._SLOTS_IFS if self._ifs_mask else _Fine._SLOTS
+            )
             fine = _Fine(cols, metrics, None if cis is None else cis[lo:hi], self.service_ports)
             for name, keys in self.tables.items():
                 parts[name].append(

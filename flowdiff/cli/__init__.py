@@ -17,6 +17,7 @@ from typing import IO
 import click
 
 from flowdiff import __version__
+from flowdiff._malloc import keep_freed_memory
 from flowdiff._numba import lean_cache_load, skip_blas_probe
 from flowdiff.cli.common import (
     config_option,
@@ -57,6 +58,7 @@ def main(verbose: int, config_path: str | None) -> None:
     setup_logging(verbose)
     skip_blas_probe()  # before any command runs compiled code (flowdiff/_numba.py says why here)
     lean_cache_load()
+    keep_freed_memory()  # the drains' arrays stay mapped between drains (flowdiff/_malloc.py)
 
 
 @main.command()

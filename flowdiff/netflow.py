@@ -354,6 +354,7 @@ class FlowDecoder:
         """``_sequence`` for many datagrams in order, vectorised per (exporter, domain, version): one
         Python step per stream, not per datagram (a spool of a million records has 30,000 datagrams)."""
         key = (codes << 40) | (domain << 8) | version  # code < 2**15, domain < 2**32, version < 2**8
+        streams: list[tuple[int, slice | np.ndarray]]
         if (key == key[0]).all():
             streams = [(0, slice(None))]
         else:

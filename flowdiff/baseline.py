@@ -495,7 +495,7 @@ def _learn_table(
     keys = list(tc.keys)
     parts: list[pa.Table] = []
     size = _CHUNK_INTERVALS if store.sensor is None else _CHUNK_ONE_SENSOR
-    chunks = [starts[i : i + size] for i in range(0, len(starts), size)]
+    chunks = _chunks(starts, size)
     if scheduler:  # the same chunks on a Dask cluster, combined below in the same order
         from flowdiff.distributed import map_chunks
 
@@ -514,6 +514,24 @@ def _learn_table(
     if both:
         ok &= _both_directions(allrows.select(keys).to_pandas(), keys)
     return allrows.filter(pa.array(ok)), candidates
+
+
+def _chunks(starts: list[pd.Timestamp], size: int) -> list[list[pd.Timestamp]]:
+    """Runs of at most ``size`` intervals that never straddle a UTC midnight: a day's intervals are
+    one day file (collect and compaction write them so), and a scan that takes the end of one day and
+    the start of the next opens, decodes and filters two files for one chunk's worth of rows."""
+    out: list[list[pd.Timestamp]] = []
+    day = None
+    for s in starts:
+        d = s.value // _DAY_NS
+        if not out or d != day or len(out[-1]) >= size:
+            out.append([])
+            day = d
+        out[-1].append(s)
+    return out
+
+
+_DAY_NS = 86_400_000_000_000
 
 
 def _np(col: pa.ChunkedArray) -> np.ndarray:

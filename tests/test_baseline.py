@@ -408,3 +408,14 @@ def test_results_carry_their_exit_codes(site):
     found = diff(site, dry_run=True)
     assert found.exit_code(exit_on_new=True) == ExitCode.NEW_ROWS and found.exit_code() == ExitCode.OK
     assert diff(site, dry_run=True).total == found.total  # dry_run recorded nothing
+
+
+def test_learn_chunks_keep_to_a_day_and_their_size():
+    """A chunk never straddles a UTC midnight (a day is one day file) nor exceeds its size."""
+    from flowdiff.baseline import _chunks
+
+    starts = list(pd.date_range("2026-11-01T22:00Z", periods=40, freq="5min"))  # 22:00 .. 01:15
+    chunks = _chunks(starts, 10)
+    assert [s for c in chunks for s in c] == starts
+    assert [len(c) for c in chunks] == [10, 10, 4, 10, 6]
+    assert all(len({s.floor("D") for s in c}) == 1 for c in chunks)

@@ -130,3 +130,32 @@ def test_fingerprints_are_distinct_for_distinct_keys():
     # column order is part of the key
     u = pa.table({"x": ["a", "b"], "y": ["b", "a"]})
     assert key_hashes(u, ["x", "y"])[0][0] != key_hashes(u, ["x", "y"])[0][1]
+
+
+def test_learns_arrow_path_collapses_the_same_macs_as_the_pandas_path():
+    """canonical_keys (learn, in Arrow) and canonicalise (diff, in pandas) agree MAC by MAC, odd text too."""
+    from flowdiff.canon import canonical_keys
+
+    macs = [
+        "da:00:00:00:00:01",
+        "0E:00:00:00:00:02",
+        "02:11:22:33:44:55",
+        "00:16:3e:00:00:01",
+        "03:00:00:00:00:00",
+        "06:00:00:00:00:0",
+        "zz:00:00:00:00:00",
+        "",
+        "da:00:00:00:00:01",
+    ]
+    tc = TableConfig("stations", ("src_mac", "src"))
+    table = pa.table(
+        {"src_mac": macs, "src": ["192.0.2.1"] * len(macs), "packets": pa.array([1] * len(macs), pa.uint64())}
+    )
+    arrow = canonical_keys(table, tc, None).column("src_mac").to_pylist()
+    want = [
+        RANDOM_MAC if r else m
+        for m, r in zip(macs, random_mac_mask(np.array(macs, dtype=object)), strict=True)
+    ]
+    assert arrow == want and arrow.count(RANDOM_MAC) == 4
+    only_global = pa.table({"src_mac": macs[3:5], "src": ["192.0.2.1"] * 2})
+    assert canonical_keys(only_global, tc, None) is only_global  # nothing to collapse: the same table

@@ -28,10 +28,12 @@ the next collect.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ class _OpenDay:
     rows: int = 0
     held: list[pa.Table] = field(default_factory=list)  # the next row group (DAY_ROW_GROUP_ROWS)
     held_rows: int = 0
+    pending: Future | None = None  # the row group being encoded (row groups of a file go in order)
 
 
 class DayFiles:
@@ -92,6 +95,7 @@ class DayFiles:
         self._closed: set[tuple[str, int]] = set()  # (table, day) written by others or already finished
         self._late: list[tuple[str, Sequence[str], pa.Table, str]] = []
         self._files: dict[Path, set[str]] = {}  # folder -> names of its files, listed once
+        self._encoders: ThreadPoolExecutor | None = None
 
     def write(self, batch: WriteBatch, table: str, keys: Sequence[str], rows: pa.Table, source: str) -> int:
         """Merge the rows of one part (sorted by interval, unique per key, as the Aggregator drains them)
@@ -131,7 +135,7 @@ class DayFiles:
                 day.held.append(piece.replace_schema_metadata(None))
                 day.held_rows += piece.num_rows
                 if day.held_rows >= DAY_ROW_GROUP_ROWS:
-                    _flush(day)
+                    self._flush(day)
                 day.record[name] = {"sources": [source], "token": ""}
                 day.rows += piece.num_rows
                 written += piece.num_rows
@@ -186,7 +190,9 @@ class DayFiles:
             rec["token"] = f"{sensor}:{day.path.name}:{name}:{','.join(rec['sources'])}"
         sources = sorted({s for rec in day.record.values() for s in rec["sources"]})
         try:
-            _flush(day)
+            self._flush(day)
+            if day.pending is not None:
+                day.pending.result()
             day.writer.add_key_value_metadata(
                 {
                     _DAY_KEY: json.dumps(day.record, sort_keys=True).encode(),
@@ -207,11 +213,14 @@ class DayFiles:
     def close(self) -> int:
         """Put every open day file in place, then the late rows held back beside them (rows written)."""
         try:
+            for day in self._open.values():  # the last row groups of every table encode side by side
+                self._flush(day)
             for key in sorted(self._open):
                 self._finish(key)
         except BaseException:
             self.abort()
             raise
+        self._stop_encoders()
         late, self._late = self._late, []
         written = 0
         if late:
@@ -223,6 +232,9 @@ class DayFiles:
     def abort(self) -> None:
         """Drop the day files not yet in place (their parts are not in the store; a re-run writes them)."""
         for day in self._open.values():
+            if day.pending is not None:
+                with contextlib.suppress(Exception):  # the error that brought us here is raised already
+                    day.pending.result()
             try:
                 day.writer.close()
             except (OSError, pa.ArrowException):
@@ -230,11 +242,33 @@ class DayFiles:
             _unlink(day.tmp)
         self._open.clear()
         self._late.clear()
+        self._stop_encoders()
+
+    def _flush(self, day: _OpenDay) -> None:
+        """Hand the held pieces to an encoder thread as the day file's next row group. Parquet encoding
+        and zstd release the GIL: the row groups of different tables encode on both cores while the
+        store thread goes on, which was the critical path of a long capture's collect. The row groups
+        of one file stay in order (each waits for the one before), and nothing is renamed into place
+        before every row group of the file is written (``_finish`` waits)."""
+        if not day.held:
+            return
+        held, day.held, day.held_rows = day.held, [], 0
+        if self._encoders is None:
+            self._encoders = ThreadPoolExecutor(2, thread_name_prefix="flowdiff-encode")
+        day.pending = self._encoders.submit(_encode_after, day.pending, day.writer, held)
+
+    def _stop_encoders(self) -> None:
+        if self._encoders is not None:
+            self._encoders.shutdown(wait=True)
+            self._encoders = None
 
 
-def _flush(day: _OpenDay) -> None:
-    write_row_group(day.writer, day.held)
-    day.held, day.held_rows = [], 0
+def _encode_after(before: Future | None, writer: pq.ParquetWriter, held: list[pa.Table]) -> None:
+    """A row group, once the file's previous one is written. Jobs wait only on jobs submitted before
+    them and the pool takes jobs in order, so the oldest unfinished job is always running: no deadlock."""
+    if before is not None:
+        before.result()
+    write_row_group(writer, held)
 
 
 def _unlink(path: str) -> None:

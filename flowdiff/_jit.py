@@ -43,7 +43,6 @@ __all__ = [
     "interpreted_below",
     "njit",
     "on_compile",
-    "warm_up",
 ]
 
 # Inputs up to this many bytes (all files of one collect together, gzip files by their uncompressed
@@ -120,21 +119,6 @@ def compiled() -> None:
             k.dispatcher = _made[id(k)]
         _rebind(_kernels)
         _engaged = True
-
-
-def warm_up() -> None:
-    """Engage numba on a helper thread, for a command about to spend a while in Arrow (which releases
-    the GIL) before its first kernel call: learn reads and reduces a whole table before it hashes the
-    keys, so importing numba (0.4-0.8 s, one core) overlaps that read instead of following it. A kernel
-    called meanwhile waits on the lock of :func:`compiled`; an error there is raised by that call."""
-    if _engaged or _interpret:
-        return
-    threading.Thread(target=_engage_quietly, name="flowdiff-jit-warm-up").start()
-
-
-def _engage_quietly() -> None:
-    with contextlib.suppress(Exception):
-        compiled()
 
 
 def on_compile(register: Callable[[], None]) -> None:

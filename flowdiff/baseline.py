@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdiff._jit import warm_up
 from flowdiff.canon import FINGERPRINT, canonical_keys, definition, key_hashes
 from flowdiff.config import Config, TableConfig, parse_duration
 from flowdiff.durable import atomic_write_parquet, atomic_write_text
@@ -737,8 +736,6 @@ def learn(
             windows[name] = (tokens, chosen)
         if empty and not force:
             raise LearnRefused(_empty_text(empty, selected), empty=empty)
-        if not scheduler and len(empty) < len(selected):
-            warm_up()  # numba loads while the first table is read (its key hashes are compiled)
         plans = {
             name: _plan_table(
                 config,

@@ -327,37 +327,6 @@ def test_collecting_a_small_capture_loads_neither_numba_nor_pandas_nor_arrow_com
     assert list((tmp_path / "s").rglob("*.parquet"))
 
 
-WARM = """
-import sys, threading
-import numpy as np
-from flowdiff import _jit, canon
-assert "numba" not in sys.modules
-_jit.warm_up()
-print(int(canon._mix(np.uint64(12345))))  # called while numba may still be loading: waits for it
-assert "numba" in sys.modules and _jit._engaged
-_jit.warm_up()  # engaged already: no second thread
-assert sum(t.name == "flowdiff-jit-warm-up" for t in threading.enumerate()) <= 1
-"""
-
-
-def test_warm_up_engages_numba_on_a_thread_and_a_kernel_called_meanwhile_waits_for_it():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(WARM)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with _jit.interpreted():
-        import numpy as np
-
-        from flowdiff import canon
-
-        assert int(proc.stdout.split()[0]) == int(canon._mix(np.uint64(12345)))
-
-
 FUZZ = """
 import random, sys
 import numpy as np

@@ -8,6 +8,7 @@ attribute read imports the real module and copies its namespace, so later reads 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 
@@ -23,5 +24,5 @@ class _LazyModule:
 
 def lazy(name: str) -> Any:
     """``name`` itself when it is already imported, else a stand-in that imports it on first use."""
-    module = importlib.sys.modules.get(name)  # type: ignore[attr-defined]
+    module = sys.modules.get(name)
     return module if module is not None else _LazyModule(name)

@@ -155,6 +155,41 @@ def _finalize(h):
     return h | _ONE
 
 
+@njit(inline="always")
+def _l4_word(proto, sport, dport, icmp_type, icmp_code, ip_version):
+    """Key word 6 of an IP frame or a flow record: protocol, ports, ICMP type and code, IP version."""
+    return (
+        _U(proto)
+        | (_U(sport) << _U(8))
+        | (_U(dport) << _U(24))
+        | (_U(icmp_type) << _U(40))
+        | (_U(icmp_code) << _U(48))
+        | (_U(ip_version & 15) << _U(56))
+    )
+
+
+@njit(inline="always")
+def _key_sum(k0, k1, k2, k3, k4, k5, k6, k7, k8):
+    """The key words weighted by odd constants, before :func:`_finalize` (flow records add their
+    interfaces' word)."""
+    return k0 * _C0 + k1 * _C1 + k2 * _C2 + k3 * _C3 + k4 * _C4 + k5 * _C5 + k6 * _C6 + k7 * _C7 + k8 * _C8
+
+
+@njit(inline="always")
+def _put_key(kq, k0, k1, k2, k3, k4, k5, k6, k7, k8, h, syn):
+    kq[0] = k0
+    kq[1] = k1
+    kq[2] = k2
+    kq[3] = k3
+    kq[4] = k4
+    kq[5] = k5
+    kq[6] = k6
+    kq[7] = k7
+    kq[8] = k8
+    kq[_K_H] = h
+    kq[_K_SYN] = syn
+
+
 def _row_array(n: int) -> np.ndarray:
     """``n`` uninitialised fine rows, each on two whole cache lines: a large ``np.empty`` starts 16 bytes
     past a page boundary (malloc's header), which spreads every 128-byte row over three lines."""
@@ -253,14 +288,7 @@ def _ingest(
             k6 = _U(st & 7) << _U(60)
             k7 = _U(vlan[q]) | (_U(ethertype[q]) << _U(16))
             if ok:
-                k6 |= (
-                    _U(proto[q])
-                    | (_U(sport[q]) << _U(8))
-                    | (_U(dport[q]) << _U(24))
-                    | (_U(icmp_type[q]) << _U(40))
-                    | (_U(icmp_code[q]) << _U(48))
-                    | (_U(ip_version[q] & 15) << _U(56))
-                )
+                k6 |= _l4_word(proto[q], sport[q], dport[q], icmp_type[q], icmp_code[q], ip_version[q])
                 k7 |= _U(tcp_flags[q]) << _U(32)
             k6 &= m6
             k7 &= m7
@@ -273,31 +301,11 @@ def _ingest(
                 cur_lo = inum * interval_ns
                 cur_hi = cur_lo + interval_ns
             k8 = _U(inum)
-            h = _finalize(
-                k0 * _C0
-                + k1 * _C1
-                + k2 * _C2
-                + k3 * _C3
-                + k4 * _C4
-                + k5 * _C5
-                + k6 * _C6
-                + k7 * _C7
-                + k8 * _C8
-            )
+            h = _finalize(_key_sum(k0, k1, k2, k3, k4, k5, k6, k7, k8))
             syn = _NOSYN
             if ok and proto[q] == 6 and (tcp_flags[q] & 0x12) == 0x02:
                 syn = _U(ts) ^ _SIGN
-            kq[0] = k0
-            kq[1] = k1
-            kq[2] = k2
-            kq[3] = k3
-            kq[4] = k4
-            kq[5] = k5
-            kq[6] = k6
-            kq[7] = k7
-            kq[8] = k8
-            kq[_K_H] = h
-            kq[_K_SYN] = syn
+            _put_key(kq, k0, k1, k2, k3, k4, k5, k6, k7, k8, h, syn)
             kq[_K_COUNTED] = _ONE
             prefetch1(index, np.int64(h & cmask))
         _hint_rows(index, rows, keys, e - i)  # pass 2: both cache lines of the rows the home slots name
@@ -441,14 +449,7 @@ def _ingest_flows(
             k6 = _U(st & 7) << _U(60)
             k7 = _U(vlan[q]) | (_U(ethertype[q]) << _U(16)) | ((exporter[q] & _U(0x3FFFFF)) << _U(40))
             if ok:
-                k6 |= (
-                    _U(proto[q])
-                    | (_U(sport[q]) << _U(8))
-                    | (_U(dport[q]) << _U(24))
-                    | (_U(icmp_type[q]) << _U(40))
-                    | (_U(icmp_code[q]) << _U(48))
-                    | (_U(ip_version[q] & 15) << _U(56))
-                )
+                k6 |= _l4_word(proto[q], sport[q], dport[q], icmp_type[q], icmp_code[q], ip_version[q])
                 k7 |= _U(tcp_flags[q]) << _U(32)
             k6 &= m6
             k7 &= m7
@@ -457,32 +458,11 @@ def _ingest_flows(
                 k6 |= _FORCED_CLIENT
             k15 = ((input_if[q] << _S32) | (output_if[q] & _U(0xFFFFFFFF))) & ifs_mask
             k8 = _U(ts_ns[q] // interval_ns)
-            h = _finalize(
-                k0 * _C0
-                + k1 * _C1
-                + k2 * _C2
-                + k3 * _C3
-                + k4 * _C4
-                + k5 * _C5
-                + k6 * _C6
-                + k7 * _C7
-                + k8 * _C8
-                + k15 * _SEED
-            )
+            h = _finalize(_key_sum(k0, k1, k2, k3, k4, k5, k6, k7, k8) + k15 * _SEED)
             syn = _NOSYN
             if ok and proto[q] == 6 and (tcp_flags[q] & 0x02) != 0:
                 syn = _U(ts_ns[q]) ^ _SIGN
-            kq[0] = k0
-            kq[1] = k1
-            kq[2] = k2
-            kq[3] = k3
-            kq[4] = k4
-            kq[5] = k5
-            kq[6] = k6
-            kq[7] = k7
-            kq[8] = k8
-            kq[_K_H] = h
-            kq[_K_SYN] = syn
+            _put_key(kq, k0, k1, k2, k3, k4, k5, k6, k7, k8, h, syn)
             kq[_K_COUNTED] = _ONE
             k15s[q - i] = k15
             prefetch1(index, np.int64(h & cmask))

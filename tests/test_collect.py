@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import multiprocessing
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from crash_steps import forked, kill_at_every_step
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,15 +286,8 @@ def _collect_child(store: str, files: list[str], crash_at: int | None) -> None:
     collect(files, parse_config({"store": store, "interval": 60, "sensor": "s"}))
 
 
-def _collect_forked(store: Path, files: list[Path], crash_at: int | None) -> int:
-    """collect in a forked child (modules and numba code already loaded, so each run takes
-    milliseconds); the fault-injection point sends it SIGKILL at the chosen durable step."""
-    child = multiprocessing.get_context("fork").Process(
-        target=_collect_child, args=(str(store), [str(f) for f in files], crash_at)
-    )
-    child.start()
-    child.join(120)
-    return child.exitcode
+def _collect_forked(store: Path, files: list[Path], crash_at: int | None) -> int | None:
+    return forked(functools.partial(_collect_child, files=[str(f) for f in files]), store, crash_at)
 
 
 def _snapshot(store: Path) -> dict[str, pd.DataFrame]:
@@ -309,21 +304,16 @@ def test_kill_minus_9_at_every_step_then_rerun_is_exact(tmp_path):
     ref = tmp_path / "ref"
     _collect_child(str(ref), [str(f) for f in files], None)  # in this process: the children inherit warm code
     want = _snapshot(ref)
-    step = 1
-    crashed = 0
-    while True:
-        store = tmp_path / f"crash{step}"
-        rc = _collect_forked(store, files, step)
-        if rc == 0:
-            break  # past the last durable step: the run finished
-        assert rc == -signal.SIGKILL
-        crashed += 1
-        assert _collect_forked(store, files, None) == 0
+
+    def check(store: Path, step: int) -> None:
         got = _snapshot(store)
         for table in want:
             pd.testing.assert_frame_equal(got[table], want[table], obj=f"{table} after crash at step {step}")
         assert not list(store.rglob(".*.tmp"))
-        step += 1
+
+    crashed = kill_at_every_step(
+        tmp_path, functools.partial(_collect_child, files=[str(f) for f in files]), check
+    )
     assert crashed >= 10  # every data file write, rename and ledger append was a crash point
 
 
@@ -488,24 +478,17 @@ def test_kill_minus_9_at_every_step_of_a_capture_drained_in_parts(tmp_path, monk
     _collect_parts_child(str(ref), [str(f) for f in files], None)
     want = {t: Store(ref).read(t) for t in _PART_TABLES}
     assert len(_sources(ref)) >= 5  # several parts per capture (2 + 3)
-    step, crashed = 1, 0
-    while True:
-        store = tmp_path / f"crash{step}"
-        ctx = multiprocessing.get_context("fork")
-        child = ctx.Process(target=_collect_parts_child, args=(str(store), [str(f) for f in files], step))
-        child.start()
-        child.join(120)
-        if child.exitcode == 0:
-            break
-        assert child.exitcode == -signal.SIGKILL
-        crashed += 1
-        _collect_parts_child(str(store), [str(f) for f in files], None)  # the re-run, in this process
+
+    def check(store: Path, step: int) -> None:
         for t in _PART_TABLES:
             pd.testing.assert_frame_equal(
                 Store(store).read(t), want[t], obj=f"{t} after crash at step {step}"
             )
         shutil.rmtree(store)
-        step += 1
+
+    crashed = kill_at_every_step(
+        tmp_path, functools.partial(_collect_parts_child, files=[str(f) for f in files]), check
+    )
     assert crashed >= 20
 
 

@@ -4,17 +4,17 @@ twice, compaction and diff tokens keep working."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-import multiprocessing
 import os
 import shutil
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from crash_steps import kill_at_every_step
 from test_collect import long_frames
 
 from flowdiff.collect import collect
@@ -127,25 +127,14 @@ def _child(store: str, cap: str, crash_at: int | None) -> None:
 def test_kill_minus_9_at_every_step_then_rerun_is_exact(tmp_path, day_mode):
     cap = _capture(tmp_path)
     want = _reference(tmp_path, cap)
-    step, crashed = 1, 0
-    while True:
-        store = tmp_path / f"crash{step}"
-        child = multiprocessing.get_context("fork").Process(target=_child, args=(str(store), str(cap), step))
-        child.start()
-        child.join(120)
-        if child.exitcode == 0:
-            break
-        assert child.exitcode == -signal.SIGKILL
-        crashed += 1
-        rerun = multiprocessing.get_context("fork").Process(target=_child, args=(str(store), str(cap), None))
-        rerun.start()
-        rerun.join(120)
-        assert rerun.exitcode == 0
+
+    def check(store: Path, step: int) -> None:
         got = _read(store)
         for t in TABLES:
             pd.testing.assert_frame_equal(got[t], want[t], obj=f"{t} after crash at step {step}")
         assert not list(store.rglob(".*.tmp"))
-        step += 1
+
+    crashed = kill_at_every_step(tmp_path, functools.partial(_child, cap=str(cap)), check)
     assert crashed >= 10
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "INTERPRET_BYTES",
     "Kernel",
     "compiled",
+    "engaged",
     "interpreted",
     "interpreted_below",
     "njit",
@@ -119,6 +120,11 @@ def compiled() -> None:
             k.dispatcher = _made[id(k)]
         _rebind(_kernels)
         _engaged = True
+
+
+def engaged() -> bool:
+    """Whether numba is loaded and the kernels are compiled (loading them is no longer a cost)."""
+    return _engaged
 
 
 def on_compile(register: Callable[[], None]) -> None:

@@ -17,11 +17,13 @@ reported lives in :mod:`flowdiff.state`; accept, deny and ignore in :mod:`flowdi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ _META_KEY = b"flowdiff.baseline"
 _VERSION_RE = re.compile(r"^v?(\d{1,9})$")
 _CHUNK_INTERVALS = 48  # intervals read at once while learning: bounds memory on long windows
 _CHUNK_ONE_SENSOR = 288  # one sensor's day (one day file once compacted) in one scan
+_LEARN_THREADS = 2  # chunks learned at once (each is mostly Arrow work that runs without the GIL)
 
 __all__ = [
     "Version",
@@ -495,16 +498,22 @@ def _learn_table(
     parts: list[pa.Table] = []
     size = _CHUNK_INTERVALS if store.sensor is None else _CHUNK_ONE_SENSOR
     chunks = _chunks(starts, size)
+    pool = None
     if scheduler:  # the same chunks on a Dask cluster, combined below in the same order
         from flowdiff.distributed import map_chunks
 
         partials: Iterable[pa.Table] = map_chunks(scheduler, _learn_chunk, chunks, store, tc, nmap)
-    else:
-        partials = (_learn_chunk(store, tc, nmap, chunk) for chunk in chunks)
-    for part in partials:
-        parts.append(part)
-        if len(parts) > 8:
-            parts = [_add_evidence(pa.concat_tables(parts), keys)]
+    else:  # two chunks at a time: Arrow reads one while it groups the other, both without the GIL
+        pool = ThreadPoolExecutor(_LEARN_THREADS, thread_name_prefix="flowdiff-learn")
+        partials = pool.map(functools.partial(_learn_chunk, store, tc, nmap), chunks)
+    try:
+        for part in partials:
+            parts.append(part)
+            if len(parts) > 8:
+                parts = [_add_evidence(pa.concat_tables(parts), keys)]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if not parts:
         return _evidence_schema(keys).empty_table(), 0
     allrows = _add_evidence(pa.concat_tables(parts), keys) if len(parts) > 1 else parts[0]
@@ -565,7 +574,7 @@ def _learn_chunk(store: Store, tc: TableConfig, nmap: NetworkMap, starts: list[p
     """Per-key evidence of one chunk of intervals (runs locally, or on a Dask worker): the number of
     distinct intervals a canonical key was seen in (by any sensor), and its summed metrics."""
     keys = list(tc.keys)
-    rows = store.interval_table(tc.name, keys, starts)
+    rows = store.interval_table(tc.name, keys, starts).unify_dictionaries()  # Arrow groups one dictionary
     chunk = canonical_keys(rows, tc, nmap)
     # The store holds one row per sensor, interval and key (its writes and reads merge them): unless
     # canonical forms merged keys or several sensors share the intervals, a key's rows are its intervals,

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowdiff import _jit
 from flowdiff._jit import njit
 from flowdiff.config import TableConfig
 from flowdiff.netmap import NetworkMap, reduce_ipv6_text
@@ -156,13 +157,16 @@ def canonical_keys(
         i = table.schema.get_field_index(col)
         arr = table[col].combine_chunks()
         typ = arr.type
-        if col in MAC_KEYS and pa.types.is_string(typ):  # only collapse_random_macs changes a MAC
-            if tc.collapse_random_macs:  # on the distinct values, gathered back by their codes
-                enc = arr.dictionary_encode()
+        if col in MAC_KEYS:  # only collapse_random_macs changes a MAC
+            text = pa.types.is_string(typ) or (
+                pa.types.is_dictionary(typ) and pa.types.is_string(typ.value_type)
+            )
+            if tc.collapse_random_macs and text:  # on the distinct values, gathered back by their codes
+                enc = arr if pa.types.is_dictionary(typ) else arr.dictionary_encode()
                 random = _random_macs(enc.dictionary)
                 if pc.any(random).as_py():
                     canon = pc.if_else(random, RANDOM_MAC, enc.dictionary).take(enc.indices)
-                    table = table.set_column(i, table.schema.field(i), canon)
+                    table = table.set_column(i, table.schema.field(i).with_type(canon.type), canon)
             continue
         enc = arr if pa.types.is_dictionary(typ) else arr.dictionary_encode()
         uniq = np.asarray(enc.dictionary.to_pylist(), dtype=object)
@@ -256,27 +260,98 @@ def string_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     return offsets, data
 
 
+# Up to this many values (strings: bytes) a hash runs as numpy array operations instead of the compiled
+# kernels, unless numba is loaded already: loading numba and the kernels costs 0.2-0.4 s, numpy about
+# 25 ns per string byte and 10 ns per integer (2-core box), so 1M costs it at most 25 ms. learn hashes
+# baselines of a few thousand distinct strings and tens of thousands of keys: it needs no numba at all.
+VECTOR_HASH_WORK = 1 << 20
+
+
+def _vectorised(work: int) -> bool:
+    return work <= VECTOR_HASH_WORK and not _jit.engaged()
+
+
+def _mix_array(x: np.ndarray) -> np.ndarray:
+    """:func:`_mix` of every element (``x`` is overwritten)."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _hash_strings_array(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_hash_strings` as array operations, one step per byte position: the strings sorted by
+    length (longest first) make the strings still running at position ``j`` a prefix, updated in place."""
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")
+    start = offsets[:-1][order]
+    length = lengths[order]
+    running = np.searchsorted(-length, -np.arange(int(length[0]) if n else 0), side="left")  # length > j
+    a = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    b = np.full(n, 0x243F6A8885A308D3, dtype=np.uint64)
+    tmp = np.empty(n, dtype=np.uint64)
+    for j, k in enumerate(running.tolist()):
+        c = data[start[:k] + j].astype(np.uint64)
+        a[:k] ^= c
+        a[:k] *= _FNV_PRIME
+        bk, tk = b[:k], tmp[:k]
+        bk ^= c
+        np.left_shift(bk, np.uint64(31), out=tk)
+        bk >>= np.uint64(33)
+        bk |= tk
+        bk *= _K1
+    n64 = length.astype(np.uint64)
+    a = _mix_array(a ^ n64)
+    b = _mix_array(b + n64)
+    out_a = np.empty(n, dtype=np.uint64)
+    out_b = np.empty(n, dtype=np.uint64)
+    out_a[order] = a
+    out_b[order] = b
+    return out_a, out_b
+
+
+def _string_hashes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    offsets, data = string_buffers(arr)
+    if _vectorised(len(data)):
+        return _hash_strings_array(offsets, data)
+    a = np.empty(len(arr), dtype=np.uint64)
+    b = np.empty(len(arr), dtype=np.uint64)
+    _hash_strings(offsets, data, a, b)
+    return a, b
+
+
+def _int_hashes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if _vectorised(len(values)):
+        return (
+            _mix_array(values + np.uint64(0x632BE59BD9B4E019)),
+            _mix_array(values ^ np.uint64(0x8CB92BA72F3D8DD7)),
+        )
+    a = np.empty(len(values), dtype=np.uint64)
+    b = np.empty(len(values), dtype=np.uint64)
+    _hash_ints(values, a, b)
+    return a, b
+
+
 def column_hashes(table: pa.Table, columns: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Two 64-bit hashes of every value of each column."""
+    """Two 64-bit hashes of every value of each column. Text is hashed once per distinct value (a key
+    column repeats its addresses), then gathered by the dictionary codes."""
     out = {}
-    n = table.num_rows
     for c in columns:
         col = table[c]
-        a = np.empty(n, dtype=np.uint64)
-        b = np.empty(n, dtype=np.uint64)
-        if isinstance(col, pa.ChunkedArray) and pa.types.is_dictionary(col.type):
-            col = col.unify_dictionaries().combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        if pa.types.is_dictionary(col.type):
-            # distinct values once, then a gather: much cheaper for low-cardinality columns
-            da, db = column_hashes(pa.table({"v": col.dictionary}), ["v"])["v"]
-            idx = col.indices.to_numpy(zero_copy_only=False)
-            a, b = da[idx], db[idx]
-        elif pa.types.is_integer(col.type):
-            _hash_ints(col.to_numpy().astype(np.uint64), a, b)
-        else:
-            offsets, data = string_buffers(col)
-            _hash_strings(offsets, data, a, b)
-        out[c] = (a, b)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()  # unifies the dictionaries of dictionary chunks
+        if pa.types.is_integer(col.type):
+            out[c] = _int_hashes(col.to_numpy(zero_copy_only=False).astype(np.uint64))
+            continue
+        if col.null_count:  # hashed as the empty string, as its Arrow buffers hold it
+            col = col.cast(pa.string()).fill_null("")
+        enc = col if pa.types.is_dictionary(col.type) else col.dictionary_encode()
+        da, db = _string_hashes(enc.dictionary)
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        out[c] = (da[idx], db[idx])
     return out
 
 
@@ -286,9 +361,14 @@ def combine_hashes(
     """Fingerprint of the tuple ``columns`` (order matters) from per-column hashes."""
     h1 = np.full(n, _SEED1, dtype=np.uint64)
     h2 = np.full(n, _SEED2, dtype=np.uint64)
+    vectorised = _vectorised(n)
     for c in columns:
         a, b = hashes[c]
-        _combine(h1, h2, a, b)
+        if vectorised:
+            h1 = _mix_array(h1 ^ a)
+            h2 = _mix_array(h2 + b)
+        else:
+            _combine(h1, h2, a, b)
     return h1, h2
 
 

@@ -170,8 +170,8 @@ def day_meta(path: Path) -> dict[str, dict[str, Any]]:
     try:
         st = path.stat()
         key = (str(path), st.st_mtime_ns, st.st_size)
-        if key in _day_meta_cache:
-            return _day_meta_cache[key]
+        if (hit := _day_meta_cache.get(key)) is not None:  # one lookup: learn's threads share the cache
+            return hit
         meta = file_metadata(path)
         out = json.loads(meta.get(_DAY_KEY, b"{}"))
     except (OSError, ValueError, pa.ArrowInvalid) as e:
@@ -449,8 +449,13 @@ class Store:
         until: Any = None,
         columns: Sequence[str] | None = None,
         where: Mapping[str, Any] | None = None,
+        *,
+        dictionary: Sequence[str] = (),
     ) -> pa.Table:
-        """:meth:`read` as an Arrow table (learn reduces it in Arrow, without a pandas copy)."""
+        """:meth:`read` as an Arrow table (learn reduces it in Arrow, without a pandas copy).
+
+        ``dictionary``: text columns returned dictionary-encoded, as Parquet stores them: each distinct
+        string is decoded once per row group instead of once per row (learn reads 2x faster so)."""
         keys = self.table_keys(table)
         if keys is None:
             raise StoreError(
@@ -468,7 +473,9 @@ class Store:
                 empty = schema.empty_table()
                 return empty.select(list(columns)) if columns else empty
             try:
-                return self._read_files(table, files, schema, expr, columns, keys if overlap else None)
+                return self._read_files(
+                    table, files, schema, expr, columns, keys if overlap else None, dictionary
+                )
             except FileNotFoundError:  # a compaction replaced the files since they were listed
                 if attempt == 2:
                     raise StoreError(
@@ -486,14 +493,23 @@ class Store:
         expr: ds.Expression | None,
         columns: Sequence[str] | None,
         merge_keys: Sequence[str] | None,
+        dictionary: Sequence[str] = (),
     ) -> pa.Table:
         """Read the files; with ``merge_keys`` (a late interval file beside a day file holding the same
         interval) the rows of each sensor, interval and key are added up, as if the day were one file."""
         import pyarrow.dataset as ds
 
+        text = [c for c in dictionary if pa.types.is_string(schema.field(c).type)]
+        if merge_keys is None and text:
+            encoded = pa.dictionary(pa.int32(), pa.string())
+            schema = pa.schema([f.with_type(encoded) if f.name in text else f for f in schema])
+            options = ds.ParquetReadOptions(dictionary_columns=text)
+            fmt: Any = ds.ParquetFileFormat(read_options=options)
+        else:
+            fmt = "parquet"
         dataset = ds.dataset(
             [str(f) for f in files],
-            format="parquet",
+            format=fmt,
             partitioning=ds.partitioning(pa.schema([(PARTITION, pa.string())]), flavor="hive"),
             partition_base_dir=str(self._table_dir(table)),
             schema=schema,
@@ -503,6 +519,9 @@ class Store:
             return dataset.to_table(columns=list(columns) if columns else None, filter=expr)
         full = dataset.to_table(filter=expr)
         merged = _reaggregate(full, [PARTITION, *merge_keys], schema)
+        for c in text:  # the same types as the files alone would give
+            i = merged.schema.get_field_index(c)
+            merged = merged.set_column(i, c, merged[c].dictionary_encode())
         return merged.select(list(columns)) if columns else merged
 
     def read_intervals(
@@ -536,14 +555,15 @@ class Store:
 
     def interval_table(self, table: str, keys: Sequence[str], starts: Sequence[Any]) -> pa.Table:
         """Rows of exactly the given intervals as Arrow (interval_start, key columns, metrics, and the
-        ``sensor`` partition): one dataset scan for all of them (learn's read)."""
+        ``sensor`` partition): one dataset scan for all of them (learn's read). Text key columns come
+        dictionary-encoded (their chunks' dictionaries differ: ``unify_dictionaries`` before grouping)."""
         import pandas as pd
 
         cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen", PARTITION]
         if not starts:
             return table_schema(keys).append(pa.field(PARTITION, pa.string())).empty_table().select(cols)
         lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
-        t = self.read_table(table, since=lo, until=hi, columns=cols)
+        t = self.read_table(table, since=lo, until=hi, columns=cols, dictionary=keys)
         want = pa.array(pd.DatetimeIndex(list(starts)).as_unit("us"), type=t.schema.field(INTERVAL).type)
         mask = pc.is_in(t[INTERVAL], value_set=want)
         return t if pc.all(mask).as_py() is not False else t.filter(mask)

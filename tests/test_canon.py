@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -157,5 +158,42 @@ def test_learns_arrow_path_collapses_the_same_macs_as_the_pandas_path():
         for m, r in zip(macs, random_mac_mask(np.array(macs, dtype=object)), strict=True)
     ]
     assert arrow == want and arrow.count(RANDOM_MAC) == 4
+    # learn reads text keys dictionary-encoded, as Parquet stores them: the same collapse
+    encoded = table.set_column(0, "src_mac", table["src_mac"].dictionary_encode())
+    assert canonical_keys(encoded, tc, None).column("src_mac").to_pylist() == want
     only_global = pa.table({"src_mac": macs[3:5], "src": ["192.0.2.1"] * 2})
     assert canonical_keys(only_global, tc, None) is only_global  # nothing to collapse: the same table
+
+
+texts = st.lists(st.text(max_size=80) | st.sampled_from(["", "10.0.0.1", "2001:db8::1"]), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts, st.lists(st.integers(0, 2**63 - 1), max_size=60), st.booleans())
+def test_fingerprints_are_the_same_in_numpy_and_compiled(words, numbers, encoded):
+    """Small inputs hash with numpy (no numba to load: learn never needs it), large ones with the
+    compiled kernels; a baseline written one way is read the other, so both give the same bits."""
+    from flowdiff import canon
+
+    n = min(len(words), len(numbers))
+    text = pa.array(words[:n], pa.string())
+    table = pa.table(
+        {"t": text.dictionary_encode() if encoded else text, "n": pa.array(numbers[:n], pa.uint64())}
+    )
+    ways = []
+    for vectorised in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(canon, "_vectorised", lambda work, v=vectorised: v)
+            ways.append(key_hashes(table, ["t", "n"]))
+    (a1, a2), (b1, b2) = ways
+    assert a1.dtype == b1.dtype == np.uint64
+    assert a1.tolist() == b1.tolist() and a2.tolist() == b2.tolist()
+
+
+def test_fingerprints_keep_their_bits():
+    """Stored baselines hold fingerprints: a change of the hash would make every key of every existing
+    baseline look new. These bits are what the compiled kernels have given since fingerprints exist."""
+    table = pa.table({"src": ["10.0.0.1", ""], "proto": pa.array([6, 17], pa.uint8())})
+    h1, h2 = key_hashes(table, ["src", "proto"])
+    assert [f"{x:016x}" for x in h1] == ["a02063321c7b946d", "7e284244e841f4b9"]
+    assert [f"{x:016x}" for x in h2] == ["62b70dbed8b4049f", "6cd5e186600f915e"]

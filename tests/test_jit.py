@@ -327,6 +327,40 @@ def test_collecting_a_small_capture_loads_neither_numba_nor_pandas_nor_arrow_com
     assert list((tmp_path / "s").rglob("*.parquet"))
 
 
+SMALL_LEARN = """
+import json, sys
+from flowdiff.cli import main
+for args in (["collect", sys.argv[1]], ["learn", "--min-intervals", "1", "--min-packets", "1"]):
+    try:
+        main([*args, "--store", sys.argv[2]], standalone_mode=False)
+    except SystemExit as e:  # commands exit with their result's code
+        assert e.code == 0, (args, e.code)
+print(json.dumps({m: m in sys.modules for m in ("numba", "pyarrow.dataset")}))
+"""
+
+
+def test_learn_loads_no_numba(tmp_path):
+    """learn reads the store with Arrow and hashes its keys (a few thousand distinct values) with
+    numpy: importing numba and loading its kernels would cost more than the learning."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    capture = DATA / "tcpdump__LINKTYPE_IPV4.pcap"
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SMALL_LEARN), str(capture), str(tmp_path / "s")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert loaded == {"numba": False, "pyarrow.dataset": True}, (
+        loaded
+    )  # the store was read, numba never loaded
+    learned = [pq.read_table(p) for p in (tmp_path / "baselines" / "data").rglob("*.parquet")]
+    assert learned and sum(t.num_rows for t in learned) > 0
+
+
 FUZZ = """
 import random, sys
 import numpy as np

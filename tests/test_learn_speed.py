@@ -118,3 +118,20 @@ def test_arrow_learn_equals_the_pandas_definition(store, table, sensor, monkeypa
     kept, _ = baseline._learn_table(st, tc, starts, NetworkMap(NETWORKS), 3, 40, False)
     ok = want[(want["intervals"] >= 3) & (want["packets"] >= 40)]
     pd.testing.assert_frame_equal(_sorted(kept.to_pandas(), tc.keys), _sorted(ok, tc.keys))
+
+
+@pytest.mark.parametrize("sensor", [None, "gw1"])
+def test_learn_reads_text_keys_dictionary_encoded_with_the_same_rows(store, sensor):
+    """interval_table hands learn its text keys dictionary-encoded, as Parquet stores them (each distinct
+    address decoded once): the rows are those of the plain read, also where a late interval file is
+    merged into its day file (gw1)."""
+    st = Store(store.root, sensor)
+    for tc in TABLES.values():
+        starts = st.intervals(tc.name)
+        got = st.interval_table(tc.name, tc.keys, starts)
+        plain = st.read_table(tc.name, columns=got.column_names)
+        text = [k for k in tc.keys if k != "ethertype" and k != "proto"]
+        assert all(pa.types.is_dictionary(got.schema.field(k).type) for k in text)
+        order = [(c, "ascending") for c in ("sensor", INTERVAL, *tc.keys)]
+        decoded = got.cast(plain.schema).sort_by(order)
+        assert got.num_rows == plain.num_rows and decoded.equals(plain.sort_by(order))

@@ -157,6 +157,27 @@ def _unique_text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return u
 
 
+def _baseline_services(
+    t: pa.Table, svc: tuple[str, str | None, str], servers: pa.Array
+) -> set[tuple[str, int, int]]:
+    """The distinct (server, proto, port) of a baseline batch whose server is wanted (proto -1 where the
+    table has none). Distinct in Arrow first: a baseline's millions of keys share a few services."""
+    server, proto, port = svc
+    s = t[server]
+    if pa.types.is_dictionary(s.type):
+        s = s.cast(s.type.value_type)
+    cols = {
+        "server": s,
+        "proto": t[proto].cast(pa.int64()) if proto else pa.nulls(t.num_rows, pa.int64()).fill_null(-1),
+        "port": t[port].cast(pa.int64()),
+    }
+    sub = pa.table(cols).filter(pc.is_in(s, value_set=servers))
+    if not sub.num_rows:
+        return set()
+    d = sub.group_by(list(cols), use_threads=False).aggregate([]).to_pydict()
+    return set(zip(d["server"], d["proto"], d["port"], strict=True))
+
+
 def known_entities(
     wanted: Known,
     baselines: Iterable[tuple[Sequence[str], Callable[[list[str]], Iterable[pa.Table]]]],
@@ -193,13 +214,8 @@ def known_entities(
                     int(x) for x in pc.unique(t["ethertype"]).to_pylist() if x in wanted.ethertypes
                 )
             if svc is not None:
-                server_col = t[svc[0]]
-                if pa.types.is_dictionary(server_col.type):
-                    server_col = server_col.cast(server_col.type.value_type)
-                hit = pc.is_in(server_col, value_set=servers)
-                sub = t.select(svc_cols).filter(hit).to_pandas()
-                if len(sub):
-                    got = set(_service_tuples(sub, svc))
+                got = _baseline_services(t, svc, servers)
+                if got:
                     found.services.update(got & wanted.services)
                     # a table without proto (-1) and one with it know the same (server, port)
                     ports = {(s, p) for s, _, p in got}

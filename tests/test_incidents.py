@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from fixtures_enclave import copy_site, learned_enclave
@@ -16,7 +17,7 @@ from flowdiff.cli import main as flowdiff_main
 from flowdiff.demo.frames import Frame, arp_frame, tcp_session, udp_exchange
 from flowdiff.demo.scenario import MAILHOST, RESOLVER, ROUTER
 from flowdiff.diff import diff
-from flowdiff.incidents import Known, group_incidents
+from flowdiff.incidents import Known, group_incidents, known_entities
 from flowdiff.schema import STATIONS
 
 NEW_MAC, NEW_IP = "b8:27:eb:5a:9c:01", "10.20.0.99"
@@ -286,3 +287,34 @@ def test_incident_classes_deny_then_stations_then_own_services_then_the_rest():
         ("service", "new service 10.20.0.10 tcp/23 from internet"),
         ("service", "new service dhcp tcp/8080 from internet"),
     ]
+
+
+def test_known_services_are_looked_up_in_every_batch_with_and_without_proto():
+    """known_entities finds a wanted (server, proto, port) in any batch of any baseline: exactly, or by
+    (server, port) when one side has no proto (-1); servers come as text or dictionary codes."""
+    wanted = Known(
+        services={("10.0.0.1", 6, 25), ("10.0.0.1", -1, 80), ("10.0.0.2", 17, 53), ("10.0.0.3", 6, 443)}
+    )
+    with_proto = [
+        pa.table(
+            {
+                "server": ["10.0.0.1", "10.0.0.9"],
+                "proto": pa.array([6, 6], pa.uint8()),
+                "service_port": pa.array([25, 443], pa.uint16()),
+            }
+        ),
+        pa.table(
+            {
+                "server": pa.array(["10.0.0.1", "10.0.0.3"]).dictionary_encode(),
+                "proto": pa.array([17, 17], pa.uint8()),
+                "service_port": pa.array([80, 443], pa.uint16()),
+            }
+        ),
+    ]
+    no_proto = [pa.table({"server": ["10.0.0.2"], "service_port": pa.array([53], pa.uint16())})]
+    sources = [
+        (("client", "server", "proto", "service_port"), lambda cols: [t.select(cols) for t in with_proto]),
+        (("server", "service_port"), lambda cols: [t.select(cols) for t in no_proto]),
+    ]
+    found = known_entities(wanted, sources)
+    assert found.services == {("10.0.0.1", 6, 25), ("10.0.0.1", -1, 80), ("10.0.0.2", 17, 53)}

@@ -137,7 +137,8 @@ def candidates(
             out.ethertypes.update(int(x) for x in pd.unique(df["ethertype"]))
         svc = _service_columns(k)
         if svc is not None:
-            out.services.update(_service_tuples(df, svc))
+            cols = [c for c in svc if c is not None]  # a flood's rows share few services
+            out.services.update(_service_tuples(df[cols].drop_duplicates(), svc))
     return out
 
 

@@ -196,10 +196,11 @@ def aggregate(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
 # ------------------------------------------------------------------ key fingerprints
 #
 # A key (the tuple of a row's key columns) is compared by a 128-bit fingerprint: two unrelated 64-bit
-# hashes. They are computed per column straight from the Arrow buffers in compiled loops, then combined,
-# so that a strategy joining on a subset of the columns reuses the column hashes. The baseline stores the
-# fingerprint of every key (columns ``_h1``, ``_h2``): diff reads 16 bytes per baseline key instead of
-# decoding its strings.
+# hashes. They are computed per column straight from the Arrow buffers (text once per distinct value),
+# in compiled loops or, for small inputs, as the same arithmetic in numpy (VECTOR_HASH_WORK), then
+# combined, so that a strategy joining on a subset of the columns reuses the column hashes. The baseline
+# stores the fingerprint of every key (columns ``_h1``, ``_h2``): diff reads 16 bytes per baseline key
+# instead of decoding its strings.
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

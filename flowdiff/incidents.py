@@ -169,7 +169,7 @@ def _baseline_services(
         s = s.cast(s.type.value_type)
     cols = {
         "server": s,
-        "proto": t[proto].cast(pa.int64()) if proto else pa.nulls(t.num_rows, pa.int64()).fill_null(-1),
+        "proto": t[proto].cast(pa.int64()) if proto else pa.repeat(pa.scalar(-1, pa.int64()), t.num_rows),
         "port": t[port].cast(pa.int64()),
     }
     sub = pa.table(cols).filter(pc.is_in(s, value_set=servers))

@@ -129,10 +129,10 @@ def candidates(
         k = list(keys[table])
         for col in (c for c in k if c in ADDRESS_KEYS):
             v = df[col]
-            out.addresses.update(v[_is_address_entity(v, lab)].astype(str))
+            out.addresses.update(_objects(v[_is_address_entity(v, lab)]))
         for col in (c for c in k if c in MAC_KEYS):
             v = df[col]
-            out.macs.update(v[_is_mac_entity(v)].astype(str))
+            out.macs.update(_objects(v[_is_mac_entity(v)]))
         if "ethertype" in k:
             out.ethertypes.update(int(x) for x in pd.unique(df["ethertype"]))
         svc = _service_columns(k)
@@ -145,7 +145,13 @@ def candidates(
 def _service_tuples(df: pd.DataFrame, svc: tuple[str, str | None, str]) -> list[tuple[str, int, int]]:
     server, proto, port = svc
     pr = df[proto].astype(int).to_numpy() if proto else np.full(len(df), -1)
-    return list(zip(df[server].astype(str), pr.tolist(), df[port].astype(int).tolist(), strict=True))
+    return list(zip(_objects(df[server]), pr.tolist(), df[port].astype(int).tolist(), strict=True))
+
+
+def _objects(values: pd.Series) -> np.ndarray:
+    """The values as Python strings in one conversion: iterating a Series of Arrow-backed strings makes
+    each one separately (1M new rows of a flood: 1 s a column instead of 0.3)."""
+    return values.astype(str).to_numpy(dtype=object)
 
 
 # ---------------------------------------------------------------- what the baselines know

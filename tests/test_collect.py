@@ -398,6 +398,7 @@ def test_streamed_parts_give_the_tables_of_one_pass(tmp_path, monkeypatch):
         collect([cap], one)
     assert {s.rsplit("#", 1)[1] for s in _sources(tmp_path / "one")} == {"0"}
     monkeypatch.setattr(fc, "_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(fc, "_DRAIN_ROWS", 0)  # a part whenever an interval closes
     res = collect([cap], many)
     assert res.files[0].status == "ok" and res.packets == len(long_frames())
     assert len({s.rsplit("#", 1)[1] for s in _sources(tmp_path / "many")}) == 4  # one per interval
@@ -470,6 +471,7 @@ def test_kill_minus_9_at_every_step_of_a_capture_drained_in_parts(tmp_path, monk
     monkeypatch.setattr(
         importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048
     )  # inherited by fork
+    monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_DRAIN_ROWS", 0)
     files = [
         synth.write_pcap(tmp_path / f"l{i}.pcap", long_frames(t0=1_700_000_040 + 90 * i, minutes=2))
         for i in range(2)
@@ -898,6 +900,7 @@ def test_kill_minus_9_while_filling_a_new_table_then_rerun_is_exact(tmp_path, mo
     write step of that second read, a re-run still gives exactly one count of every packet (the parts
     keep the capture's id), and `services` never changes."""
     monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_DRAIN_ROWS", 0)
     files = [str(synth.write_pcap(tmp_path / "l.pcap", long_frames(minutes=2)))]
     first = {"services": _PART_TABLES["services"]}
     ref = tmp_path / "ref"
@@ -930,6 +933,7 @@ def test_crash_then_a_narrower_run_then_the_full_run_is_exact(tmp_path, monkeypa
     read, and the read that fills it now uses the same part ids (the ledger's capture_id), so none
     counts twice."""
     monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(importlib.import_module("flowdiff.collect"), "_DRAIN_ROWS", 0)
     files = [str(synth.write_pcap(tmp_path / "l.pcap", long_frames(minutes=2)))]
     ref = tmp_path / "ref"
     _fill_child(str(ref), files, _PART_TABLES, None)
@@ -1044,3 +1048,30 @@ def test_exit_code_is_an_exit_code(tmp_path):
     (tmp_path / "b.pcap").write_bytes(b"garbage garbage garbage")
     bad = collect([tmp_path / "b.pcap"], parse_config({"sensor": "s"}))
     assert bad.exit_code is ExitCode.ERROR
+
+
+@pytest.mark.parametrize("drain_rows", [None, 25])
+def test_sparse_intervals_are_drained_together_with_the_tables_of_one_pass(tmp_path, monkeypatch, drain_rows):
+    """Closed intervals wait to be drained until they hold _DRAIN_ROWS fine rows (fewer, larger parts
+    for a capture of many sparse intervals: each part costs a build and a durable commit): the same
+    tables as one pass, in fewer parts than one per interval (by default, this small capture is one)."""
+    fc = importlib.import_module("flowdiff.collect")
+    cap = synth.write_pcap(tmp_path / "long.pcap", long_frames())
+    one = parse_config({"sensor": "s", "store": str(tmp_path / "one"), "interval": 60})
+    many = parse_config({"sensor": "s", "store": str(tmp_path / "many"), "interval": 60})
+    with monkeypatch.context() as m:
+        m.setattr(fc.Aggregator, "closed_intervals", lambda self, keep=1: False)
+        collect([cap], one)
+    monkeypatch.setattr(fc, "_CHUNK_BYTES", 2048)  # 4 parts with _DRAIN_ROWS = 0 (the test above)
+    if drain_rows is not None:
+        monkeypatch.setattr(fc, "_DRAIN_ROWS", drain_rows)
+    collect([cap], many)
+    parts = {s.rsplit("#", 1)[1] for s in _sources(tmp_path / "many")}
+    if drain_rows is None:
+        assert parts == {"0"}
+    else:
+        assert 1 < len(parts) < 4
+    for table in ("hosts", "pairs", "services", "link"):
+        pd.testing.assert_frame_equal(
+            Store(tmp_path / "many").read(table), Store(tmp_path / "one").read(table)
+        )

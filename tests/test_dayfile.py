@@ -51,6 +51,7 @@ def _read(store: Path) -> dict[str, pd.DataFrame]:
 def day_mode(monkeypatch):
     """Many small parts (a late frame among them), and day files from the first part on."""
     monkeypatch.setattr(fc, "_CHUNK_BYTES", 2048)  # inherited by forked children
+    monkeypatch.setattr(fc, "_DRAIN_ROWS", 0)  # a part whenever an interval closes
     monkeypatch.setattr(dayfile, "MIN_INTERVALS", 1)
 
 
@@ -96,6 +97,7 @@ def test_a_short_capture_keeps_writing_interval_files(tmp_path, monkeypatch):
     """The cron case: a capture whose parts hold fewer than MIN_INTERVALS intervals writes interval files
     (a day file would only be added to by every later pass)."""
     monkeypatch.setattr(fc, "_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(fc, "_DRAIN_ROWS", 0)
     cap = synth.write_pcap(tmp_path / "short.pcap", long_frames(t0=MIDNIGHT + 600, minutes=4))
     collect([cap], _config(tmp_path / "s"))
     names = [p.stem for p in (tmp_path / "s").rglob("*.parquet")]
@@ -106,12 +108,13 @@ def test_a_long_capture_writes_day_files_by_default(tmp_path):
     """With the default threshold, a capture drained in parts of many intervals gets day files (the
     week workload of benchmarks/bench_cardinality.py: 40 files instead of 10,000)."""
     cap = synth.write_pcap(tmp_path / "long.pcap", long_frames(t0=MIDNIGHT - 6 * 60, minutes=30))
-    old = fc._CHUNK_BYTES
+    old = fc._CHUNK_BYTES, fc._DRAIN_ROWS
     fc._CHUNK_BYTES = 64 * 1024  # a part every ~15 intervals of this sparse capture (4 kB a minute)
+    fc._DRAIN_ROWS = 0
     try:
         collect([cap], _config(tmp_path / "s"))
     finally:
-        fc._CHUNK_BYTES = old
+        fc._CHUNK_BYTES, fc._DRAIN_ROWS = old
     days = sorted(p.name for p in (tmp_path / "s" / "hosts" / "sensor=s").glob("????????.parquet"))
     assert days == ["20231114.parquet", "20231115.parquet"]
     assert len(day_meta(tmp_path / "s" / "hosts" / "sensor=s" / days[1])) >= dayfile.MIN_INTERVALS

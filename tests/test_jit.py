@@ -181,15 +181,21 @@ def inputs(tmp_path_factory) -> list[str]:
     return paths
 
 
+def _run(
+    code: str, *argv: str, cwd: Path | None = None, timeout: int = 300, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (these tests are about what one process imports and compiles),
+    with this checkout first on its path and ``argv`` as its arguments."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, *flags, "-c", textwrap.dedent(code), *argv]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
 def _collect(tmp: Path, mode: str, paths: list[str]) -> dict:
     (tmp / mode).mkdir()
     cfg = tmp / mode / "flowdiff.toml"
     cfg.write_text(CONFIG)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SCRIPT), mode, str(cfg), *paths],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp / mode,
-    )  # fmt: skip
+    proc = _run(SCRIPT, mode, str(cfg), *paths, cwd=tmp / mode, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # interpreted: no numpy overflow warnings
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -278,14 +284,7 @@ assert isinstance(sys.modules["flowdiff.diff"]._net4_hash, CPUDispatcher)
 
 
 def test_kernels_are_lazy_then_all_compiled_at_once():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(LAZY)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _run(LAZY, flags=("-W", "error"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = proc.stdout.split()
     assert first == second  # the same wrapped uint64 value interpreted and compiled
@@ -305,21 +304,7 @@ finally:
 def test_collecting_a_small_capture_loads_neither_numba_nor_pandas_nor_arrow_compute(tmp_path):
     """What cron and watch pay on every pass: these imports cost 0.05-0.5 s each, and a capture of a
     few packets needs none of them (pyarrow's Array.cast imports pyarrow.compute: avoided too)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(SMALL_COLLECT),
-            str(DATA / "tcpdump__LINKTYPE_IPV4.pcap"),
-            str(tmp_path / "s"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = _run(SMALL_COLLECT, str(DATA / "tcpdump__LINKTYPE_IPV4.pcap"), str(tmp_path / "s"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 file collected" in proc.stdout
     loaded = json.loads(proc.stdout.splitlines()[-1])
@@ -342,21 +327,11 @@ print(json.dumps({m: m in sys.modules for m in ("numba", "pyarrow.dataset")}))
 def test_learn_loads_no_numba(tmp_path):
     """learn reads the store with Arrow and hashes its keys (a few thousand distinct values) with
     numpy: importing numba and loading its kernels would cost more than the learning."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    capture = DATA / "tcpdump__LINKTYPE_IPV4.pcap"
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SMALL_LEARN), str(capture), str(tmp_path / "s")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = _run(SMALL_LEARN, str(DATA / "tcpdump__LINKTYPE_IPV4.pcap"), str(tmp_path / "s"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.splitlines()[-1])
-    assert loaded == {"numba": False, "pyarrow.dataset": True}, (
-        loaded
-    )  # the store was read, numba never loaded
+    # the store was read, numba never loaded
+    assert loaded == {"numba": False, "pyarrow.dataset": True}, loaded
     learned = [pq.read_table(p) for p in (tmp_path / "baselines" / "data").rglob("*.parquet")]
     assert learned and sum(t.num_rows for t in learned) > 0
 
@@ -420,14 +395,7 @@ def test_fuzzed_frames_and_syslog_lines_decode_the_same_interpreted_and_compiled
     """Beyond the samples: cut and mutated real frames, random bytes on every link type, and syslog
     lines made of random header fragments give the same fields both ways."""
     captures = sorted(str(p) for p in DATA.glob("*.pcap"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FUZZ), *captures],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _run(FUZZ, *captures, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames, parsed = map(int, proc.stdout.split())
     assert frames > 1500 and parsed > 100
@@ -468,14 +436,7 @@ def test_a_kernel_left_in_some_globals_is_typed_as_its_dispatcher(tmp_path):
     """A compiled kernel calling a Kernel object (a module outside flowdiff, or one not rebound yet
     while another thread compiles) still compiles: numba types a Kernel as its dispatcher."""
     (tmp_path / "extmod.py").write_text(EXT_MOD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(EXT_RUN), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _run(EXT_RUN, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     values = proc.stdout.split()
     assert len(values) == 3 and len(set(values)) == 1  # wrapped the same interpreted and compiled

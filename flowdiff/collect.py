@@ -70,7 +70,7 @@ from flowdiff.decode import decode, decoded_linktypes, linktype_name
 from flowdiff.errors import CaptureError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
-from flowdiff.schema import INTERVAL, DecodeStatus, is_log_table
+from flowdiff.schema import INTERVAL, DecodeStatus, log_tables, packet_tables
 from flowdiff.store import LedgerEntry, Store, int64_values
 from flowdiff.zeek import ZeekReader, sniff_conn_log
 
@@ -406,9 +406,8 @@ def _collect_one(
     if key in known.failed:
         return FileResult(str(path), "known")
     if sniff_start(path) == "other" and _is_log_file(path):
-        logs = {n: tc for n, tc in tables.items() if is_log_table(tc.keys)}
-        return _collect_log(path, key, config, logs, store, known, result)
-    tables = {n: tc for n, tc in tables.items() if not is_log_table(tc.keys)}
+        return _collect_log(path, key, config, log_tables(tables), store, known, result)
+    tables = packet_tables(tables)
     ident = known.by_stat.get(key)
     if ident is not None and not set(tables) - known.filled[ident]:
         return FileResult(str(path), "known")

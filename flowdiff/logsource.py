@@ -52,16 +52,6 @@ def is_log_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def log_tables(tables: Mapping[str, Any]) -> dict[str, Any]:
-    """The log tables among ``tables`` (name -> TableConfig)."""
-    return {n: tc for n, tc in tables.items() if is_log_table(tc.keys)}
-
-
-def packet_tables(tables: Mapping[str, Any]) -> dict[str, Any]:
-    """The tables filled from captures among ``tables``."""
-    return {n: tc for n, tc in tables.items() if not is_log_table(tc.keys)}
-
-
 def tz_offset(timezone: str, at_us: int) -> int:
     """Seconds east of UTC of ``timezone`` (an IANA name or UTC) at a time (RFC 3164 times have no zone)."""
     if timezone.upper() == "UTC":
@@ -381,10 +371,8 @@ __all__ = [
     "example_lines",
     "is_log_file",
     "iter_file_rows",
-    "log_tables",
     "merge_examples",
     "parse_file",
-    "packet_tables",
     "rows_of_lines",
     "tz_offset",
 ]

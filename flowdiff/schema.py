@@ -12,7 +12,7 @@ Three layers of columns exist:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +159,16 @@ def key_type(name: str) -> pa.DataType:
 def is_log_table(keys: Sequence[str]) -> bool:
     """A table keyed by log fields: filled from syslog files only (config refuses mixing the two kinds)."""
     return any(k in LOG_KEYS for k in keys)
+
+
+def log_tables(tables: Mapping[str, Any]) -> dict[str, Any]:
+    """The log tables among ``tables`` (name -> TableConfig)."""
+    return {n: tc for n, tc in tables.items() if is_log_table(tc.keys)}
+
+
+def packet_tables(tables: Mapping[str, Any]) -> dict[str, Any]:
+    """The tables filled from captures among ``tables``."""
+    return {n: tc for n, tc in tables.items() if not is_log_table(tc.keys)}
 
 
 def is_ip_table(keys: Sequence[str]) -> bool:

@@ -157,3 +157,72 @@ def test_a_table_alone_has_the_rows_it_has_beside_tables_that_rank_both_sides(ne
         assert a[name].equals(b[name]), name
     internet = [s for s in a[STATIONS].column("src").to_pylist() if s == "internet"]
     assert internet and len(set(a[STATIONS].column("src").to_pylist())) > 2
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_hash_reduce_gives_each_distinct_key_once_with_its_metrics_in_order_of_first_appearance(
+    compiled, monkeypatch
+):
+    if not compiled:  # the helpers too (a dispatcher would return the hash as a Python int)
+        for helper in ("_mix", "_finalize", "_acc_first", "_acc_add"):
+            monkeypatch.setattr(fa, helper, getattr(fa, helper).py_func)
+    rng = np.random.default_rng(11)
+    n, n_fine = 6000, 9000
+    words = rng.integers(0, 4, (5, n)).astype(np.uint64)  # few distinct keys: most elements repeat one
+    words[4] = words[4] << np.uint64(63)  # high bits count too
+    rows = np.sort(rng.choice(n_fine, n, replace=False)).astype(np.int64)
+    metrics = rng.integers(0, 1 << 40, (n_fine, 4)).astype(np.uint64)
+    kernel = fa._hash_reduce if compiled else fa._hash_reduce.py_func
+    with np.errstate(over="ignore"):  # interpreted hashing wraps around, as compiled
+        firsts, keys, acc = kernel(words, rows, metrics)
+    seen: dict[tuple[int, ...], int] = {}
+    for t in range(n):
+        seen.setdefault(tuple(int(w) for w in words[:, t]), t)
+    assert [tuple(k) for k in keys.tolist()] == list(seen)  # first appearance order, each key once
+    assert firsts.tolist() == [int(rows[t]) for t in seen.values()]
+    for g, key in enumerate(seen):
+        members = rows[np.all(words == np.array(key, dtype=np.uint64)[:, None], axis=0)]
+        m = metrics[members]
+        want = [m[:, 0].sum(), m[:, 1].sum(), m[:, 2].min(), m[:, 3].max()]
+        assert acc[g].tolist() == [int(x) for x in want]
+
+
+@pytest.mark.parametrize("networks", [None, {"10.0.0.0/9": "own", "0.0.0.0/0": "internet"}])
+def test_stations_rows_are_the_frames_grouped_by_interval_mac_and_station_address(networks):
+    """The stations table against a plain per-frame computation: the stations rules, the address text
+    made by ``ipaddress``, groups summed in a dict, sorted by interval, MAC text and address text."""
+    import ipaddress
+
+    p = _with_link_frames(_random_packets(20_000, 9))
+    got = fa.aggregate(p, {STATIONS: STATIONS_KEYS}, interval=300, networks=networks)[STATIONS]
+    u = np.uint64
+    status, ver = p["status"].astype(u), p["ip_version"].astype(u)
+    k6 = p["proto"].astype(u) | (p["icmp_type"].astype(u) << u(40)) | (ver << u(56)) | (status << u(60))
+    k7 = p["ethertype"].astype(u) << u(16)
+    own_net = ipaddress.ip_network("10.0.0.0/9")
+    own = np.array(
+        [
+            networks is not None and v == 4 and ipaddress.ip_address(int(lo)) in own_net
+            for v, lo in zip(p["ip_version"].tolist(), p["src_lo"].tolist(), strict=True)
+        ]
+    )
+    sel, w0, w1, w2 = _station_reference(k6, k7, p["src_hi"].astype(u), p["src_lo"].astype(u), own)
+    groups: dict[tuple[int, str, str], list[int]] = {}
+    for i, v, hi, lo in zip(sel.tolist(), w0.tolist(), w1.tolist(), w2.tolist(), strict=True):
+        text = "internet" if v == 0 else str(ipaddress.ip_address(lo if v == 4 else hi << 64 | lo))
+        mac = ":".join(f"{int(p['src_mac'][i]):012x}"[k : k + 2] for k in range(0, 12, 2))
+        ts = int(p["ts_ns"][i])
+        key = (ts // 300_000_000_000 * 300_000_000, mac, text)
+        g = groups.setdefault(key, [0, 0, ts, ts])
+        g[0] += 1
+        g[1] += int(p["wirelen"][i])
+        g[2], g[3] = min(g[2], ts), max(g[3], ts)
+    want = [(*k, pk, b, f // 1000, la // 1000) for k, (pk, b, f, la) in sorted(groups.items())]
+    cols = [
+        got.column(c).cast(pa.int64()) if i in (0, 5, 6) else got.column(c)
+        for i, c in enumerate(got.column_names)
+    ]
+    assert len(want) > 100 and got.num_rows == len(want)
+    assert list(zip(*(c.to_pylist() for c in cols), strict=True)) == want
+    texts = {t for _, _, t, *_ in want}
+    assert "internet" in texts and any(":" in t for t in texts) and any("." in t for t in texts)

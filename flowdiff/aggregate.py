@@ -37,6 +37,7 @@ fields read as 0. UNKNOWN_LINKTYPE and TRUNCATED_LINK frames are counted nowhere
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -2256,11 +2257,36 @@ def _value_order(uniq: np.ndarray) -> np.ndarray:
     return np.argsort(uniq[:, 0], kind="stable")
 
 
+# Up to this many strings are sorted by numpy while pyarrow.compute is not loaded: importing it costs
+# 0.1-0.15 s (it builds its function wrappers and their docs), half of what a cron collect of a small
+# capture with IPv6 addresses otherwise spends working; Arrow's sort is 2.5x faster on large inputs.
+_NUMPY_TEXT_SORT = 4096
+
+
 def _text_sorted(text: pa.Array) -> np.ndarray:
+    """Order of the strings of ``text`` by their bytes (stable)."""
+    small = len(text) <= _NUMPY_TEXT_SORT and not (text.null_count or text.offset)
+    if small and "pyarrow.compute" not in sys.modules:
+        return _fixed_width_sorted(text)
     idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
     return np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8).astype(
         np.int64
     )
+
+
+def _fixed_width_sorted(text: pa.Array) -> np.ndarray:
+    """:func:`_text_sorted` by numpy: the strings (no nulls, offset 0) as NUL-padded fixed-width bytes,
+    which compare like the strings (a prefix first; address and network text holds no NUL)."""
+    n = len(text)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets, data = _string_buffers(text)
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max()), 1)
+    fixed = np.zeros((n, width), dtype=np.uint8)
+    elem = np.repeat(np.arange(n), lengths)
+    fixed[elem, np.arange(len(elem)) - offsets[elem]] = data[: offsets[-1]]
+    return np.argsort(fixed.view(f"S{width}").reshape(n), kind="stable").astype(np.int64)
 
 
 def _address_order(uniq: np.ndarray, empty_last: bool = False) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowdiff.aggregate import Aggregator
 from flowdiff.netflow import empty_records
@@ -183,3 +185,20 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
     by_polars = pl.read_parquet(path).sort("src")
     assert by_polars["bytes"].to_list() == want["bytes"].tolist()
     assert by_polars["last_seen"].dt.epoch("us").to_list() == want["last_seen"].astype("int64").tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789abcdef:.f", max_size=39), max_size=60), st.integers(0, 3))
+def test_text_sorted_by_numpy_is_the_byte_order_of_the_strings(words, cut):
+    """Small inputs are sorted as fixed-width bytes (no pyarrow.compute import): prefixes first,
+    equal strings in input order, whatever the lengths; a sliced array takes Arrow's sort."""
+    import pyarrow as pa
+
+    from flowdiff.aggregate import _fixed_width_sorted, _text_sorted
+
+    text = pa.array(words, type=pa.string())
+    want = sorted(range(len(words)), key=lambda i: words[i].encode())
+    assert _fixed_width_sorted(text).tolist() == want
+    assert _text_sorted(text).tolist() == want
+    tail = text.slice(min(cut, len(words)))
+    assert _text_sorted(tail).tolist() == sorted(range(len(tail)), key=lambda i: tail[i].as_py().encode())

@@ -1569,7 +1569,7 @@ def _roles_for_rows(
         m_slots,
         m_keys,
         m_syn,
-        np.unique(np.asarray(service_ports, dtype=np.uint64)),
+        np.sort(np.asarray(service_ports, dtype=np.uint64)),  # not np.unique: it imports numpy.ma (0.04 s)
         out,
     )
     return out

@@ -2,7 +2,8 @@
 
 numba's first compile (or first cache load) in a process imports ``numba.np.arraymath``, which imports
 all of ``scipy.linalg`` (0.4 s on the 2-core box, a fifth of a whole `flowdiff collect` run) only to learn
-whether ``np.dot`` can be compiled. flowdiff's compiled code uses no BLAS, so the probe can fail fast:
+whether BLAS can serve its inner products (``np.cov``, ``np.corrcoef``). flowdiff's compiled code uses no
+BLAS, so the probe can fail fast:
 while ``numba.np.arraymath`` is being imported, ``scipy.linalg.cython_blas`` is marked "import halted"
 (``sys.modules[name] = None``, an ImportError without touching scipy); right after, the mark is removed,
 so ``scipy.linalg`` stays importable as usual.
@@ -42,12 +43,14 @@ def skip_blas_probe() -> None:
     ``outbox``, ``tables``) pays nothing, and every command that does (collect, learn, diff, run, demo,
     packets) gets the skip wherever its first compiled function is.
 
-    Trade-off: afterwards, numba code compiled in the same process cannot use ``np.dot`` or
-    ``np.linalg`` (numba believes there is no BLAS). That is why the library does not call it (not in
-    ``import flowdiff.capture`` as before, nor in ``collect()``): a notebook may compile its own numba
-    code that needs BLAS, and the 0.4 s matter only to short processes such as cron runs of the CLI.
-    A program that wants the faster start-up and uses no numba BLAS may call it itself, before its first
-    flowdiff call. Nothing happens when numba has compiled already or ``scipy.linalg`` is loaded."""
+    Trade-off: afterwards, numba code compiled in the same process computes the inner products of
+    ``np.cov`` and ``np.corrcoef`` with a plain loop instead of BLAS (other rounding, slower on large
+    inputs); ``np.dot`` and ``np.linalg`` still compile with BLAS, as they probe again themselves
+    (tests/test_numba_startup.py). That is why the library does not call it (not in
+    ``import flowdiff.capture`` as before, nor in ``collect()``): a notebook's own numba code is not ours
+    to change, and the 0.4 s matter only to short processes such as cron runs of the CLI. A program that
+    wants the faster start-up may call it itself, before its first flowdiff call. Nothing happens when
+    numba has compiled already or ``scipy.linalg`` is loaded."""
     if _ARRAYMATH in sys.modules or "scipy.linalg" in sys.modules:
         return
     if not any(isinstance(f, _ProbeSkipper) for f in sys.meta_path):

@@ -80,6 +80,11 @@ def test_skip_keeps_scipy_linalg_out_and_importable():
             assert not any(isinstance(f, _ProbeSkipper) for f in sys.meta_path)  # one shot
             import scipy.linalg, scipy.linalg.cython_blas
             assert sys.modules["scipy.linalg.cython_blas"] is not None
+            import numba, numpy as np
+            @numba.njit(cache=False)
+            def dot(a, b):  # np.dot probes BLAS again when it compiles: it still has it
+                return np.dot(a, b)
+            assert (dot(np.ones((2, 3)), np.ones((3, 2))) == 3.0).all()
             print("ok")
         """)
     )

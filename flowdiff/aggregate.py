@@ -1638,10 +1638,6 @@ class Drained:
     def __init__(self, agg: Aggregator, segments: list[_Segment]):
         self._agg, self._segments = agg, segments
 
-    @property
-    def fine_rows(self) -> int:
-        return sum(cols.shape[1] for cols, _, _ in self._segments)
-
     def tables(self) -> dict[str, pa.Table]:
         return self._agg._tables_from(self._segments)
 

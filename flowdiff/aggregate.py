@@ -1299,9 +1299,8 @@ def _reduce_direct(key, size, rows, metrics):
 
 @njit(cache=True, nogil=True)
 def _hash_reduce(words, rows, metrics):
-    """Groups of equal columns of ``words`` (m, n) by hashing, in order of first appearance: (fine row
-    of each group's first element, the group's words (g, m), metrics (g, 4) as in ``metrics``).
-    ``rows``: the fine row of each element. One pass, no sort: for a table whose rows are far fewer
+    """Groups of equal columns of ``words`` (m, n) by hashing, in order of first appearance: (the
+    group's words (g, m), metrics (g, 4) as in ``metrics``). ``rows``: the fine row of each element. One pass, no sort: for a table whose rows are far fewer
     than its fine rows but whose key space is too large to address (stations: a MAC and an address),
     so that only its groups are ranked and sorted."""
     m, n = words.shape
@@ -1312,7 +1311,6 @@ def _hash_reduce(words, rows, metrics):
     slots = np.full(size, -1, dtype=np.int32)
     gwords = np.empty((n, m), dtype=np.uint64)
     ghash = np.empty(n, dtype=np.uint64)
-    firsts = np.empty(n, dtype=np.int64)
     acc = np.empty((n, 4), dtype=np.uint64)
     g = 0
     for t in range(n):
@@ -1329,7 +1327,6 @@ def _hash_reduce(words, rows, metrics):
                 for c in range(m):
                     gwords[g, c] = words[c, t]
                 ghash[g] = h
-                firsts[g] = r
                 _acc_first(acc, g, metrics[r])
                 g += 1
                 break
@@ -1343,7 +1340,7 @@ def _hash_reduce(words, rows, metrics):
                     _acc_add(acc, s, metrics[r])
                     break
             j = (j + 1) & mask
-    return firsts[:g], gwords[:g], acc[:g]
+    return gwords[:g], acc[:g]
 
 
 @njit(cache=True, nogil=True)
@@ -1983,20 +1980,20 @@ class Aggregator:
         if len(sel) == 0:
             return schema.empty_table()
         words = np.stack([fine.interval_no.view(np.uint64)[sel], fine.src_mac[sel], w0, w1, w2])
-        _, keys, acc = _hash_reduce(words, sel, fine.metrics)
+        keys, acc = _hash_reduce(words, sel, fine.metrics)
         inum = keys[:, 0].view(np.int64)
-        macs, mac_rank = np.unique(keys[:, 1], return_inverse=True)  # MAC text order is value order
+        mac_rank, macs = _text_ranking((keys[:, 1],), lambda w: mac_array(w[:, 0]), order=_value_order)
         addr_rank, addresses = _text_ranking(
             (keys[:, 2], keys[:, 3], keys[:, 4]), _station_text, order=_station_order
         )
         code = (inum - inum.min()).astype(np.uint64)
-        code, card = _combine(code, int(code.max()) + 1, mac_rank.reshape(-1).astype(np.uint64), len(macs))
+        code, card = _combine(code, int(code.max()) + 1, mac_rank, len(macs))
         code, _ = _combine(code, card, addr_rank, len(addresses))
         order = np.argsort(code, kind="stable")
         acc = acc[order]
         columns = [
             _ts_array(inum[order] * np.int64(self.interval * 1_000_000)),
-            _take(mac_array(macs), mac_rank.reshape(-1)[order]),
+            _take(macs, mac_rank[order]),
             _take(addresses, addr_rank[order]),
             _arrow(acc[:, 0], METRICS["packets"]),
             _arrow(acc[:, 1], METRICS["bytes"]),

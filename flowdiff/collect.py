@@ -67,7 +67,7 @@ from flowdiff.capture import DEFAULT_CHUNK, CaptureReader, content_sha256, open_
 from flowdiff.config import Config, TableConfig
 from flowdiff.dayfile import DayFiles
 from flowdiff.decode import decode, decoded_linktypes, linktype_name
-from flowdiff.errors import CaptureError
+from flowdiff.errors import CaptureError, StoreError
 from flowdiff.exitcodes import ExitCode
 from flowdiff.listen import is_flow_spool
 from flowdiff.schema import INTERVAL, DecodeStatus, log_tables, packet_tables
@@ -348,6 +348,10 @@ def collect(
             result.files.append(
                 _collect_one(path, config, selected, store, known, result, progress, templates)
             )
+        try:
+            store.fold_ledger()
+        except StoreError as e:  # what was collected stands; the next collect folds again
+            log.warning("%s (while folding the ledger; the captures collected stand)", e)
     result.seconds = time.perf_counter() - t0
     return result
 

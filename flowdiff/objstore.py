@@ -12,9 +12,10 @@ Crash safety without rename (S3 has none, and no append):
 * an interval file is written once under its final key: a PUT of the whole object is atomic, readers
   see the old object or the new one, never a part. Its sources list (Parquet metadata) makes the merge
   exact if the capture is collected again after a crash, as on a local store.
-* the ledger is one small object per entry under ``_ledger/`` (``<time ns>-<random>.json``), written
-  after the data; read back in key order. A crash before it means the capture is read again, and the
-  sources lists keep every count single.
+* the ledger is one small object per entry under ``_ledger/<sensor>/`` (``<time ns>-<random>.json``),
+  written after the data; read back in key order. A crash before it means the capture is read again, and
+  the sources lists keep every count single. Collect folds them into one ``<stem>.fold.jsonl`` object
+  once ``LEDGER_FOLD`` have piled up (``S3Store.fold_ledger``): a ledger read stays a few GETs.
 * locks: S3 has no lock. The writer lock is a local file lock per store and sensor (in the temp folder of
   the machine): one sensor is one writer (one collect at a time on its own host), and sensors write
   disjoint ``sensor=`` partitions. Two hosts must never collect under the same sensor name into one

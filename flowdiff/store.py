@@ -639,6 +639,10 @@ class Store:
             fsync_dir(d)
         return n
 
+    def fold_ledger(self, at: int | None = None) -> int:
+        """Nothing to fold: a local ledger is one file per sensor (see S3Store.fold_ledger)."""
+        return 0
+
     def remove_stale_temp_files(self) -> int:
         """Temp files left by a killed writer (readers never see them: their names start with '.')."""
         n = 0
@@ -1116,6 +1120,56 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
 # (added for issue 10: flowdiff.objstore says how S3 is reached and why these write rules are safe)
 
 
+# Ledger objects on S3 written since the last fold before collect folds them (see S3Store.fold_ledger),
+# and the GETs that read a ledger at once.
+LEDGER_FOLD = 64
+_LEDGER_READERS = 8
+_FOLD_SUFFIX = ".fold.jsonl"
+_FOLD_KEY = "ledger_key"  # the name stem of a folded entry's object, kept in its line of the fold
+
+
+@dataclass
+class _LedgerPlan:
+    fold: Any  # file info of the newest fold, or None
+    entries: list[Any]  # file infos of the entries written after it, in order
+    superseded: list[str]  # keys of older folds and of entries the fold holds (left by a crash)
+    newest: str  # the newest name stem seen
+
+
+def _ledger_stem(key: str) -> str:
+    """``<time ns>-<random>`` of a ledger object's key (an entry's or a fold's)."""
+    name = PurePosixPath(key).name
+    return name[: -len(_FOLD_SUFFIX)] if name.endswith(_FOLD_SUFFIX) else name.removesuffix(".json")
+
+
+def _stem_ns(stem: str) -> int:
+    try:
+        return int(stem.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _entry_fields(body: bytes | str | None) -> dict[str, Any] | None:
+    """The fields of one ledger object or fold line (None when it is gone or unreadable: its capture is
+    then read again)."""
+    if body is None:
+        return None
+    try:
+        fields = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def _fold_rows(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    rows = []
+    for line in body.decode("utf-8", "replace").splitlines():
+        fields = _entry_fields(line)
+        if fields is not None and isinstance(fields.get(_FOLD_KEY), str):
+            rows.append((fields[_FOLD_KEY], fields))
+    return rows
+
+
 class S3Store(Store):
     """A :class:`Store` whose files are objects. Same reads and results; see the module doc for the
     write rules."""
@@ -1131,6 +1185,8 @@ class S3Store(Store):
         self.sensor = sensor
         self._filesystem = s3_filesystem(self.endpoint)
         self._checked = False
+        self._newest_stem = ""  # of the ledger objects read or written by this process
+        self._entries_seen: dict[str, dict[str, Any]] = {}  # key -> fields, of the entries read or written
 
     def __repr__(self) -> str:
         return f"Store({self.url!r}, sensor={self.sensor!r})"
@@ -1313,23 +1369,72 @@ class S3Store(Store):
         """The sensor's entries (every sensor's without one), in the order they were written; objects
         directly under ``_ledger/`` (written before ledgers were per sensor) count for every sensor."""
         out = []
-        infos = [
-            i
-            for i in self._list(LEDGER_PREFIX)
-            if self.sensor is None or PurePosixPath(i.path).parent.name in (LEDGER_PREFIX, self.sensor)
-        ]
-        infos.sort(key=lambda i: PurePosixPath(i.path).name)
-        for info in infos:
-            if not info.path.endswith(".json"):
-                continue
+        for _, fields in self._ledger_fields():
             try:
-                fields = json.loads(self._read_bytes(info.path).decode("utf-8"))
                 out.append(LedgerEntry(**{k: v for k, v in fields.items() if k in _LEDGER_FIELDS}))
-            except FileNotFoundError:
-                continue
-            except (ValueError, TypeError, AttributeError):
+            except (TypeError, ValueError):  # a field missing: the capture is simply read again
                 continue
         return out
+
+    def _ledger_fields(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name stem, fields) of every entry in write order: the newest fold of each ledger folder,
+        then the entry objects written after it, fetched in parallel. An entry that vanished between
+        the listing and its GET was folded by the writer meanwhile: the ledger is then read once more."""
+        for attempt in range(2):
+            plans = self._ledger_plans()
+            folds = [p.fold for p in plans if p.fold is not None]
+            entries = [i for p in plans for i in p.entries]
+            fetch = [i.path for i in folds] + [i.path for i in entries if i.path not in self._entries_seen]
+            with ThreadPoolExecutor(max_workers=_LEDGER_READERS) as pool:
+                bodies = dict(zip(fetch, pool.map(self._read_if_there, fetch), strict=True))
+            if None in bodies.values() and attempt == 0:
+                continue
+            # a fold gone again on the second reading (two folds during one read) reads as empty
+            out = [row for i in folds for row in _fold_rows(bodies[i.path] or b"")]
+            for info in entries:
+                fields = self._entries_seen.get(info.path) or _entry_fields(bodies.get(info.path))
+                if fields is not None:
+                    self._entries_seen[info.path] = fields
+                    out.append((_ledger_stem(info.path), fields))
+            for p in plans:  # entries this process writes next sort after every one it has read
+                self._newest_stem = max(self._newest_stem, p.newest)
+            out.sort(key=lambda row: row[0])
+            return out
+        raise AssertionError("unreachable")
+
+    def _read_if_there(self, key: str) -> bytes | None:
+        try:
+            return self._read_bytes(key)
+        except FileNotFoundError:
+            return None
+
+    def _ledger_plans(self, own_only: bool = False) -> list[_LedgerPlan]:
+        """Per ledger folder (this sensor's and the shared top level; every sensor's without one): the
+        newest fold, the entries written after it, and the objects it supersedes."""
+        folders: dict[str, list[Any]] = {}
+        for info in self._list(LEDGER_PREFIX):
+            parent = PurePosixPath(info.path).parent.name
+            if self.sensor is None or parent == self.sensor or (parent == LEDGER_PREFIX and not own_only):
+                folders.setdefault(parent, []).append(info)
+        plans = []
+        for infos in folders.values():
+            folds = sorted(
+                (i for i in infos if i.path.endswith(_FOLD_SUFFIX)), key=lambda i: _ledger_stem(i.path)
+            )
+            fold = folds[-1] if folds else None
+            cut = _ledger_stem(fold.path) if fold is not None else ""
+            plan = _LedgerPlan(fold, [], [i.path for i in folds[:-1]], cut)
+            for i in sorted(
+                (i for i in infos if i.path.endswith(".json")), key=lambda i: _ledger_stem(i.path)
+            ):
+                stem = _ledger_stem(i.path)
+                if stem > cut:
+                    plan.entries.append(i)
+                else:
+                    plan.superseded.append(i.path)
+                plan.newest = max(plan.newest, stem)
+            plans.append(plan)
+        return plans
 
     def ledger_append(self, entry: LedgerEntry) -> None:
         if not entry.collected_at:
@@ -1337,13 +1442,53 @@ class S3Store(Store):
         if entry.tables is not None:
             entry.tables = sorted(set(entry.tables))
         crash_point()
-        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
+        # the time in the name orders the entries: never before one already read (a clock stepped back
+        # would otherwise put an entry behind the fold that covers its predecessors)
+        at = max(time.time_ns(), _stem_ns(self._newest_stem) + 1)
+        stem = f"{at:020d}-{secrets.token_hex(4)}"
+        self._newest_stem = stem
         key = (
-            self._key(LEDGER_PREFIX, self.sensor or "", name)
+            self._key(LEDGER_PREFIX, self.sensor or "", stem + ".json")
             if self.sensor
-            else self._key(LEDGER_PREFIX, name)
+            else self._key(LEDGER_PREFIX, stem + ".json")
         )
-        self.put(key, json.dumps(asdict(entry), sort_keys=True).encode())
+        fields = asdict(entry)
+        self.put(key, json.dumps(fields, sort_keys=True).encode())
+        self._entries_seen[key] = fields
+
+    def fold_ledger(self, at: int | None = None) -> int:
+        """Fold this sensor's ledger objects into one once ``at`` (default ``LEDGER_FOLD``) or more were
+        written since the last fold; returns how many were folded. Every collect reads the whole ledger,
+        and with one object per capture that is one GET per capture ever collected (a year of 5-minute
+        captures: 105,000 GETs a run). The fold (every entry, in order, one JSON line each) is PUT
+        under the name of the newest entry it holds, then the objects it holds are deleted: a crash in
+        between leaves them behind, and readers skip them by name (nothing older than the newest fold
+        is read), the next fold deletes them. Writer only (under the sensor's lock)."""
+        if self.sensor is None:
+            return 0
+        plans = self._ledger_plans(own_only=True)
+        if not plans or len(plans[0].entries) < (LEDGER_FOLD if at is None else at):
+            return 0
+        plan = plans[0]
+        rows = _fold_rows(self._read_bytes(plan.fold.path)) if plan.fold is not None else []
+        for info in plan.entries:
+            fields = self._entries_seen.get(info.path) or _entry_fields(self._read_if_there(info.path))
+            if fields is not None:
+                rows.append((_ledger_stem(info.path), fields))
+        stem = _ledger_stem(plan.entries[-1].path)
+        body = "".join(json.dumps({**f, _FOLD_KEY: k}, sort_keys=True) + "\n" for k, f in rows)
+        self.put(self._key(LEDGER_PREFIX, self.sensor, stem + _FOLD_SUFFIX), body.encode())
+        crash_point()
+        gone = [*([plan.fold.path] if plan.fold is not None else []), *(i.path for i in plan.entries)]
+        with ThreadPoolExecutor(max_workers=_LEDGER_READERS) as pool:
+            list(pool.map(self._delete_if_there, [*gone, *plan.superseded]))
+        for info in plan.entries:
+            self._entries_seen.pop(info.path, None)
+        return len(plan.entries)
+
+    def _delete_if_there(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._call(lambda f: f.delete_file(key))
 
     def _table_created(self) -> dict[str, float]:
         return {

@@ -4,6 +4,7 @@ store gives; an unreachable endpoint, wrong credentials and a missing bucket are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 from flowdiff.baseline import get_version
 from flowdiff.cli import main as flowdiff_main
 from flowdiff.config import load_config
-from flowdiff.store import Store
+from flowdiff.store import LedgerEntry, Store
 
 moto_server = pytest.importorskip(
     "moto.server", reason="moto[server] is not installed (pip install 'moto[server]')"
@@ -214,3 +215,123 @@ def test_collect_killed_mid_write_then_rerun_gives_the_clean_store(s3, tmp_path,
     for t in b.tables():
         pd.testing.assert_frame_equal(a.read(t), b.read(t))
     assert len(_keys(s3, "crashed/_ledger")) == 1
+
+
+def _entry(i: int) -> LedgerEntry:
+    return LedgerEntry(
+        f"/caps/{i}.pcap", 100 + i, i, f"{i:064x}", 10, "ok", tables=["pairs"], capture_id=f"c{i}"
+    )
+
+
+def _ledger_objects(admin, prefix: str) -> tuple[list[str], list[str]]:
+    keys = _keys(admin, f"{prefix}/_ledger")
+    return [k for k in keys if k.endswith(".fold.jsonl")], [k for k in keys if k.endswith(".json")]
+
+
+def test_collect_folds_the_ledger_and_reads_it_back_the_same(s3, tmp_path, data_dir, monkeypatch):
+    """Every collect reads the whole ledger: one object per capture would be one GET per capture ever
+    collected. Past LEDGER_FOLD new objects, collect folds them into one; the ledger reads the same."""
+    import flowdiff.store
+
+    monkeypatch.setattr(flowdiff.store, "LEDGER_FOLD", 2)
+    s3cfg = _config(tmp_path / "s3site", f"s3://{BUCKET}/fold", interval=60)
+    localcfg = _config(tmp_path / "localsite", str(tmp_path / "localsite" / "store"), interval=60)
+    for cap in CAPTURES:
+        for cfg in (s3cfg, localcfg):
+            r = _cli(cfg, "collect", str(data_dir / cap))
+            assert r.exit_code == 0, r.output
+    folds, entries = _ledger_objects(s3, "fold")
+    assert len(folds) == 1 and len(entries) == 1  # folded at the second capture, the third one after
+    s3store, local = Store(load_config(s3cfg).store, "s1"), Store(load_config(localcfg).store, "s1")
+
+    def seen(store):  # collected_at differs: the two collects ran at different times
+        return [dataclasses.replace(e, collected_at="") for e in store.ledger()]
+
+    assert seen(s3store) == seen(local) and len(local.ledger()) == len(CAPTURES)
+    for cfg in (s3cfg, localcfg):  # every capture known: nothing collected again
+        r = _cli(cfg, "collect", *(str(data_dir / c) for c in CAPTURES))
+        assert r.exit_code == 0 and "0 files collected" in r.output, r.output
+    for t in local.tables():
+        pd.testing.assert_frame_equal(s3store.read(t), local.read(t))
+
+
+def test_a_fold_cut_short_leaves_every_entry_once(s3):
+    """Killed between the PUT of the fold and the deletes: the objects it holds stay behind, readers
+    skip them by name, the next fold deletes them."""
+    url = f"s3://{BUCKET}/cut"
+    writer = Store(url, "s1")
+    for i in range(5):
+        writer.ledger_append(_entry(i))
+    with pytest.MonkeyPatch.context() as mp:  # the deletes never happen
+        mp.setattr(type(writer), "_delete_if_there", lambda self, key: None)
+        assert writer.fold_ledger(at=1) == 5
+    folds, entries = _ledger_objects(s3, "cut")
+    assert len(folds) == 1 and len(entries) == 5
+    assert [e.path for e in Store(url, "s1").ledger()] == [f"/caps/{i}.pcap" for i in range(5)]
+    writer = Store(url, "s1")
+    writer.ledger()
+    writer.ledger_append(_entry(5))
+    assert writer.fold_ledger(at=1) == 1
+    folds, entries = _ledger_objects(s3, "cut")
+    assert len(folds) == 1 and entries == []
+    assert [e.path for e in Store(url, "s1").ledger()] == [f"/caps/{i}.pcap" for i in range(6)]
+    assert Store(url).ledger() == Store(url, "s1").ledger()  # every sensor's: the same one here
+
+
+def test_an_entry_written_after_a_fold_by_a_clock_stepped_back_still_counts(s3):
+    import flowdiff.store
+
+    url = f"s3://{BUCKET}/clock"
+    writer = Store(url, "s1")
+    for i in range(3):
+        writer.ledger_append(_entry(i))
+    assert writer.fold_ledger(at=1) == 3
+    writer = Store(url, "s1")
+    writer.ledger()  # collect reads the ledger before it writes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flowdiff.store.time, "time_ns", lambda: 1_000_000_000)  # 1970
+        writer.ledger_append(_entry(3))
+    assert [e.path for e in Store(url, "s1").ledger()] == [f"/caps/{i}.pcap" for i in range(4)]
+
+
+def test_a_reader_racing_a_fold_reads_every_entry(s3, monkeypatch):
+    """A reader lists the entries, the writer folds and deletes them, the reader's GETs miss: it reads
+    the ledger again rather than losing them."""
+    url = f"s3://{BUCKET}/race"
+    writer = Store(url, "s1")
+    for i in range(4):
+        writer.ledger_append(_entry(i))
+    reader = Store(url, "s1")
+    plans = reader._ledger_plans
+    calls = []
+
+    def listed_then_folded(*args, **kw):
+        out = plans(*args, **kw)
+        if not calls:
+            assert writer.fold_ledger(at=1) == 4
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(reader, "_ledger_plans", listed_then_folded)
+    assert [e.path for e in reader.ledger()] == [f"/caps/{i}.pcap" for i in range(4)]
+    assert len(calls) == 2
+
+
+def test_a_fold_that_fails_is_one_warning_and_the_collect_stands(s3, tmp_path, data_dir, monkeypatch, caplog):
+    """A bucket that refuses the fold (say, no delete permission) must not stop collection: the captures
+    collected stand, the warning names the store, the next collect tries again."""
+    import flowdiff.store
+    from flowdiff.errors import StoreError
+
+    def refused(self, at=None):
+        raise StoreError(f"store {self.url}: access denied (check the credentials)")
+
+    monkeypatch.setattr(flowdiff.store.S3Store, "fold_ledger", refused)
+    cfg = _config(tmp_path, f"s3://{BUCKET}/refused", interval=60)
+    r = CliRunner().invoke(flowdiff_main, ["collect", str(data_dir / CAPTURES[0]), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "1 file collected" in r.output
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "store s3://flows/refused: access denied" in warning.getMessage()
+    assert "folding the ledger" in warning.getMessage()
+    assert len(Store(load_config(cfg).store, "s1").ledger()) == 1

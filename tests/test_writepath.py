@@ -136,8 +136,8 @@ def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
 
 
 def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhere(tmp_path):
-    """first_seen, last_seen and bytes are DELTA_BINARY_PACKED: pandas (pyarrow), DuckDB and polars read
-    back exactly the rows written, values at the extremes of their types included."""
+    """first_seen, last_seen, bytes and packets are DELTA_BINARY_PACKED: pandas (pyarrow), DuckDB and
+    polars read back exactly the rows written, values at the extremes of their types included."""
     import duckdb
     import pandas as pd
     import polars as pl
@@ -159,7 +159,7 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
         "proto": np.full(n, 6),
         "sport": rng.integers(0, 65536, n),
         "dport": np.full(n, 443),
-        "packets": rng.integers(1, 10, n),
+        "packets": np.r_[rng.integers(1, 10, n - 2).astype(np.uint64), np.array([2**64 - 1, 1], np.uint64)],
         "bytes": np.r_[rng.integers(40, 10**6, n - 2).astype(np.uint64), np.array([0, 2**64 - 1], np.uint64)],
         "first_seen": first,
         "last_seen": first + rng.integers(0, 10**6, n),
@@ -174,16 +174,18 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
     (path,) = store.files("t5")
     meta = pq.ParquetFile(path).metadata.row_group(0)
     enc = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
-    for col in ("first_seen", "last_seen", "bytes"):
+    for col in ("first_seen", "last_seen", "bytes", "packets"):
         assert "DELTA_BINARY_PACKED" in enc[col], enc[col]
     want = rows.to_pandas(coerce_temporal_nanoseconds=False)
     got = store.read("t5").drop(columns=["sensor"])
     pd.testing.assert_frame_equal(got, want)
-    by_duck = duckdb.sql(f"SELECT bytes, epoch_us(first_seen) AS f FROM '{path}' ORDER BY src").fetchall()
-    assert [b for b, _ in by_duck] == want["bytes"].tolist()
-    assert [f for _, f in by_duck] == (want["first_seen"].astype("int64")).tolist()
+    by_duck = duckdb.sql(f"SELECT bytes, epoch_us(first_seen), packets FROM '{path}' ORDER BY src").fetchall()
+    assert [b for b, _, _ in by_duck] == want["bytes"].tolist()
+    assert [f for _, f, _ in by_duck] == (want["first_seen"].astype("int64")).tolist()
+    assert [p for _, _, p in by_duck] == want["packets"].tolist()
     by_polars = pl.read_parquet(path).sort("src")
     assert by_polars["bytes"].to_list() == want["bytes"].tolist()
+    assert by_polars["packets"].to_list() == want["packets"].tolist()
     assert by_polars["last_seen"].dt.epoch("us").to_list() == want["last_seen"].astype("int64").tolist()
 
 

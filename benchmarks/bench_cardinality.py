@@ -187,7 +187,7 @@ class Bench:
     def warm_up(self) -> None:
         """An untimed collect (default tables over days, and the 5-tuple table) and learn of a small
         capture: the first collect after an install or an upgrade compiles the kernels into numba's
-        cache (30-45 s, once: cron pays it on its first pass), which no workload is to be charged with
+        cache (30-50 s, once: cron pays it on its first pass), which no workload is to be charged with
         (on a fresh machine hc5 read 0.12 Mpps and 1.7x the RSS of the 1/5 capture without it)."""
         print("warm-up: an untimed collect and learn fill numba's cache (it compiles after an install)")
         # sparse intervals over days (day files, sorted groups) and dense ones (direct-addressed groups)

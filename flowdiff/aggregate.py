@@ -1010,7 +1010,7 @@ def _conn_roles(rows, perm, kept, m_slots, m_keys, m_syn, qualifies, out):
             r = perm[t]
             k6 = rows[r, 7]
             # flow records that name their client (Zeek) keep it whatever a SYN says: decided here, in
-            # the one pass over the rows (a second pass costs as much again: the rows are 128 bytes)
+            # the one pass over the rows, not in a second one
             out[t] = True if (k6 & _FORCED_CLIENT) != _ZERO else _port_role(k6, qualifies)
             _conn_put(blk, t - i, rows, r, slots)
         g = _conn_block(slots, keys, blk, e - i, g, True, found)

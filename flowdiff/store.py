@@ -469,8 +469,8 @@ class Store:
         expr = _filter_expr(since, until, where, schema)
         for attempt in range(3):
             files, overlap = self._files(table, since, until)
-            if not files:
-                empty = schema.empty_table()
+            if not files:  # the types of a read that found rows
+                empty = _dictionary_schema(schema, dictionary).empty_table()
                 return empty.select(list(columns)) if columns else empty
             try:
                 return self._read_files(
@@ -501,8 +501,7 @@ class Store:
 
         text = [c for c in dictionary if pa.types.is_string(schema.field(c).type)]
         if merge_keys is None and text:
-            encoded = pa.dictionary(pa.int32(), pa.string())
-            schema = pa.schema([f.with_type(encoded) if f.name in text else f for f in schema])
+            schema = _dictionary_schema(schema, text)
             options = ds.ParquetReadOptions(dictionary_columns=text)
             fmt: Any = ds.ParquetFileFormat(read_options=options)
         else:
@@ -560,8 +559,9 @@ class Store:
         import pandas as pd
 
         cols = [INTERVAL, *keys, "packets", "bytes", "first_seen", "last_seen", PARTITION]
-        if not starts:
-            return table_schema(keys).append(pa.field(PARTITION, pa.string())).empty_table().select(cols)
+        if not starts:  # the types of a read that found rows
+            schema = table_schema(keys).append(pa.field(PARTITION, pa.string()))
+            return _dictionary_schema(schema, keys).empty_table().select(cols)
         lo, hi = min(starts), max(starts) + pd.Timedelta(microseconds=1)
         t = self.read_table(table, since=lo, until=hi, columns=cols, dictionary=keys)
         want = pa.array(pd.DatetimeIndex(list(starts)).as_unit("us"), type=t.schema.field(INTERVAL).type)
@@ -1087,6 +1087,14 @@ def _write_parquet(table: pa.Table, path: str | pa.NativeFile) -> None:
 
 def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     return dict(_write_options(schema))
+
+
+def _dictionary_schema(schema: pa.Schema, dictionary: Sequence[str]) -> pa.Schema:
+    """``schema`` with its text columns among ``dictionary`` dictionary-encoded, as reads return them."""
+    encoded = pa.dictionary(pa.int32(), pa.string())
+    return pa.schema(
+        [f.with_type(encoded) if f.name in dictionary and pa.types.is_string(f.type) else f for f in schema]
+    )
 
 
 def _reaggregate(table: pa.Table, keys: Sequence[str], schema: pa.Schema) -> pa.Table:

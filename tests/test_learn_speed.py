@@ -120,6 +120,22 @@ def test_arrow_learn_equals_the_pandas_definition(store, table, sensor, monkeypa
     pd.testing.assert_frame_equal(_sorted(kept.to_pandas(), tc.keys), _sorted(ok, tc.keys))
 
 
+def test_reads_that_find_no_rows_have_the_types_of_reads_that_do(store):
+    """No interval asked for, or a window without files: the same column types as a read with rows
+    (text keys dictionary-encoded), so that callers can concatenate and cast without a special case."""
+
+    def types(t: pa.Table) -> list[tuple[str, pa.DataType]]:
+        return [(f.name, f.type) for f in t.schema]
+
+    for tc in TABLES.values():
+        full = store.interval_table(tc.name, tc.keys, store.intervals(tc.name))
+        assert full.num_rows
+        assert types(store.interval_table(tc.name, tc.keys, [])) == types(full)
+        none = store.read_table(tc.name, since="1990-01-01", until="1990-01-02", dictionary=tc.keys)
+        some = store.read_table(tc.name, dictionary=tc.keys)
+        assert none.num_rows == 0 and some.num_rows and types(none) == types(some)
+
+
 @pytest.mark.parametrize("sensor", [None, "gw1"])
 def test_learn_reads_text_keys_dictionary_encoded_with_the_same_rows(store, sensor):
     """interval_table hands learn its text keys dictionary-encoded, as Parquet stores them (each distinct

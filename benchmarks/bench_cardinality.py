@@ -54,6 +54,7 @@ DEFAULT_GEN = next(
     ROOT.parent / "shared" / "bench" / "gen_pcap.py",
 )
 GB = 1 << 30
+FLOWDIFF = [sys.executable, "-m", "flowdiff"]
 T5 = '[tables.t5]\nkeys = ["src", "dst", "proto", "sport", "dport"]\n'
 DEFAULT_KEYS = {
     "hosts": ["src"],
@@ -157,8 +158,11 @@ class Bench:
         return cfg
 
     def collect(self, cfg: Path, capture: Path, label: str, packets: int) -> Run:
-        cmd = [sys.executable, "-m", "flowdiff", "collect", "--config", str(cfg), "--all", "--no-progress"]
-        r = run([*cmd, str(capture)], label, packets)
+        r = run(
+            [*FLOWDIFF, "collect", "--config", str(cfg), "--all", "--no-progress", str(capture)],
+            label,
+            packets,
+        )
         if "1 file collected" not in r.out:
             sys.exit(f"{label}: unexpected output: {r.out}")
         return r
@@ -199,21 +203,11 @@ class Bench:
             return
         t = time.perf_counter()
         for name, interval, tables in (("warmup", 300, ""), ("warmup5", 60, T5)):
-            cmd = [
-                sys.executable,
-                "-m",
-                "flowdiff",
-                "collect",
-                "--config",
-                str(self.config(name, interval, tables)),
-            ]
-            subprocess.run([*cmd, "--all", "--no-progress", *map(str, caps)], check=True, capture_output=True)
-        cfg = self.work / "warmup" / "flowdiff.toml"
-        subprocess.run(
-            [sys.executable, "-m", "flowdiff", "learn", "--config", str(cfg), "--force"],
-            check=True,
-            capture_output=True,
-        )
+            cfg = self.config(name, interval, tables)
+            collect = [*FLOWDIFF, "collect", "--config", str(cfg), "--all", "--no-progress", *map(str, caps)]
+            subprocess.run(collect, check=True, capture_output=True)
+        learn = [*FLOWDIFF, "learn", "--config", str(self.work / "warmup" / "flowdiff.toml"), "--force"]
+        subprocess.run(learn, check=True, capture_output=True)
         print(f"  done in {time.perf_counter() - t:.1f} s", flush=True)
 
     def high_cardinality(self, five_tuple: bool, default: bool) -> None:
@@ -288,9 +282,7 @@ class Bench:
         show(r, ">= 1 Mpps", self.check("week collect >= 1 Mpps", r.mpps >= 1.0))
         print(f"  {files:,} files in the store ({days:,} day files, {files - days:,} interval files)")
         self.memory("week", r)
-        learn = run(
-            [sys.executable, "-m", "flowdiff", "learn", "--config", str(cfg), "--force"], "flowdiff learn"
-        )
+        learn = run([*FLOWDIFF, "learn", "--config", str(cfg), "--force"], "flowdiff learn")
         duck = run(
             [sys.executable, __file__, "--duckdb-groupby", str(cfg.parent / "store")], "duckdb GROUP BY"
         )

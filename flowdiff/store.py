@@ -1197,6 +1197,9 @@ class S3Store(Store):
         self._checked = False
         self._newest_stem = ""  # of the ledger objects read or written by this process
         self._entries_seen: dict[str, dict[str, Any]] = {}  # key -> fields, of the entries read or written
+        self._folds_seen: dict[
+            str, list[tuple[str, dict[str, Any]]]
+        ] = {}  # key -> rows (a fold never changes)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r}, sensor={self.sensor!r})"
@@ -1394,13 +1397,18 @@ class S3Store(Store):
             plans = self._ledger_plans()
             folds = [p.fold for p in plans if p.fold is not None]
             entries = [i for p in plans for i in p.entries]
-            fetch = [i.path for i in folds] + [i.path for i in entries if i.path not in self._entries_seen]
+            seen = self._entries_seen.keys() | self._folds_seen.keys()
+            fetch = [i.path for i in [*folds, *entries] if i.path not in seen]
             with ThreadPoolExecutor(max_workers=_LEDGER_READERS) as pool:
                 bodies = dict(zip(fetch, pool.map(self._read_if_there, fetch), strict=True))
             if None in bodies.values() and attempt == 0:
                 continue
-            # a fold gone again on the second reading (two folds during one read) reads as empty
-            out = [row for i in folds for row in _fold_rows(bodies[i.path] or b"")]
+            out = []
+            for info in folds:  # a fold gone again on the second reading (two folds in one read): empty
+                body = bodies.get(info.path)
+                if info.path not in self._folds_seen and body is not None:
+                    self._folds_seen[info.path] = _fold_rows(body)
+                out += self._folds_seen.get(info.path, [])
             for info in entries:
                 fields = self._entries_seen.get(info.path) or _entry_fields(bodies.get(info.path))
                 if fields is not None:
@@ -1457,11 +1465,7 @@ class S3Store(Store):
         at = max(time.time_ns(), _stem_ns(self._newest_stem) + 1)
         stem = f"{at:020d}-{secrets.token_hex(4)}"
         self._newest_stem = stem
-        key = (
-            self._key(LEDGER_PREFIX, self.sensor or "", stem + ".json")
-            if self.sensor
-            else self._key(LEDGER_PREFIX, stem + ".json")
-        )
+        key = self._key(LEDGER_PREFIX, *([self.sensor] if self.sensor else []), stem + ".json")
         fields = asdict(entry)
         self.put(key, json.dumps(fields, sort_keys=True).encode())
         self._entries_seen[key] = fields
@@ -1480,7 +1484,9 @@ class S3Store(Store):
         if not plans or len(plans[0].entries) < (LEDGER_FOLD if at is None else at):
             return 0
         plan = plans[0]
-        rows = _fold_rows(self._read_bytes(plan.fold.path)) if plan.fold is not None else []
+        rows = []
+        if plan.fold is not None:
+            rows = list(self._folds_seen.get(plan.fold.path) or _fold_rows(self._read_bytes(plan.fold.path)))
         for info in plan.entries:
             fields = self._entries_seen.get(info.path) or _entry_fields(self._read_if_there(info.path))
             if fields is not None:
@@ -1494,6 +1500,8 @@ class S3Store(Store):
             list(pool.map(self._delete_if_there, [*gone, *plan.superseded]))
         for info in plan.entries:
             self._entries_seen.pop(info.path, None)
+        if plan.fold is not None:
+            self._folds_seen.pop(plan.fold.path, None)
         return len(plan.entries)
 
     def _delete_if_there(self, key: str) -> None:

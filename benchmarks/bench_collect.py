@@ -117,7 +117,9 @@ def measure(cmd: list[str], label: str, packets: int, file_bytes: int) -> tuple[
     """Run ``cmd`` and measure it whole: wall time and its own peak RSS (wait4 gives the rusage of
     exactly that child, unlike RUSAGE_CHILDREN which keeps the maximum over all children). Linux counts
     the forked child's pages before exec too, so this process must stay smaller than what it measures:
-    it never holds a capture in memory."""
+    it never holds a capture in memory. Dirty pages of what ran before (a capture just generated) are
+    written out first, so that collect's syncfs(2) does not flush them on its clock."""
+    os.sync()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -1993,18 +1994,14 @@ class Aggregator:
         words = np.stack([fine.interval_no.view(np.uint64)[sel], fine.src_mac[sel], w0, w1, w2])
         keys, acc = _hash_reduce(words, sel, fine.metrics)
         inum = keys[:, 0].view(np.int64)
-        mac_rank, macs = _text_ranking((keys[:, 1],), lambda w: mac_array(w[:, 0]), order=_value_order)
         addr_rank, addresses = _text_ranking(
             (keys[:, 2], keys[:, 3], keys[:, 4]), _station_text, order=_station_order
         )
-        code = (inum - inum.min()).astype(np.uint64)
-        code, card = _combine(code, int(code.max()) + 1, mac_rank, len(macs))
-        code, _ = _combine(code, card, addr_rank, len(addresses))
-        order = np.argsort(code, kind="stable")
+        order = _station_sort(inum, keys[:, 1], addr_rank, len(addresses))
         acc = acc[order]
         columns = [
             _ts_array(inum[order] * np.int64(self.interval * 1_000_000)),
-            _take(macs, mac_rank[order]),
+            mac_array(keys[order, 1]),  # a MAC's text is fixed-width hex: value order is text order
             _take(addresses, addr_rank[order]),
             _arrow(acc[:, 0], METRICS["packets"]),
             _arrow(acc[:, 1], METRICS["bytes"]),
@@ -2111,7 +2108,7 @@ class Aggregator:
             if what == "addresses":
                 ver = fine.ip_version
                 src, dst = (ver, fine.src_hi, fine.src_lo), (ver, fine.dst_hi, fine.dst_lo)
-                fn, order = (lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2])), _address_order
+                fn, order = (lambda w: _address_arrow(w[:, 0], w[:, 1], w[:, 2])), _address_order_text
             else:
                 src, dst = (fine.src_mac,), (fine.dst_mac,)
                 fn, order = (lambda w: mac_array(w[:, 0])), _value_order  # fixed-width hex: value order
@@ -2197,11 +2194,12 @@ def _text_ranking(
     words: tuple[np.ndarray, ...],
     fn: Callable[[np.ndarray], pa.Array],
     second: tuple[np.ndarray, ...] = (),
-    order: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    order: Callable[[np.ndarray], Any] | None = None,
 ) -> tuple[np.ndarray, pa.Array]:
     """(rank of each row's value, the distinct values' text in rank order). ``words`` are 1 or 3
     columns; ``second`` optionally a second list of rows ranked together with the first. ``order``,
-    if given, may return the text order of the distinct triples without making text (None: sort text)."""
+    if given, may return the text order of the distinct triples without making text (None: sort text),
+    or (that order, the text in that order or None) when it made the text on the way."""
     if len(words) == 1:
         words = (words[0],) * 3
         second = (second[0],) * 3 if second else ()
@@ -2209,7 +2207,11 @@ def _text_ranking(
     b = second if second else (empty, empty, empty)
     inv, uniq = _group_triples(*(np.ascontiguousarray(w, dtype=np.uint64) for w in (*words, *b)))
     srt = order(uniq) if order is not None else None
-    if srt is not None:
+    if isinstance(srt, tuple):  # an order that made the text on the way (IPv6 addresses)
+        srt, ordered = srt
+        if ordered is None:
+            ordered = fn(np.ascontiguousarray(uniq[srt]))
+    elif srt is not None:
         ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
     else:
         text = fn(uniq)
@@ -2293,25 +2295,39 @@ def _address_order(uniq: np.ndarray, empty_last: bool = False) -> np.ndarray:
     text compared), the IPv6 ones by text, the two merged by comparing the text of the two lists once;
     anything else has the empty text, first (or last: ``empty_last``, stations' ``internet``, which
     sorts after every address text since no address character is above 'f')."""
+    return _address_order_text(uniq, empty_last)[0]
+
+
+def _address_order_text(uniq: np.ndarray, empty_last: bool = False) -> tuple[np.ndarray, pa.Array | None]:
+    """(:func:`_address_order`, the addresses' text in that order when ordering made it: with IPv6
+    addresses, which are ordered by their text, else None)."""
     ver = uniq[:, 0]
     v4 = np.flatnonzero(ver == 4)
     v6 = np.flatnonzero(ver == 6)
     other = np.flatnonzero((ver != 4) & (ver != 6))
     o4 = v4[_ipv4_key_order(uniq[v4])] if len(v4) else v4
+    text = None
     if len(v6):
         t6 = _address_arrow(uniq[v6, 0], uniq[v6, 1], uniq[v6, 2])
-        o6 = v6[_text_sorted(t6)]
+        s6 = _text_sorted(t6)
+        o6, text = v6[s6], _take(t6, s6)
         if len(o4):
             a = _address_arrow(uniq[o4, 0], uniq[o4, 1], uniq[o4, 2])
-            b = _address_arrow(uniq[o6, 0], uniq[o6, 1], uniq[o6, 2])
-            from_a = _merge_text(*_string_buffers(a), *_string_buffers(b))
+            from_a = _merge_text(*_string_buffers(a), *_string_buffers(text))
             merged = np.empty(len(o4) + len(o6), dtype=np.int64)
             merged[from_a] = o4
             merged[~from_a] = o6
-            o4 = merged
+            at = np.empty(len(merged), dtype=np.int64)  # where each merged address's text is in a + text
+            at[from_a] = np.arange(len(o4))
+            at[~from_a] = np.arange(len(o4), len(merged))
+            o4, text = merged, _take(pa.concat_arrays([a, text]), at)
         else:
             o4 = o6
-    return np.concatenate([o4, other] if empty_last else [other, o4])
+        if len(other):
+            none = pa.py_buffer(np.zeros(len(other) + 1, dtype=np.int32))
+            blank = pa.StringArray.from_buffers(len(other), none, pa.py_buffer(b""))
+            text = pa.concat_arrays([text, blank] if empty_last else [blank, text])
+    return np.concatenate([o4, other] if empty_last else [other, o4]), text
 
 
 def _station_order(uniq: np.ndarray) -> np.ndarray:
@@ -2357,6 +2373,22 @@ def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
         dtype = np.dtype(("u" if pa.types.is_unsigned_integer(typ) else "i") + str(typ.bit_width // 8))
     v = np.ascontiguousarray(values, dtype=dtype)
     return pa.Array.from_buffers(typ, len(v), [None, pa.py_buffer(v)])
+
+
+def _station_sort(inum: np.ndarray, mac: np.ndarray, addr_rank: np.ndarray, addresses: int) -> np.ndarray:
+    """Order of the stations groups by interval, MAC and address. The groups are distinct, so when the
+    three fit in one 64-bit word (a MAC is 48 bits; the intervals and addresses of a part are few) one
+    unstable sort of that word orders them; otherwise the MACs are ranked first. Either way the MACs
+    are not deduplicated or turned into text before the sort: on a busy segment they are nearly as many
+    as the groups, and the text is made once, for the sorted rows."""
+    rel = (inum - inum.min()).astype(np.uint64)
+    abits = max(addresses - 1, 0).bit_length()
+    if int(rel.max()).bit_length() + abits <= 16 and not (mac >> _U(48)).any():
+        key = rel << _U(48 + abits)
+        key |= mac << _U(abits)
+        key |= addr_rank
+        return np.argsort(key)
+    return np.lexsort((addr_rank, mac, rel))
 
 
 def _int_rank(values: np.ndarray, typ: pa.DataType) -> _Ranked:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +110,13 @@ def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
     text, merged; the empty text (no address) first, or last as stations' ``internet``."""
     import pyarrow.compute as pc
 
-    from flowdiff.aggregate import _address_order, _fill_empty, _station_order, _value_order
+    from flowdiff.aggregate import (
+        _address_order,
+        _address_order_text,
+        _fill_empty,
+        _station_order,
+        _value_order,
+    )
     from flowdiff.netmap import address_array, mac_array
 
     rng = np.random.default_rng(11)
@@ -129,10 +136,35 @@ def test_address_order_of_mixed_ipv4_ipv6_and_none_is_the_order_of_the_text():
     stations = _fill_empty(text, b"internet")
     want = stations.take(pc.sort_indices(stations)).to_pylist()
     assert stations.take(_station_order(uniq)).to_pylist() == want and want[-1] == "internet"
+    # the order that makes the text on the way gives that text, IPv6 with or without IPv4 and others
+    for part in (uniq, uniq[uniq[:, 0] != 4], uniq[uniq[:, 0] == 6], uniq[uniq[:, 0] == 4]):
+        for last in (False, True):
+            order, made = _address_order_text(part, last)
+            assert order.tolist() == _address_order(part, last).tolist()
+            expect = address_array(part[order, 0], part[order, 1], part[order, 2]).to_pylist()
+            assert made is None if (part[:, 0] != 6).all() else made.to_pylist() == expect
     macs = np.unique(rng.integers(0, 1 << 48, 2000, dtype=np.uint64))[::-1].copy()
     m = np.stack([macs, macs, macs], axis=1)
     mt = mac_array(macs)
     assert mt.take(_value_order(m)).to_pylist() == mt.take(pc.sort_indices(mt)).to_pylist()
+
+
+@pytest.mark.parametrize("intervals", [1, 40, 3000])
+def test_stations_groups_sort_by_interval_mac_and_address_in_one_word_or_by_lexsort(intervals):
+    """Stations groups are ordered by interval, MAC value (its text is fixed-width hex) and address
+    rank: packed into one word when they fit in it (one interval, or 40 with a few addresses), else by
+    a lexsort (3,000 intervals); the groups are distinct, so the order is the same either way."""
+    from flowdiff.aggregate import _station_sort
+
+    rng = np.random.default_rng(intervals)
+    n, addresses = 5000, 37
+    inum = rng.integers(1000, 1000 + intervals, n).astype(np.int64)
+    mac = rng.integers(0, 1 << 48, n // 10, dtype=np.uint64)[rng.integers(0, n // 10, n)]
+    rank = rng.integers(0, addresses, n).astype(np.uint64)
+    keep = np.unique(np.stack([inum.view(np.uint64), mac, rank], axis=1), axis=0, return_index=True)[1]
+    inum, mac, rank = inum[keep], mac[keep], rank[keep]
+    order = _station_sort(inum, mac, rank, addresses)
+    assert order.tolist() == np.lexsort((rank, mac, inum)).tolist()
 
 
 def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhere(tmp_path):

@@ -63,7 +63,7 @@ from flowdiff.objstore import (
     parse_url,
     s3_filesystem,
 )
-from flowdiff.schema import INTERVAL, PARTITION, table_schema
+from flowdiff.schema import INTERVAL, LOG_KEYS, PARTITION, table_schema
 from flowdiff.vocab import now_iso, utc_timestamp
 
 pc = lazy("pyarrow.compute")
@@ -1054,8 +1054,9 @@ def _write_options(schema: pa.Schema) -> dict[str, Any]:
             f.name for f in schema if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
         ]
         delta = {f.name: "DELTA_BINARY_PACKED" for f in schema if f.name in _DELTA_COLUMNS}
+        raw = () if any(f.name in LOG_KEYS for f in schema) else _RAW_COLUMNS
         got = _WRITE_OPTIONS[key] = {
-            "compression": "zstd",
+            "compression": {f.name: "none" if f.name in raw else "zstd" for f in schema},
             "use_dictionary": small,
             "write_statistics": stats,
             "column_encoding": delta,
@@ -1065,6 +1066,9 @@ def _write_options(schema: pa.Schema) -> dict[str, Any]:
 
 _WRITE_OPTIONS: dict[tuple[str, ...], dict[str, Any]] = {}  # column names fix the types
 _DELTA_COLUMNS = ("first_seen", "last_seen", "bytes", "packets")
+# left uncompressed in packet and flow tables: once delta-packed, times in microseconds and byte counts
+# are as good as random bits, and zstd only spends time on them (see _write_parquet)
+_RAW_COLUMNS = ("first_seen", "last_seen", "bytes")
 
 
 def _write_parquet(table: pa.Table, path: str | pa.NativeFile) -> None:
@@ -1081,7 +1085,10 @@ def _write_parquet(table: pa.Table, path: str | pa.NativeFile) -> None:
     and counts pack into few bits before zstd, which then has far less to do (issue 11 and 12
     workloads: 13-34% less encode time, files within 2% of the plain ones, the IPFIX ones 8% smaller;
     packets as well: 8-12% less encode time on the week and high-cardinality captures, files 1-1.5%
-    larger)."""
+    larger). Of those, first_seen, last_seen and bytes are not compressed in packet and flow tables:
+    zstd made them smaller by under 0.1% on the issue 11 captures (high cardinality, the week, the busy
+    port; millisecond flow times alike) and cost 7-12% of the encode time. Log tables keep it: times
+    of whole seconds leave zstd 12% to take."""
     pq.write_table(table, path, **_write_options(table.schema))
 
 

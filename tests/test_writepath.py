@@ -168,8 +168,9 @@ def test_stations_groups_sort_by_interval_mac_and_address_in_one_word_or_by_lexs
 
 
 def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhere(tmp_path):
-    """first_seen, last_seen, bytes and packets are DELTA_BINARY_PACKED: pandas (pyarrow), DuckDB and
-    polars read back exactly the rows written, values at the extremes of their types included."""
+    """first_seen, last_seen, bytes and packets are DELTA_BINARY_PACKED, all but packets left un-
+    compressed: pandas (pyarrow), DuckDB and polars read back exactly the rows written, values at the
+    extremes of their types included."""
     import duckdb
     import pandas as pd
     import polars as pl
@@ -177,7 +178,7 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
     import pyarrow.parquet as pq
 
     from flowdiff.schema import table_schema
-    from flowdiff.store import Store
+    from flowdiff.store import Store, _write_options
 
     keys = ("src", "dst", "proto", "sport", "dport")
     n = 5000
@@ -208,6 +209,10 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
     enc = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     for col in ("first_seen", "last_seen", "bytes", "packets"):
         assert "DELTA_BINARY_PACKED" in enc[col], enc[col]
+    codec = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert {c for c, z in codec.items() if z != "ZSTD"} == {"first_seen", "last_seen", "bytes"}, codec
+    log_options = _write_options(table_schema(("host", "program", "template")))["compression"]
+    assert set(log_options.values()) == {"zstd"}  # whole seconds: zstd pays on log tables' times
     want = rows.to_pandas(coerce_temporal_nanoseconds=False)
     got = store.read("t5").drop(columns=["sensor"])
     pd.testing.assert_frame_equal(got, want)

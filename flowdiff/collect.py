@@ -657,7 +657,9 @@ class _PartWriter:
     order and written in order, one at a time; :meth:`close` waits for all of them (and raises a store
     error, if any)."""
 
-    _AHEAD = 2
+    # three, not two: the reader then rarely waits for the writer when a part comes out slow (hc5 of
+    # issue 11: 2.5% less wall time in 16 interleaved pairs of runs, peak RSS the same on every workload)
+    _AHEAD = 3
 
     def __init__(
         self,

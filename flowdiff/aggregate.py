@@ -1302,11 +1302,11 @@ def _reduce_direct(key, size, rows, metrics):
 
 @njit(cache=True, nogil=True)
 def _hash_reduce(words, rows, metrics):
-    """Groups of equal columns of ``words`` (m, n) by hashing, in order of first appearance: (the
-    group's words (g, m), metrics (g, 4) as in ``metrics``). ``rows``: the fine row of each element. One pass, no sort: for a table whose rows are far fewer
-    than its fine rows but whose key space is too large to address (stations: a MAC and an address),
-    so that only its groups are ranked and sorted."""
-    m, n = words.shape
+    """Groups of equal rows of ``words`` (n, m) by hashing, in order of first appearance: (the group's
+    words (g, m), metrics (g, 4) as in ``metrics``). ``rows``: the fine row of each element. One pass,
+    no sort: for a table whose rows are far fewer than its fine rows but whose key space is too large
+    to address (stations: a MAC and an address), so that only its groups are ranked and sorted."""
+    n, m = words.shape
     size = 16
     while size < 2 * n:
         size *= 2
@@ -1319,7 +1319,7 @@ def _hash_reduce(words, rows, metrics):
     for t in range(n):
         h = _ZERO
         for c in range(m):
-            h = _mix(h, words[c, t])
+            h = _mix(h, words[t, c])
         h = _finalize(h)
         r = rows[t]
         j = np.int64(h) & mask
@@ -1328,7 +1328,7 @@ def _hash_reduce(words, rows, metrics):
             if s < 0:
                 slots[j] = g
                 for c in range(m):
-                    gwords[g, c] = words[c, t]
+                    gwords[g, c] = words[t, c]
                 ghash[g] = h
                 _acc_first(acc, g, metrics[r])
                 g += 1
@@ -1336,7 +1336,7 @@ def _hash_reduce(words, rows, metrics):
             if ghash[s] == h:
                 same = True
                 for c in range(m):
-                    if gwords[s, c] != words[c, t]:
+                    if gwords[s, c] != words[t, c]:
                         same = False
                         break
                 if same:
@@ -1381,17 +1381,16 @@ _ST_NOT_IP = np.uint64(DecodeStatus.NOT_IP)
 
 
 @njit(cache=True, nogil=True)
-def _station_rows(k6, k7, src_hi, src_lo, own):
-    """The fine rows that give a station (ARP senders, and IP sources but 0.0.0.0 / ::), with the
-    words of the address they carry: (4, 0, sender) for ARP; the source for neighbour discovery,
-    link-local and own-network (``own``, per row; empty: none) sources; (0, 0, 0), ``internet``, for
-    any other IP source. One pass over the packed key words, no temporary per condition."""
+def _station_rows(k6, k7, src_hi, src_lo, own, inum, mac):
+    """The fine rows that give a station (ARP senders, and IP sources but 0.0.0.0 / ::), and their
+    stations keys (interval number, MAC, and the words of the address they carry): (4, 0, sender) for
+    ARP; the source for neighbour discovery, link-local and own-network (``own``, per row; empty:
+    none) sources; (0, 0, 0), ``internet``, for any other IP source. One pass over the packed key
+    words, no temporary per condition; the keys are written as :func:`_hash_reduce` reads them."""
     n = k6.shape[0]
     has_own = own.shape[0] > 0
     sel = np.empty(n, dtype=np.int64)
-    w0 = np.empty(n, dtype=np.uint64)
-    w1 = np.empty(n, dtype=np.uint64)
-    w2 = np.empty(n, dtype=np.uint64)
+    keys = np.empty((n, 5), dtype=np.uint64)
     m = 0
     for i in range(n):
         x = k6[i]
@@ -1409,12 +1408,14 @@ def _station_rows(k6, k7, src_hi, src_lo, own):
             ver == _U(4) and (lo >> _U(16)) == _U(0xA9FE)
         )  # fe80::/10 and 169.254.0.0/16 are on the segment by definition
         real = (has_own and ok and own[i]) or nd or link_local
-        w0[m] = _U(4) if arp else (ver if real else _ZERO)
-        w1[m] = hi if real else _ZERO
-        w2[m] = lo if (arp or real) else _ZERO
+        keys[m, 0] = inum[i]
+        keys[m, 1] = mac[i]
+        keys[m, 2] = _U(4) if arp else (ver if real else _ZERO)
+        keys[m, 3] = hi if real else _ZERO
+        keys[m, 4] = lo if (arp or real) else _ZERO
         sel[m] = i
         m += 1
-    return sel[:m], w0[:m], w1[:m], w2[:m]
+    return sel[:m], keys[:m]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1987,11 +1988,11 @@ class Aggregator:
         if self._own_codes.any():  # without own networks no label is looked up
             ok = fine.small["status"] == DecodeStatus.OK
             own = ok & self._own_codes[_label_codes(self.netmap, fine.ip_version, fine.src_hi, fine.src_lo)]
-        sel, w0, w1, w2 = _station_rows(k6, k7, fine.src_hi, fine.src_lo, own)
+        inum = fine.interval_no.view(np.uint64)
+        sel, words = _station_rows(k6, k7, fine.src_hi, fine.src_lo, own, inum, fine.src_mac)
         schema = table_schema(STATIONS_KEYS)
         if len(sel) == 0:
             return schema.empty_table()
-        words = np.stack([fine.interval_no.view(np.uint64)[sel], fine.src_mac[sel], w0, w1, w2])
         keys, acc = _hash_reduce(words, sel, fine.metrics)
         inum = keys[:, 0].view(np.int64)
         addr_rank, addresses = _text_ranking(

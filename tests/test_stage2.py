@@ -115,12 +115,14 @@ def test_station_rows_follow_the_arp_nd_link_local_and_own_network_rules(compile
     )
     lo = rng.choice([0, 1, 0xA9FE0001, 0x0A140001, 0xC0000201], n).astype(np.uint64)
     own = rng.random(n) < 0.3
+    inum = rng.integers(0, 50, n).astype(np.uint64)
+    mac = rng.integers(0, 1 << 48, n, dtype=np.uint64)
     kernel = fa._station_rows if compiled else fa._station_rows.py_func
-    got = kernel(k6, k7, hi, lo, own if with_own else fa._NO_OWN)
+    sel, keys = kernel(k6, k7, hi, lo, own if with_own else fa._NO_OWN, inum, mac)
     want = _station_reference(k6, k7, hi, lo, own if with_own else np.zeros(n, dtype=bool))
     assert len(want[0]) > 0
-    for g, w in zip(got, want, strict=True):
-        assert np.array_equal(g, w)
+    assert np.array_equal(sel, want[0])
+    assert np.array_equal(keys, np.stack([inum[sel], mac[sel], *want[1:]], axis=1))
 
 
 def _with_link_frames(packets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -168,17 +170,17 @@ def test_hash_reduce_gives_each_distinct_key_once_with_its_metrics_in_order_of_f
             monkeypatch.setattr(fa, helper, getattr(fa, helper).py_func)
     rng = np.random.default_rng(11)
     n, n_fine = 6000, 9000
-    words = rng.integers(0, 4, (5, n)).astype(np.uint64)  # few distinct keys: most elements repeat one
-    words[4] = words[4] << np.uint64(63)  # high bits count too
+    words = rng.integers(0, 4, (n, 5)).astype(np.uint64)  # few distinct keys: most elements repeat one
+    words[:, 4] = words[:, 4] << np.uint64(63)  # high bits count too
     rows = np.sort(rng.choice(n_fine, n, replace=False)).astype(np.int64)
     metrics = rng.integers(0, 1 << 40, (n_fine, 4)).astype(np.uint64)
     kernel = fa._hash_reduce if compiled else fa._hash_reduce.py_func
     with np.errstate(over="ignore"):  # interpreted hashing wraps around, as compiled
         keys, acc = kernel(words, rows, metrics)
-    seen = list(dict.fromkeys(tuple(int(w) for w in words[:, t]) for t in range(n)))
+    seen = list(dict.fromkeys(tuple(int(w) for w in words[t]) for t in range(n)))
     assert [tuple(k) for k in keys.tolist()] == seen  # first appearance order, each key once
     for g, key in enumerate(seen):
-        members = rows[np.all(words == np.array(key, dtype=np.uint64)[:, None], axis=0)]
+        members = rows[np.all(words == np.array(key, dtype=np.uint64)[None, :], axis=1)]
         m = metrics[members]
         want = [m[:, 0].sum(), m[:, 1].sum(), m[:, 2].min(), m[:, 3].max()]
         assert acc[g].tolist() == [int(x) for x in want]

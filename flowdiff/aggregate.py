@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from flowdiff._jit import njit
+from flowdiff._jit import engaged, njit
 from flowdiff._lazy import lazy
 from flowdiff._prefetch import prefetch1, prefetch2
 from flowdiff.config import TableConfig
@@ -2259,21 +2259,72 @@ def _value_order(uniq: np.ndarray) -> np.ndarray:
     return np.argsort(uniq[:, 0], kind="stable")
 
 
-# Up to this many strings are sorted by numpy while pyarrow.compute is not loaded: importing it costs
-# 0.1-0.15 s (it builds its function wrappers and their docs), half of what a cron collect of a small
-# capture with IPv6 addresses otherwise spends working; Arrow's sort is 2.5x faster on large inputs.
+# Up to this many strings are sorted by numpy while numba and pyarrow.compute are not loaded: importing
+# pyarrow.compute costs 0.1-0.15 s (it builds its function wrappers and their docs), half of what a cron
+# collect of a small capture with IPv6 addresses otherwise spends working.
 _NUMPY_TEXT_SORT = 4096
 
 
 def _text_sorted(text: pa.Array) -> np.ndarray:
     """Order of the strings of ``text`` by their bytes (stable)."""
-    small = len(text) <= _NUMPY_TEXT_SORT and not (text.null_count or text.offset)
-    if small and "pyarrow.compute" not in sys.modules:
+    plain = not (text.null_count or text.offset)
+    if plain and engaged():
+        return _text_order(*_string_buffers(text))
+    if plain and len(text) <= _NUMPY_TEXT_SORT and "pyarrow.compute" not in sys.modules:
         return _fixed_width_sorted(text)
     idx = pc.sort_indices(text)  # not .to_numpy(): pyarrow imports pandas for that
     return np.frombuffer(idx.buffers()[1], dtype=np.uint64, count=len(idx), offset=idx.offset * 8).astype(
         np.int64
     )
+
+
+@njit(cache=True, nogil=True)
+def _text_order(offsets, data):
+    """:func:`_text_sorted` compiled: each string as big-endian 64-bit words, NUL-padded (they then
+    compare like the bytes: a prefix first; address and network text holds no NUL), sorted by its
+    first word, then each run of equal leading words by the next word, until no run is left. Addresses
+    share their leading words (an IPv6 prefix, "10.0."), so most runs end after two or three words:
+    faster than Arrow's string sort (measured 0.26 against 0.36 ms for 4,200 IPv6 addresses, 1.4
+    against 2.4 ms for 20,000 IPv4 ones), and a collect needs no pyarrow.compute for it."""
+    n = offsets.shape[0] - 1
+    longest = 0
+    for i in range(n):
+        longest = max(longest, offsets[i + 1] - offsets[i])
+    w = max((longest + 7) // 8, 1)
+    words = np.zeros((n, w), dtype=np.uint64)
+    for i in range(n):
+        a = offsets[i]
+        for k in range(offsets[i + 1] - a):
+            words[i, k >> 3] |= np.uint64(data[a + k]) << np.uint64(56 - 8 * (k & 7))
+    first = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        first[i] = words[i, 0]
+    order = np.argsort(first, kind="mergesort")  # stable: equal strings keep their input order
+    starts = np.ones(n, dtype=np.bool_)  # order[q] starts a run of equal leading words
+    for q in range(1, n):
+        starts[q] = words[order[q], 0] != words[order[q - 1], 0]
+    for c in range(1, w):
+        tied = False
+        i = 0
+        while i < n:
+            j = i + 1
+            while j < n and not starts[j]:
+                j += 1
+            if j - i > 1:
+                tied = True
+                keys = np.empty(j - i, dtype=np.uint64)
+                for q in range(i, j):
+                    keys[q - i] = words[order[q], c]
+                run = order[i:j].copy()
+                by = np.argsort(keys, kind="mergesort")
+                for q in range(j - i):
+                    order[i + q] = run[by[q]]
+                for q in range(i + 1, j):
+                    starts[q] = words[order[q], c] != words[order[q - 1], c]
+            i = j
+        if not tied:
+            break
+    return order
 
 
 def _fixed_width_sorted(text: pa.Array) -> np.ndarray:

@@ -229,15 +229,19 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(alphabet="0123456789abcdef:.", max_size=39), max_size=60), st.integers(0, 3))
 def test_text_sorted_by_numpy_is_the_byte_order_of_the_strings(words, cut):
-    """Small inputs are sorted as fixed-width bytes (no pyarrow.compute import): prefixes first,
-    equal strings in input order, whatever the lengths; a sliced array takes Arrow's sort."""
+    """Small inputs are sorted as fixed-width bytes (no pyarrow.compute import), and by the compiled
+    kernel once numba is loaded (interpreted as well): prefixes first, equal strings in input order,
+    whatever the lengths; a sliced array takes Arrow's sort."""
     import pyarrow as pa
 
-    from flowdiff.aggregate import _fixed_width_sorted, _text_sorted
+    from flowdiff.aggregate import _fixed_width_sorted, _string_buffers, _text_order, _text_sorted
 
     text = pa.array(words, type=pa.string())
     want = sorted(range(len(words)), key=lambda i: words[i].encode())
     assert _fixed_width_sorted(text).tolist() == want
     assert _text_sorted(text).tolist() == want
+    assert _text_order(*_string_buffers(text)).tolist() == want
+    with np.errstate(over="ignore"):
+        assert _text_order.py_func(*_string_buffers(text)).tolist() == want
     tail = text.slice(min(cut, len(words)))
     assert _text_sorted(tail).tolist() == sorted(range(len(tail)), key=lambda i: tail[i].as_py().encode())

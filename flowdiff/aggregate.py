@@ -2430,7 +2430,7 @@ def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
 def _station_sort(inum: np.ndarray, mac: np.ndarray, addr_rank: np.ndarray, addresses: int) -> np.ndarray:
     """Order of the stations groups by interval, MAC and address. The groups are distinct, so when the
     three fit in one 64-bit word (a MAC is 48 bits; the intervals and addresses of a part are few) one
-    unstable sort of that word orders them; otherwise the MACs are ranked first. Either way the MACs
+    unstable sort of that word orders them; otherwise a lexsort of the three does. Either way the MACs
     are not deduplicated or turned into text before the sort: on a busy segment they are nearly as many
     as the groups, and the text is made once, for the sorted rows."""
     rel = (inum - inum.min()).astype(np.uint64)

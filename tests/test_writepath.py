@@ -227,7 +227,7 @@ def test_stored_files_are_delta_encoded_where_it_pays_and_read_the_same_everywhe
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet="0123456789abcdef:.", max_size=39), max_size=60), st.integers(0, 3))
+@given(st.lists(st.text(alphabet="0123456789abcdef:.zé€", max_size=39), max_size=60), st.integers(0, 3))
 def test_text_sorted_by_numpy_is_the_byte_order_of_the_strings(words, cut):
     """Small inputs are sorted as fixed-width bytes (no pyarrow.compute import), and by the compiled
     kernel once numba is loaded (interpreted as well): prefixes first, equal strings in input order,

@@ -2208,16 +2208,15 @@ def _text_ranking(
     b = second if second else (empty, empty, empty)
     inv, uniq = _group_triples(*(np.ascontiguousarray(w, dtype=np.uint64) for w in (*words, *b)))
     srt = order(uniq) if order is not None else None
+    ordered = None
     if isinstance(srt, tuple):  # an order that made the text on the way (IPv6 addresses)
         srt, ordered = srt
-        if ordered is None:
-            ordered = fn(np.ascontiguousarray(uniq[srt]))
-    elif srt is not None:
-        ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
-    else:
+    if srt is None:
         text = fn(uniq)
         srt = _text_sorted(text)
         ordered = _take(text, srt)
+    elif ordered is None:
+        ordered = fn(np.ascontiguousarray(uniq[srt]))  # text made in rank order: no string sort, no take
     rank_of = np.empty(len(srt), dtype=np.uint64)
     rank_of[srt] = np.arange(len(srt), dtype=np.uint64)
     return rank_of[inv], ordered
@@ -2375,7 +2374,7 @@ def _address_order_text(uniq: np.ndarray, empty_last: bool = False) -> tuple[np.
             o4, text = merged, _take(pa.concat_arrays([a, text]), at)
         else:
             o4 = o6
-        if len(other):
+        if len(other):  # no address: the empty text (not pa.array of a list: that imports pandas)
             none = pa.py_buffer(np.zeros(len(other) + 1, dtype=np.int32))
             blank = pa.StringArray.from_buffers(len(other), none, pa.py_buffer(b""))
             text = pa.concat_arrays([text, blank] if empty_last else [blank, text])
